@@ -1,0 +1,232 @@
+//! How a volume is written into the GPT, the source of truth for which
+//! volumes exist.
+//!
+//! - The partition type says what the partition is: the LUN's heartbeat
+//!   device, a volume still being created (mkfs not confirmed), or a ready
+//!   volume with global or local heartbeat.
+//! - The type-specific attribute bits 48-63 hold the volume's geometry
+//!   (slots, cluster size, journal size), so its usable capacity can be
+//!   computed from the table alone, the same way it was when it was made.
+//! - The unique GUID is derived from the volume name; the partition name
+//!   holds the volume name (as much of it as GPT's 36 characters allow).
+
+use crate::disk::gpt::Partition;
+use crate::ocfs2::layout::{HeartbeatMode, Layout, MIB};
+use uuid::Uuid;
+
+pub const TYPE_HEARTBEAT: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a1");
+pub const TYPE_PENDING: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a2");
+pub const TYPE_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a3");
+pub const TYPE_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a4");
+
+/// Partition 1 is the heartbeat device; volumes use 2..=MAX_PARTITION.
+pub const HEARTBEAT_NUMBER: u32 = 1;
+pub const FIRST_VOLUME_NUMBER: u32 = 2;
+/// The kernel names partitions 1 to 255 (DISK_MAX_PARTS is 256).
+pub const MAX_PARTITION: u32 = 255;
+pub const HEARTBEAT_BYTES: u64 = 16 * MIB;
+/// Partitions start and end on 1 MiB boundaries.
+pub const ALIGN: u64 = MIB;
+/// GPT names hold 36 UTF-16 code units.
+pub const NAME_UNITS: usize = 36;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Allocated; mkfs has not been confirmed. Only CreateVolume (a retry
+    /// with the same name) or DeleteVolume touch it.
+    Pending,
+    Ready,
+}
+
+/// A volume as read from its GPT entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeEntry {
+    pub number: u32,
+    pub guid: Uuid,
+    pub name: String,
+    pub state: State,
+    pub heartbeat: HeartbeatMode,
+    /// Geometry used for capacity accounting (journal size rounded up to a
+    /// power of two, block size assumed 4 KiB).
+    pub layout: Layout,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl VolumeEntry {
+    pub fn usable_bytes(&self) -> u64 {
+        self.layout.usable_bytes(self.size, ALIGN)
+    }
+}
+
+/// The layout as it is accounted for: what the attribute bits can hold.
+pub fn accounted(layout: &Layout) -> Layout {
+    Layout {
+        slots: layout.slots,
+        block_size: 4096,
+        cluster_size: layout.cluster_size,
+        journal_size: layout.journal_size.next_power_of_two(),
+    }
+}
+
+pub fn attributes(layout: &Layout) -> u64 {
+    let slots = u64::from(layout.slots) & 0xff;
+    let cluster = u64::from(layout.cluster_size.trailing_zeros().saturating_sub(12)) & 0xf;
+    let journal_mib = (layout.journal_size / MIB).next_power_of_two();
+    let journal = u64::from(journal_mib.trailing_zeros()) & 0xf;
+    (slots << 48) | (cluster << 56) | (journal << 60)
+}
+
+fn layout_from(attributes: u64) -> Layout {
+    Layout {
+        slots: ((attributes >> 48) & 0xff) as u32,
+        block_size: 4096,
+        cluster_size: 1 << (12 + ((attributes >> 56) & 0xf)),
+        journal_size: MIB << ((attributes >> 60) & 0xf),
+    }
+}
+
+/// The GPT name for a volume: as much of its name as fits.
+pub fn gpt_name(volume_name: &str) -> String {
+    let mut units = 0;
+    volume_name
+        .chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= NAME_UNITS
+        })
+        .collect()
+}
+
+/// Where a partition sits: its entry number and its sectors (inclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+pub fn volume_partition(
+    at: Placement,
+    guid: Uuid,
+    name: &str,
+    state: State,
+    heartbeat: HeartbeatMode,
+    layout: &Layout,
+) -> Partition {
+    let type_guid = match (state, heartbeat) {
+        (State::Pending, _) => TYPE_PENDING,
+        (State::Ready, HeartbeatMode::Global) => TYPE_GLOBAL,
+        (State::Ready, HeartbeatMode::Local) => TYPE_LOCAL,
+    };
+    // A pending entry remembers its heartbeat mode in bit 47 (free in UEFI's
+    // reserved range, which tools leave alone) until it becomes ready.
+    let hb_bit = u64::from(heartbeat == HeartbeatMode::Local) << 47;
+    Partition {
+        number: at.number,
+        type_guid,
+        unique_guid: guid,
+        first_lba: at.first_lba,
+        last_lba: at.last_lba,
+        attributes: attributes(layout) | hb_bit,
+        name: gpt_name(name),
+    }
+}
+
+/// The volume in a GPT entry, or None for anything that is not a volume.
+pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
+    let state = match p.type_guid {
+        TYPE_PENDING => State::Pending,
+        TYPE_GLOBAL | TYPE_LOCAL => State::Ready,
+        _ => return None,
+    };
+    let heartbeat = if p.type_guid == TYPE_LOCAL || (p.attributes >> 47) & 1 == 1 {
+        HeartbeatMode::Local
+    } else {
+        HeartbeatMode::Global
+    };
+    Some(VolumeEntry {
+        number: p.number,
+        guid: p.unique_guid,
+        name: p.name.clone(),
+        state,
+        heartbeat,
+        layout: layout_from(p.attributes),
+        offset: p.first_lba * sector_size,
+        size: (p.last_lba - p.first_lba + 1) * sector_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ocfs2::layout::KIB;
+
+    #[test]
+    fn geometry_survives_the_attribute_bits() {
+        for (slots, cluster, journal) in [
+            (1, 4 * KIB, 4 * MIB),
+            (255, MIB, 1024 * MIB),
+            (16, 64 * KIB, 8 * MIB),
+        ] {
+            let layout = Layout {
+                slots,
+                block_size: 4096,
+                cluster_size: cluster,
+                journal_size: journal,
+            };
+            let at = Placement {
+                number: 7,
+                first_lba: 2048,
+                last_lba: 4095,
+            };
+            let p = volume_partition(
+                at,
+                Uuid::new_v4(),
+                "pvc-x",
+                State::Ready,
+                HeartbeatMode::Local,
+                &layout,
+            );
+            let e = volume_entry(&p, 512).unwrap();
+            assert_eq!(e.layout, accounted(&layout));
+            assert_eq!(e.heartbeat, HeartbeatMode::Local);
+            assert_eq!(e.size, 2048 * 512);
+            assert_eq!(e.offset, 2048 * 512);
+        }
+    }
+
+    #[test]
+    fn journal_is_accounted_rounded_up() {
+        let l = Layout {
+            slots: 2,
+            block_size: 4096,
+            cluster_size: 4096,
+            journal_size: 100 * MIB,
+        };
+        assert_eq!(accounted(&l).journal_size, 128 * MIB);
+    }
+
+    #[test]
+    fn pending_keeps_its_heartbeat_mode() {
+        let l = Layout::for_size(MIB, 2, None, None, None);
+        for hb in [HeartbeatMode::Global, HeartbeatMode::Local] {
+            let at = Placement {
+                number: 2,
+                first_lba: 1,
+                last_lba: 2,
+            };
+            let p = volume_partition(at, Uuid::nil(), "n", State::Pending, hb, &l);
+            let e = volume_entry(&p, 512).unwrap();
+            assert_eq!((e.state, e.heartbeat), (State::Pending, hb));
+        }
+    }
+
+    #[test]
+    fn names_are_cut_to_36_units() {
+        let name = "pvc-0d7c8ab2-53f5-4c1e-9b71-0f1a2b3c4d5e";
+        assert_eq!(gpt_name(name).encode_utf16().count(), 36);
+        assert_eq!(gpt_name("short"), "short");
+        assert_eq!(gpt_name(&"😀".repeat(20)).encode_utf16().count(), 36);
+    }
+}

@@ -1,0 +1,356 @@
+//! One error type per controller RPC, each mapped to a gRPC code in one
+//! exhaustive `match`, so a new variant forces a decision about its code.
+//!
+//! Kubelet and the sidecars retry Unavailable, Aborted, Cancelled and
+//! DeadlineExceeded as "still in progress"; a finished failure never uses
+//! them (the test at the bottom pins this). The two exceptions are the ones
+//! the CSI spec asks for: an operation already in flight for the same volume
+//! (Aborted) and a controller that has not opened its LUNs yet (Unavailable).
+
+use crate::disk::gpt::GptError;
+use crate::ocfs2::tools::Ocfs2Error;
+use crate::tools::ToolError;
+use tonic::{Code, Status};
+
+/// Failures shared by every RPC that touches a LUN.
+#[derive(Debug, thiserror::Error)]
+pub enum LunError {
+    #[error("the controller is not ready: {0}")]
+    NotReady(String),
+    #[error("another operation on volume {0} is in progress")]
+    InFlight(String),
+    #[error("partition table of {lun}: {source}")]
+    Table {
+        lun: String,
+        #[source]
+        source: GptError,
+    },
+    #[error("I/O on {lun}: {source}")]
+    Io {
+        lun: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Ocfs2(#[from] Ocfs2Error),
+}
+
+impl LunError {
+    fn code(&self) -> Code {
+        match self {
+            LunError::NotReady(_) => Code::Unavailable,
+            LunError::InFlight(_) => Code::Aborted,
+            LunError::Table { .. }
+            | LunError::Io { .. }
+            | LunError::Tool(_)
+            | LunError::Ocfs2(_) => Code::Internal,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    CapacityOutOfRange(String),
+    #[error("volume {name} already exists with different properties: {why}")]
+    Incompatible { name: String, why: String },
+    #[error(
+        "not enough contiguous free space for {needed} bytes (partition of {partition} bytes); \
+         the largest volume that fits now is {largest} bytes"
+    )]
+    NoSpace {
+        needed: u64,
+        partition: u64,
+        largest: u64,
+    },
+    #[error("no free partition number left on any usable LUN (at most {max} volumes per LUN)")]
+    NoPartitionNumber { max: u32 },
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(
+        "volume {volume} is still mounted by o2cb node(s) {nodes:?} (its slot map says so); \
+         unmount it everywhere first. If those nodes crashed, mounting and unmounting the \
+         volume on a live node or running fsck.ocfs2 recovers their slots"
+    )]
+    Mounted { volume: String, nodes: Vec<u32> },
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("volume {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    CapacityOutOfRange(String),
+    #[error(
+        "volume {volume} cannot grow to {wanted} bytes in place: the space after it allows at \
+         most {possible} bytes"
+    )]
+    NoRoom {
+        volume: String,
+        wanted: u64,
+        possible: u64,
+    },
+    #[error("volume {0} is still being created; expand it once CreateVolume has finished")]
+    NotCreated(String),
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+/// ValidateVolumeCapabilities and ControllerGetVolume.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("volume {0} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+/// ListVolumes and GetCapacity.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The spec asks for Aborted when the token is not one we handed out.
+    #[error("starting_token {0:?} is not valid")]
+    BadToken(String),
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+/// The gRPC code each error maps to.
+pub trait RpcError: std::error::Error {
+    fn code(&self) -> Code;
+}
+
+impl RpcError for CreateError {
+    fn code(&self) -> Code {
+        match self {
+            CreateError::InvalidArgument(_) => Code::InvalidArgument,
+            CreateError::CapacityOutOfRange(_) => Code::OutOfRange,
+            CreateError::Incompatible { .. } => Code::AlreadyExists,
+            CreateError::NoSpace { .. } | CreateError::NoPartitionNumber { .. } => {
+                Code::ResourceExhausted
+            }
+            CreateError::Lun(e) => e.code(),
+        }
+    }
+}
+
+impl RpcError for DeleteError {
+    fn code(&self) -> Code {
+        match self {
+            DeleteError::InvalidArgument(_) => Code::InvalidArgument,
+            DeleteError::Mounted { .. } => Code::FailedPrecondition,
+            DeleteError::Lun(e) => e.code(),
+        }
+    }
+}
+
+impl RpcError for ExpandError {
+    fn code(&self) -> Code {
+        match self {
+            ExpandError::InvalidArgument(_) => Code::InvalidArgument,
+            ExpandError::NotFound(_) => Code::NotFound,
+            ExpandError::CapacityOutOfRange(_) | ExpandError::NoRoom { .. } => Code::OutOfRange,
+            ExpandError::NotCreated(_) => Code::FailedPrecondition,
+            ExpandError::Lun(e) => e.code(),
+        }
+    }
+}
+
+impl RpcError for LookupError {
+    fn code(&self) -> Code {
+        match self {
+            LookupError::InvalidArgument(_) => Code::InvalidArgument,
+            LookupError::NotFound(_) => Code::NotFound,
+            LookupError::Lun(e) => e.code(),
+        }
+    }
+}
+
+impl RpcError for ListError {
+    fn code(&self) -> Code {
+        match self {
+            ListError::InvalidArgument(_) => Code::InvalidArgument,
+            ListError::BadToken(_) => Code::Aborted,
+            ListError::Lun(e) => e.code(),
+        }
+    }
+}
+
+/// The status for an error: its code, and a message with the whole chain of
+/// causes so the operator sees the tool's own words.
+pub fn status<E: RpcError>(err: E) -> Status {
+    Status::new(err.code(), chain(&err))
+}
+
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes the sidecars treat as "still running, call again".
+    const RETRY: [Code; 4] = [
+        Code::Unavailable,
+        Code::Aborted,
+        Code::Cancelled,
+        Code::DeadlineExceeded,
+    ];
+
+    fn lun_errors() -> Vec<(LunError, bool)> {
+        let gpt = || GptError::Corrupt("x".into());
+        vec![
+            (LunError::NotReady("opening".into()), true),
+            (LunError::InFlight("v".into()), true),
+            (
+                LunError::Table {
+                    lun: "l".into(),
+                    source: gpt(),
+                },
+                false,
+            ),
+            (
+                LunError::Io {
+                    lun: "l".into(),
+                    source: std::io::Error::other("x"),
+                },
+                false,
+            ),
+            (
+                LunError::Tool(ToolError::Failed {
+                    command: "c".into(),
+                    code: Some(1),
+                    stderr: "e".into(),
+                }),
+                false,
+            ),
+        ]
+    }
+
+    /// Every variant of every RPC error, with whether it is allowed a retry
+    /// code (only "in flight", "not ready" and the spec's bad list token).
+    fn all() -> Vec<(Code, bool, String)> {
+        let mut out = Vec::new();
+        let mut push =
+            |e: &dyn RpcError, may_retry: bool| out.push((e.code(), may_retry, e.to_string()));
+        for (e, r) in lun_errors() {
+            push(&CreateError::Lun(e), r);
+        }
+        for (e, r) in lun_errors() {
+            push(&DeleteError::Lun(e), r);
+        }
+        for (e, r) in lun_errors() {
+            push(&ExpandError::Lun(e), r);
+        }
+        for (e, r) in lun_errors() {
+            push(&LookupError::Lun(e), r);
+        }
+        for (e, r) in lun_errors() {
+            push(&ListError::Lun(e), r);
+        }
+        push(&CreateError::InvalidArgument("x".into()), false);
+        push(&CreateError::CapacityOutOfRange("x".into()), false);
+        push(
+            &CreateError::Incompatible {
+                name: "n".into(),
+                why: "w".into(),
+            },
+            false,
+        );
+        push(
+            &CreateError::NoSpace {
+                needed: 1,
+                partition: 2,
+                largest: 0,
+            },
+            false,
+        );
+        push(&CreateError::NoPartitionNumber { max: 254 }, false);
+        push(&DeleteError::InvalidArgument("x".into()), false);
+        push(
+            &DeleteError::Mounted {
+                volume: "v".into(),
+                nodes: vec![1],
+            },
+            false,
+        );
+        push(&ExpandError::InvalidArgument("x".into()), false);
+        push(&ExpandError::NotFound("x".into()), false);
+        push(&ExpandError::CapacityOutOfRange("x".into()), false);
+        push(
+            &ExpandError::NoRoom {
+                volume: "v".into(),
+                wanted: 2,
+                possible: 1,
+            },
+            false,
+        );
+        push(&ExpandError::NotCreated("x".into()), false);
+        push(&LookupError::InvalidArgument("x".into()), false);
+        push(&LookupError::NotFound("x".into()), false);
+        push(&ListError::InvalidArgument("x".into()), false);
+        push(&ListError::BadToken("x".into()), true);
+        out
+    }
+
+    #[test]
+    fn finished_failures_never_use_retry_codes() {
+        for (code, may_retry, msg) in all() {
+            if !may_retry {
+                assert!(!RETRY.contains(&code), "{msg} maps to {code:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_and_not_ready_are_retried() {
+        let codes: Vec<Code> = all()
+            .into_iter()
+            .filter(|(_, r, _)| *r)
+            .map(|(c, _, _)| c)
+            .collect();
+        assert!(codes.iter().all(|c| RETRY.contains(c)));
+        assert!(codes.contains(&Code::Aborted) && codes.contains(&Code::Unavailable));
+    }
+
+    #[test]
+    fn status_message_carries_the_cause_chain() {
+        let e = CreateError::Lun(LunError::Table {
+            lun: "/dev/sdb".into(),
+            source: GptError::Corrupt("both copies bad".into()),
+        });
+        let s = status(e);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(s.message().contains("/dev/sdb"), "{}", s.message());
+        assert!(s.message().contains("both copies bad"), "{}", s.message());
+    }
+}

@@ -1,0 +1,216 @@
+//! The storage pool: the shared LUNs this controller carves volumes from.
+//!
+//! On first use a blank LUN gets a GPT with room for 256 entries and a
+//! heartbeat partition formatted for o2cb global heartbeat. A LUN holding
+//! anything else (an MBR, a filesystem, a GPT that is not ours) is refused
+//! and left untouched.
+
+use super::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
+use super::error::LunError;
+use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
+use crate::disk::lun_io::BlockIo;
+use crate::disk::region::{with_region, RegionDevices};
+use crate::ocfs2::tools::Ocfs2Tools;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One shared LUN. Its partition table is changed only with `lock` held.
+pub struct Lun {
+    pub path: PathBuf,
+    pub io: Arc<dyn BlockIo>,
+    pub disk_guid: Uuid,
+    /// UUID of the heartbeat filesystem nodes start global heartbeat on.
+    pub heartbeat_uuid: Uuid,
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "{path}: refusing to use a LUN that holds {what}; ocfs2-csi only takes blank LUNs \
+             or LUNs it initialised itself. Wipe it (after checking nothing on it is needed) or \
+             remove it from --lun"
+    )]
+    Foreign { path: String, what: String },
+    #[error(
+        "{path}: the heartbeat device belongs to o2cb cluster {found:?}, but this controller \
+             runs cluster {ours:?}"
+    )]
+    OtherCluster {
+        path: String,
+        found: String,
+        ours: String,
+    },
+    #[error(transparent)]
+    Lun(#[from] LunError),
+}
+
+impl Lun {
+    pub fn sector_size(&self) -> u64 {
+        self.io.sector_size()
+    }
+
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Serialises partition-table changes on this LUN.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// The table as it is on disk now (direct I/O: another host may have
+    /// written it).
+    pub fn read_table(&self) -> Result<Gpt, LunError> {
+        gpt::read(self.io.as_ref())
+            .map(|r| r.gpt)
+            .map_err(|source| LunError::Table {
+                lun: self.name(),
+                source,
+            })
+    }
+
+    /// Writes both copies; see `gpt::write` for why a crash at any point
+    /// leaves a valid table.
+    pub fn write_table(&self, table: &Gpt) -> Result<(), LunError> {
+        gpt::write(self.io.as_ref(), table).map_err(|source| LunError::Table {
+            lun: self.name(),
+            source,
+        })
+    }
+
+    pub fn io_error(&self, source: std::io::Error) -> LunError {
+        LunError::Io {
+            lun: self.name(),
+            source,
+        }
+    }
+}
+
+/// Opens one LUN: initialises it if blank, repairs a table copy a crash left
+/// stale, and makes sure its heartbeat device is formatted.
+pub async fn open_lun(
+    path: &Path,
+    io: Arc<dyn BlockIo>,
+    cluster_name: &str,
+    tools: &Ocfs2Tools,
+    regions: &dyn RegionDevices,
+) -> Result<Lun, OpenError> {
+    let name = path.display().to_string();
+    let table_err = |source: GptError| LunError::Table {
+        lun: name.clone(),
+        source,
+    };
+    let foreign = |what: &str| OpenError::Foreign {
+        path: name.clone(),
+        what: what.to_string(),
+    };
+    let table = match gpt::probe(io.as_ref()).map_err(table_err)? {
+        Contents::Blank => {
+            let table = initial_table(io.as_ref());
+            gpt::write(io.as_ref(), &table).map_err(table_err)?;
+            tracing::info!(lun = %name, disk_guid = %table.disk_guid, "initialised blank LUN");
+            table
+        }
+        Contents::Mbr => return Err(foreign("an MBR partition table")),
+        Contents::Other(what) => return Err(foreign(&what)),
+        Contents::Gpt(read) => {
+            let mut table = read.gpt;
+            match table.partition(HEARTBEAT_NUMBER) {
+                Some(p) if p.type_guid == TYPE_HEARTBEAT => {}
+                _ => return Err(foreign("a GPT that ocfs2-csi did not make")),
+            }
+            // A grown LUN: extend the usable area to its new end.
+            let fresh = Gpt::new(table.sector_size, table.total_sectors, table.disk_guid);
+            let grown = fresh.last_usable_lba > table.last_usable_lba;
+            table.last_usable_lba = table.last_usable_lba.max(fresh.last_usable_lba);
+            if !(read.primary_valid && read.backup_valid) || grown {
+                tracing::warn!(
+                    lun = %name,
+                    primary_valid = read.primary_valid,
+                    backup_valid = read.backup_valid,
+                    grown,
+                    "rewriting both partition table copies"
+                );
+                gpt::write(io.as_ref(), &table).map_err(table_err)?;
+            }
+            table
+        }
+    };
+    let hb = table
+        .partition(HEARTBEAT_NUMBER)
+        .cloned()
+        .expect("heartbeat partition checked above");
+    let heartbeat_uuid =
+        ensure_heartbeat(path, &hb, table.sector_size, cluster_name, tools, regions).await?;
+    Ok(Lun {
+        path: path.to_path_buf(),
+        io,
+        disk_guid: table.disk_guid,
+        heartbeat_uuid,
+        lock: tokio::sync::Mutex::new(()),
+    })
+}
+
+fn initial_table(io: &dyn BlockIo) -> Gpt {
+    let ss = io.sector_size();
+    let mut table = Gpt::new(ss, io.size_bytes() / ss, Uuid::new_v4());
+    let align = ALIGN / ss;
+    let first = table.first_usable_lba.div_ceil(align) * align;
+    table.partitions.push(Partition {
+        number: HEARTBEAT_NUMBER,
+        type_guid: TYPE_HEARTBEAT,
+        unique_guid: Uuid::new_v5(&table.disk_guid, b"heartbeat"),
+        first_lba: first,
+        last_lba: first + HEARTBEAT_BYTES / ss - 1,
+        attributes: 0,
+        name: "ocfs2-csi-heartbeat".into(),
+    });
+    table
+}
+
+/// Formats the heartbeat partition if it holds no filesystem (a crash right
+/// after initialisation), and returns its filesystem UUID. Nodes cannot
+/// heartbeat on a device without one, so formatting a blank one is safe.
+async fn ensure_heartbeat(
+    lun: &Path,
+    hb: &Partition,
+    sector_size: u64,
+    cluster_name: &str,
+    tools: &Ocfs2Tools,
+    regions: &dyn RegionDevices,
+) -> Result<Uuid, OpenError> {
+    let offset = hb.first_lba * sector_size;
+    let size = (hb.last_lba - hb.first_lba + 1) * sector_size;
+    let found = with_region(regions, lun, offset, size, |dev| async move {
+        let info = match tools.inspect(&dev).await.map_err(LunError::from)? {
+            Some(info) => info,
+            None => {
+                let uuid = Uuid::new_v4();
+                tools
+                    .mkfs_heartbeat(cluster_name, uuid, &dev)
+                    .await
+                    .map_err(LunError::from)?;
+                tracing::info!(lun = %lun.display(), %uuid, "formatted heartbeat device");
+                tools
+                    .inspect(&dev)
+                    .await
+                    .map_err(LunError::from)?
+                    .ok_or_else(|| {
+                        LunError::NotReady("heartbeat device unreadable after mkfs".into())
+                    })?
+            }
+        };
+        Ok::<_, LunError>(info)
+    })
+    .await?;
+    match found.cluster_name {
+        Some(c) if c != cluster_name => Err(OpenError::OtherCluster {
+            path: lun.display().to_string(),
+            found: c,
+            ours: cluster_name.to_string(),
+        }),
+        _ => Ok(found.uuid),
+    }
+}

@@ -1,0 +1,279 @@
+//! The Controller gRPC service: unpacks requests, calls [`Volumes`], and maps
+//! each RPC's error to its status. No business logic lives here.
+
+use super::error::status;
+use super::volumes::{CreateRequest, VolumeInfo, Volumes};
+use crate::csi::controller_server::Controller;
+use crate::csi::controller_service_capability::{rpc, Rpc, Type as CapType};
+use crate::csi::list_volumes_response;
+use crate::csi::validate_volume_capabilities_response::Confirmed;
+use crate::csi::*;
+use crate::server::record_volume;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ControllerService {
+    volumes: Arc<Volumes>,
+}
+
+impl ControllerService {
+    pub fn new(volumes: Arc<Volumes>) -> Self {
+        ControllerService { volumes }
+    }
+}
+
+/// Capabilities we implement; nothing else is advertised.
+const CAPABILITIES: [rpc::Type; 5] = [
+    rpc::Type::CreateDeleteVolume,
+    rpc::Type::ExpandVolume,
+    rpc::Type::ListVolumes,
+    rpc::Type::GetCapacity,
+    rpc::Type::GetVolume,
+];
+
+fn volume(info: &VolumeInfo) -> Volume {
+    Volume {
+        capacity_bytes: info.capacity as i64,
+        volume_id: info.id.to_string(),
+        volume_context: info.context.clone(),
+        ..Default::default()
+    }
+}
+
+fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported by ocfs2-csi"))
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let r = request.into_inner();
+        record_volume(&r.name);
+        let capacity = r.capacity_range.unwrap_or_default();
+        let info = self
+            .volumes
+            .create(CreateRequest {
+                name: &r.name,
+                required_bytes: capacity.required_bytes,
+                limit_bytes: capacity.limit_bytes,
+                capabilities: &r.volume_capabilities,
+                parameters: &r.parameters,
+                has_content_source: r.volume_content_source.is_some(),
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(volume(&info)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        self.volumes.delete(&r.volume_id).await.map_err(status)?;
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        Err(unsupported("ControllerPublishVolume"))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        Err(unsupported("ControllerUnpublishVolume"))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        if r.volume_capabilities.is_empty() && !r.volume_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_capabilities must not be empty",
+            ));
+        }
+        self.volumes.get(&r.volume_id).map_err(status)?;
+        let verdict = super::params::check_capabilities(&r.volume_capabilities)
+            .and_then(|()| super::params::VolumeParams::parse(&r.parameters).map(drop));
+        let response = match verdict {
+            Ok(()) => ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(Confirmed {
+                    volume_context: r.volume_context,
+                    volume_capabilities: r.volume_capabilities,
+                    parameters: r.parameters,
+                    mutable_parameters: Default::default(),
+                }),
+                message: String::new(),
+            },
+            Err(why) => ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let r = request.into_inner();
+        if r.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        let all = self.volumes.list().map_err(status)?;
+        let start = if r.starting_token.is_empty() {
+            0
+        } else {
+            r.starting_token
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i <= all.len())
+                .ok_or_else(|| {
+                    status(super::error::ListError::BadToken(r.starting_token.clone()))
+                })?
+        };
+        let take = if r.max_entries == 0 {
+            all.len()
+        } else {
+            r.max_entries as usize
+        };
+        let end = start.saturating_add(take).min(all.len());
+        let entries = all[start..end]
+            .iter()
+            .map(|info| list_volumes_response::Entry {
+                volume: Some(volume(info)),
+                status: None,
+            })
+            .collect();
+        let next_token = if end < all.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        let r = request.into_inner();
+        // Capabilities we cannot serve have no capacity (the spec's answer).
+        if !r.volume_capabilities.is_empty()
+            && super::params::check_capabilities(&r.volume_capabilities).is_err()
+        {
+            return Ok(Response::new(GetCapacityResponse::default()));
+        }
+        let cap = self.volumes.capacity(&r.parameters).map_err(status)?;
+        Ok(Response::new(GetCapacityResponse {
+            available_capacity: cap.available as i64,
+            maximum_volume_size: Some(cap.maximum_volume as i64),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        let capabilities = CAPABILITIES
+            .iter()
+            .map(|t| ControllerServiceCapability {
+                r#type: Some(CapType::Rpc(Rpc { r#type: *t as i32 })),
+            })
+            .collect();
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        Err(unsupported("CreateSnapshot"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        Err(unsupported("DeleteSnapshot"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        Err(unsupported("ListSnapshots"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        Err(unsupported("GetSnapshot"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        let range = r.capacity_range.unwrap_or_default();
+        let capacity = self
+            .volumes
+            .expand(
+                &r.volume_id,
+                range.required_bytes,
+                range.limit_bytes,
+                r.volume_capability.as_ref(),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: capacity as i64,
+            // The partition grew; each node must see it before the
+            // filesystem is grown there.
+            node_expansion_required: true,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        let info = self.volumes.get(&r.volume_id).map_err(status)?;
+        Ok(Response::new(ControllerGetVolumeResponse {
+            volume: Some(volume(&info)),
+            status: Some(controller_get_volume_response::VolumeStatus::default()),
+        }))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        Err(unsupported("ControllerModifyVolume"))
+    }
+}

@@ -1,0 +1,761 @@
+//! The controller's work on volumes, free of gRPC: create, delete, expand,
+//! list, capacity and lookup over the pool's LUNs.
+
+use super::entry::{
+    self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
+    FIRST_VOLUME_NUMBER, MAX_PARTITION,
+};
+use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError, LunError};
+use super::inflight::InFlight;
+use super::params::{check_capabilities, VolumeParams};
+use super::pool::Lun;
+use super::volume_id::{filesystem_uuid, partition_guid, VolumeId};
+use crate::csi::VolumeCapability;
+use crate::disk::gpt::Gpt;
+use crate::disk::region::{with_region, RegionDevices};
+use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
+use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
+use crate::ocfs2::MAX_LABEL_BYTES;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// Size of a volume when the request names none.
+pub const DEFAULT_VOLUME_BYTES: u64 = GIB;
+/// CSI names are at most 128 bytes in practice (Kubernetes: 63 + prefix).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// What nodes need to find and mount a volume (the CSI volume context).
+pub mod context_keys {
+    pub const LUN_GUID: &str = "lunGuid";
+    pub const PARTITION_GUID: &str = "partitionGuid";
+    pub const FS_UUID: &str = "fsUuid";
+    pub const CLUSTER_NAME: &str = "clusterName";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const HEARTBEAT_UUID: &str = "heartbeatUuid";
+}
+
+/// A volume as the RPCs report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub capacity: u64,
+    pub context: HashMap<String, String>,
+}
+
+pub struct CreateRequest<'a> {
+    pub name: &'a str,
+    pub required_bytes: i64,
+    pub limit_bytes: i64,
+    pub capabilities: &'a [VolumeCapability],
+    pub parameters: &'a HashMap<String, String>,
+    pub has_content_source: bool,
+}
+
+pub struct Capacity {
+    pub available: u64,
+    pub maximum_volume: u64,
+}
+
+pub struct Volumes {
+    luns: OnceLock<Vec<Arc<Lun>>>,
+    tools: Ocfs2Tools,
+    regions: Arc<dyn RegionDevices>,
+    cluster_name: String,
+    inflight: InFlight,
+}
+
+impl Volumes {
+    pub fn new(tools: Ocfs2Tools, regions: Arc<dyn RegionDevices>, cluster_name: String) -> Self {
+        Volumes {
+            luns: OnceLock::new(),
+            tools,
+            regions,
+            cluster_name,
+            inflight: InFlight::default(),
+        }
+    }
+
+    /// Called once every LUN is open; until then RPCs answer Unavailable.
+    pub fn set_luns(&self, luns: Vec<Arc<Lun>>) {
+        let _ = self.luns.set(luns);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.luns.get().is_some()
+    }
+
+    fn luns(&self) -> Result<&[Arc<Lun>], LunError> {
+        self.luns
+            .get()
+            .map(Vec::as_slice)
+            .ok_or_else(|| LunError::NotReady("the shared LUNs are still being opened".into()))
+    }
+
+    fn lun_by_guid(&self, guid: &uuid::Uuid) -> Result<Option<&Arc<Lun>>, LunError> {
+        Ok(self.luns()?.iter().find(|l| l.disk_guid == *guid))
+    }
+
+    fn context(&self, lun: &Lun, e: &VolumeEntry, name: Option<&str>) -> HashMap<String, String> {
+        use context_keys::*;
+        let mut c = HashMap::from([
+            (LUN_GUID.to_string(), lun.disk_guid.to_string()),
+            (PARTITION_GUID.to_string(), e.guid.to_string()),
+            (CLUSTER_NAME.to_string(), self.cluster_name.clone()),
+            (HEARTBEAT.to_string(), e.heartbeat.to_string()),
+        ]);
+        if e.heartbeat == HeartbeatMode::Global {
+            c.insert(HEARTBEAT_UUID.into(), lun.heartbeat_uuid.to_string());
+        }
+        if let Some(name) = name {
+            c.insert(FS_UUID.into(), filesystem_uuid(name).to_string());
+        }
+        c
+    }
+
+    fn info(&self, lun: &Lun, e: &VolumeEntry, name: Option<&str>) -> VolumeInfo {
+        VolumeInfo {
+            id: VolumeId {
+                lun: lun.disk_guid,
+                partition: e.guid,
+            },
+            capacity: e.usable_bytes(),
+            context: self.context(lun, e, name),
+        }
+    }
+
+    pub async fn create(&self, req: CreateRequest<'_>) -> Result<VolumeInfo, CreateError> {
+        let name = req.name;
+        validate_name(name).map_err(CreateError::InvalidArgument)?;
+        let usable = requested_bytes(req.required_bytes, req.limit_bytes)?;
+        check_capabilities(req.capabilities).map_err(CreateError::InvalidArgument)?;
+        if req.has_content_source {
+            return Err(CreateError::InvalidArgument(
+                "volume_content_source (snapshots and clones) is not supported".into(),
+            ));
+        }
+        let params = VolumeParams::parse(req.parameters).map_err(CreateError::InvalidArgument)?;
+        let luns = self.luns()?;
+        let candidates: Vec<&Arc<Lun>> = match &params.lun {
+            None => luns.iter().collect(),
+            Some(want) => {
+                let found: Vec<_> = luns
+                    .iter()
+                    .filter(|l| {
+                        l.path.as_os_str() == want.as_str() || l.disk_guid.to_string() == *want
+                    })
+                    .collect();
+                if found.is_empty() {
+                    return Err(CreateError::InvalidArgument(format!(
+                        "parameter lun {want:?} names none of this controller's LUNs"
+                    )));
+                }
+                found
+            }
+        };
+        let guid = partition_guid(name);
+        let _guard = self
+            .inflight
+            .try_begin(guid)
+            .ok_or_else(|| LunError::InFlight(name.to_string()))?;
+        let layout = Layout::for_size(
+            usable,
+            params.slots,
+            params.block_size,
+            params.cluster_size,
+            params.journal_size,
+        );
+        let accounted = entry::accounted(&layout);
+
+        // A retry finds what an earlier call made, on any LUN.
+        for lun in luns {
+            let table = lun.read_table()?;
+            let Some(p) = table.find_by_guid(&guid) else {
+                continue;
+            };
+            let existing =
+                volume_entry(p, lun.sector_size()).ok_or_else(|| CreateError::Incompatible {
+                    name: name.to_string(),
+                    why: format!("partition {} with its GUID is not a volume", p.number),
+                })?;
+            let mismatch = compatibility(
+                &existing,
+                &accounted,
+                &params,
+                usable,
+                req.limit_bytes,
+                candidates.iter().any(|c| Arc::ptr_eq(c, lun)),
+            );
+            if let Some(why) = mismatch {
+                return Err(CreateError::Incompatible {
+                    name: name.to_string(),
+                    why,
+                });
+            }
+            if existing.state == State::Pending {
+                tracing::info!(
+                    volume = name,
+                    partition = existing.number,
+                    "resuming an interrupted create"
+                );
+                self.format_and_confirm(lun, &existing, name, &layout, &params)
+                    .await?;
+            }
+            return Ok(self.info(lun, &existing, Some(name)));
+        }
+
+        let partition_bytes = accounted.partition_bytes(usable, ALIGN);
+        let (lun, created) = self
+            .allocate(
+                &candidates,
+                name,
+                &accounted,
+                partition_bytes,
+                usable,
+                params.heartbeat,
+            )
+            .await?;
+        tracing::info!(
+            volume = name,
+            lun = %lun.name(),
+            partition = created.number,
+            partition_bytes,
+            usable,
+            slots = layout.slots,
+            journal = layout.journal_size,
+            cluster = layout.cluster_size,
+            "partition allocated, formatting"
+        );
+        self.format_and_confirm(lun, &created, name, &layout, &params)
+            .await?;
+        Ok(self.info(lun, &created, Some(name)))
+    }
+
+    /// Reserves a pending partition on the first LUN with room.
+    async fn allocate<'l>(
+        &self,
+        candidates: &[&'l Arc<Lun>],
+        name: &str,
+        accounted: &Layout,
+        partition_bytes: u64,
+        usable: u64,
+        heartbeat: HeartbeatMode,
+    ) -> Result<(&'l Arc<Lun>, VolumeEntry), CreateError> {
+        let mut largest = 0u64;
+        let mut lun_capacity = 0u64;
+        let mut numbers_left = false;
+        for &lun in candidates {
+            let _locked = lun.lock().await;
+            let mut table = lun.read_table()?;
+            let ss = lun.sector_size();
+            lun_capacity = lun_capacity.max(accounted.usable_bytes(
+                (table.last_usable_lba - table.first_usable_lba + 1) * ss,
+                ALIGN,
+            ));
+            let Some(number) =
+                (FIRST_VOLUME_NUMBER..=MAX_PARTITION).find(|n| table.partition(*n).is_none())
+            else {
+                continue;
+            };
+            numbers_left = true;
+            let sectors = partition_bytes / ss;
+            let extents = table.free_extents(ALIGN / ss);
+            largest = largest.max(
+                extents
+                    .iter()
+                    .map(|(f, l)| accounted.usable_bytes((l - f + 1) * ss, ALIGN))
+                    .max()
+                    .unwrap_or(0),
+            );
+            let Some(&(first, _)) = extents.iter().find(|(f, l)| l - f + 1 >= sectors) else {
+                continue;
+            };
+            let at = Placement {
+                number,
+                first_lba: first,
+                last_lba: first + sectors - 1,
+            };
+            let p = volume_partition(
+                at,
+                partition_guid(name),
+                name,
+                State::Pending,
+                heartbeat,
+                accounted,
+            );
+            let e = volume_entry(&p, ss).expect("a volume partition");
+            table.partitions.push(p);
+            table.partitions.sort_by_key(|p| p.number);
+            lun.write_table(&table)?;
+            return Ok((lun, e));
+        }
+        if !numbers_left {
+            return Err(CreateError::NoPartitionNumber {
+                max: MAX_PARTITION - FIRST_VOLUME_NUMBER + 1,
+            });
+        }
+        if usable > lun_capacity {
+            return Err(CreateError::CapacityOutOfRange(format!(
+                "{usable} bytes is more than an empty LUN of this pool could hold \
+                 (at most {lun_capacity} bytes with these parameters)"
+            )));
+        }
+        Err(CreateError::NoSpace {
+            needed: usable,
+            partition: partition_bytes,
+            largest,
+        })
+    }
+
+    /// mkfs on a pending partition, then marks it ready. If mkfs fails the
+    /// partition is wiped and dropped again, so nothing half-made stays.
+    async fn format_and_confirm(
+        &self,
+        lun: &Lun,
+        e: &VolumeEntry,
+        name: &str,
+        layout: &Layout,
+        params: &VolumeParams,
+    ) -> Result<(), LunError> {
+        let spec = MkfsSpec {
+            cluster_name: self.cluster_name.clone(),
+            label: label(name),
+            uuid: filesystem_uuid(name),
+            layout: layout.clone(),
+            heartbeat: params.heartbeat,
+            features: params.features.clone(),
+        };
+        let tools = &self.tools;
+        let spec = &spec;
+        let formatted = with_region(
+            self.regions.as_ref(),
+            &lun.path,
+            e.offset,
+            e.size,
+            |dev| async move { tools.mkfs(spec, &dev).await.map_err(LunError::from) },
+        )
+        .await;
+        if let Err(err) = formatted {
+            tracing::error!(volume = name, error = %err, "mkfs failed; removing the partition again");
+            if let Err(undo) = self.wipe_and_remove(lun, e).await {
+                tracing::error!(volume = name, error = %undo, "could not remove the pending partition; a retry or DeleteVolume will");
+            }
+            return Err(err);
+        }
+        let _locked = lun.lock().await;
+        let mut table = lun.read_table()?;
+        let p = table
+            .partitions
+            .iter_mut()
+            .find(|p| p.unique_guid == e.guid)
+            .ok_or_else(|| {
+                LunError::NotReady(format!("partition of {name} vanished during create"))
+            })?;
+        let at = Placement {
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+        };
+        let ready = volume_partition(at, e.guid, name, State::Ready, e.heartbeat, &e.layout);
+        *p = ready;
+        lun.write_table(&table)?;
+        Ok(())
+    }
+
+    /// Zeroes the filesystem signatures (primary and backup superblocks),
+    /// discards the space where the LUN can, then drops the GPT entry.
+    async fn wipe_and_remove(&self, lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
+        wipe(lun, e)?;
+        let _locked = lun.lock().await;
+        let mut table = lun.read_table()?;
+        let before = table.partitions.len();
+        table.partitions.retain(|p| p.unique_guid != e.guid);
+        if table.partitions.len() != before {
+            lun.write_table(&table)?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, volume_id: &str) -> Result<(), DeleteError> {
+        if volume_id.is_empty() {
+            return Err(DeleteError::InvalidArgument(
+                "volume_id must not be empty".into(),
+            ));
+        }
+        let Some(id) = VolumeId::parse(volume_id) else {
+            tracing::info!(
+                volume_id,
+                "not a volume ID of this driver; nothing to delete"
+            );
+            return Ok(());
+        };
+        let Some(lun) = self.lun_by_guid(&id.lun)? else {
+            tracing::warn!(
+                volume_id,
+                "its LUN is not in this controller's pool; nothing to delete here"
+            );
+            return Ok(());
+        };
+        let _guard = self
+            .inflight
+            .try_begin(id.partition)
+            .ok_or_else(|| LunError::InFlight(volume_id.to_string()))?;
+        let table = lun.read_table()?;
+        let Some(p) = table.find_by_guid(&id.partition) else {
+            return Ok(());
+        };
+        let Some(e) = volume_entry(p, lun.sector_size()) else {
+            return Err(DeleteError::InvalidArgument(format!(
+                "{volume_id} names partition {}, which is not a volume",
+                p.number
+            )));
+        };
+        let tools = &self.tools;
+        let nodes = with_region(
+            self.regions.as_ref(),
+            &lun.path,
+            e.offset,
+            e.size,
+            |dev| async move {
+                match tools.inspect(&dev).await.map_err(LunError::from)? {
+                    // Wiped by an interrupted delete, or mkfs never ran.
+                    None => Ok(Vec::new()),
+                    Some(_) => tools.mounted_nodes(&dev).await.map_err(LunError::from),
+                }
+            },
+        )
+        .await?;
+        if !nodes.is_empty() {
+            return Err(DeleteError::Mounted {
+                volume: volume_id.to_string(),
+                nodes,
+            });
+        }
+        self.wipe_and_remove(lun, &e).await?;
+        tracing::info!(
+            volume_id,
+            partition = e.number,
+            bytes = e.size,
+            "volume deleted"
+        );
+        Ok(())
+    }
+
+    pub async fn expand(
+        &self,
+        volume_id: &str,
+        required_bytes: i64,
+        limit_bytes: i64,
+        capability: Option<&VolumeCapability>,
+    ) -> Result<u64, ExpandError> {
+        if volume_id.is_empty() {
+            return Err(ExpandError::InvalidArgument(
+                "volume_id must not be empty".into(),
+            ));
+        }
+        if required_bytes < 0 || limit_bytes < 0 {
+            return Err(ExpandError::InvalidArgument(
+                "capacity_range bytes must not be negative".into(),
+            ));
+        }
+        if limit_bytes > 0 && required_bytes > limit_bytes {
+            return Err(ExpandError::CapacityOutOfRange(format!(
+                "required_bytes {required_bytes} is more than limit_bytes {limit_bytes}"
+            )));
+        }
+        if let Some(cap) = capability {
+            check_capabilities(std::slice::from_ref(cap)).map_err(ExpandError::InvalidArgument)?;
+        }
+        let not_found = || ExpandError::NotFound(volume_id.to_string());
+        let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
+        let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
+        let _guard = self
+            .inflight
+            .try_begin(id.partition)
+            .ok_or_else(|| LunError::InFlight(volume_id.to_string()))?;
+        let _locked = lun.lock().await;
+        let mut table = lun.read_table()?;
+        let ss = lun.sector_size();
+        let p = table
+            .find_by_guid(&id.partition)
+            .ok_or_else(not_found)?
+            .clone();
+        let e = volume_entry(&p, ss).ok_or_else(not_found)?;
+        if e.state == State::Pending {
+            return Err(ExpandError::NotCreated(volume_id.to_string()));
+        }
+        let wanted = round_up(required_bytes as u64, MIB);
+        let current = e.usable_bytes();
+        if wanted <= current {
+            return Ok(current);
+        }
+        let new_bytes = e.layout.partition_bytes(wanted, ALIGN);
+        let room_end = room_after(&table, &p);
+        let possible_bytes = (room_end - p.first_lba) * ss / ALIGN * ALIGN;
+        if new_bytes > possible_bytes {
+            return Err(ExpandError::NoRoom {
+                volume: volume_id.to_string(),
+                wanted,
+                possible: e.layout.usable_bytes(possible_bytes, ALIGN),
+            });
+        }
+        let entry = table
+            .partitions
+            .iter_mut()
+            .find(|q| q.number == p.number)
+            .expect("found above");
+        entry.last_lba = p.first_lba + new_bytes / ss - 1;
+        lun.write_table(&table)?;
+        let grown = e.layout.usable_bytes(new_bytes, ALIGN);
+        tracing::info!(
+            volume_id,
+            from = current,
+            to = grown,
+            partition_bytes = new_bytes,
+            "partition grown; nodes grow the filesystem"
+        );
+        Ok(grown)
+    }
+
+    /// Ready volumes of every LUN, in a stable order (LUN, partition number).
+    pub fn list(&self) -> Result<Vec<VolumeInfo>, ListError> {
+        let mut out = Vec::new();
+        for lun in self.luns()? {
+            let table = lun.read_table()?;
+            for p in &table.partitions {
+                if let Some(e) =
+                    volume_entry(p, lun.sector_size()).filter(|e| e.state == State::Ready)
+                {
+                    out.push(self.info(lun, &e, None));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A ready volume by ID.
+    pub fn get(&self, volume_id: &str) -> Result<VolumeInfo, LookupError> {
+        if volume_id.is_empty() {
+            return Err(LookupError::InvalidArgument(
+                "volume_id must not be empty".into(),
+            ));
+        }
+        let not_found = || LookupError::NotFound(volume_id.to_string());
+        let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
+        let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
+        let table = lun.read_table()?;
+        let p = table.find_by_guid(&id.partition).ok_or_else(not_found)?;
+        let e = volume_entry(p, lun.sector_size())
+            .filter(|e| e.state == State::Ready)
+            .ok_or_else(not_found)?;
+        Ok(self.info(lun, &e, None))
+    }
+
+    /// Free space for volumes with these parameters: the sum over free
+    /// extents of what each could hold, and the largest single volume.
+    pub fn capacity(&self, parameters: &HashMap<String, String>) -> Result<Capacity, ListError> {
+        let params = VolumeParams::parse(parameters).map_err(ListError::InvalidArgument)?;
+        let mut cap = Capacity {
+            available: 0,
+            maximum_volume: 0,
+        };
+        for lun in self.luns()? {
+            if let Some(want) = &params.lun {
+                if lun.path.as_os_str() != want.as_str() && lun.disk_guid.to_string() != *want {
+                    continue;
+                }
+            }
+            let table = lun.read_table()?;
+            if !(FIRST_VOLUME_NUMBER..=MAX_PARTITION).any(|n| table.partition(n).is_none()) {
+                continue;
+            }
+            let ss = lun.sector_size();
+            for (first, last) in table.free_extents(ALIGN / ss) {
+                let bytes = (last - first + 1) * ss;
+                let layout = entry::accounted(&Layout::for_size(
+                    bytes,
+                    params.slots,
+                    params.block_size,
+                    params.cluster_size,
+                    params.journal_size,
+                ));
+                let usable = layout.usable_bytes(bytes, ALIGN);
+                cap.available += usable;
+                cap.maximum_volume = cap.maximum_volume.max(usable);
+            }
+        }
+        Ok(cap)
+    }
+}
+
+/// The LBA after the last sector the partition may grow into.
+fn room_after(table: &Gpt, p: &crate::disk::gpt::Partition) -> u64 {
+    table
+        .partitions
+        .iter()
+        .map(|q| q.first_lba)
+        .filter(|&f| f > p.last_lba)
+        .min()
+        .unwrap_or(table.last_usable_lba + 1)
+}
+
+/// Why an existing volume does not match a repeated CreateVolume, if it
+/// does not.
+fn compatibility(
+    existing: &VolumeEntry,
+    accounted: &Layout,
+    params: &VolumeParams,
+    usable: u64,
+    limit: i64,
+    on_allowed_lun: bool,
+) -> Option<String> {
+    let have = existing.usable_bytes();
+    if existing.layout != *accounted {
+        Some(format!(
+            "it has {} slots, {} byte clusters and {} byte journals (as accounted), this \
+             request asks for {}, {} and {}",
+            existing.layout.slots,
+            existing.layout.cluster_size,
+            existing.layout.journal_size,
+            accounted.slots,
+            accounted.cluster_size,
+            accounted.journal_size
+        ))
+    } else if existing.heartbeat != params.heartbeat {
+        Some(format!(
+            "it uses {} heartbeat, this request asks for {}",
+            existing.heartbeat, params.heartbeat
+        ))
+    } else if have < usable || (limit > 0 && have > limit as u64) {
+        Some(format!(
+            "it holds {have} bytes, this request asks for {usable} bytes (limit {limit})"
+        ))
+    } else if !on_allowed_lun {
+        Some("it lives on another LUN than the lun parameter names".into())
+    } else {
+        None
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "name is {} bytes long; at most {MAX_NAME_BYTES} are supported",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// The usable bytes to provision: the request rounded up to whole MiB,
+/// within the limit.
+fn requested_bytes(required: i64, limit: i64) -> Result<u64, CreateError> {
+    if required < 0 || limit < 0 {
+        return Err(CreateError::InvalidArgument(
+            "capacity_range bytes must not be negative".into(),
+        ));
+    }
+    let (required, limit) = (required as u64, limit as u64);
+    if limit > 0 && required > limit {
+        return Err(CreateError::CapacityOutOfRange(format!(
+            "required_bytes {required} is more than limit_bytes {limit}"
+        )));
+    }
+    let wanted = if required == 0 {
+        DEFAULT_VOLUME_BYTES
+    } else {
+        round_up(required, MIB)
+    };
+    if limit == 0 || wanted <= limit {
+        return Ok(wanted);
+    }
+    // Rounding (or the default) overshot the limit: take whole MiB under it.
+    let floor = limit / MIB * MIB;
+    if floor >= required && floor > 0 {
+        Ok(floor)
+    } else {
+        Err(CreateError::CapacityOutOfRange(format!(
+            "no whole number of MiB lies between required_bytes {required} and limit_bytes {limit}"
+        )))
+    }
+}
+
+/// OCFS2 labels hold 63 bytes; longer names are cut at a character boundary.
+fn label(name: &str) -> String {
+    let mut end = name.len().min(MAX_LABEL_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// Byte offsets of OCFS2's backup superblocks (1 GiB, then every 4x).
+const BACKUP_SUPERBLOCKS: [u64; 6] = [1 << 30, 1 << 32, 1 << 34, 1 << 36, 1 << 38, 1 << 40];
+
+fn wipe(lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
+    let zeros = vec![0u8; MIB as usize];
+    let head = e.size.min(MIB) as usize;
+    lun.io
+        .write_at(e.offset, &zeros[..head])
+        .map_err(|err| lun.io_error(err))?;
+    for backup in BACKUP_SUPERBLOCKS.iter().filter(|&&b| b + 4096 <= e.size) {
+        lun.io
+            .write_at(e.offset + backup, &zeros[..4096])
+            .map_err(|err| lun.io_error(err))?;
+    }
+    lun.io.sync().map_err(|err| lun.io_error(err))?;
+    match lun.io.discard(e.offset, e.size) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(lun = %lun.name(), "LUN does not support discard");
+        }
+        // The signatures are gone already; a failed discard only leaves old
+        // blocks that no filesystem points at.
+        Err(err) => tracing::warn!(lun = %lun.name(), error = %err, "discard failed"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_bytes_rules() {
+        assert_eq!(requested_bytes(0, 0).unwrap(), DEFAULT_VOLUME_BYTES);
+        assert_eq!(requested_bytes(1, 0).unwrap(), MIB);
+        assert_eq!(requested_bytes(5 * MIB as i64, 0).unwrap(), 5 * MIB);
+        assert_eq!(requested_bytes(0, 10 * MIB as i64).unwrap(), 10 * MIB);
+        assert_eq!(
+            requested_bytes(MIB as i64 + 1, 2 * MIB as i64 + 5).unwrap(),
+            2 * MIB
+        );
+        assert!(matches!(
+            requested_bytes(-1, 0),
+            Err(CreateError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            requested_bytes(10, 5),
+            Err(CreateError::CapacityOutOfRange(_))
+        ));
+        assert!(matches!(
+            requested_bytes(MIB as i64 + 1, MIB as i64 + 100),
+            Err(CreateError::CapacityOutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn names_and_labels() {
+        assert!(validate_name("pvc-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"a".repeat(129)).is_err());
+        assert!(validate_name("a\nb").is_err());
+        assert_eq!(label(&"é".repeat(40)).len(), 62);
+        assert_eq!(label("pvc-1"), "pvc-1");
+    }
+}

@@ -1,0 +1,6 @@
+//! The shared disk: sector I/O on a LUN, its GUID partition table, and the
+//! kernel devices through which a partition's byte range is reached.
+
+pub mod gpt;
+pub mod lun_io;
+pub mod region;

@@ -1,0 +1,100 @@
+//! The Identity service, served by both the controller and the node plugin.
+
+use crate::csi::identity_server::Identity;
+use crate::csi::plugin_capability::{self, service, volume_expansion};
+use crate::csi::{
+    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
+    GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Tells Probe whether the plugin can serve yet (the controller has opened
+/// its LUNs; the node has joined its cluster).
+pub trait Readiness: Send + Sync {
+    fn is_ready(&self) -> bool;
+}
+
+/// Readiness that is always true (for modes with nothing to wait for).
+pub struct AlwaysReady;
+
+impl Readiness for AlwaysReady {
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+pub struct IdentityService {
+    driver_name: String,
+    controller: bool,
+    readiness: Arc<dyn Readiness>,
+}
+
+impl IdentityService {
+    pub fn new(driver_name: String, controller: bool, readiness: Arc<dyn Readiness>) -> Self {
+        IdentityService {
+            driver_name,
+            controller,
+            readiness,
+        }
+    }
+}
+
+fn service(kind: service::Type) -> PluginCapability {
+    PluginCapability {
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service {
+                r#type: kind as i32,
+            },
+        )),
+    }
+}
+
+fn expansion(kind: volume_expansion::Type) -> PluginCapability {
+    PluginCapability {
+        r#type: Some(plugin_capability::Type::VolumeExpansion(
+            plugin_capability::VolumeExpansion {
+                r#type: kind as i32,
+            },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn get_plugin_info(
+        &self,
+        _request: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: self.driver_name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _request: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        let mut capabilities = vec![
+            expansion(volume_expansion::Type::Online),
+            expansion(volume_expansion::Type::Offline),
+        ];
+        if self.controller {
+            capabilities.insert(0, service(service::Type::ControllerService));
+        }
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse {
+            ready: Some(self.readiness.is_ready()),
+        }))
+    }
+}

@@ -1,0 +1,13 @@
+//! ocfs2-csi: a CSI driver that carves OCFS2 volumes out of shared SAN LUNs
+//! and lets many nodes mount them at once.
+//!
+//! The binary (`src/main.rs`) only parses flags and wires these modules.
+
+pub mod controller;
+pub mod csi;
+pub mod disk;
+pub mod identity;
+pub mod node;
+pub mod ocfs2;
+pub mod server;
+pub mod tools;

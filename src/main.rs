@@ -1,0 +1,200 @@
+//! `ocfs2-csi`: one binary, a mode per subcommand.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ocfs2_csi::controller::pool::open_lun;
+use ocfs2_csi::controller::{ControllerService, Volumes};
+use ocfs2_csi::csi::controller_server::ControllerServer;
+use ocfs2_csi::csi::identity_server::IdentityServer;
+use ocfs2_csi::disk::lun_io::LunFile;
+use ocfs2_csi::disk::region::LoopDevices;
+use ocfs2_csi::identity::{AlwaysReady, IdentityService, Readiness};
+use ocfs2_csi::ocfs2::{validate_cluster_name, Ocfs2Tools};
+use ocfs2_csi::server::{self, Endpoint, ObserveLayer};
+use ocfs2_csi::tools::{Runner, SystemRunner};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default CSI driver name (a DNS-style name, as CSI asks).
+const DEFAULT_DRIVER_NAME: &str = "ocfs2.csi.dev";
+
+#[derive(Parser)]
+#[command(
+    name = "ocfs2-csi",
+    version,
+    about = "CSI driver for shared OCFS2 volumes on SAN LUNs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Carve volumes out of shared LUNs (Identity + Controller services).
+    Controller(ControllerArgs),
+    /// Mount volumes on this node (Identity only, for now).
+    Node(CommonArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Where to serve: unix:///path/csi.sock or tcp://127.0.0.1:PORT.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: Endpoint,
+    /// The CSI driver name reported to Kubernetes.
+    #[arg(long, env = "OCFS2_CSI_DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Log filter (tracing's env-filter syntax), e.g. info or ocfs2_csi=debug.
+    #[arg(long, env = "OCFS2_CSI_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// A shared LUN to carve volumes from (repeatable; comma-separated in the
+    /// environment). Stable paths such as /dev/disk/by-id/... or multipath
+    /// maps; regular files work for tests.
+    #[arg(
+        long = "lun",
+        env = "OCFS2_CSI_LUNS",
+        value_delimiter = ',',
+        required = true
+    )]
+    luns: Vec<PathBuf>,
+    /// The o2cb cluster name stamped into every filesystem.
+    #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
+    cluster_name: String,
+}
+
+struct VolumesReady(Arc<Volumes>);
+
+impl Readiness for VolumesReady {
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("bad --log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+fn validate_driver_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    anyhow::ensure!(
+        ok,
+        "driver name {name:?} must be a DNS-style name of at most 63 characters"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::Controller(args) => run_controller(args).await,
+        Mode::Node(args) => run_node(args).await,
+    }
+}
+
+async fn run_node(args: CommonArgs) -> anyhow::Result<()> {
+    init_logging(&args.log)?;
+    validate_driver_name(&args.driver_name)?;
+    let identity = IdentityService::new(args.driver_name, false, Arc::new(AlwaysReady));
+    let router = tonic::transport::Server::builder()
+        .layer(ObserveLayer)
+        .add_service(IdentityServer::new(identity));
+    server::serve(router, &args.endpoint, server::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(&args.common.log)?;
+    validate_driver_name(&args.common.driver_name)?;
+    validate_cluster_name(&args.cluster_name).map_err(anyhow::Error::msg)?;
+    let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
+    let tools = Ocfs2Tools::new(runner.clone());
+    let regions = Arc::new(LoopDevices::new(runner));
+    let volumes = Arc::new(Volumes::new(
+        tools.clone(),
+        regions.clone(),
+        args.cluster_name.clone(),
+    ));
+
+    // Serve at once (Probe says "not ready"), open the LUNs behind it.
+    let opener = {
+        let volumes = volumes.clone();
+        let (luns, cluster) = (args.luns.clone(), args.cluster_name.clone());
+        tokio::spawn(async move {
+            let mut attempt = 0u32;
+            loop {
+                match open_all(&luns, &cluster, &tools, regions.as_ref()).await {
+                    Ok(opened) => {
+                        tracing::info!(luns = opened.len(), "all LUNs open; ready");
+                        volumes.set_luns(opened);
+                        return;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        let wait = Duration::from_secs(u64::from(attempt.min(6)) * 5);
+                        tracing::error!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "cannot open the LUNs");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let identity = IdentityService::new(
+        args.common.driver_name,
+        true,
+        Arc::new(VolumesReady(volumes.clone())),
+    );
+    let router = tonic::transport::Server::builder()
+        .layer(ObserveLayer)
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(ControllerService::new(volumes)));
+    let result = server::serve(router, &args.common.endpoint, server::shutdown_signal()).await;
+    opener.abort();
+    result?;
+    Ok(())
+}
+
+async fn open_all(
+    paths: &[PathBuf],
+    cluster: &str,
+    tools: &Ocfs2Tools,
+    regions: &LoopDevices,
+) -> anyhow::Result<Vec<Arc<ocfs2_csi::controller::pool::Lun>>> {
+    let mut luns = Vec::new();
+    for path in paths {
+        let io = LunFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let lun = open_lun(path, Arc::new(io), cluster, tools, regions).await?;
+        tracing::info!(lun = %path.display(), disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
+        anyhow::ensure!(
+            !luns
+                .iter()
+                .any(|l: &Arc<ocfs2_csi::controller::pool::Lun>| l.disk_guid == lun.disk_guid),
+            "{} is the same LUN (disk GUID {}) as another --lun",
+            path.display(),
+            lun.disk_guid
+        );
+        luns.push(Arc::new(lun));
+    }
+    Ok(luns)
+}

@@ -1,0 +1,31 @@
+//! OCFS2 itself: how a volume is laid out for a requested size, the
+//! arguments of its tools, and what they tell about a filesystem on disk.
+
+pub mod layout;
+pub mod tools;
+
+pub use layout::{HeartbeatMode, Layout};
+pub use tools::{FsInfo, Ocfs2Tools};
+
+/// Longest label OCFS2 stores (OCFS2_MAX_VOL_LABEL_LEN is 64 bytes with NUL).
+pub const MAX_LABEL_BYTES: usize = 63;
+
+/// o2cb cluster names are at most 16 characters of [A-Za-z0-9_-]... the
+/// kernel's configfs accepts more, but ocfs2-tools and the on-disk cluster
+/// info hold 16 bytes.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 16 {
+        return Err(format!(
+            "cluster name {name:?} must be 1 to 16 characters long"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "cluster name {name:?} may only hold letters, digits, '_' and '-'"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Serving gRPC: where (unix socket or TCP), how long (until SIGTERM), and
+//! what every call goes through (the [`observe`] layer).
+
+pub mod endpoint;
+pub mod observe;
+
+pub use endpoint::Endpoint;
+pub use observe::{record_volume, ObserveLayer};
+
+use std::future::Future;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::Router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {endpoint}: {source}")]
+    Listen {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: exists and is not a socket; refusing to remove it")]
+    NotASocket(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `router` on `endpoint` until `shutdown` completes, then lets calls
+/// in progress finish.
+pub async fn serve<L>(
+    router: Router<L>,
+    endpoint: &Endpoint,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    L: tower::Layer<tonic::service::Routes> + Clone,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let listen_err = |source| ServeError::Listen {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    match endpoint {
+        Endpoint::Unix(path) => {
+            let listener = endpoint::bind_unix(path).map_err(|e| match e {
+                endpoint::BindError::NotASocket => {
+                    ServeError::NotASocket(path.display().to_string())
+                }
+                endpoint::BindError::Io(source) => listen_err(source),
+            })?;
+            tracing::info!(endpoint = %endpoint, "serving");
+            let result = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await;
+            let _ = std::fs::remove_file(path);
+            result?;
+        }
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(listen_err)?;
+            tracing::info!(endpoint = %endpoint, "serving");
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
