@@ -1,0 +1,287 @@
+//! A real `ocfs2-csi controller` process on file-backed LUNs, for the
+//! integration tests: started on a free TCP port, waited on until Probe says
+//! ready, killed when dropped. Plus checks that read the LUN with the real
+//! tools (sgdisk, fsck.ocfs2 through a loop device).
+#![allow(dead_code)]
+
+use ocfs2_csi::csi::controller_client::ControllerClient;
+use ocfs2_csi::csi::identity_client::IdentityClient;
+use ocfs2_csi::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+use ocfs2_csi::csi::{CapacityRange, CreateVolumeRequest, ProbeRequest, VolumeCapability};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
+
+pub struct Controller {
+    pub child: Child,
+    pub endpoint: String,
+    pub log: PathBuf,
+    pub luns: Vec<PathBuf>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sparse file LUN of `bytes`.
+pub fn sparse_lun(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(bytes).unwrap();
+    path
+}
+
+impl Controller {
+    /// Starts the controller on `luns` and waits until it is ready.
+    pub async fn start(luns: &[PathBuf], log_dir: &Path) -> Controller {
+        let port = free_port();
+        let endpoint = format!("tcp://127.0.0.1:{port}");
+        let log = log_dir.join(format!("controller-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"));
+        cmd.arg("controller")
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .arg("--cluster-name")
+            .arg("testclu")
+            .arg("--log")
+            .arg("debug");
+        for l in luns {
+            cmd.arg("--lun").arg(l);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start ocfs2-csi");
+        let c = Controller {
+            child,
+            endpoint,
+            log,
+            luns: luns.to_vec(),
+        };
+        c.wait_ready().await;
+        c
+    }
+
+    pub fn url(&self) -> String {
+        self.endpoint.replace("tcp://", "http://")
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut id) = IdentityClient::connect(self.url()).await {
+                if let Ok(r) = id.probe(ProbeRequest {}).await {
+                    if r.into_inner().ready == Some(true) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller not ready within 60 s; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> ControllerClient<Channel> {
+        ControllerClient::connect(self.url()).await.unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn create_request(name: &str, bytes: u64) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes as i64,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        parameters: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+/// Runs a command and returns (success, stdout + stderr).
+pub fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `sgdisk -v` must find no problems.
+pub fn assert_gpt_valid(lun: &Path) {
+    let (ok, text) = run("sgdisk", &["-v", lun.to_str().unwrap()]);
+    assert!(
+        ok && text.contains("No problems found"),
+        "sgdisk -v {}: {text}",
+        lun.display()
+    );
+}
+
+/// A partition as read back by our own GPT reader.
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub number: u32,
+    pub guid: String,
+    pub first: u64,
+    pub last: u64,
+    pub type_guid: String,
+}
+
+pub fn partitions(lun: &Path) -> Vec<Part> {
+    use ocfs2_csi::disk::{gpt, lun_io::LunFile};
+    let io = LunFile::open(lun).unwrap();
+    let table = gpt::read(&io).unwrap().gpt;
+    table
+        .partitions
+        .iter()
+        .map(|p| Part {
+            number: p.number,
+            guid: p.unique_guid.to_string(),
+            first: p.first_lba,
+            last: p.last_lba,
+            type_guid: p.type_guid.to_string(),
+        })
+        .collect()
+}
+
+pub fn assert_no_overlap(parts: &[Part]) {
+    let mut sorted = parts.to_vec();
+    sorted.sort_by_key(|p| p.first);
+    for w in sorted.windows(2) {
+        assert!(
+            w[0].last < w[1].first,
+            "partitions {} and {} overlap: {:?}",
+            w[0].number,
+            w[1].number,
+            w
+        );
+    }
+}
+
+/// Runs `f` on a loop device over a byte range of the LUN.
+pub fn with_loop<T>(lun: &Path, offset: u64, size: u64, f: impl FnOnce(&str) -> T) -> T {
+    let (ok, dev) = run(
+        "losetup",
+        &[
+            "--find",
+            "--show",
+            "--offset",
+            &offset.to_string(),
+            "--sizelimit",
+            &size.to_string(),
+            "--direct-io=on",
+            lun.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "losetup: {dev}");
+    let dev = dev.trim().to_string();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&dev)));
+    run("losetup", &["--detach", &dev]);
+    match result {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// `fsck.ocfs2 -fn` on partition `part` must pass.
+pub fn assert_fsck_clean(lun: &Path, part: &Part) {
+    let (offset, size) = (part.first * 512, (part.last - part.first + 1) * 512);
+    with_loop(lun, offset, size, |dev| {
+        let (ok, text) = run("fsck.ocfs2", &["-fn", dev]);
+        assert!(
+            ok && text.contains("All passes succeeded"),
+            "fsck.ocfs2 -fn partition {} of {}: {text}",
+            part.number,
+            lun.display()
+        );
+    });
+}
+
+/// Free bytes a fresh filesystem offers (global bitmap), via debugfs.
+pub fn fs_free_bytes(lun: &Path, part: &Part) -> u64 {
+    let (offset, size) = (part.first * 512, (part.last - part.first + 1) * 512);
+    with_loop(lun, offset, size, |dev| {
+        let (_, stats) = run("debugfs.ocfs2", &["-R", "stats", dev]);
+        let bits: u32 = stats
+            .lines()
+            .find_map(|l| l.split("Cluster Size Bits:").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("cluster size bits");
+        let (_, bitmap) = run("debugfs.ocfs2", &["-R", "stat //global_bitmap", dev]);
+        let line = bitmap
+            .lines()
+            .find(|l| l.contains("Bitmap Total:"))
+            .expect("bitmap line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let total: u64 = words[2].parse().unwrap();
+        let used: u64 = words[4].parse().unwrap();
+        (total - used) << bits
+    })
+}
+
+pub fn volume_partitions(lun: &Path) -> Vec<Part> {
+    partitions(lun)
+        .into_iter()
+        .filter(|p| p.number != 1)
+        .collect()
+}
+
+/// Bytes of the GPT areas (both copies) — to prove a rejected call changed
+/// nothing on disk.
+pub fn table_bytes(lun: &Path) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(lun).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut head = vec![0u8; 4 * MIB as usize];
+    f.read_exact(&mut head).unwrap();
+    let mut tail = vec![0u8; MIB as usize];
+    f.seek(SeekFrom::Start(len - MIB)).unwrap();
+    f.read_exact(&mut tail).unwrap();
+    head.extend(tail);
+    head
+}
