@@ -6,9 +6,11 @@ use ocfs2_csi::controller::pool::open_lun;
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
 use ocfs2_csi::csi::identity_server::IdentityServer;
+use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{AlwaysReady, IdentityService, Readiness};
+use ocfs2_csi::node::NodeService;
 use ocfs2_csi::ocfs2::{validate_cluster_name, Ocfs2Tools};
 use ocfs2_csi::server::{self, Endpoint, ObserveLayer};
 use ocfs2_csi::tools::{Runner, SystemRunner};
@@ -34,8 +36,8 @@ struct Cli {
 enum Mode {
     /// Carve volumes out of shared LUNs (Identity + Controller services).
     Controller(ControllerArgs),
-    /// Mount volumes on this node (Identity only, for now).
-    Node(CommonArgs),
+    /// Mount volumes on this node (Identity and a partial Node service, for now).
+    Node(NodeArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +70,15 @@ struct ControllerArgs {
     /// The o2cb cluster name stamped into every filesystem.
     #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
     cluster_name: String,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// This node's ID as Kubernetes knows it (the Node name).
+    #[arg(long, env = "NODE_ID")]
+    node_id: String,
 }
 
 struct VolumesReady(Arc<Volumes>);
@@ -113,14 +124,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_node(args: CommonArgs) -> anyhow::Result<()> {
-    init_logging(&args.log)?;
-    validate_driver_name(&args.driver_name)?;
-    let identity = IdentityService::new(args.driver_name, false, Arc::new(AlwaysReady));
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let common = args.common;
+    init_logging(&common.log)?;
+    validate_driver_name(&common.driver_name)?;
+    anyhow::ensure!(!args.node_id.is_empty(), "--node-id must not be empty");
+    let identity = IdentityService::new(common.driver_name, false, Arc::new(AlwaysReady));
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
-        .add_service(IdentityServer::new(identity));
-    server::serve(router, &args.endpoint, server::shutdown_signal()).await?;
+        .add_service(IdentityServer::new(identity))
+        .add_service(NodeServer::new(NodeService::new(args.node_id)));
+    server::serve(router, &common.endpoint, server::shutdown_signal()).await?;
     Ok(())
 }
 

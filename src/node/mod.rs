@@ -1,3 +1,12 @@
-//! The node plugin. Joining the o2cb cluster, staging and publishing are the
-//! node issue's work; until then the node mode serves Identity only and
-//! reports itself ready, because it has no cluster to join yet.
+//! The node plugin.
+//!
+//! Joining the o2cb cluster, staging, publishing and growing volumes are the
+//! node issue's work. Until then the Node service is honest about it: it
+//! advertises no capabilities, answers NodeGetInfo, treats unpublish and
+//! unstage of paths where nothing is mounted as done (they are idempotent by
+//! definition), and refuses everything else as Unimplemented.
+
+pub mod mounts;
+pub mod service;
+
+pub use service::NodeService;
