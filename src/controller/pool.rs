@@ -102,6 +102,7 @@ pub async fn open_lun(
         lun: name.clone(),
         source,
     };
+    regions.release_stale(path).await.map_err(LunError::from)?;
     let foreign = |what: &str| OpenError::Foreign {
         path: name.clone(),
         what: what.to_string(),

@@ -27,6 +27,9 @@ pub trait RegionDevices: Send + Sync {
         size: u64,
     ) -> BoxFuture<'a, Result<Region, ToolError>>;
     fn detach(&self, region: Region) -> BoxFuture<'_, Result<(), ToolError>>;
+    /// Detaches region devices over `lun` that a previous, killed run of the
+    /// controller left behind; returns how many.
+    fn release_stale<'a>(&'a self, lun: &'a Path) -> BoxFuture<'a, Result<usize, ToolError>>;
 }
 
 /// Region devices as loop devices, made with `losetup`.
@@ -87,6 +90,42 @@ impl RegionDevices for LoopDevices {
             self.runner.run(&cmd).await?.ok(&cmd)?;
             Ok(())
         })
+    }
+
+    fn release_stale<'a>(&'a self, lun: &'a Path) -> BoxFuture<'a, Result<usize, ToolError>> {
+        // Only the controller makes loop devices over a LUN (nodes use kernel
+        // partitions), so any found at start-up were left by a killed run.
+        Box::pin(async move {
+            let stale = self.associated(lun).await?;
+            for device in &stale {
+                tracing::warn!(lun = %lun.display(), device = %device.display(), "detaching a loop device left by an earlier run");
+                self.detach(Region {
+                    device: device.clone(),
+                })
+                .await?;
+            }
+            Ok(stale.len())
+        })
+    }
+}
+
+impl LoopDevices {
+    async fn associated(&self, lun: &Path) -> Result<Vec<PathBuf>, ToolError> {
+        let cmd = Cmd::new("losetup", LOSETUP_TIMEOUT)
+            .arg("--list")
+            .arg("--noheadings")
+            .arg("--output")
+            .arg("NAME")
+            .arg("--associated")
+            .arg(lun.as_os_str());
+        let out = self.runner.run(&cmd).await?.ok(&cmd)?;
+        Ok(out
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("/dev/"))
+            .map(PathBuf::from)
+            .collect())
     }
 }
 

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test deps lint unit sanity bench fmt
+
+## demo: carve, list, grow and delete OCFS2 volumes on a file-backed LUN
+demo: deps
+	$(CARGO) build --bins --examples
+	./target/debug/examples/demo
+
+## test: everything CI runs (lint, unit and integration tests, csi-sanity)
+test: deps lint unit sanity
+
+deps:
+	scripts/deps.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets
+
+sanity:
+	$(CARGO) build --bins
+	scripts/csi-sanity.sh
+
+## bench: latency and capacity figures (printed, never enforced)
+bench: deps
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/bench
+
+fmt:
+	$(CARGO) fmt
