@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
 
+/// A volume to create: name, bytes, StorageClass parameters.
+type Planned = (&'static str, u64, &'static [(&'static str, &'static str)]);
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -34,8 +37,8 @@ fn tool(program: &str, args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -118,14 +121,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let lun = dir.path().join("shared-lun.raw");
     std::fs::File::create(&lun)?.set_len(64 * GIB)?;
-    println!("== ocfs2-csi demo: a 64 GiB shared LUN (sparse file {})", lun.display());
+    println!(
+        "== ocfs2-csi demo: a 64 GiB shared LUN (sparse file {})",
+        lun.display()
+    );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let log = dir.path().join("controller.log");
     let started = Instant::now();
     let _controller = Killed(
         Command::new(&binary)
-            .args(["controller", "--endpoint", &format!("tcp://127.0.0.1:{port}")])
+            .args([
+                "controller",
+                "--endpoint",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
             .args(["--cluster-name", "demo", "--lun"])
             .arg(&lun)
             .stderr(std::fs::File::create(&log)?)
@@ -156,10 +168,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut c = ControllerClient::connect(url).await?;
 
     println!("\n== CreateVolume (ReadWriteMany, filesystem)");
-    let plan: [(&str, u64, &[(&str, &str)]); 3] = [
+    let plan: [Planned; 3] = [
         ("pvc-vm-disk", 10 * GIB, &[]),
         ("pvc-shared-data", 2 * GIB, &[("nodeSlots", "8")]),
-        ("pvc-local-hb", GIB, &[("heartbeat", "local"), ("nodeSlots", "4")]),
+        (
+            "pvc-local-hb",
+            GIB,
+            &[("heartbeat", "local"), ("nodeSlots", "4")],
+        ),
     ];
     let mut volumes = Vec::new();
     for (name, bytes, params) in plan {
@@ -227,7 +243,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {}  {:>9}", v.volume_id, gib(v.capacity_bytes as u64));
     }
 
-    println!("\n== ControllerExpandVolume: pvc-local-hb 1 GiB -> 3 GiB (grows the GPT entry in place)");
+    println!(
+        "\n== ControllerExpandVolume: pvc-local-hb 1 GiB -> 3 GiB (grows the GPT entry in place)"
+    );
     let t = Instant::now();
     let grown = c
         .controller_expand_volume(ControllerExpandVolumeRequest {
@@ -257,7 +275,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await
     {
-        Err(s) => println!("  pvc-vm-disk to 20 GiB refused as expected: {:?}: {}", s.code(), s.message()),
+        Err(s) => println!(
+            "  pvc-vm-disk to 20 GiB refused as expected: {:?}: {}",
+            s.code(),
+            s.message()
+        ),
         Ok(_) => return Err("growing into a neighbour's space was allowed".into()),
     }
 
@@ -291,6 +313,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "PROBLEMS"
         }
     );
-    println!("\n== demo finished in {:.1} s", total.elapsed().as_secs_f64());
+    println!(
+        "\n== demo finished in {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
     Ok(())
 }

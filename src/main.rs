@@ -165,6 +165,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                         return;
                     }
                     Err(e) => {
+                        volumes.set_not_ready(format!("{e:#}"));
                         attempt += 1;
                         let wait = Duration::from_secs(u64::from(attempt.min(6)) * 5);
                         tracing::error!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "cannot open the LUNs");

@@ -11,6 +11,7 @@ use crate::csi::*;
 use crate::server::record_volume;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct ControllerService {
     volumes: Arc<Volumes>,
@@ -40,6 +41,27 @@ fn volume(info: &VolumeInfo) -> Volume {
     }
 }
 
+/// Runs a disk-changing operation to its end even if the caller goes away. A
+/// sidecar that times out drops its RPC; if that killed mkfs halfway, the
+/// retry would start over and a big volume might never finish. Meanwhile
+/// the retry gets Aborted from the in-flight set, then the finished result.
+async fn detached<T, F>(work: F) -> Result<T, Status>
+where
+    F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(work.instrument(tracing::Span::current())).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            tracing::error!("operation panicked");
+            Err(Status::internal("internal error: the operation panicked"))
+        }
+        Err(e) => Err(Status::internal(format!(
+            "the operation did not finish: {e}"
+        ))),
+    }
+}
+
 fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported by ocfs2-csi"))
 }
@@ -52,19 +74,22 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.name);
-        let capacity = r.capacity_range.unwrap_or_default();
-        let info = self
-            .volumes
-            .create(CreateRequest {
-                name: &r.name,
-                required_bytes: capacity.required_bytes,
-                limit_bytes: capacity.limit_bytes,
-                capabilities: &r.volume_capabilities,
-                parameters: &r.parameters,
-                has_content_source: r.volume_content_source.is_some(),
-            })
-            .await
-            .map_err(status)?;
+        let volumes = self.volumes.clone();
+        let info = detached(async move {
+            let capacity = r.capacity_range.unwrap_or_default();
+            volumes
+                .create(CreateRequest {
+                    name: &r.name,
+                    required_bytes: capacity.required_bytes,
+                    limit_bytes: capacity.limit_bytes,
+                    capabilities: &r.volume_capabilities,
+                    parameters: &r.parameters,
+                    has_content_source: r.volume_content_source.is_some(),
+                })
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(volume(&info)),
         }))
@@ -76,7 +101,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        self.volumes.delete(&r.volume_id).await.map_err(status)?;
+        let volumes = self.volumes.clone();
+        detached(async move { volumes.delete(&r.volume_id).await.map_err(status) }).await?;
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 
@@ -239,16 +265,19 @@ impl Controller for ControllerService {
         let r = request.into_inner();
         record_volume(&r.volume_id);
         let range = r.capacity_range.unwrap_or_default();
-        let capacity = self
-            .volumes
-            .expand(
-                &r.volume_id,
-                range.required_bytes,
-                range.limit_bytes,
-                r.volume_capability.as_ref(),
-            )
-            .await
-            .map_err(status)?;
+        let volumes = self.volumes.clone();
+        let capacity = detached(async move {
+            volumes
+                .expand(
+                    &r.volume_id,
+                    range.required_bytes,
+                    range.limit_bytes,
+                    r.volume_capability.as_ref(),
+                )
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(ControllerExpandVolumeResponse {
             capacity_bytes: capacity as i64,
             // The partition grew; each node must see it before the

@@ -58,6 +58,8 @@ pub struct Capacity {
 
 pub struct Volumes {
     luns: OnceLock<Vec<Arc<Lun>>>,
+    /// Why the LUNs are not open yet, for the Unavailable message.
+    not_ready: std::sync::Mutex<String>,
     tools: Ocfs2Tools,
     regions: Arc<dyn RegionDevices>,
     cluster_name: String,
@@ -68,6 +70,7 @@ impl Volumes {
     pub fn new(tools: Ocfs2Tools, regions: Arc<dyn RegionDevices>, cluster_name: String) -> Self {
         Volumes {
             luns: OnceLock::new(),
+            not_ready: std::sync::Mutex::new("the shared LUNs are still being opened".into()),
             tools,
             regions,
             cluster_name,
@@ -80,15 +83,24 @@ impl Volumes {
         let _ = self.luns.set(luns);
     }
 
+    /// Records why opening the LUNs failed (the opener retries).
+    pub fn set_not_ready(&self, why: String) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     pub fn is_ready(&self) -> bool {
         self.luns.get().is_some()
     }
 
     fn luns(&self) -> Result<&[Arc<Lun>], LunError> {
-        self.luns
-            .get()
-            .map(Vec::as_slice)
-            .ok_or_else(|| LunError::NotReady("the shared LUNs are still being opened".into()))
+        self.luns.get().map(Vec::as_slice).ok_or_else(|| {
+            LunError::NotReady(
+                self.not_ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
+        })
     }
 
     fn lun_by_guid(&self, guid: &uuid::Uuid) -> Result<Option<&Arc<Lun>>, LunError> {
