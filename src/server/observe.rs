@@ -152,6 +152,43 @@ fn percent_decode(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    use std::convert::Infallible;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_internal() {
+        let panicking = tower::service_fn(|_req: http::Request<()>| async {
+            if true {
+                panic!("boom");
+            }
+            Ok::<HttpResponse, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = ObserveLayer.layer(panicking);
+        let request = http::Request::builder()
+            .uri("/csi.v1.Controller/CreateVolume")
+            .body(())
+            .unwrap();
+        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+        let code = response.headers().get("grpc-status").unwrap();
+        assert_eq!(code.to_str().unwrap(), (Code::Internal as i32).to_string());
+        let message = response.headers().get("grpc-message").unwrap();
+        assert!(percent_decode(message.as_bytes()).contains("boom"));
+    }
+
+    #[tokio::test]
+    async fn a_normal_call_passes_through() {
+        let ok = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<HttpResponse, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = ObserveLayer.layer(ok);
+        let request = http::Request::builder()
+            .uri("/csi.v1.Identity/Probe")
+            .body(())
+            .unwrap();
+        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+        assert!(response.headers().get("grpc-status").is_none());
+    }
+
     #[test]
     fn decodes_grpc_messages() {
         assert_eq!(percent_decode(b"a%20b%3A"), "a b:");
