@@ -100,7 +100,7 @@ async fn create_list_expand_delete() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.entries.len(), 1);
-    assert_eq!(listed.next_token, "1");
+    assert!(!listed.next_token.is_empty());
     let rest = c
         .list_volumes(ListVolumesRequest {
             max_entries: 0,

@@ -157,39 +157,17 @@ impl Controller for ControllerService {
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let r = request.into_inner();
-        if r.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries must not be negative"));
-        }
-        let all = self.volumes.list().map_err(status)?;
-        let start = if r.starting_token.is_empty() {
-            0
-        } else {
-            r.starting_token
-                .parse::<usize>()
-                .ok()
-                .filter(|&i| i <= all.len())
-                .ok_or_else(|| {
-                    status(super::error::ListError::BadToken(r.starting_token.clone()))
-                })?
-        };
-        let take = if r.max_entries == 0 {
-            all.len()
-        } else {
-            r.max_entries as usize
-        };
-        let end = start.saturating_add(take).min(all.len());
-        let entries = all[start..end]
+        let (page, next_token) = self
+            .volumes
+            .list(i64::from(r.max_entries), &r.starting_token)
+            .map_err(status)?;
+        let entries = page
             .iter()
             .map(|info| list_volumes_response::Entry {
                 volume: Some(volume(info)),
                 status: None,
             })
             .collect();
-        let next_token = if end < all.len() {
-            end.to_string()
-        } else {
-            String::new()
-        };
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token,

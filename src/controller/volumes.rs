@@ -528,20 +528,47 @@ impl Volumes {
         Ok(grown)
     }
 
-    /// Ready volumes of every LUN, in a stable order (LUN, partition number).
-    pub fn list(&self) -> Result<Vec<VolumeInfo>, ListError> {
-        let mut out = Vec::new();
-        for lun in self.luns()? {
+    /// One page of ready volumes, in a stable order (LUN, partition number).
+    /// The token names the next volume's position rather than a count, so
+    /// volumes created or deleted between pages neither shift nor repeat
+    /// the rest.
+    pub fn list(
+        &self,
+        max_entries: i64,
+        starting_token: &str,
+    ) -> Result<(Vec<VolumeInfo>, String), ListError> {
+        if max_entries < 0 {
+            return Err(ListError::InvalidArgument(
+                "max_entries must not be negative".into(),
+            ));
+        }
+        let start = if starting_token.is_empty() {
+            (0, 0)
+        } else {
+            parse_token(starting_token)
+                .ok_or_else(|| ListError::BadToken(starting_token.to_string()))?
+        };
+        let limit = if max_entries == 0 {
+            usize::MAX
+        } else {
+            max_entries as usize
+        };
+        let mut page = Vec::new();
+        for (index, lun) in self.luns()?.iter().enumerate() {
             let table = lun.read_table()?;
             for p in &table.partitions {
-                if let Some(e) =
-                    volume_entry(p, lun.sector_size()).filter(|e| e.state == State::Ready)
-                {
-                    out.push(self.info(lun, &e, None));
+                let key = (index as u32, p.number);
+                let ready = volume_entry(p, lun.sector_size()).filter(|e| e.state == State::Ready);
+                let Some(e) = ready.filter(|_| key >= start) else {
+                    continue;
+                };
+                if page.len() == limit {
+                    return Ok((page, format!("{}.{}", key.0, key.1)));
                 }
+                page.push(self.info(lun, &e, None));
             }
         }
-        Ok(out)
+        Ok((page, String::new()))
     }
 
     /// A ready volume by ID.
@@ -597,6 +624,16 @@ impl Volumes {
         }
         Ok(cap)
     }
+}
+
+/// `LUN.PARTITION`, as `list` hands out.
+fn parse_token(token: &str) -> Option<(u32, u32)> {
+    let (lun, number) = token.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(lun) && digits(number)) {
+        return None;
+    }
+    Some((lun.parse().ok()?, number.parse().ok()?))
 }
 
 /// The LBA after the last sector the partition may grow into.
@@ -759,6 +796,25 @@ mod tests {
             requested_bytes(MIB as i64 + 1, MIB as i64 + 100),
             Err(CreateError::CapacityOutOfRange(_))
         ));
+    }
+
+    #[test]
+    fn list_tokens() {
+        assert_eq!(parse_token("0.2"), Some((0, 2)));
+        assert_eq!(parse_token("3.255"), Some((3, 255)));
+        for bad in [
+            "",
+            "1",
+            "a.b",
+            "1.",
+            ".1",
+            "-1.2",
+            "1.2.3",
+            "99999999999.1",
+            "1 .2",
+        ] {
+            assert_eq!(parse_token(bad), None, "{bad}");
+        }
     }
 
     #[test]
