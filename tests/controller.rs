@@ -325,6 +325,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Code::InvalidArgument,
         ),
         (
+            "journal under nine clusters",
+            with(&|r| {
+                r.parameters.insert("clusterSize".into(), "1M".into());
+                r.parameters.insert("journalSize".into(), "8Mi".into());
+            }),
+            Code::InvalidArgument,
+        ),
+        (
             "unknown lun",
             with(&|r| {
                 r.parameters

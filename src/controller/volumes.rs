@@ -176,6 +176,7 @@ impl Volumes {
             params.cluster_size,
             params.journal_size,
         );
+        layout.check().map_err(CreateError::InvalidArgument)?;
         let accounted = entry::accounted(&layout);
 
         // A retry finds what an earlier call made, on any LUN.

@@ -73,12 +73,28 @@ impl Layout {
         cluster_size: Option<u64>,
         journal_size: Option<u64>,
     ) -> Layout {
+        let cluster_size = cluster_size.unwrap_or_else(|| default_cluster_size(bytes));
         Layout {
             slots,
             block_size: block_size.unwrap_or(4 * KIB),
-            cluster_size: cluster_size.unwrap_or_else(|| default_cluster_size(bytes)),
-            journal_size: journal_size.unwrap_or_else(|| default_journal_size(bytes)),
+            cluster_size,
+            journal_size: journal_size.unwrap_or_else(|| {
+                default_journal_size(bytes).max(min_journal(cluster_size).next_power_of_two())
+            }),
         }
+    }
+
+    /// Why mkfs.ocfs2 would refuse this geometry, if it would.
+    pub fn check(&self) -> Result<(), String> {
+        let min = min_journal(self.cluster_size);
+        if self.journal_size < min {
+            return Err(format!(
+                "journalSize {} is too small for clusterSize {}: mkfs.ocfs2 needs at least \
+                 9 clusters ({} bytes) per journal",
+                self.journal_size, self.cluster_size, min
+            ));
+        }
+        Ok(())
     }
 
     /// Bytes of a partition of `partition_bytes` that the filesystem keeps for
@@ -143,6 +159,12 @@ pub fn default_journal_size(bytes: u64) -> u64 {
     1u64 << (63 - target.leading_zeros())
 }
 
+/// mkfs.ocfs2 1.8 refuses journals under 9 clusters ("Journal size too
+/// small for filesystem").
+fn min_journal(cluster_size: u64) -> u64 {
+    9 * cluster_size
+}
+
 pub fn round_up(value: u64, to: u64) -> u64 {
     value.div_ceil(to).saturating_mul(to)
 }
@@ -181,6 +203,23 @@ mod tests {
             assert_eq!(l.usable_bytes(p, MIB), gib * GIB);
             assert!(l.usable_bytes(p - MIB, MIB) < gib * GIB);
         }
+    }
+
+    #[test]
+    fn journal_covers_nine_clusters() {
+        let big_clusters = Layout::for_size(GIB, 16, None, Some(MIB), None);
+        assert_eq!(big_clusters.journal_size, 16 * MIB);
+        assert!(big_clusters.check().is_ok());
+        let l = Layout::for_size(GIB, 16, None, Some(512 * KIB), None);
+        assert_eq!(l.journal_size, 8 * MIB);
+        let too_small = Layout::for_size(GIB, 16, None, Some(MIB), Some(8 * MIB));
+        assert!(too_small.check().unwrap_err().contains("9 clusters"));
+        // Big volumes default to 1 MiB clusters; a small explicit journal is refused.
+        let big = Layout::for_size(2 * TIB, 16, None, None, Some(4 * MIB));
+        assert!(big.check().is_err());
+        assert!(Layout::for_size(2 * TIB, 16, None, None, None)
+            .check()
+            .is_ok());
     }
 
     #[test]
