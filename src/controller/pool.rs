@@ -23,6 +23,10 @@ pub struct Lun {
     /// UUID of the heartbeat filesystem nodes start global heartbeat on.
     pub heartbeat_uuid: Uuid,
     lock: tokio::sync::Mutex<()>,
+    /// Orders table reads against writes in this process: a read between a
+    /// write's entries and its header would see a CRC mismatch. Held only
+    /// for the I/O itself.
+    table_io: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,17 +67,24 @@ impl Lun {
     /// The table as it is on disk now (direct I/O: another host may have
     /// written it).
     pub fn read_table(&self) -> Result<Gpt, LunError> {
-        gpt::read(self.io.as_ref())
-            .map(|r| r.gpt)
-            .map_err(|source| LunError::Table {
-                lun: self.name(),
-                source,
-            })
+        let _io = self.table_io.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = gpt::read(self.io.as_ref());
+        if let Err(GptError::Corrupt(_)) = read {
+            // Another host may be halfway through a write; a moment later
+            // one copy is whole again.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            read = gpt::read(self.io.as_ref());
+        }
+        read.map(|r| r.gpt).map_err(|source| LunError::Table {
+            lun: self.name(),
+            source,
+        })
     }
 
     /// Writes both copies; see `gpt::write` for why a crash at any point
     /// leaves a valid table.
     pub fn write_table(&self, table: &Gpt) -> Result<(), LunError> {
+        let _io = self.table_io.lock().unwrap_or_else(|p| p.into_inner());
         gpt::write(self.io.as_ref(), table).map_err(|source| LunError::Table {
             lun: self.name(),
             source,
@@ -151,6 +162,7 @@ pub async fn open_lun(
         disk_guid: table.disk_guid,
         heartbeat_uuid,
         lock: tokio::sync::Mutex::new(()),
+        table_io: std::sync::Mutex::new(()),
     })
 }
 

@@ -67,6 +67,10 @@ pub fn mkfs_args(spec: &MkfsSpec, device: &Path) -> Cmd {
         // cluster whether the device is in use; the partition is new and
         // nobody can have mounted it (mkfs only ever runs in CreateVolume).
         .arg("-F")
+        // -x: never prompt. A create resumed after a crash finds the
+        // half-written filesystem of the first attempt, and mkfs would ask
+        // whether to overwrite it; the partition is still pending, so yes.
+        .arg("-x")
         .arg("-q")
         .arg("--cluster-stack=o2cb")
         .arg(format!("--cluster-name={}", spec.cluster_name))
@@ -95,6 +99,7 @@ pub fn heartbeat_mkfs_args(cluster_name: &str, uuid: Uuid, device: &Path) -> Cmd
     Cmd::new("mkfs.ocfs2", MKFS_TIMEOUT)
         .arg("-H")
         .arg("-F")
+        .arg("-x")
         .arg("-q")
         .arg("--cluster-stack=o2cb")
         .arg(format!("--cluster-name={cluster_name}"))

@@ -120,7 +120,8 @@ impl Runner for SystemRunner {
         Box::pin(async move {
             let path = resolve(cmd.program)?;
             let started = Instant::now();
-            let child = tokio::process::Command::new(&path)
+            let mut command = tokio::process::Command::new(&path);
+            command
                 .args(&cmd.args)
                 .env_clear()
                 .env("LC_ALL", "C")
@@ -128,12 +129,23 @@ impl Runner for SystemRunner {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| ToolError::Spawn {
-                    command: cmd.display(),
-                    source,
-                })?;
+                .kill_on_drop(true);
+            // If the driver itself is killed (SIGKILL, OOM), its tools die
+            // with it: an orphaned mkfs still writing after a restart could
+            // land on space a retried create or a delete has moved on from.
+            // (The signal follows the spawning thread, a tokio worker that
+            // lives as long as the runtime.)
+            // SAFETY: the closure only makes an async-signal-safe prctl call.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
+                });
+            }
+            let child = command.spawn().map_err(|source| ToolError::Spawn {
+                command: cmd.display(),
+                source,
+            })?;
             let out = match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
                 Ok(result) => result.map_err(|source| ToolError::Spawn {
                     command: cmd.display(),
@@ -162,16 +174,19 @@ impl Runner for SystemRunner {
     }
 }
 
-/// The tail of a tool's complaint, short enough for an error message.
+/// The tail of a tool's complaint, short enough for an error message. Both
+/// streams count: mkfs.ocfs2 prints its reasons to stdout and only warnings
+/// to stderr.
 fn last_lines(stderr: &str, stdout: &str) -> String {
-    let text = if stderr.trim().is_empty() {
-        stdout
-    } else {
-        stderr
+    let tail = |text: &str| {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(3)..].join(" / ")
     };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(4);
-    lines[start..].join(" / ")
+    match (tail(stderr), tail(stdout)) {
+        (e, o) if o.is_empty() => e,
+        (e, o) if e.is_empty() => o,
+        (e, o) => format!("{e} / {o}"),
+    }
 }
 
 #[cfg(test)]
