@@ -6,104 +6,37 @@
 //! Until the lab exists this shows the controller alone; mounting on several
 //! nodes is the lab's and the node plugin's part.
 
-use ocfs2_csi::csi::controller_client::ControllerClient;
-use ocfs2_csi::csi::identity_client::IdentityClient;
-use ocfs2_csi::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
 use ocfs2_csi::csi::*;
-use ocfs2_csi::disk::{gpt, lun_io::LunFile};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const GIB: u64 = 1 << 30;
-
-/// A volume to create: name, bytes, StorageClass parameters.
-type Planned = (&'static str, u64, &'static [(&'static str, &'static str)]);
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tool(program: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-/// fsck.ocfs2 -fn and the free bytes of a partition, through a loop device.
-fn check_partition(lun: &Path, first: u64, bytes: u64) -> Result<u64, String> {
-    let (ok, dev) = tool(
-        "losetup",
-        &[
-            "--find",
-            "--show",
-            "--offset",
-            &first.to_string(),
-            "--sizelimit",
-            &bytes.to_string(),
-            "--direct-io=on",
-            lun.to_str().unwrap(),
-        ],
-    );
-    if !ok {
-        return Err(format!("losetup: {dev}"));
-    }
-    let dev = dev.trim().to_string();
-    let (clean, fsck) = tool("fsck.ocfs2", &["-fn", &dev]);
-    let (_, stats) = tool("debugfs.ocfs2", &["-R", "stats", &dev]);
-    let (_, bitmap) = tool("debugfs.ocfs2", &["-R", "stat //global_bitmap", &dev]);
-    tool("losetup", &["--detach", &dev]);
-    if !(clean && fsck.contains("All passes succeeded")) {
-        return Err(format!("fsck.ocfs2 -fn failed:\n{fsck}"));
-    }
-    let bits: u32 = stats
-        .lines()
-        .find_map(|l| l.split("Cluster Size Bits:").nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no cluster size in debugfs output")?;
-    let words: Vec<u64> = bitmap
-        .lines()
-        .find(|l| l.contains("Bitmap Total:"))
-        .ok_or("no bitmap line")?
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    Ok((words[0] - words[1]) << bits)
-}
+use std::time::Instant;
 
 fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB as f64)
 }
 
+/// A volume to create: name, bytes, StorageClass parameters.
+type Planned = (&'static str, u64, &'static [(&'static str, &'static str)]);
+
 fn request(name: &str, bytes: u64, params: &[(&str, &str)]) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.into(),
+    let mut r = create_request(name, bytes);
+    r.parameters = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    r
+}
+
+fn expand(volume_id: &str, bytes: u64) -> ControllerExpandVolumeRequest {
+    ControllerExpandVolumeRequest {
+        volume_id: volume_id.into(),
         capacity_range: Some(CapacityRange {
             required_bytes: bytes as i64,
             limit_bytes: 0,
         }),
-        volume_capabilities: vec![VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: Mode::MultiNodeMultiWriter as i32,
-            }),
-        }],
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
         ..Default::default()
     }
 }
@@ -111,61 +44,19 @@ fn request(name: &str, bytes: u64, params: &[(&str, &str)]) -> CreateVolumeReque
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = Instant::now();
-    let exe = std::env::current_exe()?;
-    let binary: PathBuf = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ocfs2-csi"))
-        .filter(|p| p.exists())
-        .ok_or("ocfs2-csi binary not found next to the example; run `make demo`")?;
     let dir = tempfile::tempdir()?;
-    let lun = dir.path().join("shared-lun.raw");
-    std::fs::File::create(&lun)?.set_len(64 * GIB)?;
+    let lun = sparse_lun(dir.path(), "shared-lun.raw", 64 * GIB);
     println!(
         "== ocfs2-csi demo: a 64 GiB shared LUN (sparse file {})",
         lun.display()
     );
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log = dir.path().join("controller.log");
     let started = Instant::now();
-    let _controller = Killed(
-        Command::new(&binary)
-            .args([
-                "controller",
-                "--endpoint",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args(["--cluster-name", "demo", "--lun"])
-            .arg(&lun)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?,
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    loop {
-        if let Ok(mut id) = IdentityClient::connect(url.clone()).await {
-            if let Ok(r) = id.probe(ProbeRequest {}).await {
-                if r.into_inner().ready == Some(true) {
-                    break;
-                }
-            }
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err(format!(
-                "controller not ready after 60 s:\n{}",
-                std::fs::read_to_string(&log)?
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let controller = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
     println!(
-        "controller ready in {} ms: blank LUN got a 256-entry GPT and a global-heartbeat device",
+        "controller ready in {} ms: the blank LUN got a 256-entry GPT and a global-heartbeat device",
         started.elapsed().as_millis()
     );
-    let mut c = ControllerClient::connect(url).await?;
+    let mut c = controller.client().await;
 
     println!("\n== CreateVolume (ReadWriteMany, filesystem)");
     let plan: [Planned; 3] = [
@@ -208,26 +99,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!("\n== The LUN's partition table (sgdisk -p)");
-    let (_, table) = tool("sgdisk", &["-p", lun.to_str().unwrap()]);
+    let (_, table) = run("sgdisk", &["-p", lun.to_str().unwrap()]);
     for line in table.lines().skip_while(|l| !l.starts_with("Number")) {
         println!("  {line}");
     }
 
     println!("\n== Every filesystem checked with fsck.ocfs2 -fn; usable space vs request");
-    let io = LunFile::open(&lun)?;
-    let parts = gpt::read(&io)?.gpt.partitions;
     for (name, bytes, v) in &volumes {
-        let guid = &v.volume_context["partitionGuid"];
-        let p = parts
-            .iter()
-            .find(|p| p.unique_guid.to_string() == *guid)
-            .ok_or("partition missing")?;
-        let part_bytes = p.size_sectors() * 512;
-        let free = check_partition(&lun, p.first_lba * 512, part_bytes)?;
+        let part = partition_by_guid(&lun, &v.volume_context["partitionGuid"]);
+        assert_fsck_clean(&lun, &part);
+        let free = fs_free_bytes(&lun, &part);
         println!(
             "  {name:<16} fsck clean; partition {:>9} (+{:.1}% overhead), free {:>9} = {:.3} x request",
-            gib(part_bytes),
-            (part_bytes - bytes) as f64 * 100.0 / *bytes as f64,
+            gib(part.bytes()),
+            (part.bytes() - bytes) as f64 * 100.0 / *bytes as f64,
             gib(free),
             free as f64 / *bytes as f64
         );
@@ -248,14 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let t = Instant::now();
     let grown = c
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: volumes[2].2.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: (3 * GIB) as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand(&volumes[2].2.volume_id, 3 * GIB))
         .await?
         .into_inner();
     println!(
@@ -265,14 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         grown.node_expansion_required
     );
     match c
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: volumes[0].2.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: (20 * GIB) as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand(&volumes[0].2.volume_id, 20 * GIB))
         .await
     {
         Err(s) => println!(
@@ -303,15 +174,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
         println!("  {name:<16} deleted in {} ms", t.elapsed().as_millis());
     }
-    let (valid, verify) = tool("sgdisk", &["-v", lun.to_str().unwrap()]);
-    let left = gpt::read(&io)?.gpt.partitions.len();
+    assert_gpt_valid(&lun);
     println!(
-        "  partitions left: {left} (the heartbeat device); sgdisk -v: {}",
-        if valid && verify.contains("No problems found") {
-            "no problems found"
-        } else {
-            "PROBLEMS"
-        }
+        "  partitions left: {} (the heartbeat device); sgdisk -v: no problems found",
+        partitions(&lun).len()
     );
     println!(
         "\n== demo finished in {:.1} s",

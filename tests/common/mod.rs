@@ -1,7 +1,8 @@
 //! A real `ocfs2-csi controller` process on file-backed LUNs, for the
-//! integration tests: started on a free TCP port, waited on until Probe says
-//! ready, killed when dropped. Plus checks that read the LUN with the real
-//! tools (sgdisk, fsck.ocfs2 through a loop device).
+//! integration tests and the demo and bench examples: started on a free TCP
+//! port, waited on until Probe says ready, killed when dropped. Plus checks
+//! that read the LUN with the real tools (sgdisk, fsck.ocfs2 and debugfs.ocfs2
+//! through a loop device).
 #![allow(dead_code)]
 
 use ocfs2_csi::csi::controller_client::ControllerClient;
@@ -22,6 +23,26 @@ pub struct Controller {
     pub endpoint: String,
     pub log: PathBuf,
     pub luns: Vec<PathBuf>,
+}
+
+/// The driver binary: Cargo names it for integration tests; examples find it
+/// beside their own folder (target/PROFILE/examples/x -> target/PROFILE).
+pub fn binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_ocfs2-csi") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ocfs2-csi"))
+        .expect("examples live two folders below the binary");
+    assert!(
+        bin.is_file(),
+        "{} is missing; build it first (cargo build --bins --examples)",
+        bin.display()
+    );
+    bin
 }
 
 fn free_port() -> u16 {
@@ -46,7 +67,7 @@ impl Controller {
         let port = free_port();
         let endpoint = format!("tcp://127.0.0.1:{port}");
         let log = log_dir.join(format!("controller-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"));
+        let mut cmd = Command::new(binary());
         cmd.arg("controller")
             .arg("--endpoint")
             .arg(&endpoint)
@@ -189,6 +210,12 @@ pub fn partitions(lun: &Path) -> Vec<Part> {
         .collect()
 }
 
+impl Part {
+    pub fn bytes(&self) -> u64 {
+        (self.last - self.first + 1) * 512
+    }
+}
+
 pub fn assert_no_overlap(parts: &[Part]) {
     let mut sorted = parts.to_vec();
     sorted.sort_by_key(|p| p.first);
@@ -276,6 +303,14 @@ pub fn fs_free_bytes(lun: &Path, part: &Part) -> u64 {
         let used: u64 = words[4].parse().unwrap();
         (total - used) << bits
     })
+}
+
+/// The partition with unique GUID `guid` (as the volume context names it).
+pub fn partition_by_guid(lun: &Path, guid: &str) -> Part {
+    partitions(lun)
+        .into_iter()
+        .find(|p| p.guid == guid)
+        .unwrap_or_else(|| panic!("partition {guid} not in the GPT of {}", lun.display()))
 }
 
 pub fn volume_partitions(lun: &Path) -> Vec<Part> {
