@@ -6,6 +6,7 @@
 pub mod controller;
 pub mod csi;
 pub mod disk;
+pub mod escape;
 pub mod identity;
 pub mod node;
 pub mod ocfs2;

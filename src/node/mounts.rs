@@ -24,26 +24,8 @@ pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
 pub fn parse_mount_points(text: &str) -> Vec<PathBuf> {
     text.lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
+        .map(|field| PathBuf::from(crate::escape::decode(field.as_bytes(), b'\\', 3, 8)))
         .collect()
-}
-
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
