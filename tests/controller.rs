@@ -458,5 +458,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     assert_eq!(table_bytes(&lun), before, "a refused call changed the LUN");
-    assert_eq!(volume_partitions(&lun).len(), 1);
+    let parts = volume_partitions(&lun);
+    assert_eq!(parts.len(), 1);
+    assert_fsck_clean(&lun, &parts[0]);
 }
