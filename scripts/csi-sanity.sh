@@ -24,11 +24,14 @@ truncate -s 200G "$work/lun.raw"
 pids+=($!)
 "$BIN" node --endpoint "unix://$work/node.sock" --node-id sanity-node >"$work/node.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  [ -S "$work/controller.sock" ] && [ -S "$work/node.sock" ] && break
+# Serving starts at once; the controller is ready (Probe says so, and its
+# log) only once the LUN is initialised. csi-sanity does not wait for Probe.
+for _ in $(seq 600); do
+  [ -S "$work/node.sock" ] && grep -q "all LUNs open; ready" "$work/controller.log" && break
   sleep 0.1
 done
-[ -S "$work/controller.sock" ] || { echo "controller did not start:"; cat "$work/controller.log"; exit 1; }
+grep -q "all LUNs open; ready" "$work/controller.log" \
+  || { echo "controller not ready within 60 s:"; cat "$work/controller.log"; exit 1; }
 
 rc=0
 "$SANITY" \
