@@ -37,6 +37,9 @@ if [ ! -x "$BIN/csi-sanity" ] || [ "$(cat "$BIN/.csi-sanity-version" 2>/dev/null
   echo "$CSI_SANITY_VERSION" > "$BIN/.csi-sanity-version"
 fi
 
+# The lab: QEMU, busybox and friends for the guest image.
+e2e/deps.sh
+
 # The tests attach loop devices; make sure the kernel offers them.
 if [ ! -e /dev/loop-control ]; then
   echo "deps: /dev/loop-control is missing; the controller tests need loop devices" >&2

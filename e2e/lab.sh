@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# The OCFS2 lab: N QEMU (TCG) guests sharing one LUN file, on a private L2
+# that exists only inside a network namespace made for the lab.
+#
+#   e2e/lab.sh up [-n N] [--lun-size SIZE]   boot N guests (default 3, 8G LUN)
+#   e2e/lab.sh exec NODE CMD...              run CMD on NODE (1..N or nodeI);
+#                                            CMD "-" reads the script from stdin
+#   e2e/lab.sh status                        QEMU alive? agent answering? uptime
+#   e2e/lab.sh down                          clean poweroff, then kill; idempotent
+#   e2e/lab.sh logs                          where the console logs are
+#   e2e/lab.sh ns                            the network namespace's name
+#   e2e/lab.sh crash NODE                    kill NODE's QEMU at once (power loss)
+#   e2e/lab.sh freeze|thaw NODE              pause/resume NODE's vCPU (QMP stop/cont):
+#                                            a hung node, as its peers see it
+#
+# Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
+# .cache/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
+# LAB_DOWN_TIMEOUT (30 s), LAB_MEM (768 MB), LAB_APPEND (extra kernel
+# arguments), LAB_KEEP_ON_FAIL=1 (leave the guests running when `up` fails).
+#
+# Inside the namespace: node I's command agent is 127.0.0.1:(7100+I), its
+# port 10000 is 127.0.0.1:(10100+I); in the guests, eth0 is 192.168.77.(10+I)
+# on the shared L2 and eth1 is QEMU user networking (restrict=on).
+set -euo pipefail
+
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$E2E/.." && pwd)
+STATE=${LAB_STATE_DIR:-$REPO/.cache/lab/run}
+IMAGE=${LAB_IMAGE_DIR:-$REPO/.cache/lab/image}
+BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-120}
+EXEC_TIMEOUT=${LAB_EXEC_TIMEOUT:-300}
+DOWN_TIMEOUT=${LAB_DOWN_TIMEOUT:-30}
+MEM=${LAB_MEM:-768}
+SUBNET=192.168.77
+MCAST_PORT=23077
+
+log() { echo "lab: $*"; }
+err() { echo "lab: $*" >&2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+ns_name() { cat "$STATE/netns" 2>/dev/null || true; }
+node_count() { cat "$STATE/nodes" 2>/dev/null || echo 0; }
+
+# NODE argument -> index
+node_index() {
+	local n=${1#node}
+	if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt "$(node_count)" ]; then
+		err "no such node: '$1' (the lab has $(node_count) node(s): 1..$(node_count) or node1..)"
+		return 2
+	fi
+	echo "$n"
+}
+
+# PID of node I's QEMU if it is alive and really ours (guards against reuse).
+qemu_pid() {
+	local f=$STATE/node-$1.pid p
+	[ -f "$f" ] || return 1
+	p=$(cat "$f" 2>/dev/null) || return 1
+	[ -n "$p" ] && [ -d "/proc/$p" ] || return 1
+	tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$STATE/node-$1.console.log" || return 1
+	echo "$p"
+}
+
+# Send one command to node I's agent. Prints the output as it comes; returns
+# the guest command's exit code, 124 on timeout, 255 when no exit status came
+# back (then AGENT_NO_STATUS=1). The request travels on stdin (no
+# argument-size limit).
+AGENT_NO_STATUS=0
+agent_call() {
+	local i=$1 tmo=$2 cmd=$3 ns awk=awk rc=0 errf
+	AGENT_NO_STATUS=0
+	ns=$(ns_name)
+	[ -n "$ns" ] || { err "no lab is up (no $STATE/netns)"; AGENT_NO_STATUS=1; return 255; }
+	errf=$(mktemp)
+	[ -x /bin/busybox ] && awk="/bin/busybox awk" # streams line by line
+	printf '%s' "$cmd" | base64 -w0 | { cat; echo; } |
+		timeout -k 5 "$tmo" ip netns exec "$ns" bash -c '
+			exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 255
+			cat >&3
+			$2 '\''
+				{
+					if (h) { print held; h = 0 }
+					if ($0 ~ /^__LAB_RC=[0-9]+$/) { held = $0; h = 1 } else print
+					fflush()
+				}
+				END {
+					if (!h) { print "__LAB_NO_STATUS" > "/dev/stderr"; exit 255 }
+					sub(/^__LAB_RC=/, "", held)
+					exit held + 0
+				}'\'' <&3
+		' _ "$((7100 + i))" "$awk" 2>"$errf" || rc=$?
+	# A command's own exit 255 leaves stderr empty; no status or no connection does not.
+	[ "$rc" = 255 ] && [ -s "$errf" ] && AGENT_NO_STATUS=1
+	rm -f "$errf"
+	return "$rc"
+}
+
+cmd_exec() {
+	[ $# -ge 2 ] || { err "usage: lab.sh exec NODE CMD... (CMD '-' reads stdin)"; exit 2; }
+	local i cmd rc=0
+	i=$(node_index "$1") || exit 2
+	shift
+	if [ "$*" = - ]; then cmd=$(cat); else cmd="$*"; fi
+	agent_call "$i" "$EXEC_TIMEOUT" "$cmd" || rc=$?
+	case $rc in
+	124 | 137)
+		if qemu_pid "$i" >/dev/null; then
+			err "node$i: command timed out after ${EXEC_TIMEOUT}s (LAB_EXEC_TIMEOUT): $cmd"
+		else
+			err "node$i: QEMU is gone (crashed, fenced or powered off); console log: $STATE/node-$i.console.log"
+		fi
+		;;
+	255)
+		[ "$AGENT_NO_STATUS" = 1 ] || exit 255
+		if ! qemu_pid "$i" >/dev/null; then
+			err "node$i: QEMU is gone (crashed, fenced or powered off); console log: $STATE/node-$i.console.log"
+		else
+			err "node$i: no exit status from the agent (connection refused or dropped); console log: $STATE/node-$i.console.log"
+		fi
+		;;
+	esac
+	exit "$rc"
+}
+
+# Kill node I's QEMU (TERM, then KILL), by its recorded PID only.
+kill_node() {
+	local i=$1 p _
+	p=$(qemu_pid "$i") || return 0
+	kill -TERM "$p" 2>/dev/null || true
+	for _ in $(seq 50); do
+		[ -d "/proc/$p" ] || return 0
+		sleep 0.1
+	done
+	kill -KILL "$p" 2>/dev/null || true
+	for _ in $(seq 50); do
+		[ -d "/proc/$p" ] || return 0
+		sleep 0.1
+	done
+	err "node$i: QEMU pid $p survived SIGKILL"
+}
+
+cmd_down() {
+	local n ns i alive=() t0 p
+	n=$(node_count)
+	ns=$(ns_name)
+	if [ "$n" = 0 ] && [ -z "$ns" ]; then
+		log "nothing is up"
+		return 0
+	fi
+	t0=$(now)
+	for i in $(seq "$n"); do
+		qemu_pid "$i" >/dev/null && alive+=("$i")
+	done
+	if [ ${#alive[@]} -gt 0 ]; then
+		log "asking node(s) ${alive[*]} to power off (unmount ocfs2, stop heartbeat)"
+		local acked=() pids=()
+		for i in "${alive[@]}"; do
+			agent_call "$i" 5 '( sleep 0.3; /init __poweroff ) </dev/null >/dev/console 2>&1 &' >/dev/null 2>&1 &
+			pids[i]=$!
+		done
+		for i in "${alive[@]}"; do
+			if wait "${pids[i]}"; then
+				acked+=("$i")
+			else
+				err "node$i: did not take the poweroff request (agent not answering); killing QEMU"
+				kill_node "$i"
+			fi
+		done
+		local deadline=$((SECONDS + DOWN_TIMEOUT))
+		while [ ${#acked[@]} -gt 0 ] && [ $SECONDS -lt $deadline ]; do
+			local left=0
+			for i in "${acked[@]}"; do qemu_pid "$i" >/dev/null && left=$((left + 1)); done
+			[ $left = 0 ] && break
+			sleep 0.2
+		done
+		for i in "${acked[@]+"${acked[@]}"}"; do
+			if p=$(qemu_pid "$i"); then
+				err "node$i: still running after ${DOWN_TIMEOUT}s; killing QEMU pid $p"
+				kill_node "$i"
+			fi
+		done
+	fi
+	if [ -n "$ns" ] && ip netns list | awk '{ print $1 }' | grep -qx "$ns"; then
+		ip netns del "$ns"
+	fi
+	rm -f "$STATE/netns" "$STATE/nodes" "$STATE"/node-*.pid
+	log "down in $(elapsed "$t0") s; console logs kept in $STATE"
+}
+
+cmd_status() {
+	local n i p up rc=0
+	n=$(node_count)
+	if [ "$n" = 0 ]; then
+		log "no lab is up"
+		return 1
+	fi
+	log "namespace $(ns_name), $n node(s), state in $STATE"
+	for i in $(seq "$n"); do
+		if p=$(qemu_pid "$i"); then
+			if up=$(agent_call "$i" 10 'cut -d" " -f1 /proc/uptime' 2>/dev/null); then
+				printf 'node%d: qemu pid %s alive, agent answering, uptime %ss\n' "$i" "$p" "$up"
+			else
+				printf 'node%d: qemu pid %s alive, agent NOT answering (console: %s)\n' "$i" "$p" "$STATE/node-$i.console.log"
+				rc=1
+			fi
+		else
+			printf 'node%d: qemu NOT running (console: %s)\n' "$i" "$STATE/node-$i.console.log"
+			rc=1
+		fi
+	done
+	return "$rc"
+}
+
+cmd_logs() {
+	local f
+	log "console logs in $STATE:"
+	for f in "$STATE"/node-*.console.log; do
+		[ -e "$f" ] && echo "$f"
+	done
+	return 0
+}
+
+cmd_up() {
+	local n=3 lun_size=8G
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		-n) n=${2:?}; shift 2 ;;
+		--lun-size) lun_size=${2:?}; shift 2 ;;
+		*) err "up: unknown argument '$1' (usage: up [-n N] [--lun-size SIZE])"; exit 2 ;;
+		esac
+	done
+	[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { err "up: -n must be 1..200"; exit 2; }
+
+	if [ "$(node_count)" != 0 ] || [ -n "$(ns_name)" ]; then
+		local i any=0
+		for i in $(seq "$(node_count)"); do qemu_pid "$i" >/dev/null && any=1; done
+		if [ $any = 1 ]; then
+			err "a lab is already up ($STATE); run 'e2e/lab.sh down' first"
+			exit 1
+		fi
+		log "cleaning up the remains of a previous lab"
+		cmd_down >/dev/null
+	fi
+
+	"$E2E/image.sh" "$IMAGE"
+	local kernel=$IMAGE/vmlinuz initrd=$IMAGE/initrd.img
+	command -v qemu-system-x86_64 >/dev/null || { err "qemu-system-x86_64 missing: run e2e/deps.sh"; exit 1; }
+
+	mkdir -p "$STATE"
+	rm -f "$STATE"/node-*.console.log "$STATE"/node-*.qemu.log "$STATE"/node-*.qmp "$STATE/lun.raw"
+	truncate -s "$lun_size" "$STATE/lun.raw"
+
+	local ns
+	ns=ocfs2lab-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+	ip netns add "$ns"
+	echo "$ns" >"$STATE/netns"
+	echo "$n" >"$STATE/nodes"
+	ip netns exec "$ns" ip link set lo up
+	log "namespace $ns, LUN $STATE/lun.raw ($lun_size, sparse), $n guest(s)"
+
+	local i t0 start=() mac
+	t0=$(now)
+	for i in $(seq "$n"); do
+		mac=$(printf '%02x' "$i")
+		start[i]=$(now)
+		if ! ip netns exec "$ns" qemu-system-x86_64 \
+			-name "ocfs2lab-node$i" -accel tcg -cpu max -m "$MEM" -smp 1 \
+			-display none -monitor none -no-reboot \
+			-serial "file:$STATE/node-$i.console.log" \
+			-qmp "unix:$STATE/node-$i.qmp,server=on,wait=off" \
+			-kernel "$kernel" -initrd "$initrd" \
+			-append "console=ttyS0 panic=1 lab.name=node$i lab.ip=$SUBNET.$((10 + i))/24${LAB_APPEND:+ $LAB_APPEND}" \
+			-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off" \
+			-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \
+			-netdev "socket,id=n0,mcast=230.0.0.1:$MCAST_PORT,localaddr=127.0.0.1" \
+			-device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$mac,romfile=" \
+			-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000" \
+			-device "virtio-net-pci,netdev=u0,mac=52:54:00:77:01:$mac,romfile=" \
+			-daemonize -pidfile "$STATE/node-$i.pid" \
+			>"$STATE/node-$i.qemu.log" 2>&1; then
+			err "node$i: QEMU failed to start:"
+			sed 's/^/  /' "$STATE/node-$i.qemu.log" >&2
+			[ "${LAB_KEEP_ON_FAIL:-}" = 1 ] || cmd_down >/dev/null
+			exit 1
+		fi
+	done
+
+	# Wait for every guest: LAB-READY on its console, then its agent answering.
+	local pending=() ready_t=() failed=() deadline=$((SECONDS + BOOT_TIMEOUT))
+	for i in $(seq "$n"); do pending+=("$i"); done
+	while [ ${#pending[@]} -gt 0 ]; do
+		local still=()
+		for i in "${pending[@]}"; do
+			local con=$STATE/node-$i.console.log
+			if ! qemu_pid "$i" >/dev/null; then
+				err "node$i: QEMU exited during boot (step: $( [ -n "${ready_t[i]:-}" ] && echo 'agent' || echo 'kernel/init')); console log: $con"
+				failed+=("$i")
+				continue
+			fi
+			if grep -q "^LAB-FAILED" "$con" 2>/dev/null; then
+				err "node$i: guest init failed: $(grep -m1 '^LAB-FAILED' "$con"); console log: $con"
+				failed+=("$i")
+				continue
+			fi
+			if [ -z "${ready_t[i]:-}" ]; then
+				if grep -q "^LAB-READY node$i" "$con" 2>/dev/null; then
+					ready_t[i]=$(elapsed "${start[i]}")
+				else
+					still+=("$i")
+					continue
+				fi
+			fi
+			if agent_call "$i" 5 true >/dev/null 2>&1; then
+				log "node$i: ready in ${ready_t[i]} s (LAB-READY), agent answering at $(elapsed "${start[i]}") s"
+			else
+				still+=("$i")
+			fi
+		done
+		pending=("${still[@]+"${still[@]}"}")
+		[ ${#pending[@]} -gt 0 ] || break
+		if [ $SECONDS -ge $deadline ]; then
+			for i in "${pending[@]}"; do
+				if [ -z "${ready_t[i]:-}" ]; then
+					local what="kernel/init"
+					[ -s "$STATE/node-$i.console.log" ] || what="firmware/kernel load: console still empty"
+					err "node$i: no LAB-READY on the console within ${BOOT_TIMEOUT}s (step: $what); console log: $STATE/node-$i.console.log"
+				else
+					err "node$i: LAB-READY but the agent did not answer on 127.0.0.1:$((7100 + i)) within ${BOOT_TIMEOUT}s (step: agent); console log: $STATE/node-$i.console.log"
+				fi
+				failed+=("$i")
+			done
+			break
+		fi
+		sleep 0.3
+	done
+	if [ ${#failed[@]} -gt 0 ]; then
+		for i in "${failed[@]}"; do
+			err "--- node$i console (last 15 lines) ---"
+			tail -n 15 "$STATE/node-$i.console.log" >&2 2>/dev/null || true
+		done
+		if [ "${LAB_KEEP_ON_FAIL:-}" = 1 ]; then
+			err "leaving the lab up (LAB_KEEP_ON_FAIL=1); 'e2e/lab.sh down' cleans up"
+		else
+			cmd_down >/dev/null
+			err "lab torn down; console logs kept in $STATE (LAB_KEEP_ON_FAIL=1 leaves the guests up)"
+		fi
+		exit 1
+	fi
+	log "all $n guests up in $(elapsed "$t0") s"
+}
+
+# QMP command (no arguments) to node I's monitor socket.
+qmp() {
+	local i=$1 cmd=$2
+	qemu_pid "$i" >/dev/null || { err "node$i: QEMU is not running"; return 1; }
+	python3 - "$STATE/node-$i.qmp" "$cmd" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()  # greeting
+for cmd in ("qmp_capabilities", sys.argv[2]):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "event" in r:
+            continue
+        if "error" in r:
+            sys.exit("qmp %s: %s" % (cmd, r["error"].get("desc", r["error"])))
+        break
+PY
+}
+
+cmd_crash() {
+	local i p
+	i=$(node_index "${1:-}") || exit 2
+	p=$(qemu_pid "$i") || { err "node$i: QEMU is not running"; exit 1; }
+	kill -KILL "$p"
+	log "node$i: QEMU pid $p killed (abrupt power loss)"
+}
+
+need_root() {
+	[ "$(id -u)" = 0 ] || { err "needs root (network namespaces)"; exit 1; }
+}
+
+case "${1:-}" in
+up) shift; need_root; cmd_up "$@" ;;
+exec) shift; need_root; cmd_exec "$@" ;;
+status) need_root; cmd_status ;;
+down) need_root; cmd_down ;;
+logs) cmd_logs ;;
+ns) ns_name ;;
+crash) shift; need_root; cmd_crash "$@" ;;
+freeze | thaw)
+	need_root
+	i=$(node_index "${2:-}") || exit 2
+	if [ "$1" = freeze ]; then
+		qmp "$i" stop && log "node$i: frozen (vCPU paused)"
+	else
+		qmp "$i" cont && log "node$i: thawed"
+	fi
+	;;
+*)
+	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+	[ -n "${1:-}" ] && exit 2
+	exit 0
+	;;
+esac
