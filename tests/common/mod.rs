@@ -5,6 +5,8 @@
 //! through a loop device).
 #![allow(dead_code)]
 
+pub mod lab;
+
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::identity_client::IdentityClient;
 use ocfs2_csi::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
