@@ -2,10 +2,15 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test deps lint unit sanity bench fmt
+.PHONY: demo demo-controller test deps lint unit sanity bench fmt
 
-## demo: carve, list, grow and delete OCFS2 volumes on a file-backed LUN
+## demo: a three-node OCFS2 lab; create, mount everywhere, write/read, grow online
 demo: deps
+	$(CARGO) build --bins --examples
+	./target/debug/examples/lab_demo
+
+## demo-controller: the controller alone on a file-backed LUN (seconds, no QEMU)
+demo-controller: deps
 	$(CARGO) build --bins --examples
 	./target/debug/examples/demo
 
