@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use ocfs2_csi::csi::DeleteVolumeRequest;
 use std::time::Instant;
 
 const SLOTS: u32 = 16;
@@ -42,10 +41,6 @@ async fn main() {
         r.parameters.insert("nodeSlots".into(), SLOTS.to_string());
         r
     };
-    let delete = |id: String| DeleteVolumeRequest {
-        volume_id: id,
-        ..Default::default()
-    };
 
     // CreateVolume latency: mkfs dominates, so each size is created and
     // deleted RUNS times on the same LUN.
@@ -62,7 +57,7 @@ async fn main() {
                 .volume
                 .unwrap();
             times.push(started.elapsed().as_secs_f64() * 1000.0);
-            c.delete_volume(delete(v.volume_id)).await.unwrap();
+            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
         }
         times.sort_by(f64::total_cmp);
         latency.push((gib, times));
@@ -85,7 +80,7 @@ async fn main() {
             free: fs_free_bytes(&lun, &part),
             reported: v.capacity_bytes as u64,
         });
-        c.delete_volume(delete(v.volume_id)).await.unwrap();
+        c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
     }
 
     let host = one_line("hostname", &[]);

@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use ocfs2_csi::csi::*;
-use std::collections::HashMap;
 use std::time::Instant;
 
 fn gib(bytes: u64) -> String {
@@ -28,17 +27,6 @@ fn request(name: &str, bytes: u64, params: &[(&str, &str)]) -> CreateVolumeReque
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     r
-}
-
-fn expand(volume_id: &str, bytes: u64) -> ControllerExpandVolumeRequest {
-    ControllerExpandVolumeRequest {
-        volume_id: volume_id.into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: bytes as i64,
-            limit_bytes: 0,
-        }),
-        ..Default::default()
-    }
 }
 
 #[tokio::main]
@@ -133,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let t = Instant::now();
     let grown = c
-        .controller_expand_volume(expand(&volumes[2].2.volume_id, 3 * GIB))
+        .controller_expand_volume(expand_request(&volumes[2].2.volume_id, 3 * GIB))
         .await?
         .into_inner();
     println!(
@@ -143,7 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         grown.node_expansion_required
     );
     match c
-        .controller_expand_volume(expand(&volumes[0].2.volume_id, 20 * GIB))
+        .controller_expand_volume(expand_request(&volumes[0].2.volume_id, 20 * GIB))
         .await
     {
         Err(s) => println!(
@@ -167,11 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== DeleteVolume (wipes signatures, discards, drops the GPT entry)");
     for (name, _, v) in &volumes {
         let t = Instant::now();
-        c.delete_volume(DeleteVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            secrets: HashMap::new(),
-        })
-        .await?;
+        c.delete_volume(delete_request(&v.volume_id)).await?;
         println!("  {name:<16} deleted in {} ms", t.elapsed().as_millis());
     }
     assert_gpt_valid(&lun);

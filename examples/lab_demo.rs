@@ -10,7 +10,6 @@ mod common;
 
 use common::lab::Lab;
 use common::*;
-use ocfs2_csi::csi::*;
 use std::time::Instant;
 
 const CLUSTER: &str = "testclu";
@@ -86,14 +85,7 @@ fn main() {
     });
     report.step("grow 2 GiB -> 4 GiB while mounted on all three", || {
         let grown = rt
-            .block_on(c.controller_expand_volume(ControllerExpandVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: (4 * GIB) as i64,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            }))
+            .block_on(c.controller_expand_volume(expand_request(&volume.volume_id, 4 * GIB)))
             .unwrap()
             .into_inner();
         println!(
@@ -118,11 +110,8 @@ fn main() {
     report.step("unmount, fsck and DeleteVolume", || {
         lab.on_all("umount /mnt/demo");
         lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n} >/dev/null"));
-        rt.block_on(c.delete_volume(DeleteVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            ..Default::default()
-        }))
-        .unwrap();
+        rt.block_on(c.delete_volume(delete_request(&volume.volume_id)))
+            .unwrap();
     });
     drop(c);
     drop(controller);

@@ -123,14 +123,7 @@ async fn create_list_expand_delete() {
     // Expand the first volume: its neighbour sits right after it, so there
     // is no room in place.
     let err = c
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: (4 * GIB) as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand_request(&v.volume_id, 4 * GIB))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
@@ -138,14 +131,7 @@ async fn create_list_expand_delete() {
 
     // The local volume is last on the LUN and can grow.
     let grown = c
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: local.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: (3 * GIB) as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(expand_request(&local.volume_id, 3 * GIB))
         .await
         .unwrap()
         .into_inner();
@@ -176,19 +162,9 @@ async fn create_list_expand_delete() {
     assert!(cap.maximum_volume_size.unwrap() <= cap.available_capacity);
 
     for id in [&v.volume_id, &local.volume_id] {
-        c.delete_volume(DeleteVolumeRequest {
-            volume_id: id.clone(),
-            secrets: HashMap::new(),
-        })
-        .await
-        .unwrap();
+        c.delete_volume(delete_request(id)).await.unwrap();
         // Idempotent.
-        c.delete_volume(DeleteVolumeRequest {
-            volume_id: id.clone(),
-            secrets: HashMap::new(),
-        })
-        .await
-        .unwrap();
+        c.delete_volume(delete_request(id)).await.unwrap();
     }
     assert!(volume_partitions(&lun).is_empty());
     assert_gpt_valid(&lun);
@@ -254,6 +230,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
         f(&mut r);
         r
     };
+    let param = |pairs: &[(&str, &str)]| {
+        with(&|r| {
+            for (k, v) in pairs {
+                r.parameters.insert(k.to_string(), v.to_string());
+            }
+        })
+    };
     let creates: Vec<(&str, CreateVolumeRequest, Code)> = vec![
         (
             "empty name",
@@ -304,40 +287,27 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ),
         (
             "unknown parameter",
-            with(&|r| {
-                r.parameters.insert("color".into(), "blue".into());
-            }),
+            param(&[("color", "blue")]),
             Code::InvalidArgument,
         ),
         (
             "shell in a parameter",
-            with(&|r| {
-                r.parameters.insert("nodeSlots".into(), "4; reboot".into());
-            }),
+            param(&[("nodeSlots", "4; reboot")]),
             Code::InvalidArgument,
         ),
         (
             "feature not allowed",
-            with(&|r| {
-                r.parameters
-                    .insert("fsFeatures".into(), "sparse,`id`".into());
-            }),
+            param(&[("fsFeatures", "sparse,`id`")]),
             Code::InvalidArgument,
         ),
         (
             "journal under nine clusters",
-            with(&|r| {
-                r.parameters.insert("clusterSize".into(), "1M".into());
-                r.parameters.insert("journalSize".into(), "8Mi".into());
-            }),
+            param(&[("clusterSize", "1M"), ("journalSize", "8Mi")]),
             Code::InvalidArgument,
         ),
         (
             "unknown lun",
-            with(&|r| {
-                r.parameters
-                    .insert("lun".into(), "/dev/../etc/passwd".into());
-            }),
+            param(&[("lun", "/dev/../etc/passwd")]),
             Code::InvalidArgument,
         ),
         (
@@ -394,12 +364,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     // IDs that are not ours, or of a LUN we do not have: nothing to delete.
     for id in ["not-an-id", other_lun_id.as_str()] {
-        c.delete_volume(DeleteVolumeRequest {
-            volume_id: id.into(),
-            secrets: HashMap::new(),
-        })
-        .await
-        .unwrap();
+        c.delete_volume(delete_request(id)).await.unwrap();
     }
 
     for (id, code) in [

@@ -128,10 +128,7 @@ fn lab_scenarios() {
         "mounted.ocfs2 -f: {slots}"
     );
     let refused = rt
-        .block_on(c.delete_volume(DeleteVolumeRequest {
-            volume_id: shared.volume_id.clone(),
-            ..Default::default()
-        }))
+        .block_on(c.delete_volume(delete_request(&shared.volume_id)))
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(
@@ -170,11 +167,8 @@ fn lab_scenarios() {
             "{out}"
         );
     }
-    rt.block_on(c.delete_volume(DeleteVolumeRequest {
-        volume_id: gone.volume_id.clone(),
-        ..Default::default()
-    }))
-    .unwrap();
+    rt.block_on(c.delete_volume(delete_request(&gone.volume_id)))
+        .unwrap();
     lab.sync_partition(gn);
     lab.on_all(&format!("test ! -e /dev/vda{gn} && test -b /dev/vda{xn}"));
     println!(
@@ -185,14 +179,7 @@ fn lab_scenarios() {
     // Online growth of the mounted volume: the GPT entry first, then every
     // node's kernel partition, and only then the filesystem, on one node.
     let t = Instant::now();
-    let grown = rt.block_on(c.controller_expand_volume(ControllerExpandVolumeRequest {
-        volume_id: shared.volume_id.clone(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: (4 * GIB) as i64,
-            limit_bytes: 0,
-        }),
-        ..Default::default()
-    }));
+    let grown = rt.block_on(c.controller_expand_volume(expand_request(&shared.volume_id, 4 * GIB)));
     match grown {
         // The shared volume has a neighbour right after it: growing in place
         // must be refused, and the extra volume (last on the LUN) grows.
@@ -208,14 +195,7 @@ fn lab_scenarios() {
         &format!("mkdir -p /mnt/extra && mount -t ocfs2 /dev/vda{xn} /mnt/extra"),
     );
     let grown = rt
-        .block_on(c.controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: extra.volume_id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: (3 * GIB) as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        }))
+        .block_on(c.controller_expand_volume(expand_request(&extra.volume_id, 3 * GIB)))
         .unwrap()
         .into_inner();
     assert!(grown.node_expansion_required);
@@ -257,11 +237,8 @@ fn lab_scenarios() {
         lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{}", p.number));
     }
     for v in [&shared, &extra] {
-        rt.block_on(c.delete_volume(DeleteVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            ..Default::default()
-        }))
-        .unwrap();
+        rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
+            .unwrap();
     }
     drop(c);
     drop(controller);

@@ -10,7 +10,10 @@ pub mod lab;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::identity_client::IdentityClient;
 use ocfs2_csi::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
-use ocfs2_csi::csi::{CapacityRange, CreateVolumeRequest, ProbeRequest, VolumeCapability};
+use ocfs2_csi::csi::{
+    CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
+    ProbeRequest, VolumeCapability,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -155,6 +158,24 @@ pub fn create_request(name: &str, bytes: u64) -> CreateVolumeRequest {
         }),
         volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
         parameters: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+pub fn expand_request(volume_id: &str, bytes: u64) -> ControllerExpandVolumeRequest {
+    ControllerExpandVolumeRequest {
+        volume_id: volume_id.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes as i64,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn delete_request(volume_id: &str) -> DeleteVolumeRequest {
+    DeleteVolumeRequest {
+        volume_id: volume_id.into(),
         ..Default::default()
     }
 }
