@@ -56,7 +56,7 @@ fn main() {
     report.step(
         "join the o2cb cluster on every guest (global heartbeat)",
         || {
-            lab.on_all("blockdev --flushbufs /dev/vda && blockdev --rereadpt /dev/vda");
+            lab.sync_partitions();
             lab.form_cluster(CLUSTER, &region);
         },
     );
@@ -93,7 +93,7 @@ fn main() {
             grown.capacity_bytes
         );
         // Every node must see the bigger partition before the filesystem grows.
-        lab.sync_partition(n);
+        lab.sync_partitions();
         lab.must(1, &format!("tunefs.ocfs2 -S /dev/vda{n}"));
         for (i, df) in lab.on_all("df -h /mnt/demo | tail -n 1").iter().enumerate() {
             println!("   node{}: {}", i + 1, df.trim());

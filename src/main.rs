@@ -38,6 +38,13 @@ enum Mode {
     Controller(ControllerArgs),
     /// Mount volumes on this node (Identity and a partial Node service, for now).
     Node(NodeArgs),
+    /// Make this host's kernel partitions of each LUN match its GPT (BLKPG
+    /// add/resize/delete; never removes or shrinks a partition in use).
+    SyncPartitions {
+        /// A shared LUN (repeatable).
+        #[arg(long = "lun", required = true)]
+        luns: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -121,7 +128,26 @@ async fn main() -> anyhow::Result<()> {
     match cli.mode {
         Mode::Controller(args) => run_controller(args).await,
         Mode::Node(args) => run_node(args).await,
+        Mode::SyncPartitions { luns } => sync_partitions(&luns),
     }
+}
+
+fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
+    for lun in luns {
+        let report = ocfs2_csi::node::partition_sync::sync(lun)?;
+        println!(
+            "{}: added {:?}, resized {:?}, deleted {:?}",
+            lun.display(),
+            report.added.iter().map(|p| p.number).collect::<Vec<_>>(),
+            report
+                .resized
+                .iter()
+                .map(|c| c.number())
+                .collect::<Vec<_>>(),
+            report.deleted.iter().map(|p| p.number).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {

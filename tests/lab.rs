@@ -9,7 +9,8 @@
 //!    read identical, complete content; DeleteVolume refuses it while mounted;
 //! 3. partition changes while a volume stays mounted everywhere: created,
 //!    grown (online, then tunefs.ocfs2 -S on one node) and deleted volumes
-//!    appear, change and disappear on every guest without a remount;
+//!    appear, change and disappear on every guest without a remount, applied
+//!    by `ocfs2-csi sync-partitions` (BLKPG per partition);
 //! 4. csi-sanity inside a guest against the driver on its unix sockets.
 
 mod common;
@@ -52,8 +53,8 @@ fn lab_scenarios() {
         "scenario 1: CreateVolume 2 GiB on the shared LUN in {}",
         secs(t)
     );
-    // Nothing is open yet, so every guest can re-read the whole table.
-    lab.on_all("blockdev --flushbufs /dev/vda && blockdev --rereadpt /dev/vda");
+    // Every guest adds the new partitions with the driver's own BLKPG sync.
+    lab.sync_partitions();
     // o2cb names a heartbeat region by the filesystem UUID in upper-case hex.
     let hb_dir = shared.volume_context["heartbeatUuid"]
         .replace('-', "")
@@ -156,8 +157,7 @@ fn lab_scenarios() {
         .volume
         .unwrap();
     let (xn, gn) = (number_of(&lun, &extra), number_of(&lun, &gone));
-    lab.sync_partition(xn);
-    lab.sync_partition(gn);
+    lab.sync_partitions();
     for out in lab.on_all(&format!(
         "blkid -p -s TYPE -o value /dev/vda{xn} /dev/vda{gn}"
     )) {
@@ -169,7 +169,7 @@ fn lab_scenarios() {
     }
     rt.block_on(c.delete_volume(delete_request(&gone.volume_id)))
         .unwrap();
-    lab.sync_partition(gn);
+    lab.sync_partitions();
     lab.on_all(&format!("test ! -e /dev/vda{gn} && test -b /dev/vda{xn}"));
     println!(
         "scenario 3: volumes created and deleted, seen on every guest, in {}",
@@ -200,7 +200,7 @@ fn lab_scenarios() {
         .into_inner();
     assert!(grown.node_expansion_required);
     let part = partition_by_guid(&lun, &extra.volume_context["partitionGuid"]);
-    lab.sync_partition(xn);
+    lab.sync_partitions();
     for out in lab.on_all(&format!("blockdev --getsize64 /dev/vda{xn}")) {
         assert_eq!(
             out.trim(),

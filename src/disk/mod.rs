@@ -2,5 +2,6 @@
 //! kernel devices through which a partition's byte range is reached.
 
 pub mod gpt;
+pub mod kernel_partitions;
 pub mod lun_io;
 pub mod region;

@@ -7,6 +7,7 @@
 //! definition), and refuses everything else as Unimplemented.
 
 pub mod mounts;
+pub mod partition_sync;
 pub mod service;
 
 pub use service::NodeService;

@@ -129,18 +129,10 @@ impl Lab {
         self.on_all(&format!("o2cb start-heartbeat {cluster}"));
     }
 
-    /// Makes every guest's kernel partitions match the GPT for partition
-    /// `number` (add, resize or delete), with the real util-linux tools.
-    pub fn sync_partition(&self, number: u32) {
-        // `partx -g -o NR` prints the number only when the table has the
-        // entry (its exit code is 0 either way).
-        self.on_all(&format!(
-            "blockdev --flushbufs /dev/vda; \
-             if [ -n \"$(partx -g -o NR --nr {number} /dev/vda 2>/dev/null)\" ]; then \
-               if [ -b /dev/vda{number} ]; then partx -u --nr {number} /dev/vda; \
-               else partx -a --nr {number} /dev/vda; fi; \
-             else [ ! -b /dev/vda{number} ] || partx -d --nr {number} /dev/vda; fi"
-        ));
+    /// Makes every guest's kernel partitions match the GPT, with the
+    /// driver's own BLKPG sync (never BLKRRPART: volumes stay mounted).
+    pub fn sync_partitions(&self) {
+        self.on_all("ocfs2-csi sync-partitions --lun /dev/vda");
     }
 }
 
