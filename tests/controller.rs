@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use ocfs2_csi::controller::entry::TYPE_LOCAL;
 use ocfs2_csi::csi::volume_capability::access_mode::Mode;
 use ocfs2_csi::csi::volume_capability::{AccessType, BlockVolume};
 use ocfs2_csi::csi::*;
@@ -148,7 +149,7 @@ async fn create_list_expand_delete() {
     // The filesystem was not touched: fsck still clean, partition bigger.
     let local_part = volume_partitions(&lun)
         .into_iter()
-        .find(|p| p.type_guid.ends_with("a4"))
+        .find(|p| p.type_guid == TYPE_LOCAL.to_string())
         .unwrap();
     assert!((local_part.last - local_part.first + 1) * 512 > 3 * GIB);
     assert_fsck_clean(&lun, &local_part);

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use ocfs2_csi::controller::entry::{TYPE_GLOBAL, TYPE_PENDING_GLOBAL};
 use ocfs2_csi::controller::volume_id::partition_guid;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::{DeleteVolumeRequest, ListVolumesRequest};
@@ -29,9 +30,6 @@ const SIZES_MIB: [u64; 4] = [256, 384, 512, 1024];
 const MAX_KILL_DELAY_MS: u64 = 300;
 /// Fixed so a failure replays; CRASH_SEED overrides it to explore.
 const DEFAULT_SEED: u64 = 0x6f63_6673_3263_7369;
-
-const PENDING: &str = "a2";
-const READY: &str = "a3";
 
 /// xorshift64*: enough randomness for kill timing and op mixes, no crate.
 struct Rng(u64);
@@ -238,7 +236,7 @@ fn inspect_after_kill(
             live.values().any(|v| v.guid == *guid) || creating.contains(guid),
             "a partition nobody asked for: {p:?}"
         );
-        if p.type_guid.ends_with(PENDING) {
+        if p.type_guid == TYPE_PENDING_GLOBAL.to_string() {
             assert!(creating.contains(guid), "pending but not being made: {p:?}");
             found.pending += 1;
         }
@@ -256,7 +254,7 @@ fn inspect_after_kill(
             .get(&v.guid)
             .unwrap_or_else(|| panic!("{name} lost"));
         assert!(
-            p.type_guid.ends_with(READY),
+            p.type_guid == TYPE_GLOBAL.to_string(),
             "{name} no longer ready: {p:?}"
         );
     }
@@ -264,7 +262,7 @@ fn inspect_after_kill(
         let on_disk = by_guid.get(&guid_of(op.name()));
         match (op, done, on_disk) {
             (Op::Create { name, .. }, true, p) => assert!(
-                p.is_some_and(|p| p.type_guid.ends_with(READY)),
+                p.is_some_and(|p| p.type_guid == TYPE_GLOBAL.to_string()),
                 "{name} was answered but is not ready: {p:?}"
             ),
             (Op::Delete { name, .. }, true, p) => {
@@ -430,7 +428,10 @@ async fn kills_during_creates_and_deletes_converge() {
         assert_eq!(on_disk, expected, "round {round}: {parts:#?}");
         assert_eq!(on_disk.len(), parts.len());
         for p in &parts {
-            assert!(p.type_guid.ends_with(READY), "round {round}: {p:?}");
+            assert!(
+                p.type_guid == TYPE_GLOBAL.to_string(),
+                "round {round}: {p:?}"
+            );
         }
         // The creates the kill cut short were finished by the retry.
         for (op, done) in batch.iter().zip(&done) {
@@ -477,7 +478,7 @@ async fn kills_during_creates_and_deletes_converge() {
     let expected: BTreeSet<&str> = live.values().map(|v| v.guid.as_str()).collect();
     assert_eq!(on_disk, expected);
     assert_eq!(on_disk.len(), parts.len());
-    assert!(parts.iter().all(|p| p.type_guid.ends_with(READY)));
+    assert!(parts.iter().all(|p| p.type_guid == TYPE_GLOBAL.to_string()));
     assert_gpt_valid(&lun);
     std::thread::scope(|s| {
         for half in parts.chunks(parts.len().div_ceil(2).max(1)) {

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use ocfs2_csi::controller::entry::TYPE_GLOBAL;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::{DeleteVolumeRequest, ListVolumesRequest, Volume};
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,7 +160,7 @@ async fn concurrent_creates_and_deletes_converge() {
         .collect();
     assert_eq!(on_disk, expected);
     for p in &parts {
-        assert!(p.type_guid.ends_with("a3"), "not ready: {p:?}");
+        assert!(p.type_guid == TYPE_GLOBAL.to_string(), "not ready: {p:?}");
     }
     assert_gpt_valid(&lun);
 

@@ -2,8 +2,8 @@
 //! volumes exist.
 //!
 //! - The partition type says what the partition is: the LUN's heartbeat
-//!   device, a volume still being created (mkfs not confirmed), or a ready
-//!   volume with global or local heartbeat.
+//!   device, or a volume with global or local heartbeat, still being created
+//!   (mkfs not confirmed) or ready.
 //! - The type-specific attribute bits 48-63 hold the volume's geometry
 //!   (slots, cluster size, journal size), so its usable capacity can be
 //!   computed from the table alone, the same way it was when it was made.
@@ -15,9 +15,10 @@ use crate::ocfs2::layout::{HeartbeatMode, Layout, MIB};
 use uuid::Uuid;
 
 pub const TYPE_HEARTBEAT: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a1");
-pub const TYPE_PENDING: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a2");
+pub const TYPE_PENDING_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a2");
 pub const TYPE_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a3");
 pub const TYPE_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a4");
+pub const TYPE_PENDING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a5");
 
 /// Partition 1 is the heartbeat device; volumes use 2..=MAX_PARTITION.
 pub const HEARTBEAT_NUMBER: u32 = 1;
@@ -115,35 +116,30 @@ pub fn volume_partition(
     layout: &Layout,
 ) -> Partition {
     let type_guid = match (state, heartbeat) {
-        (State::Pending, _) => TYPE_PENDING,
+        (State::Pending, HeartbeatMode::Global) => TYPE_PENDING_GLOBAL,
+        (State::Pending, HeartbeatMode::Local) => TYPE_PENDING_LOCAL,
         (State::Ready, HeartbeatMode::Global) => TYPE_GLOBAL,
         (State::Ready, HeartbeatMode::Local) => TYPE_LOCAL,
     };
-    // A pending entry remembers its heartbeat mode in bit 47 (free in UEFI's
-    // reserved range, which tools leave alone) until it becomes ready.
-    let hb_bit = u64::from(heartbeat == HeartbeatMode::Local) << 47;
     Partition {
         number: at.number,
         type_guid,
         unique_guid: guid,
         first_lba: at.first_lba,
         last_lba: at.last_lba,
-        attributes: attributes(layout) | hb_bit,
+        attributes: attributes(layout),
         name: gpt_name(name),
     }
 }
 
 /// The volume in a GPT entry, or None for anything that is not a volume.
 pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
-    let state = match p.type_guid {
-        TYPE_PENDING => State::Pending,
-        TYPE_GLOBAL | TYPE_LOCAL => State::Ready,
+    let (state, heartbeat) = match p.type_guid {
+        TYPE_PENDING_GLOBAL => (State::Pending, HeartbeatMode::Global),
+        TYPE_PENDING_LOCAL => (State::Pending, HeartbeatMode::Local),
+        TYPE_GLOBAL => (State::Ready, HeartbeatMode::Global),
+        TYPE_LOCAL => (State::Ready, HeartbeatMode::Local),
         _ => return None,
-    };
-    let heartbeat = if p.type_guid == TYPE_LOCAL || (p.attributes >> 47) & 1 == 1 {
-        HeartbeatMode::Local
-    } else {
-        HeartbeatMode::Global
     };
     Some(VolumeEntry {
         number: p.number,

@@ -55,6 +55,12 @@ impl Lun {
         self.io.sector_size()
     }
 
+    /// Whether a `lun` StorageClass parameter names this LUN (its --lun
+    /// path or its disk GUID).
+    pub fn matches(&self, want: &str) -> bool {
+        self.path.as_os_str() == want || self.disk_guid.to_string() == want
+    }
+
     pub fn name(&self) -> String {
         self.path.display().to_string()
     }

@@ -126,14 +126,10 @@ impl Controller for ControllerService {
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        if r.volume_capabilities.is_empty() && !r.volume_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "volume_capabilities must not be empty",
-            ));
-        }
-        self.volumes.get(&r.volume_id).map_err(status)?;
-        let verdict = super::params::check_capabilities(&r.volume_capabilities)
-            .and_then(|()| super::params::VolumeParams::parse(&r.parameters).map(drop));
+        let verdict = self
+            .volumes
+            .validate(&r.volume_id, &r.volume_capabilities, &r.parameters)
+            .map_err(status)?;
         let response = match verdict {
             Ok(()) => ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(Confirmed {
@@ -179,13 +175,10 @@ impl Controller for ControllerService {
         request: Request<GetCapacityRequest>,
     ) -> Result<Response<GetCapacityResponse>, Status> {
         let r = request.into_inner();
-        // Capabilities we cannot serve have no capacity (the spec's answer).
-        if !r.volume_capabilities.is_empty()
-            && super::params::check_capabilities(&r.volume_capabilities).is_err()
-        {
-            return Ok(Response::new(GetCapacityResponse::default()));
-        }
-        let cap = self.volumes.capacity(&r.parameters).map_err(status)?;
+        let cap = self
+            .volumes
+            .capacity(&r.parameters, &r.volume_capabilities)
+            .map_err(status)?;
         Ok(Response::new(GetCapacityResponse {
             available_capacity: cap.available as i64,
             maximum_volume_size: Some(cap.maximum_volume as i64),

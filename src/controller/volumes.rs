@@ -150,12 +150,7 @@ impl Volumes {
         let candidates: Vec<&Arc<Lun>> = match &params.lun {
             None => luns.iter().collect(),
             Some(want) => {
-                let found: Vec<_> = luns
-                    .iter()
-                    .filter(|l| {
-                        l.path.as_os_str() == want.as_str() || l.disk_guid.to_string() == *want
-                    })
-                    .collect();
+                let found: Vec<_> = luns.iter().filter(|l| l.matches(want)).collect();
                 if found.is_empty() {
                     return Err(CreateError::InvalidArgument(format!(
                         "parameter lun {want:?} names none of this controller's LUNs"
@@ -572,6 +567,24 @@ impl Volumes {
         Ok((page, String::new()))
     }
 
+    /// ValidateVolumeCapabilities: the volume must exist; then Ok(Ok) when
+    /// the capabilities and parameters can be served, Ok(Err(why)) when not.
+    pub fn validate(
+        &self,
+        volume_id: &str,
+        capabilities: &[VolumeCapability],
+        parameters: &HashMap<String, String>,
+    ) -> Result<Result<(), String>, LookupError> {
+        self.get(volume_id)?;
+        if capabilities.is_empty() {
+            return Err(LookupError::InvalidArgument(
+                "volume_capabilities must not be empty".into(),
+            ));
+        }
+        Ok(check_capabilities(capabilities)
+            .and_then(|()| VolumeParams::parse(parameters).map(drop)))
+    }
+
     /// A ready volume by ID.
     pub fn get(&self, volume_id: &str) -> Result<VolumeInfo, LookupError> {
         if volume_id.is_empty() {
@@ -592,17 +605,23 @@ impl Volumes {
 
     /// Free space for volumes with these parameters: the sum over free
     /// extents of what each could hold, and the largest single volume.
-    pub fn capacity(&self, parameters: &HashMap<String, String>) -> Result<Capacity, ListError> {
+    /// Capabilities we cannot serve have no capacity (the spec's answer).
+    pub fn capacity(
+        &self,
+        parameters: &HashMap<String, String>,
+        capabilities: &[VolumeCapability],
+    ) -> Result<Capacity, ListError> {
         let params = VolumeParams::parse(parameters).map_err(ListError::InvalidArgument)?;
         let mut cap = Capacity {
             available: 0,
             maximum_volume: 0,
         };
+        if !capabilities.is_empty() && check_capabilities(capabilities).is_err() {
+            return Ok(cap);
+        }
         for lun in self.luns()? {
-            if let Some(want) = &params.lun {
-                if lun.path.as_os_str() != want.as_str() && lun.disk_guid.to_string() != *want {
-                    continue;
-                }
+            if params.lun.as_deref().is_some_and(|want| !lun.matches(want)) {
+                continue;
             }
             let table = lun.read_table()?;
             if !(FIRST_VOLUME_NUMBER..=MAX_PARTITION).any(|n| table.partition(n).is_none()) {

@@ -10,9 +10,8 @@ pub use tools::{FsInfo, Ocfs2Tools};
 /// Longest label OCFS2 stores (OCFS2_MAX_VOL_LABEL_LEN is 64 bytes with NUL).
 pub const MAX_LABEL_BYTES: usize = 63;
 
-/// o2cb cluster names are at most 16 characters of [A-Za-z0-9_-]... the
-/// kernel's configfs accepts more, but ocfs2-tools and the on-disk cluster
-/// info hold 16 bytes.
+/// o2cb cluster names: at most 16 bytes (the on-disk cluster info and
+/// ocfs2-tools hold no more), letters, digits, '_' and '-'.
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 16 {
         return Err(format!(
