@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/debug/ocfs2-csi
 SANITY=.cache/bin/csi-sanity
-[ -x "$BIN" ] || cargo build --bins
+[ -x "$BIN" ] || cargo test --no-run --all-targets
 [ -x "$SANITY" ] || scripts/deps.sh
 
 work=$(mktemp -d /tmp/ocfs2-csi-sanity.XXXXXX)
