@@ -101,11 +101,19 @@ fn lab_scenarios() {
         "mkdir -p /mnt/shared && mount -t ocfs2 /dev/vda{n} /mnt/shared"
     ));
     println!("scenario 2: mounted on 3 guests in {}", secs(t));
+    // Two nodes creating one name at the same moment can get EEXIST from
+    // OCFS2 even without O_EXCL (the other node's create lands between
+    // lookup and create), so the shared files exist before the writers run.
+    lab.must(
+        1,
+        "touch /mnt/shared/append.lock /mnt/shared/append.log && sync",
+    );
     let t = Instant::now();
     lab.on_all(
         "dd if=/dev/urandom of=/mnt/shared/$(hostname).bin bs=1M count=8 2>/dev/null && \
          for k in $(seq 1 40); do \
-           flock /mnt/shared/append.lock sh -c \"echo $(hostname) $k >> /mnt/shared/append.log\"; \
+           flock /mnt/shared/append.lock sh -c \"echo $(hostname) $k >> /mnt/shared/append.log\" \
+             || { echo \"append $k on $(hostname) failed with $?\"; exit 1; }; \
          done && sync",
     );
     println!(
