@@ -38,6 +38,7 @@ sanity:
 bench: deps
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/bench
+	./target/release/examples/lab_bench
 
 fmt:
 	$(CARGO) fmt

@@ -1,14 +1,16 @@
 //! `make demo`: the driver's main job, end to end, on an embedded default.
 //! Boots the three-node lab (QEMU guests with Debian's OCFS2 kernel sharing
 //! one LUN file), creates a ReadWriteMany volume through `ocfs2-csi
-//! controller`, mounts it on all three guests, writes on one and reads on the
-//! other two, grows it while it stays mounted everywhere, prints a report with
-//! timings and tears everything down.
+//! controller`, lets `ocfs2-csi node` on every guest join the o2cb cluster
+//! and stage/publish it (as kubelet would ask), writes on one guest and reads
+//! on the other two, grows it while it stays mounted everywhere
+//! (ControllerExpandVolume, then NodeExpandVolume on each guest), prints a
+//! report with timings and tears everything down.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::lab::Lab;
+use common::lab::*;
 use common::*;
 use std::time::Instant;
 
@@ -50,31 +52,39 @@ fn main() {
     });
     println!("   volume_id {}", volume.volume_id);
     let n = partition_by_guid(&lun, &volume.volume_context["partitionGuid"]).number;
-    let region = volume.volume_context["heartbeatUuid"]
-        .replace('-', "")
-        .to_uppercase();
     report.step(
-        "join the o2cb cluster on every guest (global heartbeat)",
+        "start ocfs2-csi node on every guest: o2cb cluster + global heartbeat",
         || {
-            lab.sync_partitions();
-            lab.form_cluster(CLUSTER, &region);
+            lab.write_members(&[1, 2, 3]);
+            for node in 1..=3 {
+                lab.start_node_plugin(node, CLUSTER);
+            }
+            for node in 1..=3 {
+                rt.block_on(lab.wait_node_ready(node, std::time::Duration::from_secs(120)));
+            }
         },
     );
-    report.step("mount the volume on all three guests", || {
-        lab.on_all(&format!(
-            "mkdir -p /mnt/demo && mount -t ocfs2 /dev/vda{n} /mnt/demo"
-        ));
-    });
+    report.step(
+        "NodeStageVolume + NodePublishVolume on all three guests",
+        || {
+            for node in 1..=3 {
+                rt.block_on(stage_and_publish(&lab, node, &volume));
+            }
+        },
+    );
+    let dir_of = target(&volume);
     let written = report.step("write 64 MiB on node1", || {
         lab.must(
             1,
-            "dd if=/dev/urandom of=/mnt/demo/data.bin bs=1M count=64 2>/dev/null && sync && \
-             md5sum /mnt/demo/data.bin | cut -d' ' -f1",
+            &format!(
+                "dd if=/dev/urandom of={dir_of}/data.bin bs=1M count=64 2>/dev/null && sync && \
+                 md5sum {dir_of}/data.bin | cut -d' ' -f1"
+            ),
         )
     });
     report.step("read it back on node2 and node3", || {
         for node in [2, 3] {
-            let read = lab.must(node, "md5sum /mnt/demo/data.bin | cut -d' ' -f1");
+            let read = lab.must(node, &format!("md5sum {dir_of}/data.bin | cut -d' ' -f1"));
             assert_eq!(
                 read.trim(),
                 written.trim(),
@@ -92,14 +102,34 @@ fn main() {
             "   ControllerExpandVolume: GPT entry grown to {} bytes usable",
             grown.capacity_bytes
         );
-        // Every node must see the bigger partition before the filesystem grows.
-        lab.sync_partitions();
-        lab.must(1, &format!("tunefs.ocfs2 -S /dev/vda{n}"));
-        for (i, df) in lab.on_all("df -h /mnt/demo | tail -n 1").iter().enumerate() {
+        // Kubernetes asks every node; the filesystem grows once, after every
+        // node that has it mounted sees the bigger partition.
+        for node in 1..=3 {
+            let t = Instant::now();
+            let r = rt
+                .block_on(async {
+                    lab.node_client(node)
+                        .await
+                        .node_expand_volume(expand_req(&volume))
+                        .await
+                })
+                .unwrap()
+                .into_inner();
+            println!(
+                "   node{node}: NodeExpandVolume -> {} bytes in {:.2} s",
+                r.capacity_bytes,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        for (i, df) in lab
+            .on_all(&format!("df -h {dir_of} | tail -n 1"))
+            .iter()
+            .enumerate()
+        {
             println!("   node{}: {}", i + 1, df.trim());
         }
         let total: u64 = lab
-            .must(3, "df -B1 /mnt/demo | tail -n 1")
+            .must(3, &format!("df -B1 {dir_of} | tail -n 1"))
             .split_whitespace()
             .nth(1)
             .unwrap()
@@ -107,12 +137,17 @@ fn main() {
             .unwrap();
         assert!(total >= 4 * GIB, "node3 sees only {total} bytes");
     });
-    report.step("unmount, fsck and DeleteVolume", || {
-        lab.on_all("umount /mnt/demo");
-        lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n} >/dev/null"));
-        rt.block_on(c.delete_volume(delete_request(&volume.volume_id)))
-            .unwrap();
-    });
+    report.step(
+        "NodeUnpublish + NodeUnstage everywhere, fsck, DeleteVolume",
+        || {
+            for node in 1..=3 {
+                rt.block_on(unpublish_and_unstage(&lab, node, &volume));
+            }
+            lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n} >/dev/null"));
+            rt.block_on(c.delete_volume(delete_request(&volume.volume_id)))
+                .unwrap();
+        },
+    );
     drop(c);
     drop(controller);
     report.step("shut the lab down", || drop(lab));

@@ -2,6 +2,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ocfs2_csi::cluster::{
+    self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
+};
 use ocfs2_csi::controller::pool::open_lun;
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
@@ -9,8 +12,11 @@ use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::disk::region::LoopDevices;
-use ocfs2_csi::identity::{AlwaysReady, IdentityService, Readiness};
-use ocfs2_csi::node::NodeService;
+use ocfs2_csi::identity::{IdentityService, Readiness};
+use ocfs2_csi::node::records::Records;
+use ocfs2_csi::node::startup::Startup;
+use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
+use ocfs2_csi::ocfs2::layout::HeartbeatMode;
 use ocfs2_csi::ocfs2::{validate_cluster_name, Ocfs2Tools};
 use ocfs2_csi::server::{self, Endpoint, ObserveLayer};
 use ocfs2_csi::tools::{Runner, SystemRunner};
@@ -36,7 +42,7 @@ struct Cli {
 enum Mode {
     /// Carve volumes out of shared LUNs (Identity + Controller services).
     Controller(ControllerArgs),
-    /// Mount volumes on this node (Identity and a partial Node service, for now).
+    /// Join the o2cb cluster and mount volumes on this node (Identity + Node).
     Node(NodeArgs),
     /// Make this host's kernel partitions of each LUN match its GPT (BLKPG
     /// add/resize/delete; never removes or shrinks a partition in use).
@@ -83,9 +89,55 @@ struct ControllerArgs {
 struct NodeArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// This node's ID as Kubernetes knows it (the Node name).
+    /// This node's ID as Kubernetes knows it (the Node name); also its name
+    /// in the o2cb cluster.
     #[arg(long, env = "NODE_ID")]
     node_id: String,
+    /// The shared LUNs (repeatable; comma-separated in the environment), as
+    /// the controller has them.
+    #[arg(
+        long = "lun",
+        env = "OCFS2_CSI_LUNS",
+        value_delimiter = ',',
+        required = true
+    )]
+    luns: Vec<PathBuf>,
+    /// The o2cb cluster name (the controller stamps it into every volume).
+    #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
+    cluster_name: String,
+    /// global (one heartbeat per LUN, the default) or local (one per mount).
+    #[arg(long, env = "OCFS2_CSI_HEARTBEAT", default_value = "global", value_parser = parse_heartbeat)]
+    heartbeat: HeartbeatMode,
+    /// The members of the cluster: one `NAME NUMBER ADDRESS[:PORT]` per line.
+    #[arg(long, env = "OCFS2_CSI_MEMBERS_FILE")]
+    members_file: PathBuf,
+    /// o2net's TCP port, where a member names none.
+    #[arg(long, env = "OCFS2_CSI_O2CB_PORT", default_value_t = cluster::DEFAULT_PORT)]
+    o2cb_port: u16,
+    /// o2cb timeouts: identical on every node (the kernel refuses peers that
+    /// differ), so they come from the one shared configuration.
+    #[arg(long, env = "OCFS2_CSI_DEAD_THRESHOLD", default_value_t = Timeouts::default().dead_threshold)]
+    dead_threshold: u32,
+    #[arg(long, env = "OCFS2_CSI_IDLE_TIMEOUT_MS", default_value_t = Timeouts::default().idle_timeout_ms)]
+    idle_timeout_ms: u32,
+    #[arg(long, env = "OCFS2_CSI_KEEPALIVE_DELAY_MS", default_value_t = Timeouts::default().keepalive_delay_ms)]
+    keepalive_delay_ms: u32,
+    #[arg(long, env = "OCFS2_CSI_RECONNECT_DELAY_MS", default_value_t = Timeouts::default().reconnect_delay_ms)]
+    reconnect_delay_ms: u32,
+    /// Where stage records live (a host folder that outlives the plugin).
+    #[arg(
+        long,
+        env = "OCFS2_CSI_STATE_DIR",
+        default_value = "/var/lib/ocfs2-csi"
+    )]
+    state_dir: PathBuf,
+    /// Seconds between reads of the membership source.
+    #[arg(long, env = "OCFS2_CSI_MEMBERS_POLL", default_value_t = 5)]
+    members_poll: u64,
+}
+
+fn parse_heartbeat(s: &str) -> Result<HeartbeatMode, String> {
+    HeartbeatMode::parse(s).ok_or_else(|| format!("{s:?}: expected global or local"))
 }
 
 struct VolumesReady(Arc<Volumes>);
@@ -155,13 +207,86 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(&common.log)?;
     validate_driver_name(&common.driver_name)?;
     anyhow::ensure!(!args.node_id.is_empty(), "--node-id must not be empty");
-    let identity = IdentityService::new(common.driver_name, false, Arc::new(AlwaysReady));
+    let timeouts = Timeouts {
+        dead_threshold: args.dead_threshold,
+        idle_timeout_ms: args.idle_timeout_ms,
+        keepalive_delay_ms: args.keepalive_delay_ms,
+        reconnect_delay_ms: args.reconnect_delay_ms,
+    };
+    let cluster = ClusterConfig {
+        name: args.cluster_name.clone(),
+        heartbeat: args.heartbeat,
+        timeouts,
+        port: args.o2cb_port,
+    };
+    cluster.validate()?;
+    let members = StaticMembers::new(&args.members_file, args.o2cb_port);
+    // The node's number comes from the source; without it there is nothing
+    // to join.
+    let me = members
+        .members()
+        .await?
+        .into_iter()
+        .find(|m| m.name == args.node_id)
+        .with_context(|| {
+            format!(
+                "this node ({}) is not in {}",
+                args.node_id,
+                args.members_file.display()
+            )
+        })?;
+    let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
+    let tools = Ocfs2Tools::new(runner.clone());
+    let paths = KernelPaths::default();
+    let records = Records::open(&args.state_dir)
+        .with_context(|| format!("state folder {}", args.state_dir.display()))?;
+    let volumes = Arc::new(NodeVolumes::new(
+        NodeConfig {
+            node_id: args.node_id.clone(),
+            node_number: me.number,
+            cluster_name: args.cluster_name,
+            heartbeat: args.heartbeat,
+            luns: args.luns.clone(),
+            dlm_mount: paths.dlmfs.clone(),
+        },
+        tools.clone(),
+        records,
+    ));
+    let startup = Startup {
+        cluster,
+        node_name: args.node_id,
+        members: Arc::new(members),
+        runner,
+        tools,
+        paths,
+        luns: args.luns,
+        volumes: volumes.clone(),
+        poll: Duration::from_secs(args.members_poll.max(1)),
+    };
+    let identity = IdentityService::new(
+        common.driver_name,
+        false,
+        Arc::new(NodeReady(volumes.clone())),
+    );
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
         .add_service(IdentityServer::new(identity))
-        .add_service(NodeServer::new(NodeService::new(args.node_id)));
-    server::serve(router, &common.endpoint, server::shutdown_signal()).await?;
+        .add_service(NodeServer::new(NodeService::new(volumes)));
+    // Serve at once (Probe says "not ready" until joined); a conflict with
+    // what the kernel runs ends the process with the reason.
+    tokio::select! {
+        served = server::serve(router, &common.endpoint, server::shutdown_signal()) => served?,
+        fatal = startup.run() => return Err(fatal.into()),
+    }
     Ok(())
+}
+
+struct NodeReady(Arc<NodeVolumes>);
+
+impl Readiness for NodeReady {
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {

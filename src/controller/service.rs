@@ -8,10 +8,9 @@ use crate::csi::controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::csi::list_volumes_response;
 use crate::csi::validate_volume_capabilities_response::Confirmed;
 use crate::csi::*;
-use crate::server::record_volume;
+use crate::server::{detached, record_volume};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 pub struct ControllerService {
     volumes: Arc<Volumes>,
@@ -38,27 +37,6 @@ fn volume(info: &VolumeInfo) -> Volume {
         volume_id: info.id.to_string(),
         volume_context: info.context.clone(),
         ..Default::default()
-    }
-}
-
-/// Runs a disk-changing operation to its end even if the caller goes away. A
-/// sidecar that times out drops its RPC; if that killed mkfs halfway, the
-/// retry would start over and a big volume might never finish. Meanwhile
-/// the retry gets Aborted from the in-flight set, then the finished result.
-async fn detached<T, F>(work: F) -> Result<T, Status>
-where
-    F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::spawn(work.instrument(tracing::Span::current())).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => {
-            tracing::error!("operation panicked");
-            Err(Status::internal("internal error: the operation panicked"))
-        }
-        Err(e) => Err(Status::internal(format!(
-            "the operation did not finish: {e}"
-        ))),
     }
 }
 

@@ -1,13 +1,17 @@
-//! The node plugin.
-//!
-//! Joining the o2cb cluster, staging, publishing and growing volumes are the
-//! node issue's work. Until then the Node service is honest about it: it
-//! advertises no capabilities, answers NodeGetInfo, treats unpublish and
-//! unstage of paths where nothing is mounted as done (they are idempotent by
-//! definition), and refuses everything else as Unimplemented.
+//! The node plugin: stage, publish and grow OCFS2 volumes on a node that is
+//! a member of the o2cb cluster (joining it is `crate::cluster`).
 
+pub mod device;
+pub mod dlm;
+pub mod error;
+pub mod grow;
 pub mod mounts;
 pub mod partition_sync;
+pub mod records;
+pub mod request;
 pub mod service;
+pub mod startup;
+pub mod volumes;
 
 pub use service::NodeService;
+pub use volumes::{NodeConfig, NodeVolumes};

@@ -1,48 +1,32 @@
-//! The Node gRPC service, as far as the driver core goes (see `node`).
+//! The Node gRPC service: thin glue over [`NodeVolumes`].
 
-use super::mounts::is_mount_point;
+use super::error::status;
+use super::volumes::{NodeVolumes, PublishRequest, StageRequest};
 use crate::csi::node_server::Node;
+use crate::csi::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::csi::*;
-use crate::server::record_volume;
-use std::path::Path;
+use crate::server::{detached, record_volume};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Volume partitions a LUN can hold (numbers 2..=255; 1 is the heartbeat).
+const VOLUMES_PER_LUN: i64 = 254;
+
 pub struct NodeService {
-    node_id: String,
+    volumes: Arc<NodeVolumes>,
 }
 
 impl NodeService {
-    pub fn new(node_id: String) -> Self {
-        NodeService { node_id }
+    pub fn new(volumes: Arc<NodeVolumes>) -> Self {
+        NodeService { volumes }
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented yet: this node plugin does not join the o2cb cluster or \
-         mount volumes"
-    ))
-}
-
-/// Undoing a mount that is not there is done; one that is there needs the
-/// node plugin's unmount logic, which does not exist yet.
-fn nothing_mounted(volume_id: &str, path: &str, what: &str) -> Result<(), Status> {
-    if volume_id.is_empty() {
-        return Err(Status::invalid_argument("volume_id must not be empty"));
-    }
-    if path.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{what} must not be empty"
-        )));
-    }
-    match is_mount_point(Path::new(path)) {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(Status::failed_precondition(format!(
-            "{path} is a mount point; unmounting volumes is not implemented yet"
-        ))),
-        Err(e) => Err(Status::internal(format!(
-            "cannot read the mount table: {e}"
-        ))),
+fn capability(kind: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(CapType::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
     }
 }
 
@@ -50,9 +34,25 @@ fn nothing_mounted(volume_id: &str, path: &str, what: &str) -> Result<(), Status
 impl Node for NodeService {
     async fn node_stage_volume(
         &self,
-        _request: Request<NodeStageVolumeRequest>,
+        request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        Err(not_yet("NodeStageVolume"))
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        let volumes = self.volumes.clone();
+        // Mounting runs to its end even if kubelet gives up waiting.
+        detached(async move {
+            volumes
+                .stage(StageRequest {
+                    volume_id: &r.volume_id,
+                    staging_path: &r.staging_target_path,
+                    capability: r.volume_capability.as_ref(),
+                    context: &r.volume_context,
+                })
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
     async fn node_unstage_volume(
@@ -61,15 +61,34 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        nothing_mounted(&r.volume_id, &r.staging_target_path, "staging_target_path")?;
+        let volumes = self.volumes.clone();
+        detached(async move {
+            volumes
+                .unstage(&r.volume_id, &r.staging_target_path)
+                .await
+                .map_err(status)
+        })
+        .await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
     async fn node_publish_volume(
         &self,
-        _request: Request<NodePublishVolumeRequest>,
+        request: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        Err(not_yet("NodePublishVolume"))
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        self.volumes
+            .publish(PublishRequest {
+                volume_id: &r.volume_id,
+                staging_path: &r.staging_target_path,
+                target_path: &r.target_path,
+                capability: r.volume_capability.as_ref(),
+                read_only: r.readonly,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
     async fn node_unpublish_volume(
@@ -78,31 +97,82 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        nothing_mounted(&r.volume_id, &r.target_path, "target_path")?;
+        self.volumes
+            .unpublish(&r.volume_id, &r.target_path)
+            .await
+            .map_err(status)?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
     async fn node_get_volume_stats(
         &self,
-        _request: Request<NodeGetVolumeStatsRequest>,
+        request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
-        Err(not_yet("NodeGetVolumeStats"))
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        let s = self
+            .volumes
+            .stats(&r.volume_id, &r.volume_path)
+            .await
+            .map_err(status)?;
+        let usage = |unit: volume_usage::Unit, total: u64, available: u64, used: u64| VolumeUsage {
+            unit: unit as i32,
+            total: total as i64,
+            available: available as i64,
+            used: used as i64,
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage: vec![
+                usage(
+                    volume_usage::Unit::Bytes,
+                    s.total_bytes,
+                    s.available_bytes,
+                    s.used_bytes,
+                ),
+                usage(
+                    volume_usage::Unit::Inodes,
+                    s.total_inodes,
+                    s.free_inodes,
+                    s.used_inodes,
+                ),
+            ],
+            volume_condition: Some(VolumeCondition {
+                abnormal: s.abnormal.is_some(),
+                message: s.abnormal.unwrap_or_else(|| "healthy".into()),
+            }),
+        }))
     }
 
     async fn node_expand_volume(
         &self,
-        _request: Request<NodeExpandVolumeRequest>,
+        request: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
-        Err(not_yet("NodeExpandVolume"))
+        let r = request.into_inner();
+        record_volume(&r.volume_id);
+        let volumes = self.volumes.clone();
+        let bytes = detached(async move {
+            volumes
+                .expand(&r.volume_id, &r.volume_path, r.volume_capability.as_ref())
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: bytes as i64,
+        }))
     }
 
     async fn node_get_capabilities(
         &self,
         _request: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
-        // Nothing optional is implemented yet, so nothing is advertised.
         Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: Vec::new(),
+            capabilities: vec![
+                capability(rpc::Type::StageUnstageVolume),
+                capability(rpc::Type::GetVolumeStats),
+                capability(rpc::Type::ExpandVolume),
+                capability(rpc::Type::VolumeCondition),
+            ],
         }))
     }
 
@@ -110,10 +180,11 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeGetInfoRequest>,
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let cfg = self.volumes.config();
         Ok(Response::new(NodeGetInfoResponse {
-            node_id: self.node_id.clone(),
-            // 0: no limit is claimed until the node plugin can stage volumes.
-            max_volumes_per_node: 0,
+            node_id: cfg.node_id.clone(),
+            // Every volume is a partition of one of our LUNs.
+            max_volumes_per_node: VOLUMES_PER_LUN * cfg.luns.len() as i64,
             accessible_topology: None,
         }))
     }

@@ -117,6 +117,25 @@ fn debugfs(request: &str, device: &Path) -> Cmd {
         .arg(device.as_os_str())
 }
 
+/// Growing writes new group descriptors across the added space.
+const GROW_TIMEOUT: Duration = Duration::from_secs(600);
+/// A local-heartbeat mount waits for its region to settle (~10 s measured).
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn grow_args(device: &Path) -> Cmd {
+    Cmd::new("tunefs.ocfs2", GROW_TIMEOUT)
+        .arg("-S")
+        .arg(device.as_os_str())
+}
+
+pub fn mount_args(device: &Path, target: &Path, options: &[String]) -> Cmd {
+    let mut cmd = Cmd::new("mount.ocfs2", MOUNT_TIMEOUT).arg("-n");
+    if !options.is_empty() {
+        cmd = cmd.arg("-o").arg(options.join(","));
+    }
+    cmd.arg(device.as_os_str()).arg(target.as_os_str())
+}
+
 /// The OCFS2 tools over a [`Runner`].
 #[derive(Clone)]
 pub struct Ocfs2Tools {
@@ -183,6 +202,38 @@ impl Ocfs2Tools {
         let out = self.run_ok(debugfs("stat //global_bitmap", device)).await?;
         let (total, used) = parse_bitmap(&out)?;
         Ok((total - used) * info.cluster_size)
+    }
+
+    /// The filesystem's size in bytes (clusters in the global bitmap), and
+    /// its cluster size: growth compares it with the partition.
+    pub async fn fs_bytes(&self, device: &Path) -> Result<(u64, u64), Ocfs2Error> {
+        let info = self.inspect(device).await?.ok_or(Ocfs2Error::Parse {
+            tool: "debugfs.ocfs2 stats",
+            what: "no OCFS2 filesystem".into(),
+        })?;
+        let out = self.run_ok(debugfs("stat //global_bitmap", device)).await?;
+        let (total, _) = parse_bitmap(&out)?;
+        Ok((total * info.cluster_size, info.cluster_size))
+    }
+
+    /// Grows the filesystem on `device` to the device's size. Online: the
+    /// volume stays mounted on every node.
+    pub async fn grow(&self, device: &Path) -> Result<(), Ocfs2Error> {
+        self.run_ok(grow_args(device)).await.map(drop)
+    }
+
+    /// Mounts with the OCFS2 mount helper, which knows how to join the
+    /// cluster for the volume's heartbeat mode (and starts a local
+    /// heartbeat region when the volume uses one). `-n`: no /etc/mtab.
+    pub async fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        options: &[String],
+    ) -> Result<(), Ocfs2Error> {
+        self.run_ok(mount_args(device, target, options))
+            .await
+            .map(drop)
     }
 }
 

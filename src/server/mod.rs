@@ -86,3 +86,28 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
     }
 }
+
+/// Runs a disk-changing operation to its end even if the caller goes away. A
+/// sidecar or kubelet that times out drops its RPC; if that killed mkfs or a
+/// mount halfway, the retry would start over and a big volume might never
+/// finish. Meanwhile the retry gets Aborted from the in-flight set, then the
+/// finished result.
+pub async fn detached<T, F>(work: F) -> Result<T, tonic::Status>
+where
+    F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    use tracing::Instrument;
+    match tokio::spawn(work.instrument(tracing::Span::current())).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            tracing::error!("operation panicked");
+            Err(tonic::Status::internal(
+                "internal error: the operation panicked",
+            ))
+        }
+        Err(e) => Err(tonic::Status::internal(format!(
+            "the operation did not finish: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,158 @@
+//! Everything a Node RPC can fail with, and its gRPC code, in one place.
+//!
+//! kubelet retries any error, but Aborted/Unavailable read as "still in
+//! progress" to a human and to csi-sanity: only a busy volume, a plugin that
+//! has not joined its cluster yet and a grow waiting for other nodes use
+//! them.
+
+use super::device::LocateError;
+use super::dlm::DlmError;
+use super::grow::Unconfirmed;
+use super::request::BadRequest;
+use crate::ocfs2::tools::Ocfs2Error;
+use std::path::PathBuf;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    #[error("the volume belongs to o2cb cluster {volume:?}; this node is in {node:?}")]
+    WrongCluster { volume: String, node: String },
+    #[error("the volume uses {volume} heartbeat; this node's cluster runs {node} heartbeat")]
+    WrongHeartbeat { volume: String, node: String },
+    #[error("node plugin not ready: {0}")]
+    NotReady(String),
+    #[error("an operation on this volume is already in progress on this node")]
+    InFlight,
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    #[error("{device} holds no OCFS2 filesystem; refusing to mount (never formatted here)")]
+    NoFilesystem { device: PathBuf },
+    #[error("{device} holds filesystem {found} ({what}), the volume context says {wanted}")]
+    OtherFilesystem {
+        device: PathBuf,
+        found: String,
+        wanted: String,
+        what: &'static str,
+    },
+    #[error("the volume is already staged at {0}")]
+    StagedElsewhere(PathBuf),
+    #[error("{path} already has another mount ({what})")]
+    PathInUse { path: PathBuf, what: String },
+    #[error("the volume is not staged on this node{0}")]
+    NotStaged(String),
+    #[error("{0} is not mounted")]
+    NotMounted(PathBuf),
+    #[error("the volume is not staged on this node, or not at {0}")]
+    NotHere(PathBuf),
+    #[error("{path} is still in use: {why}")]
+    Busy { path: PathBuf, why: String },
+    #[error("growth waits for node(s) that do not see the bigger partition yet: {}", list(.0))]
+    Unconfirmed(Vec<Unconfirmed>),
+    #[error("the volume is mounted on nodes {0:?}; online growth on several nodes needs global heartbeat (the volume uses local heartbeat)")]
+    LocalMultiNode(Vec<u32>),
+    #[error(transparent)]
+    Dlm(#[from] DlmError),
+    #[error(transparent)]
+    Tool(#[from] Ocfs2Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn list(nodes: &[Unconfirmed]) -> String {
+    nodes
+        .iter()
+        .map(|u| format!("node {} {}", u.node, u.why))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl NodeError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> NodeError {
+        NodeError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            NodeError::BadRequest(_) => Code::InvalidArgument,
+            NodeError::WrongCluster { .. }
+            | NodeError::WrongHeartbeat { .. }
+            | NodeError::NoFilesystem { .. }
+            | NodeError::OtherFilesystem { .. }
+            | NodeError::NotStaged(_)
+            | NodeError::Busy { .. }
+            | NodeError::LocalMultiNode(_) => Code::FailedPrecondition,
+            NodeError::NotReady(_) | NodeError::Unconfirmed(_) => Code::Unavailable,
+            NodeError::InFlight => Code::Aborted,
+            NodeError::StagedElsewhere(_) | NodeError::PathInUse { .. } => Code::AlreadyExists,
+            NodeError::NotMounted(_) | NodeError::NotHere(_) => Code::NotFound,
+            NodeError::Locate(e) => match e {
+                LocateError::NoLun { .. } | LocateError::NoPartition { .. } => Code::NotFound,
+                LocateError::NotAVolume { .. } => Code::FailedPrecondition,
+                LocateError::Pending { .. } => Code::Unavailable,
+                LocateError::Sync(_) | LocateError::Mismatch { .. } | LocateError::Io { .. } => {
+                    Code::Internal
+                }
+            },
+            NodeError::Dlm(DlmError::Timeout { .. }) => Code::Aborted,
+            NodeError::Dlm(_) | NodeError::Tool(_) | NodeError::Io { .. } => Code::Internal,
+        }
+    }
+}
+
+/// The message carries the whole cause chain.
+pub fn status(e: NodeError) -> Status {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    Status::new(e.code(), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_states_use_retry_codes() {
+        let retry = [
+            Code::Aborted,
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+        ];
+        let finished = [
+            NodeError::BadRequest(BadRequest::NoCapability),
+            NodeError::NoFilesystem {
+                device: "/dev/x".into(),
+            },
+            NodeError::NotMounted("/x".into()),
+            NodeError::StagedElsewhere("/x".into()),
+            NodeError::LocalMultiNode(vec![0, 1]),
+            NodeError::io("x", std::io::Error::other("y")),
+        ];
+        for e in finished {
+            assert!(!retry.contains(&e.code()), "{e} uses a retry code");
+        }
+        for e in [
+            NodeError::InFlight,
+            NodeError::NotReady("joining".into()),
+            NodeError::Unconfirmed(vec![]),
+        ] {
+            assert!(retry.contains(&e.code()), "{e}");
+        }
+    }
+}

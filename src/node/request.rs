@@ -1,0 +1,268 @@
+//! Checks on what a Node RPC asks for, before anything is touched: paths,
+//! mount flags, volume context. Pure functions (apart from looking at a
+//! path's own inode), so every refusal is unit-tested.
+
+use crate::ocfs2::layout::HeartbeatMode;
+use std::path::{Component, Path, PathBuf};
+use uuid::Uuid;
+
+/// What was wrong with a request; always InvalidArgument.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadRequest {
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} {value:?} is not a volume ID of this driver")]
+    VolumeId { field: &'static str, value: String },
+    #[error("{field} {path:?} {why}")]
+    Path {
+        field: &'static str,
+        path: String,
+        why: &'static str,
+    },
+    #[error("mount flag {flag:?} is not allowed: {why}")]
+    MountFlag { flag: String, why: String },
+    #[error("volume_capability is missing")]
+    NoCapability,
+    #[error("raw block volumes are not supported yet; ask for a filesystem (mount) volume")]
+    Block,
+    #[error("fs_type {0:?} is not supported: volumes are OCFS2")]
+    FsType(String),
+    #[error("access mode {0} is unknown")]
+    AccessMode(i32),
+    #[error("volume_context key {key:?} {why}")]
+    Context { key: &'static str, why: String },
+}
+
+const MAX_PATH: usize = 4096;
+
+/// A path the CO gives us to mount on: absolute, without `.`/`..`
+/// components (so it cannot climb out of where the CO meant), and its last
+/// component, when it exists, not a symlink (we would mount on whatever it
+/// points at).
+pub fn mount_path(field: &'static str, value: &str) -> Result<PathBuf, BadRequest> {
+    let bad = |why| BadRequest::Path {
+        field,
+        path: value.chars().take(200).collect(),
+        why,
+    };
+    if value.is_empty() {
+        return Err(BadRequest::Empty { field });
+    }
+    if value.len() > MAX_PATH || value.contains('\0') {
+        return Err(bad("is too long or contains NUL"));
+    }
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err(bad("is not absolute"));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        || value.split('/').any(|c| c == "." || c == "..")
+    {
+        return Err(bad("contains . or .. components"));
+    }
+    if path.parent().is_none() {
+        return Err(bad("is the root directory"));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(bad("is a symbolic link")),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Mount options a StorageClass (`mountOptions`) or capability may ask for.
+/// Anything that changes how the node takes part in the cluster (heartbeat,
+/// cluster stack, `nocluster`, `localflocks`) is ours alone: getting it wrong
+/// corrupts a shared volume or breaks cluster-wide flock.
+const FLAGS: &[&str] = &[
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "acl",
+    "noacl",
+    "user_xattr",
+    "nouser_xattr",
+    "inode64",
+    "usrquota",
+    "grpquota",
+    "intr",
+    "nointr",
+    "journal_async_commit",
+];
+
+/// Options with a value, and the values allowed (`None` = an integer).
+const VALUED: &[(&str, Option<&[&str]>)] = &[
+    ("data", Some(&["ordered", "writeback"])),
+    ("errors", Some(&["remount-ro", "panic", "continue"])),
+    ("coherency", Some(&["full", "buffered"])),
+    ("barrier", Some(&["0", "1"])),
+    ("commit", None),
+    ("atime_quantum", None),
+    ("localalloc", None),
+    ("resv_level", None),
+    ("dir_resv_level", None),
+];
+
+const OURS: &[&str] = &[
+    "heartbeat",
+    "nocluster",
+    "localflocks",
+    "cluster_stack",
+    "hb",
+    "ro",
+    "rw",
+    "remount",
+    "bind",
+];
+
+/// Validates the CO's mount flags (each may itself be comma-separated) and
+/// returns them as single options, in order, without duplicates.
+pub fn mount_options(flags: &[String]) -> Result<Vec<String>, BadRequest> {
+    let mut out: Vec<String> = Vec::new();
+    for option in flags.iter().flat_map(|f| f.split(',')).map(str::trim) {
+        if option.is_empty() {
+            continue;
+        }
+        let bad = |why: String| BadRequest::MountFlag {
+            flag: option.chars().take(100).collect(),
+            why,
+        };
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        if OURS.contains(&key) {
+            return Err(bad(
+                "the driver sets it (read-only is asked for with the readonly field)".into(),
+            ));
+        }
+        match (value, VALUED.iter().find(|(k, _)| *k == key)) {
+            (None, None) if FLAGS.contains(&key) => {}
+            (Some(v), Some((_, Some(allowed)))) if allowed.contains(&v) => {}
+            (Some(v), Some((_, None)))
+                if !v.is_empty() && v.len() <= 9 && v.parse::<u32>().is_ok() => {}
+            (_, Some((_, Some(allowed)))) => {
+                return Err(bad(format!("expected {key}= one of {allowed:?}")))
+            }
+            (_, Some((_, None))) => return Err(bad(format!("expected {key}=<integer>"))),
+            _ => return Err(bad("not an OCFS2 mount option this driver allows".into())),
+        }
+        if !out.iter().any(|o| o == option) {
+            out.push(option.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// What the controller put in the volume context, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeContext {
+    pub fs_uuid: Uuid,
+    pub cluster_name: String,
+    pub heartbeat: HeartbeatMode,
+}
+
+pub fn volume_context(
+    ctx: &std::collections::HashMap<String, String>,
+) -> Result<VolumeContext, BadRequest> {
+    let get = |key: &'static str| {
+        ctx.get(key).ok_or(BadRequest::Context {
+            key,
+            why: "is missing (was the volume made by this driver?)".into(),
+        })
+    };
+    let fs_uuid = get("fsUuid")?;
+    let fs_uuid = Uuid::try_parse(fs_uuid).map_err(|_| BadRequest::Context {
+        key: "fsUuid",
+        why: format!(
+            "{:?} is not a UUID",
+            fs_uuid.chars().take(64).collect::<String>()
+        ),
+    })?;
+    let cluster_name = get("clusterName")?.clone();
+    let heartbeat = get("heartbeat")?;
+    let heartbeat = HeartbeatMode::parse(heartbeat).ok_or(BadRequest::Context {
+        key: "heartbeat",
+        why: "must be global or local".into(),
+    })?;
+    Ok(VolumeContext {
+        fs_uuid,
+        cluster_name,
+        heartbeat,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_and_plain() {
+        assert!(mount_path("p", "/var/lib/kubelet/x/globalmount").is_ok());
+        for bad in ["", "relative/x", "/a/../etc", "/a/./b", "/", "/a\0b"] {
+            assert!(mount_path("p", bad).is_err(), "{bad:?} accepted");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        assert_eq!(
+            mount_path("target_path", link.to_str().unwrap()),
+            Err(BadRequest::Path {
+                field: "target_path",
+                path: link.to_str().unwrap().into(),
+                why: "is a symbolic link"
+            })
+        );
+    }
+
+    #[test]
+    fn mount_flags_are_whitelisted() {
+        let ok = mount_options(&[
+            "noatime,nodiratime".into(),
+            "data=writeback".into(),
+            "commit=30".into(),
+            "noatime".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok, ["noatime", "nodiratime", "data=writeback", "commit=30"]);
+        for bad in [
+            "heartbeat=none",
+            "nocluster",
+            "localflocks",
+            "data=journal",
+            "commit=x",
+            "commit=",
+            "commit=99999999999",
+            "ro",
+            "bogus",
+            "noatime;reboot",
+            "$(reboot)",
+        ] {
+            let err = mount_options(&[bad.into()]).unwrap_err();
+            assert!(matches!(err, BadRequest::MountFlag { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn context_needs_all_keys() {
+        let mut ctx = std::collections::HashMap::new();
+        assert!(volume_context(&ctx).is_err());
+        ctx.insert("fsUuid".into(), Uuid::nil().to_string());
+        ctx.insert("clusterName".into(), "c".into());
+        ctx.insert("heartbeat".into(), "global".into());
+        assert_eq!(
+            volume_context(&ctx).unwrap().heartbeat,
+            HeartbeatMode::Global
+        );
+        ctx.insert("heartbeat".into(), "none".into());
+        assert!(volume_context(&ctx).is_err());
+        ctx.insert("heartbeat".into(), "local".into());
+        ctx.insert("fsUuid".into(), "nope".into());
+        assert!(volume_context(&ctx).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Bringing a node into the o2cb cluster and keeping it there: kernel
+//! prerequisites, configfs membership, global heartbeat on every LUN, the
+//! lock domain, adopting volumes a previous plugin process staged, and
+//! following the membership source afterwards.
+//!
+//! Everything here adopts what the kernel already runs: a restarted plugin
+//! writes nothing and restarts nothing.
+
+use super::partition_sync::{self, SyncError};
+use super::volumes::NodeVolumes;
+use crate::cluster::{
+    self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, JoinReport, KernelPaths,
+    MembershipSource,
+};
+use crate::controller::entry::{HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
+use crate::disk::gpt;
+use crate::disk::kernel_partitions::{block_device_name, partition_device_name};
+use crate::disk::lun_io::LunFile;
+use crate::ocfs2::layout::HeartbeatMode;
+use crate::ocfs2::tools::Ocfs2Tools;
+use crate::tools::Runner;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Startup {
+    pub cluster: ClusterConfig,
+    pub node_name: String,
+    pub members: Arc<dyn MembershipSource>,
+    pub runner: Arc<dyn Runner>,
+    pub tools: Ocfs2Tools,
+    pub paths: KernelPaths,
+    pub luns: Vec<PathBuf>,
+    pub volumes: Arc<NodeVolumes>,
+    /// How often the membership source is re-read.
+    pub poll: Duration,
+}
+
+/// Why joining stopped for good (anything else is retried).
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to join: {0}")]
+pub struct Fatal(pub ClusterError);
+
+impl Startup {
+    /// Joins (retrying what may pass, e.g. a LUN not visible yet), marks the
+    /// plugin ready, then follows the membership source until the process
+    /// ends. Returns only on a conflict that must not be overridden.
+    pub async fn run(self) -> Fatal {
+        let mut attempt = 0u32;
+        loop {
+            match self.join_once().await {
+                Ok(()) => break,
+                Err(JoinError::Fatal(e)) => return Fatal(e),
+                Err(JoinError::Retry(why)) => {
+                    attempt += 1;
+                    let wait = Duration::from_secs(u64::from(attempt.min(6)) * 2);
+                    tracing::error!(error = %why, retry_in_s = wait.as_secs(), "cannot join the o2cb cluster yet");
+                    self.volumes.set_ready(Some(why));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        self.volumes.set_ready(None);
+        tracing::info!(cluster = %self.cluster.name, node = %self.node_name, "node ready");
+        loop {
+            tokio::time::sleep(self.poll).await;
+            match self.follow_members().await {
+                Ok(Some(report)) => tracing::info!(?report, "cluster membership updated"),
+                Ok(None) => {}
+                Err(JoinError::Fatal(e)) => return Fatal(e),
+                Err(JoinError::Retry(why)) => {
+                    tracing::warn!(error = %why, "membership not followed this time")
+                }
+            }
+        }
+    }
+
+    async fn join_once(&self) -> Result<(), JoinError> {
+        let t = Instant::now();
+        let done = cluster::ensure_prerequisites(self.runner.as_ref(), &self.paths)
+            .await
+            .map_err(JoinError::from)?;
+        if !done.is_empty() {
+            tracing::info!(?done, "kernel prepared for o2cb");
+        }
+        if let Some(report) = self.follow_members().await? {
+            tracing::info!(
+                ?report,
+                seconds = t.elapsed().as_secs_f64(),
+                "o2cb cluster joined"
+            );
+        }
+        if self.cluster.heartbeat == HeartbeatMode::Global {
+            for lun in &self.luns {
+                self.heartbeat(lun).await?;
+            }
+        }
+        let adopted = self
+            .volumes
+            .adopt()
+            .await
+            .map_err(|e| JoinError::Retry(format!("adopting staged volumes: {e}")))?;
+        tracing::info!(
+            adopted,
+            seconds = t.elapsed().as_secs_f64(),
+            "cluster membership and heartbeat in place"
+        );
+        Ok(())
+    }
+
+    /// Brings configfs to the source's members; None when nothing changed.
+    async fn follow_members(&self) -> Result<Option<JoinReport>, JoinError> {
+        let members = self
+            .members
+            .members()
+            .await
+            .map_err(|e| JoinError::Retry(e.to_string()))?;
+        let configfs = ConfigFs::new(&self.paths.configfs);
+        let (cfg, name, debugfs) = (
+            self.cluster.clone(),
+            self.node_name.clone(),
+            self.paths.debugfs.clone(),
+        );
+        let report = tokio::task::spawn_blocking(move || {
+            // Nodes that heartbeat are never removed, whatever the source says.
+            let live = cluster::live_nodes(&debugfs).unwrap_or_default();
+            configfs.join(&cfg, &name, &members, &live)
+        })
+        .await
+        .map_err(|e| JoinError::Retry(e.to_string()))??;
+        let changed = !report.added.is_empty()
+            || !report.removed.is_empty()
+            || report.cluster == cluster::ClusterOrigin::Created;
+        Ok(changed.then_some(report))
+    }
+
+    /// Starts (or adopts) global heartbeat on `lun`'s heartbeat partition.
+    async fn heartbeat(&self, lun: &Path) -> Result<(), JoinError> {
+        let device = heartbeat_device(lun).await?;
+        let info = self
+            .tools
+            .inspect(&device)
+            .await
+            .map_err(|e| JoinError::Retry(e.to_string()))?
+            .ok_or_else(|| {
+                JoinError::Retry(format!(
+                    "{} holds no heartbeat filesystem (has the controller initialised the LUN?)",
+                    device.display()
+                ))
+            })?;
+        let region = cluster::region_name(&info.uuid);
+        let geometry = cluster::geometry(self.runner.as_ref(), &device).await?;
+        let configfs = ConfigFs::new(&self.paths.configfs);
+        match configfs
+            .start_or_adopt(&self.cluster.name, &region, &device, geometry)
+            .await?
+        {
+            HeartbeatStart::Adopted { dev } => {
+                tracing::info!(lun = %lun.display(), %region, %dev, "global heartbeat already running; adopted")
+            }
+            HeartbeatStart::Started { elapsed, .. } => tracing::info!(
+                lun = %lun.display(),
+                %region,
+                seconds = elapsed.as_secs_f64(),
+                "global heartbeat started"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Syncs `lun`'s kernel partitions and returns its heartbeat partition.
+async fn heartbeat_device(lun: &Path) -> Result<PathBuf, JoinError> {
+    let lun = lun.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let table = LunFile::open(&lun)
+            .map_err(|e| e.to_string())
+            .and_then(|io| gpt::read(&io).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
+            .gpt;
+        match table.partition(HEARTBEAT_NUMBER) {
+            Some(p) if p.type_guid == TYPE_HEARTBEAT => {}
+            _ => {
+                return Err(format!(
+                    "{}: partition {HEARTBEAT_NUMBER} is not our heartbeat partition (has the controller initialised the LUN?)",
+                    lun.display()
+                ))
+            }
+        }
+        match partition_sync::sync(&lun) {
+            Ok(_) => {}
+            Err(SyncError::Incomplete { failures, .. })
+                if failures.iter().all(|f| f.number() != HEARTBEAT_NUMBER) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let disk = block_device_name(&lun).map_err(|e| e.to_string())?;
+        Ok(Path::new("/dev").join(partition_device_name(&disk, HEARTBEAT_NUMBER)))
+    })
+    .await
+    .map_err(|e| JoinError::Retry(e.to_string()))?
+    .map_err(JoinError::Retry)
+}
+
+enum JoinError {
+    Fatal(ClusterError),
+    Retry(String),
+}
+
+impl From<ClusterError> for JoinError {
+    fn from(e: ClusterError) -> JoinError {
+        if e.is_conflict() {
+            JoinError::Fatal(e)
+        } else {
+            JoinError::Retry(e.to_string())
+        }
+    }
+}

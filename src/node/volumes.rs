@@ -1,0 +1,658 @@
+//! What the Node RPCs do, apart from gRPC: stage (find, check, mount),
+//! publish (bind), unpublish, unstage, stats and online growth.
+
+use super::device::{self, Located};
+use super::dlm::{Domain, Mode};
+use super::error::NodeError;
+use super::grow::{self, Reporters, Resync};
+use super::mounts::{self, mount_at, MountEntry};
+use super::records::{Records, StageRecord};
+use super::request::{self, BadRequest};
+use crate::controller::inflight::{Guard, InFlight};
+use crate::controller::volume_id::VolumeId;
+use crate::csi::{volume_capability, VolumeCapability};
+use crate::ocfs2::layout::HeartbeatMode;
+use crate::ocfs2::tools::Ocfs2Tools;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What this node is, fixed at start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub node_number: u8,
+    pub cluster_name: String,
+    pub heartbeat: HeartbeatMode,
+    pub luns: Vec<PathBuf>,
+    /// Where dlmfs is mounted (`/dlm`).
+    pub dlm_mount: PathBuf,
+}
+
+pub struct NodeVolumes {
+    cfg: NodeConfig,
+    tools: Ocfs2Tools,
+    records: Records,
+    reporters: Reporters,
+    inflight: InFlight,
+    /// None when ready; else why not (joining the cluster, heartbeat).
+    not_ready: Mutex<Option<String>>,
+}
+
+pub struct StageRequest<'a> {
+    pub volume_id: &'a str,
+    pub staging_path: &'a str,
+    pub capability: Option<&'a VolumeCapability>,
+    pub context: &'a std::collections::HashMap<String, String>,
+}
+
+pub struct PublishRequest<'a> {
+    pub volume_id: &'a str,
+    pub staging_path: &'a str,
+    pub target_path: &'a str,
+    pub capability: Option<&'a VolumeCapability>,
+    pub read_only: bool,
+}
+
+/// Bytes and inodes of a mounted volume, and whether it looks healthy.
+#[derive(Clone, Debug)]
+pub struct VolumeStats {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub used_inodes: u64,
+    /// None = healthy; else what is wrong.
+    pub abnormal: Option<String>,
+}
+
+pub fn volume_id(field: &'static str, value: &str) -> Result<VolumeId, NodeError> {
+    if value.is_empty() {
+        return Err(BadRequest::Empty { field }.into());
+    }
+    VolumeId::parse(value).ok_or_else(|| {
+        BadRequest::VolumeId {
+            field,
+            value: value.chars().take(200).collect(),
+        }
+        .into()
+    })
+}
+
+/// A filesystem volume with allowed mount flags; returns the flags.
+pub fn mount_capability(cap: Option<&VolumeCapability>) -> Result<Vec<String>, NodeError> {
+    let cap = cap.ok_or(BadRequest::NoCapability)?;
+    if let Some(mode) = &cap.access_mode {
+        if crate::csi::volume_capability::access_mode::Mode::try_from(mode.mode).is_err() {
+            return Err(BadRequest::AccessMode(mode.mode).into());
+        }
+    }
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Mount(m)) => {
+            if !m.fs_type.is_empty() && m.fs_type != "ocfs2" {
+                return Err(BadRequest::FsType(m.fs_type.chars().take(64).collect()).into());
+            }
+            Ok(request::mount_options(&m.mount_flags)?)
+        }
+        Some(volume_capability::AccessType::Block(_)) => Err(BadRequest::Block.into()),
+        None => Err(BadRequest::NoCapability.into()),
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::io(what, source)
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::io(what, std::io::Error::other(e)))
+}
+
+fn nix_io(e: nix::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+impl NodeVolumes {
+    pub fn new(cfg: NodeConfig, tools: Ocfs2Tools, records: Records) -> NodeVolumes {
+        NodeVolumes {
+            cfg,
+            tools,
+            records,
+            reporters: Reporters::default(),
+            inflight: InFlight::default(),
+            not_ready: Mutex::new(Some("joining the o2cb cluster".into())),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn set_ready(&self, why_not: Option<String>) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = why_not;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    fn ensure_ready(&self) -> Result<(), NodeError> {
+        match &*self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(NodeError::NotReady(why.clone())),
+        }
+    }
+
+    fn begin(&self, id: &VolumeId) -> Result<Guard, NodeError> {
+        self.inflight
+            .try_begin(id.partition)
+            .ok_or(NodeError::InFlight)
+    }
+
+    fn domain(&self) -> Result<Domain, NodeError> {
+        Ok(Domain::join(&self.cfg.dlm_mount, grow::DOMAIN)?)
+    }
+
+    fn resync(&self, lun: PathBuf, number: u32) -> Resync {
+        Arc::new(move || {
+            let lun = lun.clone();
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || device::resync(&lun, number))
+                    .await
+                    .map_err(|e| e.to_string())?
+            })
+        })
+    }
+
+    async fn locate(&self, id: VolumeId) -> Result<Located, NodeError> {
+        let luns = self.cfg.luns.clone();
+        Ok(blocking("locating the volume", move || device::locate(&luns, &id)).await??)
+    }
+
+    /// The mount at `path` of the device in `record`, if any.
+    fn our_mount(
+        &self,
+        path: &Path,
+        record: &StageRecord,
+    ) -> Result<Option<MountEntry>, NodeError> {
+        let m = mount_at(path).map_err(io("reading the mount table"))?;
+        Ok(m.filter(|m| m.fs_type == "ocfs2" && Path::new(&m.source) == record.device))
+    }
+
+    pub async fn stage(&self, r: StageRequest<'_>) -> Result<(), NodeError> {
+        let id = volume_id("volume_id", r.volume_id)?;
+        let staging = request::mount_path("staging_target_path", r.staging_path)?;
+        let options = mount_capability(r.capability)?;
+        let ctx = request::volume_context(r.context)?;
+        if ctx.cluster_name != self.cfg.cluster_name {
+            return Err(NodeError::WrongCluster {
+                volume: ctx.cluster_name,
+                node: self.cfg.cluster_name.clone(),
+            });
+        }
+        if ctx.heartbeat != self.cfg.heartbeat {
+            return Err(NodeError::WrongHeartbeat {
+                volume: ctx.heartbeat.as_str().into(),
+                node: self.cfg.heartbeat.as_str().into(),
+            });
+        }
+        self.ensure_ready()?;
+        let _busy = self.begin(&id)?;
+
+        if let Some(record) = self
+            .records
+            .get(&id.partition)
+            .map_err(io("reading the stage record"))?
+        {
+            if let Some(m) = self.our_mount(&record.staging_path, &record)? {
+                if record.staging_path != staging {
+                    return Err(NodeError::StagedElsewhere(record.staging_path));
+                }
+                if record.mount_options != options || m.read_only() {
+                    return Err(NodeError::PathInUse {
+                        path: staging,
+                        what: format!("staged with options {:?}", record.mount_options),
+                    });
+                }
+                // Already done (a retry, or a restarted plugin): make sure
+                // growth can reach this node.
+                self.start_reporter(&record).await?;
+                return Ok(());
+            }
+        }
+        if let Some(m) = mount_at(&staging).map_err(io("reading the mount table"))? {
+            return Err(NodeError::PathInUse {
+                path: staging,
+                what: format!("{} from {}", m.fs_type, m.source),
+            });
+        }
+        // Global heartbeat: hold the volume lock shared from sync to the
+        // first size report, so a grow elsewhere either sees this node or
+        // happens before our sync (see `grow`).
+        let global = self.cfg.heartbeat == HeartbeatMode::Global;
+        let _volume_lock = if global {
+            Some(
+                self.domain()?
+                    .lock(
+                        &grow::volume_lock(&id.partition),
+                        Mode::Shared,
+                        grow::VOLUME_WAIT,
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let located = self.locate(id).await?;
+        self.check_filesystem(&located, &ctx).await?;
+        let record = StageRecord {
+            volume_id: id.to_string(),
+            partition_guid: id.partition,
+            lun: located.lun.clone(),
+            partition_number: located.entry.number,
+            device: located.device.clone(),
+            staging_path: staging.clone(),
+            fs_uuid: ctx.fs_uuid,
+            heartbeat: ctx.heartbeat.as_str().into(),
+            mount_options: options.clone(),
+        };
+        // Only now, with everything checked, is anything created.
+        let created = match std::fs::create_dir(&staging) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(NodeError::io(format!("creating {}", staging.display()), e)),
+        };
+        // Recorded before mounting: a crash right after the mount still
+        // leaves what Unstage needs.
+        self.records
+            .put(&record)
+            .map_err(io("writing the stage record"))?;
+        if let Err(e) = self.tools.mount(&located.device, &staging, &options).await {
+            let _ = self.records.remove(&id.partition);
+            if created {
+                let _ = std::fs::remove_dir(&staging);
+            }
+            return Err(e.into());
+        }
+        tracing::info!(device = %located.device.display(), staging = %staging.display(), ?options, "volume staged");
+        if global {
+            if let Err(e) = self.start_reporter(&record).await {
+                // A mount growth cannot reach must not stay.
+                let _ = blocking("unmounting", move || mounts::unmount(&staging)).await;
+                let _ = self.records.remove(&id.partition);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_reporter(&self, record: &StageRecord) -> Result<(), NodeError> {
+        if self.cfg.heartbeat != HeartbeatMode::Global {
+            return Ok(());
+        }
+        let resync = self.resync(record.lun.clone(), record.partition_number);
+        self.reporters
+            .start(
+                self.domain()?,
+                record.partition_guid,
+                self.cfg.node_number,
+                resync,
+            )
+            .await
+            .map_err(|e| NodeError::io("publishing the partition size", std::io::Error::other(e)))
+    }
+
+    async fn check_filesystem(
+        &self,
+        located: &Located,
+        ctx: &request::VolumeContext,
+    ) -> Result<(), NodeError> {
+        let device = located.device.clone();
+        let info = self
+            .tools
+            .inspect(&device)
+            .await?
+            .ok_or(NodeError::NoFilesystem {
+                device: device.clone(),
+            })?;
+        let differs = |what, found: String, wanted: String| NodeError::OtherFilesystem {
+            device: device.clone(),
+            found,
+            wanted,
+            what,
+        };
+        if info.uuid != ctx.fs_uuid {
+            return Err(differs(
+                "UUID",
+                info.uuid.to_string(),
+                ctx.fs_uuid.to_string(),
+            ));
+        }
+        if info.cluster_name.as_deref() != Some(ctx.cluster_name.as_str()) {
+            return Err(differs(
+                "cluster name",
+                format!("{:?}", info.cluster_name),
+                ctx.cluster_name.clone(),
+            ));
+        }
+        let hb = if info.global_heartbeat {
+            "global"
+        } else {
+            "local"
+        };
+        if hb != ctx.heartbeat.as_str() {
+            return Err(differs(
+                "heartbeat",
+                hb.into(),
+                ctx.heartbeat.as_str().into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn unstage(&self, volume: &str, staging: &str) -> Result<(), NodeError> {
+        let id = volume_id("volume_id", volume)?;
+        let staging = request::mount_path("staging_target_path", staging)?;
+        let _busy = self.begin(&id)?;
+        let record = self
+            .records
+            .get(&id.partition)
+            .map_err(io("reading the stage record"))?;
+        if let Some(m) = mount_at(&staging).map_err(io("reading the mount table"))? {
+            let ours = record
+                .as_ref()
+                .is_some_and(|r| m.fs_type == "ocfs2" && Path::new(&m.source) == r.device);
+            if !ours {
+                return Err(NodeError::PathInUse {
+                    path: staging,
+                    what: format!("{} from {}, not this volume", m.fs_type, m.source),
+                });
+            }
+            let others: Vec<PathBuf> = mounts::mount_table()
+                .map_err(io("reading the mount table"))?
+                .into_iter()
+                .filter(|o| o.device == m.device && o.mount_point != staging)
+                .map(|o| o.mount_point)
+                .collect();
+            if !others.is_empty() {
+                return Err(NodeError::Busy {
+                    path: staging,
+                    why: format!("still published at {others:?}"),
+                });
+            }
+            let target = staging.clone();
+            blocking("unmounting", move || mounts::unmount(&target))
+                .await?
+                .map_err(|e| NodeError::Busy {
+                    path: staging.clone(),
+                    why: format!("unmount failed: {e}"),
+                })?;
+            tracing::info!(staging = %staging.display(), "volume unstaged");
+        }
+        self.reporters.stop(&id.partition);
+        self.records
+            .remove(&id.partition)
+            .map_err(io("removing the stage record"))
+    }
+
+    pub async fn publish(&self, r: PublishRequest<'_>) -> Result<(), NodeError> {
+        let id = volume_id("volume_id", r.volume_id)?;
+        let staging = request::mount_path("staging_target_path", r.staging_path)?;
+        let target = request::mount_path("target_path", r.target_path)?;
+        mount_capability(r.capability)?;
+        let _busy = self.begin(&id)?;
+        let record = self
+            .records
+            .get(&id.partition)
+            .map_err(io("reading the stage record"))?
+            .ok_or_else(|| NodeError::NotStaged(String::new()))?;
+        if record.staging_path != staging {
+            return Err(NodeError::NotStaged(format!(
+                " at {} (it is staged at {})",
+                staging.display(),
+                record.staging_path.display()
+            )));
+        }
+        let stage = self.our_mount(&staging, &record)?.ok_or_else(|| {
+            NodeError::NotStaged(format!(" ({} is not mounted)", staging.display()))
+        })?;
+        if let Some(m) = mount_at(&target).map_err(io("reading the mount table"))? {
+            if m.device == stage.device && m.read_only() == r.read_only {
+                return Ok(());
+            }
+            return Err(NodeError::PathInUse {
+                path: target,
+                what: format!(
+                    "{} from {} (read-only: {})",
+                    m.fs_type,
+                    m.source,
+                    m.read_only()
+                ),
+            });
+        }
+        match std::fs::create_dir(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(NodeError::io(format!("creating {}", target.display()), e))
+            }
+            _ => {}
+        }
+        let (s, t, ro) = (staging.clone(), target.clone(), r.read_only);
+        blocking("bind mounting", move || mounts::bind(&s, &t, ro))
+            .await?
+            .map_err(|e| NodeError::io(format!("bind mount on {}", target.display()), nix_io(e)))?;
+        tracing::info!(target = %target.display(), read_only = r.read_only, "volume published");
+        Ok(())
+    }
+
+    pub async fn unpublish(&self, volume: &str, target: &str) -> Result<(), NodeError> {
+        let id = volume_id("volume_id", volume)?;
+        let target = request::mount_path("target_path", target)?;
+        let _busy = self.begin(&id)?;
+        if mount_at(&target)
+            .map_err(io("reading the mount table"))?
+            .is_some()
+        {
+            let t = target.clone();
+            blocking("unmounting", move || mounts::unmount(&t))
+                .await?
+                .map_err(|e| NodeError::Busy {
+                    path: target.clone(),
+                    why: format!("unmount failed: {e}"),
+                })?;
+            tracing::info!(target = %target.display(), "volume unpublished");
+        }
+        match std::fs::remove_dir(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(NodeError::io(format!("removing {}", target.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn stats(&self, volume: &str, path: &str) -> Result<VolumeStats, NodeError> {
+        let id = volume_id("volume_id", volume)?;
+        if path.is_empty() {
+            return Err(BadRequest::Empty {
+                field: "volume_path",
+            }
+            .into());
+        }
+        let path = PathBuf::from(path);
+        let record = self
+            .records
+            .get(&id.partition)
+            .map_err(io("reading the stage record"))?;
+        let Some(m) = mount_at(&path).map_err(io("reading the mount table"))? else {
+            return Err(NodeError::NotMounted(path));
+        };
+        let Some(record) = record.filter(|r| Path::new(&m.source) == r.device) else {
+            return Err(NodeError::NotHere(path));
+        };
+        let p = path.clone();
+        let statvfs = blocking("statvfs", move || nix::sys::statvfs::statvfs(&p)).await?;
+        let mut abnormal = Vec::new();
+        if m.fs_read_only() && !record.mount_options.iter().any(|o| o == "ro") {
+            abnormal.push(
+                "the filesystem went read-only (an I/O or on-disk error; see the kernel log)"
+                    .to_string(),
+            );
+        }
+        let lun = record.lun.clone();
+        let number = record.partition_number;
+        match blocking("reading partitions", move || {
+            device::kernel_partition_bytes(&lun, number)
+        })
+        .await?
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => abnormal.push(format!("the device {} vanished", record.device.display())),
+            Err(e) => abnormal.push(format!(
+                "the LUN {} cannot be read: {e}",
+                record.lun.display()
+            )),
+        }
+        let s = match statvfs {
+            Ok(s) => s,
+            Err(e) => {
+                abnormal.push(format!("statfs failed: {e}"));
+                return Ok(VolumeStats {
+                    total_bytes: 0,
+                    available_bytes: 0,
+                    used_bytes: 0,
+                    total_inodes: 0,
+                    free_inodes: 0,
+                    used_inodes: 0,
+                    abnormal: Some(abnormal.join("; ")),
+                });
+            }
+        };
+        let frsize = s.fragment_size() as u64;
+        let total = s.blocks() as u64 * frsize;
+        let free = s.blocks_free() as u64 * frsize;
+        Ok(VolumeStats {
+            total_bytes: total,
+            available_bytes: s.blocks_available() as u64 * frsize,
+            used_bytes: total.saturating_sub(free),
+            total_inodes: s.files() as u64,
+            free_inodes: s.files_free() as u64,
+            used_inodes: (s.files() as u64).saturating_sub(s.files_free() as u64),
+            abnormal: (!abnormal.is_empty()).then(|| abnormal.join("; ")),
+        })
+    }
+
+    /// Grows the filesystem to its (already grown) partition, once for the
+    /// whole cluster; a no-op where it already fills the partition. Returns
+    /// the filesystem's size.
+    pub async fn expand(
+        &self,
+        volume: &str,
+        path: &str,
+        capability: Option<&VolumeCapability>,
+    ) -> Result<u64, NodeError> {
+        let id = volume_id("volume_id", volume)?;
+        if path.is_empty() {
+            return Err(BadRequest::Empty {
+                field: "volume_path",
+            }
+            .into());
+        }
+        if capability.is_some() {
+            mount_capability(capability)?;
+        }
+        self.ensure_ready()?;
+        let path = PathBuf::from(path);
+        if mount_at(&path)
+            .map_err(io("reading the mount table"))?
+            .is_none()
+        {
+            return Err(NodeError::NotMounted(path));
+        }
+        self.records
+            .get(&id.partition)
+            .map_err(io("reading the stage record"))?
+            .ok_or_else(|| NodeError::NotHere(path.clone()))?;
+        let _busy = self.begin(&id)?;
+        let global = self.cfg.heartbeat == HeartbeatMode::Global;
+        let domain = if global { Some(self.domain()?) } else { None };
+        let _volume_lock = match &domain {
+            Some(d) => Some(
+                d.lock(
+                    &grow::volume_lock(&id.partition),
+                    Mode::Exclusive,
+                    grow::VOLUME_WAIT,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let located = self.locate(id).await?;
+        let nodes = self.tools.mounted_nodes(&located.device).await?;
+        match &domain {
+            Some(d) => {
+                let missing = grow::confirm_all(
+                    d,
+                    &id.partition,
+                    self.cfg.node_number,
+                    &nodes,
+                    located.entry.size,
+                )
+                .await;
+                if !missing.is_empty() {
+                    return Err(NodeError::Unconfirmed(missing));
+                }
+            }
+            None if nodes.iter().any(|n| *n != u32::from(self.cfg.node_number)) => {
+                return Err(NodeError::LocalMultiNode(nodes));
+            }
+            None => {}
+        }
+        let (fs_bytes, cluster) = self.tools.fs_bytes(&located.device).await?;
+        if fs_bytes + cluster <= located.entry.size {
+            let started = std::time::Instant::now();
+            self.tools.grow(&located.device).await?;
+            let (after, _) = self.tools.fs_bytes(&located.device).await?;
+            tracing::info!(
+                device = %located.device.display(),
+                from = fs_bytes,
+                to = after,
+                nodes = ?nodes,
+                seconds = started.elapsed().as_secs_f64(),
+                "filesystem grown online"
+            );
+            return Ok(after);
+        }
+        tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its partition");
+        Ok(fs_bytes)
+    }
+
+    /// After a restart: every volume still mounted gets its reporter back;
+    /// records whose mount is gone are kept for Unstage to clean up.
+    pub async fn adopt(&self) -> Result<usize, NodeError> {
+        let mut adopted = 0;
+        for record in self.records.all().map_err(io("reading stage records"))? {
+            let record = match record {
+                Ok(r) => r,
+                Err((path, e)) => {
+                    tracing::error!(record = %path.display(), error = %e, "unreadable stage record ignored");
+                    continue;
+                }
+            };
+            if self.our_mount(&record.staging_path, &record)?.is_some() {
+                self.start_reporter(&record).await?;
+                adopted += 1;
+                tracing::info!(volume = %record.volume_id, staging = %record.staging_path.display(), "staged volume adopted");
+            } else {
+                tracing::warn!(volume = %record.volume_id, staging = %record.staging_path.display(), "staged volume is no longer mounted; waiting for Unstage");
+            }
+        }
+        Ok(adopted)
+    }
+}
