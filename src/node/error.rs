@@ -44,6 +44,8 @@ pub enum NodeError {
     NotStaged(String),
     #[error("{0} is not mounted")]
     NotMounted(PathBuf),
+    #[error("no volume {0:?} exists (not an ID of this driver)")]
+    NoSuchVolume(String),
     #[error("the volume is not staged on this node, or not at {0}")]
     NotHere(PathBuf),
     #[error("{path} is still in use: {why}")]
@@ -92,7 +94,9 @@ impl NodeError {
             NodeError::NotReady(_) | NodeError::Unconfirmed(_) => Code::Unavailable,
             NodeError::InFlight => Code::Aborted,
             NodeError::StagedElsewhere(_) | NodeError::PathInUse { .. } => Code::AlreadyExists,
-            NodeError::NotMounted(_) | NodeError::NotHere(_) => Code::NotFound,
+            NodeError::NotMounted(_) | NodeError::NotHere(_) | NodeError::NoSuchVolume(_) => {
+                Code::NotFound
+            }
             NodeError::Locate(e) => match e {
                 LocateError::NoLun { .. } | LocateError::NoPartition { .. } => Code::NotFound,
                 LocateError::NotAVolume { .. } => Code::FailedPrecondition,

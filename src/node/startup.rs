@@ -9,8 +9,8 @@
 use super::partition_sync::{self, SyncError};
 use super::volumes::NodeVolumes;
 use crate::cluster::{
-    self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, JoinReport, KernelPaths,
-    MembershipSource,
+    self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
+    KernelPaths, MembershipSource,
 };
 use crate::controller::entry::{HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use crate::disk::gpt;
@@ -149,8 +149,15 @@ impl Startup {
                 ))
             })?;
         let region = cluster::region_name(&info.uuid);
-        let geometry = cluster::geometry(self.runner.as_ref(), &device).await?;
         let configfs = ConfigFs::new(&self.paths.configfs);
+        // A restarted plugin finds it running: no need to read the geometry.
+        if let HeartbeatState::Running { dev } =
+            configfs.region_state(&self.cluster.name, &region)?
+        {
+            tracing::info!(lun = %lun.display(), %region, %dev, "global heartbeat already running; adopted");
+            return Ok(());
+        }
+        let geometry = cluster::geometry(self.runner.as_ref(), &device).await?;
         match configfs
             .start_or_adopt(&self.cluster.name, &region, &device, geometry)
             .await?

@@ -79,6 +79,17 @@ pub fn volume_id(field: &'static str, value: &str) -> Result<VolumeId, NodeError
     })
 }
 
+/// For RPCs that look a volume up (stats, expand): an ID that is not ours
+/// names no volume here, which the spec calls NotFound.
+pub fn existing_volume_id(value: &str) -> Result<VolumeId, NodeError> {
+    match volume_id("volume_id", value) {
+        Err(NodeError::BadRequest(BadRequest::VolumeId { value, .. })) => {
+            Err(NodeError::NoSuchVolume(value))
+        }
+        other => other,
+    }
+}
+
 /// A filesystem volume with allowed mount flags; returns the flags.
 pub fn mount_capability(cap: Option<&VolumeCapability>) -> Result<Vec<String>, NodeError> {
     let cap = cap.ok_or(BadRequest::NoCapability)?;
@@ -478,13 +489,17 @@ impl NodeVolumes {
     }
 
     pub async fn stats(&self, volume: &str, path: &str) -> Result<VolumeStats, NodeError> {
-        let id = volume_id("volume_id", volume)?;
+        // Missing fields first, then whether the volume exists.
+        if volume.is_empty() {
+            return Err(BadRequest::Empty { field: "volume_id" }.into());
+        }
         if path.is_empty() {
             return Err(BadRequest::Empty {
                 field: "volume_path",
             }
             .into());
         }
+        let id = existing_volume_id(volume)?;
         let path = PathBuf::from(path);
         let record = self
             .records
@@ -557,13 +572,17 @@ impl NodeVolumes {
         path: &str,
         capability: Option<&VolumeCapability>,
     ) -> Result<u64, NodeError> {
-        let id = volume_id("volume_id", volume)?;
+        // Missing fields first, then whether the volume exists.
+        if volume.is_empty() {
+            return Err(BadRequest::Empty { field: "volume_id" }.into());
+        }
         if path.is_empty() {
             return Err(BadRequest::Empty {
                 field: "volume_path",
             }
             .into());
         }
+        let id = existing_volume_id(volume)?;
         if capability.is_some() {
             mount_capability(capability)?;
         }
