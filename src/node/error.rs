@@ -54,6 +54,8 @@ pub enum NodeError {
     Unconfirmed(Vec<Unconfirmed>),
     #[error("the volume is mounted on nodes {0:?}; online growth on several nodes needs global heartbeat (the volume uses local heartbeat)")]
     LocalMultiNode(Vec<u32>),
+    #[error("the filesystem's on-disk size ({on_disk} bytes) still differs from the mounted size ({live} bytes): its last grow is not written home yet; retry")]
+    Unsettled { on_disk: u64, live: u64 },
     #[error(transparent)]
     Dlm(#[from] DlmError),
     #[error(transparent)]
@@ -91,7 +93,9 @@ impl NodeError {
             | NodeError::NotStaged(_)
             | NodeError::Busy { .. }
             | NodeError::LocalMultiNode(_) => Code::FailedPrecondition,
-            NodeError::NotReady(_) | NodeError::Unconfirmed(_) => Code::Unavailable,
+            NodeError::NotReady(_) | NodeError::Unconfirmed(_) | NodeError::Unsettled { .. } => {
+                Code::Unavailable
+            }
             NodeError::InFlight => Code::Aborted,
             NodeError::StagedElsewhere(_) | NodeError::PathInUse { .. } => Code::AlreadyExists,
             NodeError::NotMounted(_) | NodeError::NotHere(_) | NodeError::NoSuchVolume(_) => {

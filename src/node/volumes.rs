@@ -124,6 +124,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NodeError::io(what, std::io::Error::other(e)))
 }
 
+/// Longest wait for a checkpoint before growing (several commit intervals).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The size of the filesystem mounted at `path`, as the kernel has it.
+async fn mounted_bytes(path: &Path) -> Result<u64, NodeError> {
+    let p = path.to_path_buf();
+    let s = blocking("statvfs", move || nix::sys::statvfs::statvfs(&p))
+        .await?
+        .map_err(|e| NodeError::io(format!("statfs {}", path.display()), nix_io(e)))?;
+    Ok(s.blocks() as u64 * s.fragment_size() as u64)
+}
+
 fn nix_io(e: nix::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
@@ -633,11 +645,11 @@ impl NodeVolumes {
             }
             None => {}
         }
-        let (fs_bytes, cluster) = self.tools.fs_bytes(&located.device).await?;
+        let (fs_bytes, cluster) = self.settled_size(&located.device, &path).await?;
         if fs_bytes + cluster <= located.entry.size {
             let started = std::time::Instant::now();
             self.tools.grow(&located.device).await?;
-            let (after, _) = self.tools.fs_bytes(&located.device).await?;
+            let after = mounted_bytes(&path).await?;
             tracing::info!(
                 device = %located.device.display(),
                 from = fs_bytes,
@@ -650,6 +662,37 @@ impl NodeVolumes {
         }
         tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its partition");
         Ok(fs_bytes)
+    }
+
+    /// The filesystem's size once the disk agrees with the kernel, and its
+    /// cluster size.
+    ///
+    /// tunefs reads the allocator layout from disk, but a grow this node
+    /// made a moment ago may still sit in its journal (OCFS2 writes it home
+    /// at the next checkpoint, every commit interval, 5 s by default). A
+    /// tunefs working from that stale layout could write new group
+    /// descriptors over space the filesystem already uses, so it runs only
+    /// when the on-disk size equals what the mounted filesystem reports.
+    /// (Another node's unwritten grow is no risk: our statfs takes the
+    /// bitmap's cluster lock, which makes that node write it home.)
+    async fn settled_size(&self, device: &Path, mounted: &Path) -> Result<(u64, u64), NodeError> {
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let live = mounted_bytes(mounted).await?;
+            let (on_disk, cluster) = self.tools.fs_bytes(device).await?;
+            if on_disk == live {
+                return Ok((on_disk, cluster));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(NodeError::Unsettled { on_disk, live });
+            }
+            tracing::info!(
+                on_disk,
+                live,
+                "waiting for the journal to write the last grow home"
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 
     /// After a restart: every volume still mounted gets its reporter back;
@@ -673,5 +716,64 @@ impl NodeVolumes {
             }
         }
         Ok(adopted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+
+    fn cap(access: AccessType, mode: i32) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(access),
+            access_mode: Some(AccessMode { mode }),
+        }
+    }
+
+    #[test]
+    fn ids_that_are_not_ours_are_invalid_to_stage_and_unknown_to_look_up() {
+        assert!(matches!(
+            volume_id("volume_id", "fake-vol"),
+            Err(NodeError::BadRequest(BadRequest::VolumeId { .. }))
+        ));
+        assert!(matches!(
+            existing_volume_id("fake-vol"),
+            Err(NodeError::NoSuchVolume(_))
+        ));
+        assert!(matches!(
+            existing_volume_id(""),
+            Err(NodeError::BadRequest(BadRequest::Empty { .. }))
+        ));
+        let id = format!("ocfs2-v1:{}:{}", uuid::Uuid::nil(), uuid::Uuid::max());
+        assert_eq!(existing_volume_id(&id).unwrap().to_string(), id);
+    }
+
+    #[test]
+    fn capabilities_are_checked() {
+        let mount = |flags: &[&str], fs: &str| {
+            AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            mount_capability(Some(&cap(mount(&["noatime"], ""), 5))).unwrap(),
+            ["noatime"]
+        );
+        assert!(mount_capability(Some(&cap(mount(&[], "ocfs2"), 1))).is_ok());
+        for bad in [
+            cap(mount(&[], "ext4"), 5),
+            cap(mount(&["nocluster"], ""), 5),
+            cap(AccessType::Block(BlockVolume {}), 5),
+            cap(mount(&[], ""), 99),
+        ] {
+            assert!(matches!(
+                mount_capability(Some(&bad)),
+                Err(NodeError::BadRequest(_))
+            ));
+        }
+        assert!(mount_capability(None).is_err());
     }
 }
