@@ -1,0 +1,76 @@
+{{/*
+The release's base name: the release name, unless it does not already hold
+the chart name. Kept to 63 characters minus room for the longest suffix.
+*/}}
+{{- define "ocfs2-csi.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 45 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ocfs2-csi.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select one component's pods; never change them on upgrade. */}}
+{{- define "ocfs2-csi.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{/* The standard label set. Call with (dict "root" $ "component" "controller"). */}}
+{{- define "ocfs2-csi.labels" -}}
+{{ include "ocfs2-csi.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: ocfs2-csi
+helm.sh/chart: {{ include "ocfs2-csi.chart" .root }}
+{{- end -}}
+
+{{/*
+An image reference: REGISTRY/REPOSITORY:TAG, where REGISTRY is the image's
+own registry, else .Values.imageRegistry, and is left out when both are
+empty. TAG defaults to the chart's appVersion.
+Call with (dict "root" $ "image" .Values.image).
+*/}}
+{{- define "ocfs2-csi.image" -}}
+{{- $registry := .image.registry | default .root.Values.imageRegistry | trimSuffix "/" -}}
+{{- $tag := .image.tag | default .root.Chart.AppVersion | toString -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%s" $registry .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ocfs2-csi.controllerServiceAccount" -}}
+{{- printf "%s-controller" (include "ocfs2-csi.fullname" .) -}}
+{{- end -}}
+
+{{- define "ocfs2-csi.nodeServiceAccount" -}}
+{{- printf "%s-node" (include "ocfs2-csi.fullname" .) -}}
+{{- end -}}
+
+{{/* The plugin's socket directory on the host. */}}
+{{- define "ocfs2-csi.pluginDir" -}}
+{{- printf "%s/plugins/%s" (.Values.kubeletDir | trimSuffix "/") .Values.driverName -}}
+{{- end -}}
+
+{{/* The LUN list as the driver reads it from OCFS2_CSI_LUNS. */}}
+{{- define "ocfs2-csi.luns" -}}
+{{- join "," .Values.luns -}}
+{{- end -}}
+
+{{/* The members file, one `NAME NUMBER ADDRESS[:PORT]` per line. */}}
+{{- define "ocfs2-csi.membersFile" -}}
+# Rendered by the ocfs2-csi chart from values.membership.static.
+# NAME NUMBER ADDRESS[:PORT]
+{{- range .Values.membership.static }}
+{{ .name }} {{ .number | int }} {{ .address }}
+{{- end }}
+{{- end -}}
