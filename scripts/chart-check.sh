@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Checks the Helm chart (deploy/helm/ocfs2-csi) and the manifest rendered
+# from it, with the chart's default values and with ci/static-values.yaml
+# (LUNs, a registry mirror, static membership, every optional block):
+#   1. helm lint --strict
+#   2. helm template, for each supported Kubernetes version
+#   3. every rendered object validated strictly against that version's
+#      published schemas (kubernetes-validate)
+#   4. deploy/manifests/ocfs2-csi.yaml equals a fresh render
+#   5. the `helm test` manifest renders
+#   6. images: no registry host by default; the configured one everywhere
+#      when set
+# Exits non-zero on any failure; the last line counts the checks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# The Kubernetes releases the chart supports, as kubernetes-validate names
+# their schemas.
+KUBE_VERSIONS=(1.31.0 1.32.0 1.33.0 1.34.0 1.35.0)
+
+CHART=deploy/helm/ocfs2-csi
+CI_VALUES=$CHART/ci/static-values.yaml
+MANIFEST=deploy/manifests/ocfs2-csi.yaml
+TEST_TEMPLATE=templates/tests/shared-volume-test.yaml
+HELM="$PWD/.cache/bin/helm"
+VALIDATE="$PWD/.cache/venv/bin/kubernetes-validate"
+
+start=$(date +%s)
+scripts/chart-deps.sh || { echo "chart-check: installing the tools failed"; exit 1; }
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); echo "ok    $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL  $*"; }
+# check DESCRIPTION COMMAND...: runs it quietly, shows its output on failure.
+check() {
+  local what=$1; shift
+  if "$@" > "$TMP/out" 2>&1; then pass "$what"; else fail "$what"; sed 's/^/      /' "$TMP/out"; fi
+}
+
+echo "chart-check: $("$HELM" version --short), kubernetes-validate $("$VALIDATE" --version)"
+schema_root=$("$PWD/.cache/venv/bin/python" -c \
+  'import kubernetes_validate, os; print(os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema"))')
+for v in "${KUBE_VERSIONS[@]}"; do
+  if [ -d "$schema_root/v$v-local-strict" ]; then
+    echo "chart-check: Kubernetes $v: schemas v$v-local-strict"
+  else
+    fail "kubernetes-validate has no strict schemas for Kubernetes $v"
+  fi
+done
+
+# --- 1. lint --------------------------------------------------------------
+check "helm lint --strict (default values)" "$HELM" lint --strict "$CHART"
+check "helm lint --strict ($CI_VALUES)" "$HELM" lint --strict "$CHART" -f "$CI_VALUES"
+
+# --- 2 and 3. render and validate, per Kubernetes version -----------------
+# A document that fails validation prints ERROR; a kind or apiVersion that
+# version does not have prints WARN (and would otherwise pass): both fail.
+validate() { # FILE VERSION
+  "$VALIDATE" --strict --quiet -k "$2" "$1" > "$TMP/validate" 2>&1
+  local rc=$?
+  cat "$TMP/validate"
+  [ $rc -eq 0 ] && ! grep -qE '^(ERROR|WARN|FATAL)' "$TMP/validate"
+}
+for variant in default ci; do
+  args=()
+  [ $variant = ci ] && args=(-f "$CI_VALUES")
+  for v in "${KUBE_VERSIONS[@]}"; do
+    out="$TMP/$variant-$v.yaml"
+    if "$HELM" template ocfs2-csi "$CHART" --namespace kube-system --kube-version "v$v" \
+        "${args[@]}" > "$out" 2> "$TMP/err"; then
+      n=$(grep -c '^kind: ' "$out")
+      check "kubernetes-validate --strict -k $v: $n objects ($variant values)" validate "$out" "$v"
+    else
+      fail "helm template --kube-version v$v ($variant values)"
+      sed 's/^/      /' "$TMP/err"
+    fi
+  done
+done
+# What a plain `helm template` (the Kubernetes version Helm assumes) gives.
+check "helm template (default values, helm's default Kubernetes version)" \
+  "$HELM" template ocfs2-csi "$CHART" --namespace kube-system
+kinds() { grep '^kind: ' "$1" | sort | uniq -c | awk '{printf "%s%s x%s", sep, $3, $1; sep=", "}'; }
+echo "chart-check: default values render $(kinds "$TMP/default-${KUBE_VERSIONS[-1]}.yaml")"
+echo "chart-check: ci values render $(kinds "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml")"
+
+# --- 4. the generated manifest is current ----------------------------------
+if scripts/render-manifests.sh --stdout > "$TMP/manifest.yaml" 2> "$TMP/err"; then
+  if cmp -s "$TMP/manifest.yaml" "$MANIFEST"; then
+    pass "$MANIFEST is current"
+  else
+    fail "$MANIFEST: stale: run scripts/render-manifests.sh"
+    diff -u "$MANIFEST" "$TMP/manifest.yaml" 2>&1 | head -40 | sed 's/^/      /'
+  fi
+else
+  fail "scripts/render-manifests.sh --stdout"
+  sed 's/^/      /' "$TMP/err"
+fi
+check "$MANIFEST validates (Kubernetes ${KUBE_VERSIONS[-1]})" validate "$MANIFEST" "${KUBE_VERSIONS[-1]}"
+
+# --- 5. the helm test ---------------------------------------------------------
+test_renders() {
+  "$HELM" template ocfs2-csi "$CHART" --namespace kube-system --show-only "$TEST_TEMPLATE" > "$TMP/test.yaml" &&
+    cat "$TMP/test.yaml" &&
+    grep -q '^kind: PersistentVolumeClaim' "$TMP/test.yaml" &&
+    grep -q '^kind: Pod' "$TMP/test.yaml" &&
+    [ "$(grep -c '"helm.sh/hook": test' "$TMP/test.yaml")" = 2 ] &&
+    grep -q 'ReadWriteMany' "$TMP/test.yaml"
+}
+check "helm template --show-only $TEST_TEMPLATE (RWX claim and pod, both test hooks)" test_renders
+
+# --- 6. image references ------------------------------------------------------
+# Default values must name no registry host: an image's first path component
+# holding a '.' or ':' (or being localhost) is a host.
+images() { sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$1" | sort -u; }
+no_registry_host() {
+  local bad=0 img
+  for img in $(images "$1"); do
+    echo "$img"
+    case "${img%%/*}" in
+      *.*|*:*|localhost) [ "$img" != "${img%%/*}" ] && bad=1 ;;
+    esac
+  done
+  [ $bad = 0 ] && [ -n "$(images "$1")" ]
+}
+check "default images name no registry host" no_registry_host "$TMP/default-${KUBE_VERSIONS[-1]}.yaml"
+all_from_mirror() {
+  local img ok=0
+  for img in $(images "$1"); do
+    echo "$img"
+    case "$img" in mirror.example/*) ;; *) ok=1 ;; esac
+  done
+  return $ok
+}
+check "imageRegistry (or an image's own registry) prefixes every image" \
+  all_from_mirror "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"
+
+echo "chart-check: took $(( $(date +%s) - start ))s"
+echo "chart-check: $passed passed, $failed failed"
+[ "$failed" = 0 ]
