@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the real csi-sanity against `ocfs2-csi controller` on a file-backed LUN
-# (Identity and Controller). This host's kernel has no OCFS2, so the Node
-# Service tests run in the lab instead (tests/lab.rs runs the whole suite
-# inside a guest); everything skipped is listed with csi-sanity's reason.
+# and `ocfs2-csi node` (Identity, and the Node calls csi-sanity cleans up
+# with). This host's kernel has no OCFS2, so the node cannot join a cluster
+# and the Node Service tests run in the lab instead (tests/lab.rs runs the
+# whole suite inside a guest); everything skipped is listed with its reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/debug/ocfs2-csi
@@ -22,10 +23,14 @@ truncate -s 200G "$work/lun.raw"
 "$BIN" controller --endpoint "unix://$work/controller.sock" --lun "$work/lun.raw" \
   --cluster-name sanity >"$work/controller.log" 2>&1 &
 pids+=($!)
+echo "sanity-node 0 127.0.0.1" >"$work/members"
+"$BIN" node --endpoint "unix://$work/node.sock" --node-id sanity-node --lun "$work/lun.raw" \
+  --members-file "$work/members" --state-dir "$work/node-state" >"$work/node.log" 2>&1 &
+pids+=($!)
 # Serving starts at once; the controller is ready (Probe says so, and its
 # log) only once the LUN is initialised. csi-sanity does not wait for Probe.
 for _ in $(seq 600); do
-  grep -q "all LUNs open; ready" "$work/controller.log" && break
+  [ -S "$work/node.sock" ] && grep -q "all LUNs open; ready" "$work/controller.log" && break
   sleep 0.1
 done
 grep -q "all LUNs open; ready" "$work/controller.log" \
@@ -33,7 +38,7 @@ grep -q "all LUNs open; ready" "$work/controller.log" \
 
 rc=0
 "$SANITY" \
-  -csi.endpoint "unix://$work/controller.sock" \
+  -csi.endpoint "unix://$work/node.sock" \
   -csi.controllerendpoint "unix://$work/controller.sock" \
   -csi.mountdir "$work/mnt" -csi.stagingdir "$work/stage" \
   -csi.junitfile "$work/junit.xml" \

@@ -47,11 +47,17 @@ async fn unix_socket_identity_and_sigterm() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
 
     // Flags from the environment only.
+    let members = dir.path().join("members");
+    std::fs::write(&members, "node-a 0 127.0.0.1\n").unwrap();
+    let lun = sparse_lun(dir.path(), "lun.raw", 64 * MIB);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"))
         .arg("node")
         .env("CSI_ENDPOINT", format!("unix://{}", sock.display()))
         .env("NODE_ID", "node-a")
         .env("OCFS2_CSI_DRIVER_NAME", "ocfs2.example.org")
+        .env("OCFS2_CSI_LUNS", &lun)
+        .env("OCFS2_CSI_MEMBERS_FILE", &members)
+        .env("OCFS2_CSI_STATE_DIR", dir.path().join("state"))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -89,9 +95,11 @@ async fn unix_socket_identity_and_sigterm() {
         &c.r#type,
         Some(CapType::Service(s)) if s.r#type == service::Type::ControllerService as i32
     )));
+    // This host's kernel has no OCFS2, so the node serves but cannot join
+    // its cluster: not ready (the lab proves the ready side).
     assert_eq!(
         id.probe(ProbeRequest {}).await.unwrap().into_inner().ready,
-        Some(true)
+        Some(false)
     );
 
     nix::sys::signal::kill(
