@@ -9,6 +9,7 @@ pub mod csi;
 pub mod disk;
 pub mod escape;
 pub mod identity;
+pub mod k8s;
 pub mod node;
 pub mod ocfs2;
 pub mod server;

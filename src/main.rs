@@ -13,6 +13,7 @@ use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{IdentityService, Readiness};
+use ocfs2_csi::k8s::KubeMembers;
 use ocfs2_csi::node::records::Records;
 use ocfs2_csi::node::startup::Startup;
 use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
@@ -108,9 +109,24 @@ struct NodeArgs {
     /// global (one heartbeat per LUN, the default) or local (one per mount).
     #[arg(long, env = "OCFS2_CSI_HEARTBEAT", default_value = "global", value_parser = parse_heartbeat)]
     heartbeat: HeartbeatMode,
-    /// The members of the cluster: one `NAME NUMBER ADDRESS[:PORT]` per line.
-    #[arg(long, env = "OCFS2_CSI_MEMBERS_FILE")]
-    members_file: PathBuf,
+    /// Where the members of the cluster come from: `kubernetes` (Leases in
+    /// --namespace; node numbers claimed through the API) or `static`
+    /// (--members-file).
+    #[arg(long, env = "OCFS2_CSI_MEMBERSHIP", default_value = "static", value_parser = ["static", "kubernetes"])]
+    membership: String,
+    /// Static members: one `NAME NUMBER ADDRESS[:PORT]` per line.
+    #[arg(
+        long,
+        env = "OCFS2_CSI_MEMBERS_FILE",
+        required_if_eq("membership", "static")
+    )]
+    members_file: Option<PathBuf>,
+    /// Namespace of the membership Leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+    /// This node's o2net address; default: the Node's InternalIP.
+    #[arg(long, env = "NODE_IP")]
+    node_address: Option<std::net::Ipv4Addr>,
     /// o2net's TCP port, where a member names none.
     #[arg(long, env = "OCFS2_CSI_O2CB_PORT", default_value_t = cluster::DEFAULT_PORT)]
     o2cb_port: u16,
@@ -203,9 +219,8 @@ fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    let common = args.common;
-    init_logging(&common.log)?;
-    validate_driver_name(&common.driver_name)?;
+    init_logging(&args.common.log)?;
+    validate_driver_name(&args.common.driver_name)?;
     anyhow::ensure!(!args.node_id.is_empty(), "--node-id must not be empty");
     let timeouts = Timeouts {
         dead_threshold: args.dead_threshold,
@@ -220,21 +235,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         port: args.o2cb_port,
     };
     cluster.validate()?;
-    let members = StaticMembers::new(&args.members_file, args.o2cb_port);
-    // The node's number comes from the source; without it there is nothing
-    // to join.
-    let me = members
-        .members()
-        .await?
-        .into_iter()
-        .find(|m| m.name == args.node_id)
-        .with_context(|| {
-            format!(
-                "this node ({}) is not in {}",
-                args.node_id,
-                args.members_file.display()
-            )
-        })?;
+    let (members, number, keepalive) = membership(&args).await?;
+    let common = args.common;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());
     let paths = KernelPaths::default();
@@ -243,7 +245,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let volumes = Arc::new(NodeVolumes::new(
         NodeConfig {
             node_id: args.node_id.clone(),
-            node_number: me.number,
+            node_number: number,
             cluster_name: args.cluster_name,
             heartbeat: args.heartbeat,
             luns: args.luns.clone(),
@@ -255,7 +257,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let startup = Startup {
         cluster,
         node_name: args.node_id,
-        members: Arc::new(members),
+        members,
         runner,
         tools,
         paths,
@@ -277,8 +279,78 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     tokio::select! {
         served = server::serve(router, &common.endpoint, server::shutdown_signal()) => served?,
         fatal = startup.run() => return Err(fatal.into()),
+        lost = keepalive => return Err(lost),
     }
     Ok(())
+}
+
+type Keepalive = futures::future::BoxFuture<'static, anyhow::Error>;
+
+/// The membership source and this node's o2cb number, plus a task that
+/// keeps an API-claimed number alive (it ends only when the number is lost).
+async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource>, u8, Keepalive)> {
+    if args.membership == "static" {
+        let path = args
+            .members_file
+            .clone()
+            .context("--members-file is required")?;
+        let members = StaticMembers::new(&path, args.o2cb_port);
+        // The node's number comes from the file; without it there is
+        // nothing to join.
+        let me = members
+            .members()
+            .await?
+            .into_iter()
+            .find(|m| m.name == args.node_id)
+            .with_context(|| {
+                format!("this node ({}) is not in {}", args.node_id, path.display())
+            })?;
+        return Ok((
+            Arc::new(members),
+            me.number,
+            Box::pin(futures::future::pending()),
+        ));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let km = KubeMembers::new(client, &args.namespace, &args.cluster_name, args.o2cb_port);
+    let address = match args.node_address {
+        Some(a) => a,
+        None => km.node_address(&args.node_id).await?,
+    };
+    let mut attempt = 0u64;
+    let number = loop {
+        match km.claim(&args.node_id, address).await {
+            Ok(n) => break n,
+            Err(e) => {
+                attempt += 1;
+                tracing::error!(error = %e, "cannot claim an o2cb node number yet");
+                tokio::time::sleep(Duration::from_secs(attempt.min(10) * 2)).await;
+            }
+        }
+    };
+    tracing::info!(node = %args.node_id, number, %address, "o2cb node number from the Kubernetes API");
+    // o2cb declares a silent node dead after dead_threshold heartbeats of 2 s;
+    // a number is released only well after that.
+    let dead_after = Duration::from_secs(u64::from(args.dead_threshold) * 4 + 60);
+    let (me, debugfs) = (args.node_id.clone(), KernelPaths::default().debugfs);
+    let km2 = km.clone();
+    let keepalive: Keepalive = Box::pin(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            match km2.renew(&me, number, None).await {
+                Err(e @ ocfs2_csi::k8s::KubeError::Lost { .. }) => return anyhow::Error::from(e),
+                Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
+                Ok(()) => {}
+            }
+            let live = cluster::live_nodes(&debugfs).unwrap_or_default();
+            if let Err(e) = km2.release_stale(&me, &live, dead_after).await {
+                tracing::warn!(error = %e, "cannot check for departed members");
+            }
+        }
+    });
+    Ok((Arc::new(km), number, keepalive))
 }
 
 struct NodeReady(Arc<NodeVolumes>);

@@ -194,6 +194,9 @@ pub enum MembershipError {
         line: usize,
         message: String,
     },
+    /// Another source (the Kubernetes API) failed.
+    #[error("membership source: {0}")]
+    Source(String),
 }
 
 /// Where the member list comes from; a Kubernetes-backed source can replace

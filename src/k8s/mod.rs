@@ -1,0 +1,6 @@
+//! The Kubernetes API, for what must be shared across nodes without a
+//! static file: o2cb node numbers and member addresses.
+
+pub mod members;
+
+pub use members::{KubeError, KubeMembers};
