@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-controller test deps lint unit sanity bench fmt
+.PHONY: demo demo-controller test deps lint unit sanity chart manifests bench fmt
 
 ## demo: a three-node OCFS2 lab; create, mount everywhere, write/read, grow online
 demo: deps
@@ -14,11 +14,20 @@ demo-controller: deps
 	$(CARGO) build --bins --examples
 	./target/debug/examples/demo
 
-## test: everything CI runs (lint, unit and integration tests, csi-sanity)
-test: deps lint unit sanity
+## test: everything CI runs (lint, unit and integration tests, csi-sanity, chart)
+test: deps lint chart unit sanity
 
 deps:
 	scripts/deps.sh
+	scripts/chart-deps.sh
+
+## chart: helm lint, render, strict schema validation for Kubernetes 1.31-1.35, manifests fresh
+chart:
+	scripts/chart-check.sh
+
+## manifests: re-render deploy/manifests/ from the chart's default values
+manifests:
+	scripts/render-manifests.sh
 
 lint:
 	$(CARGO) fmt --check
