@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the Debian bookworm base image both stages of the Dockerfile start
+# from, localhost/ocfs2-csi-base:bookworm, out of Debian's own packages: no
+# container registry is needed, only the apt sources this machine already
+# uses. mmdebstrap makes a minbase root filesystem (Essential, Priority
+# required and apt; no docs, man pages or locales; merged /usr made by
+# mmdebstrap's hook rather than the usrmerge package, which would pull in
+# 50 MB of perl), buildah turns the tarball into an image.
+#
+# What stays out of the image on purpose: this machine's apt sources, apt
+# options and package lists (the image has no apt sources at all; the
+# Dockerfile's RUN steps get the build host's through APT_CONFIG, see
+# scripts/image.sh). The script checks that no host name from them is left.
+#
+# Cached: nothing is done when the image exists with a label holding the hash
+# of this script and the package list. FORCE=1 rebuilds anyway.
+# Installs buildah, crun and mmdebstrap from Debian when they are missing.
+# Set STORAGE_DRIVER=vfs where overlay mounts are not possible (containers
+# inside containers); the same value must then be used by scripts/image.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE=${OCFS2_CSI_BASE_IMAGE:-localhost/ocfs2-csi-base:bookworm}
+SUITE=bookworm
+VARIANT=minbase
+# Packages beyond minbase. Keep it empty unless both stages need something:
+# each stage installs its own.
+INCLUDE=()
+INPUTS_LABEL=dev.ocfs2-csi.base.inputs
+
+# command -> Debian package (buildah only recommends an OCI runtime)
+declare -A PKG=([buildah]=buildah [crun]=crun [mmdebstrap]=mmdebstrap)
+missing=()
+for cmd in "${!PKG[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "image-base: installing ${missing[*]}"
+  t=$SECONDS
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "image-base: tools installed in $((SECONDS - t))s"
+fi
+
+inputs=$({ cat "$0"; echo "$SUITE $VARIANT ${INCLUDE[*]:-}"; } | sha256sum | cut -c1-16)
+have=$(buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"$INPUTS_LABEL\"}}" \
+  "$BASE_IMAGE" 2>/dev/null || true)
+if [ "$have" = "$inputs" ] && [ "${FORCE:-0}" != 1 ]; then
+  echo "image-base: $BASE_IMAGE is current ($inputs)"
+  exit 0
+fi
+
+start=$SECONDS
+work=$(mktemp -d /var/tmp/ocfs2-csi-base.XXXXXX)
+ctr=""
+cleanup() {
+  [ -z "$ctr" ] || buildah rm "$ctr" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# This machine's apt sources and Acquire options (mirror, proxy, validity of
+# snapshot Release files), passed to mmdebstrap as they are; the host names
+# in them are collected only to check the result.
+sources=()
+[ -s /etc/apt/sources.list ] && sources+=(/etc/apt/sources.list)
+for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [ -f "$f" ] && sources+=("$f")
+done
+if [ ${#sources[@]} -eq 0 ]; then
+  echo "image-base: this machine has no apt sources" >&2
+  exit 1
+fi
+apt-config dump Acquire | grep '^Acquire::' >"$work/acquire.conf" || true
+cat "${sources[@]}" "$work/acquire.conf" | grep -oE '[a-z+]+://[^/" ]+' |
+  sed -E 's#^[^:]+://##; s#^[^@]*@##; s#:[0-9]+$##' | sort -u >"$work/hosts"
+
+echo "image-base: mmdebstrap $SUITE ($VARIANT${INCLUDE[*]:+ + ${INCLUDE[*]}})"
+include=()
+[ ${#INCLUDE[@]} -eq 0 ] || include=(--include="$(IFS=,; echo "${INCLUDE[*]}")")
+mmdebstrap --quiet --mode=root --variant="$VARIANT" --format=tar \
+  "${include[@]}" \
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+  --aptopt="$work/acquire.conf" \
+  --dpkgopt='path-exclude=/usr/share/man/*' \
+  --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/lintian/*' \
+  --customize-hook='rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap" "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*' \
+  --customize-hook='rm -rf "$1"/var/log/apt/* "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+  --customize-hook='printf "%s\n" "# No sources: the image builds give the build host'"'"'s through APT_CONFIG." >"$1/etc/apt/sources.list"' \
+  "$SUITE" "$work/rootfs.tar" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1 || {
+  tail -n 40 "$work/mmdebstrap.log" >&2
+  echo "image-base: mmdebstrap failed" >&2
+  exit 1
+}
+
+if [ -s "$work/hosts" ] && tar -xOf "$work/rootfs.tar" | grep -q -a -F -f "$work/hosts"; then
+  echo "image-base: the root filesystem still names a host from this machine's apt configuration" >&2
+  exit 1
+fi
+
+echo "image-base: importing $(du -h "$work/rootfs.tar" | cut -f1) root filesystem as $BASE_IMAGE"
+ctr=$(buildah from --name "ocfs2-csi-base-$$" scratch)
+buildah add --quiet "$ctr" "$work/rootfs.tar" / >/dev/null
+buildah config \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  --env LANG=C.UTF-8 \
+  --cmd /bin/bash \
+  --label "$INPUTS_LABEL=$inputs" \
+  --label "org.opencontainers.image.title=ocfs2-csi-base" \
+  --label "org.opencontainers.image.description=Debian $SUITE $VARIANT made with mmdebstrap by scripts/image-base.sh" \
+  "$ctr"
+buildah commit --quiet --rm "$ctr" "$BASE_IMAGE" >/dev/null
+ctr=""
+size=$(buildah images --format '{{.Size}}' "$BASE_IMAGE" | head -n1)
+echo "image-base: $BASE_IMAGE built in $((SECONDS - start))s, $size"
