@@ -67,13 +67,12 @@ struct CommonArgs {
     log: String,
 }
 
+/// The shared storage and its cluster, the same for controller and nodes.
 #[derive(Args)]
-struct ControllerArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// A shared LUN to carve volumes from (repeatable; comma-separated in the
-    /// environment). Stable paths such as /dev/disk/by-id/... or multipath
-    /// maps; regular files work for tests.
+struct PoolArgs {
+    /// A shared LUN (repeatable; comma-separated in the environment).
+    /// Stable paths such as /dev/disk/by-id/... or multipath maps; regular
+    /// files work for tests. Controller and nodes list the same LUNs.
     #[arg(
         long = "lun",
         env = "OCFS2_CSI_LUNS",
@@ -81,9 +80,17 @@ struct ControllerArgs {
         required = true
     )]
     luns: Vec<PathBuf>,
-    /// The o2cb cluster name stamped into every filesystem.
+    /// The o2cb cluster name (stamped into every filesystem).
     #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
     cluster_name: String,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    pool: PoolArgs,
 }
 
 #[derive(Args)]
@@ -94,18 +101,8 @@ struct NodeArgs {
     /// in the o2cb cluster.
     #[arg(long, env = "NODE_ID")]
     node_id: String,
-    /// The shared LUNs (repeatable; comma-separated in the environment), as
-    /// the controller has them.
-    #[arg(
-        long = "lun",
-        env = "OCFS2_CSI_LUNS",
-        value_delimiter = ',',
-        required = true
-    )]
-    luns: Vec<PathBuf>,
-    /// The o2cb cluster name (the controller stamps it into every volume).
-    #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
-    cluster_name: String,
+    #[command(flatten)]
+    pool: PoolArgs,
     /// global (one heartbeat per LUN, the default) or local (one per mount).
     #[arg(long, env = "OCFS2_CSI_HEARTBEAT", default_value = "global", value_parser = parse_heartbeat)]
     heartbeat: HeartbeatMode,
@@ -229,7 +226,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         reconnect_delay_ms: args.reconnect_delay_ms,
     };
     let cluster = ClusterConfig {
-        name: args.cluster_name.clone(),
+        name: args.pool.cluster_name.clone(),
         heartbeat: args.heartbeat,
         timeouts,
         port: args.o2cb_port,
@@ -246,9 +243,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         NodeConfig {
             node_id: args.node_id.clone(),
             node_number: number,
-            cluster_name: args.cluster_name,
+            cluster_name: args.pool.cluster_name,
             heartbeat: args.heartbeat,
-            luns: args.luns.clone(),
+            luns: args.pool.luns.clone(),
             dlm_mount: paths.dlmfs.clone(),
         },
         tools.clone(),
@@ -261,7 +258,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         runner,
         tools,
         paths,
-        luns: args.luns,
+        luns: args.pool.luns,
         volumes: volumes.clone(),
         poll: Duration::from_secs(args.members_poll.max(1)),
     };
@@ -314,7 +311,12 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let km = KubeMembers::new(client, &args.namespace, &args.cluster_name, args.o2cb_port);
+    let km = KubeMembers::new(
+        client,
+        &args.namespace,
+        &args.pool.cluster_name,
+        args.o2cb_port,
+    );
     let address = match args.node_address {
         Some(a) => a,
         None => km.node_address(&args.node_id).await?,
@@ -364,20 +366,20 @@ impl Readiness for NodeReady {
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args.common.log)?;
     validate_driver_name(&args.common.driver_name)?;
-    validate_cluster_name(&args.cluster_name).map_err(anyhow::Error::msg)?;
+    validate_cluster_name(&args.pool.cluster_name).map_err(anyhow::Error::msg)?;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());
     let regions = Arc::new(LoopDevices::new(runner));
     let volumes = Arc::new(Volumes::new(
         tools.clone(),
         regions.clone(),
-        args.cluster_name.clone(),
+        args.pool.cluster_name.clone(),
     ));
 
     // Serve at once (Probe says "not ready"), open the LUNs behind it.
     let opener = {
         let volumes = volumes.clone();
-        let (luns, cluster) = (args.luns.clone(), args.cluster_name.clone());
+        let (luns, cluster) = (args.pool.luns.clone(), args.pool.cluster_name.clone());
         tokio::spawn(async move {
             let mut attempt = 0u32;
             loop {

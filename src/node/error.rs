@@ -117,17 +117,7 @@ impl NodeError {
 
 /// The message carries the whole cause chain.
 pub fn status(e: NodeError) -> Status {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    Status::new(e.code(), message)
+    Status::new(e.code(), crate::controller::error::chain(&e))
 }
 
 #[cfg(test)]

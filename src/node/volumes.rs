@@ -90,6 +90,21 @@ pub fn existing_volume_id(value: &str) -> Result<VolumeId, NodeError> {
     }
 }
 
+/// Stats and expand: missing fields first (InvalidArgument), then whether
+/// the volume exists (NotFound).
+fn lookup_args(volume: &str, path: &str) -> Result<VolumeId, NodeError> {
+    if volume.is_empty() {
+        return Err(BadRequest::Empty { field: "volume_id" }.into());
+    }
+    if path.is_empty() {
+        return Err(BadRequest::Empty {
+            field: "volume_path",
+        }
+        .into());
+    }
+    existing_volume_id(volume)
+}
+
 /// A filesystem volume with allowed mount flags; returns the flags.
 pub fn mount_capability(cap: Option<&VolumeCapability>) -> Result<Vec<String>, NodeError> {
     let cap = cap.ok_or(BadRequest::NoCapability)?;
@@ -501,17 +516,7 @@ impl NodeVolumes {
     }
 
     pub async fn stats(&self, volume: &str, path: &str) -> Result<VolumeStats, NodeError> {
-        // Missing fields first, then whether the volume exists.
-        if volume.is_empty() {
-            return Err(BadRequest::Empty { field: "volume_id" }.into());
-        }
-        if path.is_empty() {
-            return Err(BadRequest::Empty {
-                field: "volume_path",
-            }
-            .into());
-        }
-        let id = existing_volume_id(volume)?;
+        let id = lookup_args(volume, path)?;
         let path = PathBuf::from(path);
         let record = self
             .records
@@ -584,17 +589,7 @@ impl NodeVolumes {
         path: &str,
         capability: Option<&VolumeCapability>,
     ) -> Result<u64, NodeError> {
-        // Missing fields first, then whether the volume exists.
-        if volume.is_empty() {
-            return Err(BadRequest::Empty { field: "volume_id" }.into());
-        }
-        if path.is_empty() {
-            return Err(BadRequest::Empty {
-                field: "volume_path",
-            }
-            .into());
-        }
-        let id = existing_volume_id(volume)?;
+        let id = lookup_args(volume, path)?;
         if capability.is_some() {
             mount_capability(capability)?;
         }
