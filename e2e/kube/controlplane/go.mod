@@ -174,7 +174,7 @@ require (
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
 
-// k8s.io/kubernetes v1.37.1 points these at ./staging; use the published tags.
+// Copied from the upstream go.mod, where they do not count for a consumer.
 replace (
 	k8s.io/api => k8s.io/api v0.37.1
 	k8s.io/apiextensions-apiserver => k8s.io/apiextensions-apiserver v0.37.1
