@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes pieces the kube tests run on loopback, from the Go
+# module proxy, into .cache/kube/bin:
+#   etcd, kube-apiserver, kube-controller-manager   (e2e/kube/controlplane)
+#   csi-provisioner                                 (e2e/kube/csi-provisioner)
+#   csi-resizer                                     (e2e/kube/csi-resizer)
+# The versions are the ones pinned in those wrapper modules (go.mod and
+# go.sum, committed; e2e/kube/README.md says why wrappers and how to bump).
+#
+# Idempotent: each module's binaries are kept while a stamp beside them still
+# matches the module's go.mod/go.sum, the Go version and the build flags, so a
+# second run returns in well under a second. A changed pin rebuilds that
+# module only. Safe to run from several tests at once (one builder at a time,
+# the others wait and then find the stamps fresh).
+#
+#   KUBE_TOOLS_BIN   where the binaries go (default: .cache/kube/bin)
+#   KUBE_TOOLS_JOBS  go build -p (default: 2)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${KUBE_TOOLS_BIN:-$root/.cache/kube/bin}
+JOBS=${KUBE_TOOLS_JOBS:-2}
+FLAGS=(-p "$JOBS" -trimpath -ldflags=-s\ -w)
+mkdir -p "$BIN"
+
+# module dir -> "binary=package ..."
+declare -A TOOLS=(
+  [controlplane]="etcd=go.etcd.io/etcd/server/v3 kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager"
+  [csi-provisioner]="csi-provisioner=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner"
+  [csi-resizer]="csi-resizer=github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer"
+)
+ORDER=(controlplane csi-provisioner csi-resizer)
+
+command -v go >/dev/null || { echo "kube-tools: go is not installed" >&2; exit 1; }
+goversion=$(go env GOVERSION)
+
+key() { # module dir -> cache key
+  { cat "$root/e2e/kube/$1/go.mod" "$root/e2e/kube/$1/go.sum"
+    echo "$goversion ${FLAGS[*]} ${TOOLS[$1]}"; } | sha256sum | cut -c1-16
+}
+
+fresh() { # module dir -> 0 if every binary is there and the stamp matches
+  local t
+  [ "$(cat "$BIN/.stamp-$1" 2>/dev/null)" = "$(key "$1")" ] || return 1
+  for t in ${TOOLS[$1]}; do [ -x "$BIN/${t%%=*}" ] || return 1; done
+}
+
+all_fresh() { local m; for m in "${ORDER[@]}"; do fresh "$m" || return 1; done; }
+
+if all_fresh; then
+  echo "kube-tools: cached in $BIN ($(cd "$BIN" && ls | tr '\n' ' '))"
+  exit 0
+fi
+
+# One builder at a time; whoever waited re-checks and usually has nothing left.
+exec 9>"$BIN/.lock"
+flock 9
+
+total_start=$(date +%s)
+built=()
+for m in "${ORDER[@]}"; do
+  if fresh "$m"; then continue; fi
+  rm -f "$BIN/.stamp-$m"
+  dir="$root/e2e/kube/$m"
+  # Downloads first, timed apart from compiling (the module cache keeps them).
+  t0=$(date +%s)
+  (cd "$dir" && go mod download)
+  echo "kube-tools: $m modules downloaded in $(( $(date +%s) - t0 )) s"
+  for t in ${TOOLS[$m]}; do
+    name=${t%%=*} pkg=${t#*=}
+    t0=$(date +%s)
+    echo "kube-tools: building $name ($(cd "$dir" && go list -f '{{.Module.Path}} {{.Module.Version}}' "$pkg"))"
+    (cd "$dir" && go build "${FLAGS[@]}" -o "$BIN/.$name.tmp" "$pkg")
+    mv -f "$BIN/.$name.tmp" "$BIN/$name"
+    secs=$(( $(date +%s) - t0 ))
+    echo "kube-tools: built $name in $secs s ($(du -m "$BIN/$name" | cut -f1) MiB)"
+    built+=("$name ${secs}s")
+  done
+  key "$m" > "$BIN/.stamp-$m"
+done
+if [ ${#built[@]} -gt 0 ]; then
+  echo "kube-tools: built ${built[*]}; total $(( $(date +%s) - total_start )) s, in $BIN"
+else
+  echo "kube-tools: cached in $BIN (another run built them)"
+fi
