@@ -12,9 +12,14 @@
 # Dockerfile's RUN steps get the build host's through APT_CONFIG, see
 # scripts/image.sh). The script checks that no host name from them is left.
 #
+# `scripts/image-base.sh --host-apt DIR` only writes this machine's apt
+# sources and options into DIR, for scripts/image.sh.
+#
 # Cached: nothing is done when the image exists with a label holding the hash
 # of this script and the package list. FORCE=1 rebuilds anyway.
-# Installs buildah, crun and mmdebstrap from Debian when they are missing.
+# Installs buildah and mmdebstrap from Debian when they are missing (no OCI
+# runtime: nothing here runs a container, and scripts/image.sh uses chroot
+# isolation).
 # Set STORAGE_DRIVER=vfs where overlay mounts are not possible (containers
 # inside containers); the same value must then be used by scripts/image.sh.
 set -euo pipefail
@@ -28,8 +33,41 @@ VARIANT=minbase
 INCLUDE=()
 INPUTS_LABEL=dev.ocfs2-csi.base.inputs
 
-# command -> Debian package (buildah only recommends an OCI runtime)
-declare -A PKG=([buildah]=buildah [crun]=crun [mmdebstrap]=mmdebstrap)
+# host_apt DIR: this machine's apt sources (sources.list, sources.list.d/)
+# and the Acquire options its configuration sets beyond apt's defaults
+# (acquire.conf: proxy, validity of snapshot Release files, ...), for apt
+# runs that must reach the same mirror; plus the host names they contain
+# (hosts), to check that none ends up in an image.
+host_apt() {
+  local dir=$1 f
+  mkdir -p "$dir/sources.list.d"
+  [ ! -s /etc/apt/sources.list ] || cp /etc/apt/sources.list "$dir/sources.list"
+  for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ ! -f "$f" ] || cp "$f" "$dir/sources.list.d/"
+  done
+  if [ ! -f "$dir/sources.list" ] && [ -z "$(ls -A "$dir/sources.list.d")" ]; then
+    echo "image-base: this machine has no apt sources" >&2
+    return 1
+  fi
+  # apt's built-in defaults, read with no configuration files at all
+  printf 'Dir "/nonexistent/";\n' >"$dir/empty.conf"
+  comm -13 <(APT_CONFIG="$dir/empty.conf" apt-config dump Acquire 2>/dev/null | sort) \
+           <(apt-config dump Acquire | sort) |
+    grep -E '^Acquire::(Check-Valid-Until|Check-Date|Max-ValidTime|Min-ValidTime|https?|ftp|socks|Retries|ForceIPv[46]|Allow[A-Za-z]*)[: ]' \
+    >"$dir/acquire.conf" || true
+  rm -f "$dir/empty.conf"
+  find "$dir" -type f -exec cat {} + | grep -oE '[a-z+]+://[^/" ]+' |
+    sed -E 's#^[^:]+://##; s#^[^@]*@##; s#:[0-9]+$##' | sort -u >"$dir/hosts"
+}
+
+if [ "${1:-}" = --host-apt ]; then
+  # For scripts/image.sh: write host_apt's files into $2.
+  host_apt "$2"
+  exit 0
+fi
+
+# command -> Debian package
+declare -A PKG=([buildah]=buildah [mmdebstrap]=mmdebstrap)
 missing=()
 for cmd in "${!PKG[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
@@ -56,33 +94,29 @@ work=$(mktemp -d /var/tmp/ocfs2-csi-base.XXXXXX)
 ctr=""
 cleanup() {
   [ -z "$ctr" ] || buildah rm "$ctr" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
+# Shows a log with the host names of this machine's apt configuration masked.
+mask() {
+  awk -v f="$work/apt/hosts" 'BEGIN { while ((getline h < f) > 0) if (h != "") H[h] = 1 }
+    { for (h in H) while ((i = index($0, h)) > 0)
+        $0 = substr($0, 1, i - 1) "<apt-host>" substr($0, i + length(h))
+      print }'
+}
 
-# This machine's apt sources and Acquire options (mirror, proxy, validity of
-# snapshot Release files), passed to mmdebstrap as they are; the host names
-# in them are collected only to check the result.
+host_apt "$work/apt"
 sources=()
-[ -s /etc/apt/sources.list ] && sources+=(/etc/apt/sources.list)
-for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-  [ -f "$f" ] && sources+=("$f")
-done
-if [ ${#sources[@]} -eq 0 ]; then
-  echo "image-base: this machine has no apt sources" >&2
-  exit 1
-fi
-apt-config dump Acquire | grep '^Acquire::' >"$work/acquire.conf" || true
-cat "${sources[@]}" "$work/acquire.conf" | grep -oE '[a-z+]+://[^/" ]+' |
-  sed -E 's#^[^:]+://##; s#^[^@]*@##; s#:[0-9]+$##' | sort -u >"$work/hosts"
+[ ! -f "$work/apt/sources.list" ] || sources+=("$work/apt/sources.list")
+for f in "$work"/apt/sources.list.d/*; do sources+=("$f"); done
 
 echo "image-base: mmdebstrap $SUITE ($VARIANT${INCLUDE[*]:+ + ${INCLUDE[*]}})"
 include=()
 [ ${#INCLUDE[@]} -eq 0 ] || include=(--include="$(IFS=,; echo "${INCLUDE[*]}")")
-mmdebstrap --quiet --mode=root --variant="$VARIANT" --format=tar \
+mmdebstrap --quiet --mode=root --variant="$VARIANT" --format=directory \
   "${include[@]}" \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-  --aptopt="$work/acquire.conf" \
+  --aptopt="$work/apt/acquire.conf" \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -93,16 +127,25 @@ mmdebstrap --quiet --mode=root --variant="$VARIANT" --format=tar \
   --customize-hook='rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap" "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*' \
   --customize-hook='rm -rf "$1"/var/log/apt/* "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
   --customize-hook='printf "%s\n" "# No sources: the image builds give the build host'"'"'s through APT_CONFIG." >"$1/etc/apt/sources.list"' \
-  "$SUITE" "$work/rootfs.tar" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1 || {
-  tail -n 40 "$work/mmdebstrap.log" >&2
+  "$SUITE" "$work/rootfs" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1 || {
+  tail -n 40 "$work/mmdebstrap.log" | mask >&2
   echo "image-base: mmdebstrap failed" >&2
   exit 1
 }
 
-if [ -s "$work/hosts" ] && tar -xOf "$work/rootfs.tar" | grep -q -a -F -f "$work/hosts"; then
-  echo "image-base: the root filesystem still names a host from this machine's apt configuration" >&2
-  exit 1
+# Where this machine's apt configuration could have been left behind
+# (Debian's own files under /usr may name Debian's hosts, legitimately).
+if [ -s "$work/apt/hosts" ]; then
+  leaks=$( (cd "$work/rootfs" && grep -rlaF -D skip -f "$work/apt/hosts" etc var root) || true)
+  if [ -n "$leaks" ]; then
+    echo "image-base: these files name a host from this machine's apt configuration:" >&2
+    echo "$leaks" >&2
+    exit 1
+  fi
 fi
+# A tarball keeps owners, modes and device nodes through buildah add.
+tar --numeric-owner --xattrs --acls -C "$work/rootfs" -cf "$work/rootfs.tar" .
+rm -rf "$work/rootfs"
 
 echo "image-base: importing $(du -h "$work/rootfs.tar" | cut -f1) root filesystem as $BASE_IMAGE"
 ctr=$(buildah from --name "ocfs2-csi-base-$$" scratch)
