@@ -13,7 +13,8 @@
 # scripts/image.sh). The script checks that no host name from them is left.
 #
 # `scripts/image-base.sh --host-apt DIR` only writes this machine's apt
-# sources and options into DIR, for scripts/image.sh.
+# sources and options into DIR, and `--mask HOSTS` hides the host names
+# listed in HOSTS in a log (both for scripts/image.sh).
 #
 # Cached: nothing is done when the image exists with a label holding the hash
 # of this script and the package list. FORCE=1 rebuilds anyway.
@@ -56,15 +57,30 @@ host_apt() {
     grep -E '^Acquire::(Check-Valid-Until|Check-Date|Max-ValidTime|Min-ValidTime|https?|ftp|socks|Retries|ForceIPv[46]|Allow[A-Za-z]*)[: ]' \
     >"$dir/acquire.conf" || true
   rm -f "$dir/empty.conf"
-  find "$dir" -type f -exec cat {} + | grep -oE '[a-z+]+://[^/" ]+' |
-    sed -E 's#^[^:]+://##; s#^[^@]*@##; s#:[0-9]+$##' | sort -u >"$dir/hosts"
+  {
+    find "$dir" -type f -exec cat {} + | grep -oE '[a-z+]+://[^/" ]+' |
+      sed -E 's#^[^:]+://##; s#^[^@]*@##; s#:[0-9]+$##'
+    # per-host proxy settings name the host in the key
+    sed -nE 's/^Acquire::[a-z]+::Proxy::([^ "]+) .*/\1/p' "$dir/acquire.conf"
+  } | sort -u >"$dir/hosts.new"
+  mv "$dir/hosts.new" "$dir/hosts"
 }
 
-if [ "${1:-}" = --host-apt ]; then
-  # For scripts/image.sh: write host_apt's files into $2.
-  host_apt "$2"
-  exit 0
-fi
+# mask HOSTS: stdin to stdout with the host names listed in HOSTS replaced,
+# for logs shown on failure.
+mask() {
+  awk -v f="$1" 'BEGIN { while ((getline h < f) > 0) if (h != "") H[h] = 1 }
+    { for (h in H) while ((i = index($0, h)) > 0)
+        $0 = substr($0, 1, i - 1) "<apt-host>" substr($0, i + length(h))
+      print }'
+}
+
+# For scripts/image.sh: --host-apt DIR writes host_apt's files into DIR,
+# --mask HOSTS filters a log.
+case ${1:-} in
+  --host-apt) host_apt "$2"; exit 0 ;;
+  --mask) mask "$2"; exit 0 ;;
+esac
 
 # command -> Debian package
 declare -A PKG=([buildah]=buildah [mmdebstrap]=mmdebstrap)
@@ -76,8 +92,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "image-base: installing ${missing[*]}"
   t=$SECONDS
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  tmp=$(mktemp -d)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >"$tmp/log" 2>&1; then
+    host_apt "$tmp/apt" || true
+    tail -n 30 "$tmp/log" | mask "$tmp/apt/hosts" >&2
+    rm -rf "$tmp"
+    echo "image-base: installing ${missing[*]} failed" >&2
+    exit 1
+  fi
+  rm -rf "$tmp"
   echo "image-base: tools installed in $((SECONDS - t))s"
 fi
 
@@ -97,13 +121,6 @@ cleanup() {
   rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
-# Shows a log with the host names of this machine's apt configuration masked.
-mask() {
-  awk -v f="$work/apt/hosts" 'BEGIN { while ((getline h < f) > 0) if (h != "") H[h] = 1 }
-    { for (h in H) while ((i = index($0, h)) > 0)
-        $0 = substr($0, 1, i - 1) "<apt-host>" substr($0, i + length(h))
-      print }'
-}
 
 host_apt "$work/apt"
 sources=()
@@ -128,7 +145,7 @@ mmdebstrap --quiet --mode=root --variant="$VARIANT" --format=directory \
   --customize-hook='rm -rf "$1"/var/log/apt/* "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
   --customize-hook='printf "%s\n" "# No sources: the image builds give the build host'"'"'s through APT_CONFIG." >"$1/etc/apt/sources.list"' \
   "$SUITE" "$work/rootfs" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1 || {
-  tail -n 40 "$work/mmdebstrap.log" | mask >&2
+  tail -n 40 "$work/mmdebstrap.log" | mask "$work/apt/hosts" >&2
   echo "image-base: mmdebstrap failed" >&2
   exit 1
 }

@@ -54,12 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # Shows a log with the host names of this machine's apt configuration masked.
-mask() {
-  awk -v f="$work/apt/hosts" 'BEGIN { while ((getline h < f) > 0) if (h != "") H[h] = 1 }
-    { for (h in H) while ((i = index($0, h)) > 0)
-        $0 = substr($0, 1, i - 1) "<apt-host>" substr($0, i + length(h))
-      print }'
-}
+mask() { scripts/image-base.sh --mask "$work/apt/hosts"; }
 
 # The host's Rust toolchain (the one rustup would pick in this directory).
 sysroot=$(rustc --print sysroot)
