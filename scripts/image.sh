@@ -19,7 +19,6 @@
 # Environment: OCFS2_CSI_IMAGE (repository, default localhost/ocfs2-csi),
 # STORAGE_DRIVER (e.g. vfs where overlay mounts are impossible).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 usage() { echo "usage: $0 [--save FILE]" >&2; exit 2; }
 save=""
@@ -30,6 +29,9 @@ while [ $# -gt 0 ]; do
     *) usage ;;
   esac
 done
+# relative to where the script was started
+[ -z "$save" ] || save=$(realpath -m -- "$save")
+cd "$(dirname "$0")/.."
 
 # RUN steps and the check run chrooted in their own namespaces, without an
 # OCI runtime or cgroups: crun refuses hosts with hybrid cgroups (v1
