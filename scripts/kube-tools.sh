@@ -19,7 +19,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${KUBE_TOOLS_BIN:-$root/.cache/kube/bin}
 JOBS=${KUBE_TOOLS_JOBS:-2}
-FLAGS=(-p "$JOBS" -trimpath -ldflags=-s\ -w)
+# The binaries are stripped (-s -w below), so the compiler need not make DWARF
+# either: less to compile, and a Go build cache about a third smaller.
+FLAGS=(-p "$JOBS" -trimpath -gcflags=all=-dwarf=false)
+# Bump when the way of building changes (flags below), to rebuild cached binaries.
+RECIPE=3
 mkdir -p "$BIN"
 
 # module dir -> "binary=package ..."
@@ -35,7 +39,7 @@ goversion=$(go env GOVERSION)
 
 key() { # module dir -> cache key
   { cat "$root/e2e/kube/$1/go.mod" "$root/e2e/kube/$1/go.sum"
-    echo "$goversion ${FLAGS[*]} ${TOOLS[$1]}"; } | sha256sum | cut -c1-16
+    echo "$goversion ${FLAGS[*]} recipe $RECIPE ${TOOLS[$1]}"; } | sha256sum | cut -c1-16
 }
 
 fresh() { # module dir -> 0 if every binary is there and the stamp matches
@@ -68,8 +72,20 @@ for m in "${ORDER[@]}"; do
   for t in ${TOOLS[$m]}; do
     name=${t%%=*} pkg=${t#*=}
     t0=$(date +%s)
-    echo "kube-tools: building $name ($(cd "$dir" && go list -f '{{.Module.Path}} {{.Module.Version}}' "$pkg"))"
-    (cd "$dir" && go build "${FLAGS[@]}" -o "$BIN/.$name.tmp" "$pkg")
+    read -r modpath version < <(cd "$dir" && go list -f '{{.Module.Path}} {{.Module.Version}}' "$pkg")
+    echo "kube-tools: building $name ($modpath $version)"
+    # Stamp the version the way the upstream release builds do, so that
+    # /version, --version and user agents say v1.37.1 rather than v0.0.0.
+    ldflags="-s -w"
+    case $modpath in
+      k8s.io/kubernetes)
+        minor=${version#v1.}; minor=${minor%%.*}
+        for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+          ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+        done ;;
+      github.com/kubernetes-csi/*) ldflags+=" -X main.version=$version" ;;
+    esac
+    (cd "$dir" && go build "${FLAGS[@]}" -ldflags="$ldflags" -o "$BIN/.$name.tmp" "$pkg")
     mv -f "$BIN/.$name.tmp" "$BIN/$name"
     secs=$(( $(date +%s) - t0 ))
     echo "kube-tools: built $name in $secs s ($(du -m "$BIN/$name" | cut -f1) MiB)"
