@@ -30,7 +30,8 @@ DIR=$(cd "$1" && pwd)
 BIN=${KUBE_TOOLS_BIN:-$root/.cache/kube/bin}
 TIMEOUT=${KUBE_UP_TIMEOUT:-120}
 CONTROLLERS=${KUBE_CONTROLLERS:-namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,persistentvolume-binder-controller,persistentvolume-expander-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller}
-t_start=$(date +%s.%N)
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
+t_start=$(ms)
 
 for b in etcd kube-apiserver kube-controller-manager; do
   [ -x "$BIN/$b" ] || { echo "kube-up: $BIN/$b is missing; run scripts/kube-tools.sh" >&2; exit 1; }
@@ -55,8 +56,19 @@ if [ -f "$DIR/env" ] && [ -f "$DIR/pids" ]; then
 fi
 rm -f "$DIR/env" "$DIR/pids"
 
+# Free loopback ports, all asked for in one go (one interpreter start: python3
+# may be a slow shim) and held together while asked, so they are distinct.
+PORTS=()
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  if [ ${#PORTS[@]} -eq 0 ]; then
+    read -r -a PORTS < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(8)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')
+  fi
+  PORT=${PORTS[0]}
+  PORTS=("${PORTS[@]:1}")
 }
 
 record() { # name pid
@@ -99,7 +111,7 @@ start() {
 }
 
 # ---- secrets: admin token, service-account signing key ----
-TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+TOKEN=$(openssl rand -hex 24)
 echo "$TOKEN,admin,admin-uid,system:masters" > "$DIR/tokens.csv"
 chmod 600 "$DIR/tokens.csv"
 [ -f "$DIR/sa.key" ] || openssl genrsa -out "$DIR/sa.key" 2048 2>/dev/null
@@ -109,7 +121,8 @@ chmod 600 "$DIR/tokens.csv"
 # A port taken between free_port and bind makes the process exit at once:
 # pick new ports and try again.
 for attempt in 1 2 3; do
-  ETCD_PORT=$(free_port) PEER_PORT=$(free_port)
+  free_port; ETCD_PORT=$PORT
+  free_port; PEER_PORT=$PORT
   ETCD=http://127.0.0.1:$ETCD_PORT
   start etcd "$DIR/etcd.log" \
     --name default --data-dir "$DIR/etcd" \
@@ -124,16 +137,16 @@ for attempt in 1 2 3; do
   echo "kube-up: etcd exited (port taken?), retrying" >&2
   sed -i "/^etcd $ETCD_PID /d" "$DIR/pids"
 done
-t_etcd=$(date +%s.%N)
+t_etcd=$(ms)
 
 # ---- kube-apiserver ----
 CA=$DIR/certs/apiserver.crt
 for attempt in 1 2 3; do
-  API_PORT=$(free_port)
+  free_port; API_PORT=$PORT
   SERVER=https://127.0.0.1:$API_PORT
   start kube-apiserver "$DIR/kube-apiserver.log" \
     --etcd-servers "$ETCD" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --allow-privileged=true \
     --secure-port "$API_PORT" --cert-dir "$DIR/certs" \
     --authorization-mode RBAC --token-auth-file "$DIR/tokens.csv" \
     --anonymous-auth=false \
@@ -153,7 +166,7 @@ for attempt in 1 2 3; do
   echo "kube-up: kube-apiserver port taken, retrying" >&2
   sed -i "/^kube-apiserver $API_PID /d" "$DIR/pids"
 done
-t_api=$(date +%s.%N)
+t_api=$(ms)
 
 cat > "$DIR/kubeconfig" <<EOF
 apiVersion: v1
@@ -180,7 +193,7 @@ chmod 600 "$DIR/kubeconfig"
 KCM_HEALTHZ=
 if [ "$CONTROLLERS" != none ]; then
   for attempt in 1 2 3; do
-    KCM_PORT=$(free_port)
+    free_port; KCM_PORT=$PORT
     KCM_HEALTHZ=https://127.0.0.1:$KCM_PORT/healthz
     start kube-controller-manager "$DIR/kube-controller-manager.log" \
       --kubeconfig "$DIR/kubeconfig" \
@@ -198,7 +211,7 @@ if [ "$CONTROLLERS" != none ]; then
     sed -i "/^kube-controller-manager $KCM_PID /d" "$DIR/pids"
   done
 fi
-t_kcm=$(date +%s.%N)
+t_kcm=$(ms)
 
 cat > "$DIR/env" <<EOF
 SERVER=$SERVER
@@ -219,7 +232,7 @@ if [ -n "${KUBE_UP_OWNER_PID:-}" ]; then
   echo "$!" > "$DIR/watchdog.pid"
 fi
 
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.1f}')" "$1" "$2"; }
+secs() { local d=$(( $2 - $1 )); printf '%d.%d' $(( d / 1000 )) $(( d % 1000 / 100 )); }
 echo "kube-up: ready at $SERVER in $(secs "$t_start" "$t_kcm") s" \
   "(etcd $(secs "$t_start" "$t_etcd") s, kube-apiserver $(secs "$t_etcd" "$t_api") s," \
   "kube-controller-manager $(secs "$t_api" "$t_kcm") s); kubeconfig: $DIR/kubeconfig"
