@@ -259,15 +259,7 @@ cmd_up() {
 	ip netns exec "$ns" ip link set lo up
 	log "namespace $ns, LUN $STATE/lun.raw ($lun_size, sparse), $n guest(s)"
 
-	local i t0 start=() mac api_fwd=""
-	# LAB_API_PORT: guests reach a Kubernetes API server listening on the
-	# host's loopback at that port as 10.0.2.100:6443. QEMU runs inside the
-	# lab's namespace, so each connection is relayed from the host's network
-	# namespace (PID 1's); nothing else leaves the lab.
-	if [ -n "${LAB_API_PORT:-}" ]; then
-		case "$LAB_API_PORT" in *[!0-9]*) err "LAB_API_PORT must be a port number"; exit 2 ;; esac
-		api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:nsenter --net=/proc/1/ns/net /usr/bin/busybox nc 127.0.0.1 $LAB_API_PORT"
-	fi
+	local i t0 start=() mac
 	t0=$(now)
 	for i in $(seq "$n"); do
 		mac=$(printf '%02x' "$i")
@@ -283,7 +275,7 @@ cmd_up() {
 			-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \
 			-netdev "socket,id=n0,mcast=230.0.0.1:$MCAST_PORT,localaddr=127.0.0.1" \
 			-device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$mac,romfile=" \
-			-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000$api_fwd" \
+			-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000" \
 			-device "virtio-net-pci,netdev=u0,mac=52:54:00:77:01:$mac,romfile=" \
 			-daemonize -pidfile "$STATE/node-$i.pid" \
 			>"$STATE/node-$i.qemu.log" 2>&1; then

@@ -14,8 +14,6 @@ pub struct Lab {
     pub nodes: usize,
     repo: PathBuf,
     state: PathBuf,
-    /// A host-loopback API server port the guests reach as 10.0.2.100:6443.
-    api_port: Option<u16>,
 }
 
 /// The repository root (where e2e/ lives).
@@ -27,21 +25,9 @@ impl Lab {
     /// Boots `nodes` guests with a fresh sparse LUN of `lun_size` (like
     /// "16G"); `name` keeps labs of different tests apart.
     pub fn up(name: &str, nodes: usize, lun_size: &str) -> Lab {
-        Lab::up_with_api(name, nodes, lun_size, None)
-    }
-
-    /// Like `up`; with `api_port`, the guests reach the Kubernetes API
-    /// server listening on the host's 127.0.0.1:`api_port` as
-    /// https://10.0.2.100:6443.
-    pub fn up_with_api(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>) -> Lab {
         let repo = repo();
         let state = repo.join(".cache/lab").join(name);
-        let lab = Lab {
-            nodes,
-            repo,
-            state,
-            api_port,
-        };
+        let lab = Lab { nodes, repo, state };
         let started = Instant::now();
         let out = lab
             .script()
@@ -67,9 +53,6 @@ impl Lab {
         cmd.env("LAB_STATE_DIR", &self.state)
             .env("OCFS2_CSI_BIN", super::binary())
             .stdin(Stdio::null());
-        if let Some(port) = self.api_port {
-            cmd.env("LAB_API_PORT", port.to_string());
-        }
         cmd
     }
 
