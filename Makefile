@@ -20,6 +20,7 @@ test: deps lint chart unit sanity
 deps:
 	scripts/deps.sh
 	scripts/chart-deps.sh
+	scripts/kube-tools.sh
 
 ## chart: helm lint, render, strict schema validation for Kubernetes 1.31-1.35, manifests fresh
 chart:

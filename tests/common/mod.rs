@@ -5,6 +5,7 @@
 //! through a loop device).
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod lab;
 
 use ocfs2_csi::csi::controller_client::ControllerClient;
