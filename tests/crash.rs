@@ -31,28 +31,6 @@ const MAX_KILL_DELAY_MS: u64 = 300;
 /// Fixed so a failure replays; CRASH_SEED overrides it to explore.
 const DEFAULT_SEED: u64 = 0x6f63_6673_3263_7369;
 
-/// xorshift64*: enough randomness for kill timing and op mixes, no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Op {
     Create { name: String, bytes: u64 },
@@ -105,58 +83,6 @@ async fn until_done(mut c: ControllerClient<Channel>, op: Op, log: String) -> Op
             ),
         }
     }
-}
-
-/// Pids of every process below `root`, from the parent field of /proc/*/stat.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command name may hold spaces and parentheses; fields after the
-        // last ')' are state, then parent pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree.split_off(1)
-}
-
-/// SIGKILLs the controller together with the tools it is running, as the
-/// death of its container would. A lone SIGKILL leaves mkfs.ocfs2 running on
-/// as an orphan, writing a partition the restarted controller works on too.
-/// Returns how many tools died with it.
-fn crash(ctl: &mut Controller) -> usize {
-    let pid = ctl.child.id();
-    // Stopped, it takes no further step and starts no further tool while its
-    // children are collected: the crash happens here.
-    let (ok, out) = run("kill", &["-STOP", &pid.to_string()]);
-    assert!(ok, "kill -STOP: {out}");
-    let tools = descendants(pid);
-    if !tools.is_empty() {
-        let pids: Vec<String> = tools.iter().map(u32::to_string).collect();
-        let args: Vec<&str> = ["-KILL"]
-            .into_iter()
-            .chain(pids.iter().map(String::as_str))
-            .collect();
-        run("kill", &args);
-    }
-    ctl.kill();
-    tools.len()
 }
 
 fn loops_on(lun: &Path) -> Vec<String> {

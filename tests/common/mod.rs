@@ -358,3 +358,117 @@ pub fn table_bytes(lun: &Path) -> Vec<u8> {
     head.extend(tail);
     head
 }
+
+/// xorshift64*: enough randomness for kill timing and op mixes, no crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+/// Pids of every process below `root`, from the parent field of /proc/*/stat.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses; fields after the
+        // last ')' are state, then parent pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.split_off(1)
+}
+
+/// SIGKILLs the controller together with the tools it is running, as the
+/// death of its container would. A lone SIGKILL leaves mkfs.ocfs2 running on
+/// as an orphan, writing a partition the restarted controller works on too.
+/// Returns how many tools died with it.
+pub fn crash(ctl: &mut Controller) -> usize {
+    let pid = ctl.child.id();
+    // Stopped, it takes no further step and starts no further tool while its
+    // children are collected: the crash happens here.
+    let (ok, out) = run("kill", &["-STOP", &pid.to_string()]);
+    assert!(ok, "kill -STOP: {out}");
+    let tools = descendants(pid);
+    if !tools.is_empty() {
+        let pids: Vec<String> = tools.iter().map(u32::to_string).collect();
+        let args: Vec<&str> = ["-KILL"]
+            .into_iter()
+            .chain(pids.iter().map(String::as_str))
+            .collect();
+        run("kill", &args);
+    }
+    ctl.kill();
+    tools.len()
+}
+
+/// A partition as `sgdisk -p` prints it: number, first and last sector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub number: u32,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The table as `sgdisk -p` reads it, independently of the driver's GPT
+/// code; also checks it has the 256 entries the driver writes.
+pub fn sgdisk_partitions(lun: &Path) -> Vec<Listed> {
+    let (ok, text) = run("sgdisk", &["-p", lun.to_str().unwrap()]);
+    assert!(ok, "sgdisk -p {}: {text}", lun.display());
+    assert!(
+        text.contains("Partition table holds up to 256 entries"),
+        "sgdisk -p: {text}"
+    );
+    // The rows end where sgdisk's warnings (about a damaged copy) begin.
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Number"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()));
+    let mut parts = Vec::new();
+    for line in rows {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let parsed = (w.len() >= 3)
+            .then(|| Some((w[0].parse().ok()?, w[1].parse().ok()?, w[2].parse().ok()?)))
+            .flatten();
+        let (number, first, last) =
+            parsed.unwrap_or_else(|| panic!("sgdisk -p row {line:?} in:\n{text}"));
+        parts.push(Listed {
+            number,
+            first,
+            last,
+        });
+    }
+    parts
+}
