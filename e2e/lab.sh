@@ -10,13 +10,16 @@
 #   e2e/lab.sh logs                          where the console logs are
 #   e2e/lab.sh ns                            the network namespace's name
 #   e2e/lab.sh crash NODE                    kill NODE's QEMU at once (power loss)
+#   e2e/lab.sh start NODE                    boot a crashed/powered-off NODE again
 #   e2e/lab.sh freeze|thaw NODE              pause/resume NODE's vCPU (QMP stop/cont):
 #                                            a hung node, as its peers see it
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
 # .cache/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
 # LAB_DOWN_TIMEOUT (30 s), LAB_MEM (768 MB), LAB_APPEND (extra kernel
-# arguments), LAB_KEEP_ON_FAIL=1 (leave the guests running when `up` fails).
+# arguments), LAB_KEEP_ON_FAIL=1 (leave the guests running when `up` fails),
+# LAB_API_PORT (at `up`: guests reach this port of the namespace's loopback
+# as 10.0.2.100:6443, for a Kubernetes API server the test relays there).
 #
 # Inside the namespace: node I's command agent is 127.0.0.1:(7100+I), its
 # port 10000 is 127.0.0.1:(10100+I); in the guests, eth0 is 192.168.77.(10+I)
@@ -244,7 +247,6 @@ cmd_up() {
 	fi
 
 	"$E2E/image.sh" "$IMAGE"
-	local kernel=$IMAGE/vmlinuz initrd=$IMAGE/initrd.img
 	command -v qemu-system-x86_64 >/dev/null || { err "qemu-system-x86_64 missing: run e2e/deps.sh"; exit 1; }
 
 	mkdir -p "$STATE"
@@ -259,36 +261,65 @@ cmd_up() {
 	ip netns exec "$ns" ip link set lo up
 	log "namespace $ns, LUN $STATE/lun.raw ($lun_size, sparse), $n guest(s)"
 
-	local i t0 start=() mac
-	t0=$(now)
-	for i in $(seq "$n"); do
-		mac=$(printf '%02x' "$i")
-		start[i]=$(now)
-		if ! ip netns exec "$ns" qemu-system-x86_64 \
-			-name "ocfs2lab-node$i" -accel tcg -cpu max -m "$MEM" -smp 1 \
-			-display none -monitor none -no-reboot \
-			-serial "file:$STATE/node-$i.console.log" \
-			-qmp "unix:$STATE/node-$i.qmp,server=on,wait=off" \
-			-kernel "$kernel" -initrd "$initrd" \
-			-append "console=ttyS0 panic=1 lab.name=node$i lab.ip=$SUBNET.$((10 + i))/24${LAB_APPEND:+ $LAB_APPEND}" \
-			-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off" \
-			-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \
-			-netdev "socket,id=n0,mcast=230.0.0.1:$MCAST_PORT,localaddr=127.0.0.1" \
-			-device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$mac,romfile=" \
-			-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000" \
-			-device "virtio-net-pci,netdev=u0,mac=52:54:00:77:01:$mac,romfile=" \
-			-daemonize -pidfile "$STATE/node-$i.pid" \
-			>"$STATE/node-$i.qemu.log" 2>&1; then
-			err "node$i: QEMU failed to start:"
-			sed 's/^/  /' "$STATE/node-$i.qemu.log" >&2
-			[ "${LAB_KEEP_ON_FAIL:-}" = 1 ] || cmd_down >/dev/null
-			exit 1
-		fi
-	done
+	# LAB_API_PORT: a port on the namespace's loopback where the test serves
+	# (relays) a Kubernetes API server; guests reach it as 10.0.2.100:6443.
+	# With restrict=on nothing else leaves the guests; the namespace keeps it
+	# all on this machine.
+	if [ -n "${LAB_API_PORT:-}" ]; then
+		case "$LAB_API_PORT" in '' | *[!0-9]*) err "LAB_API_PORT must be a port number"; exit 2 ;; esac
+		echo "$LAB_API_PORT" >"$STATE/api_port"
+	else
+		rm -f "$STATE/api_port"
+	fi
 
-	# Wait for every guest: LAB-READY on its console, then its agent answering.
+	local i t0
+	t0=$(now)
+	for i in $(seq "$n"); do boot_node "$i"; done
+	wait_booted $(seq "$n")
+	log "all $n guests up in $(elapsed "$t0") s"
+}
+
+# Starts node I's QEMU (daemonized) on the lab's LUN and networks; records
+# its start time in BOOT_START[I]. Exits (tearing the lab down unless
+# LAB_KEEP_ON_FAIL=1) when QEMU cannot start.
+declare -A BOOT_START=()
+boot_node() {
+	local i=$1 ns mac api_fwd="" api
+	ns=$(ns_name)
+	mac=$(printf '%02x' "$i")
+	api=$(cat "$STATE/api_port" 2>/dev/null || true)
+	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api"
+	rm -f "$STATE/node-$i.console.log" "$STATE/node-$i.qemu.log" "$STATE/node-$i.qmp"
+	BOOT_START[$i]=$(now)
+	if ! ip netns exec "$ns" qemu-system-x86_64 \
+		-name "ocfs2lab-node$i" -accel tcg -cpu max -m "$MEM" -smp 1 \
+		-display none -monitor none -no-reboot \
+		-serial "file:$STATE/node-$i.console.log" \
+		-qmp "unix:$STATE/node-$i.qmp,server=on,wait=off" \
+		-kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
+		-append "console=ttyS0 panic=1 lab.name=node$i lab.ip=$SUBNET.$((10 + i))/24${LAB_APPEND:+ $LAB_APPEND}" \
+		-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off" \
+		-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \
+		-netdev "socket,id=n0,mcast=230.0.0.1:$MCAST_PORT,localaddr=127.0.0.1" \
+		-device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$mac,romfile=" \
+		-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000$api_fwd" \
+		-device "virtio-net-pci,netdev=u0,mac=52:54:00:77:01:$mac,romfile=" \
+		-daemonize -pidfile "$STATE/node-$i.pid" \
+		>"$STATE/node-$i.qemu.log" 2>&1; then
+		err "node$i: QEMU failed to start:"
+		sed 's/^/  /' "$STATE/node-$i.qemu.log" >&2
+		[ "${LAB_KEEP_ON_FAIL:-}" = 1 ] || cmd_down >/dev/null
+		exit 1
+	fi
+}
+
+# Waits for the given nodes: LAB-READY on the console, then the agent
+# answering. A dead QEMU, a LAB-FAILED line or a timeout names the node and
+# the step, tears the lab down (unless LAB_KEEP_ON_FAIL=1) and exits 1.
+wait_booted() {
+	local i
 	local pending=() ready_t=() failed=() deadline=$((SECONDS + BOOT_TIMEOUT))
-	for i in $(seq "$n"); do pending+=("$i"); done
+	for i in "$@"; do pending+=("$i"); done
 	while [ ${#pending[@]} -gt 0 ]; do
 		local still=()
 		for i in "${pending[@]}"; do
@@ -305,14 +336,14 @@ cmd_up() {
 			fi
 			if [ -z "${ready_t[i]:-}" ]; then
 				if grep -q "^LAB-READY node$i" "$con" 2>/dev/null; then
-					ready_t[i]=$(elapsed "${start[i]}")
+					ready_t[i]=$(elapsed "${BOOT_START[$i]}")
 				else
 					still+=("$i")
 					continue
 				fi
 			fi
 			if agent_call "$i" 5 true >/dev/null 2>&1; then
-				log "node$i: ready in ${ready_t[i]} s (LAB-READY), agent answering at $(elapsed "${start[i]}") s"
+				log "node$i: ready in ${ready_t[i]} s (LAB-READY), agent answering at $(elapsed "${BOOT_START[$i]}") s"
 			else
 				still+=("$i")
 			fi
@@ -347,7 +378,6 @@ cmd_up() {
 		fi
 		exit 1
 	fi
-	log "all $n guests up in $(elapsed "$t0") s"
 }
 
 # QMP command (no arguments) to node I's monitor socket.
@@ -382,6 +412,21 @@ cmd_crash() {
 	log "node$i: QEMU pid $p killed (abrupt power loss)"
 }
 
+# Boots a node whose QEMU is gone (crashed or powered off) again, on the same
+# LUN and networks, and waits for it like `up` does.
+cmd_start() {
+	local i t0
+	i=$(node_index "${1:-}") || exit 2
+	if qemu_pid "$i" >/dev/null; then
+		err "node$i: QEMU is still running"
+		exit 1
+	fi
+	t0=$(now)
+	boot_node "$i"
+	wait_booted "$i"
+	log "node$i: up again in $(elapsed "$t0") s"
+}
+
 need_root() {
 	[ "$(id -u)" = 0 ] || { err "needs root (network namespaces)"; exit 1; }
 }
@@ -394,6 +439,7 @@ down) need_root; cmd_down ;;
 logs) cmd_logs ;;
 ns) ns_name ;;
 crash) shift; need_root; cmd_crash "$@" ;;
+start) shift; need_root; cmd_start "$@" ;;
 freeze | thaw)
 	need_root
 	i=$(node_index "${2:-}") || exit 2
@@ -404,7 +450,7 @@ freeze | thaw)
 	fi
 	;;
 *)
-	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
 	[ -n "${1:-}" ] && exit 2
 	exit 0
 	;;

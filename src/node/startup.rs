@@ -19,6 +19,7 @@ use crate::disk::lun_io::LunFile;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::Runner;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,8 +63,10 @@ impl Startup {
         }
         self.volumes.set_ready(None);
         tracing::info!(cluster = %self.cluster.name, node = %self.node_name, "node ready");
+        let mut live = cluster::live_nodes(&self.paths.debugfs).unwrap_or_default();
         loop {
             tokio::time::sleep(self.poll).await;
+            self.report_heartbeat(&mut live).await;
             match self.follow_members().await {
                 Ok(Some(report)) => tracing::info!(?report, "cluster membership updated"),
                 Ok(None) => {}
@@ -134,6 +137,39 @@ impl Startup {
         Ok(changed.then_some(report))
     }
 
+    /// Logs the members that stopped or resumed heartbeating since `before`
+    /// (then updated), by name where the membership source knows it: the
+    /// first thing an operator wants to see when a node dies or is cut off.
+    async fn report_heartbeat(&self, before: &mut BTreeSet<u8>) {
+        let Ok(now) = cluster::live_nodes(&self.paths.debugfs) else {
+            return;
+        };
+        let (lost, back) = heartbeat_changes(before, &now);
+        *before = now;
+        if lost.is_empty() && back.is_empty() {
+            return;
+        }
+        let members = self.members.members().await.unwrap_or_default();
+        let name = |n: u8| {
+            members
+                .iter()
+                .find(|m| m.number == n)
+                .map_or_else(|| "unknown".to_string(), |m| m.name.clone())
+        };
+        for n in lost {
+            tracing::warn!(
+                member = %name(n),
+                number = n,
+                dead_threshold = self.cluster.timeouts.dead_threshold,
+                "o2cb member stopped heartbeating: it is down or cut off; the cluster evicts it \
+                 after the dead threshold and recovers its locks, I/O that needs them waits until then"
+            );
+        }
+        for n in back {
+            tracing::info!(member = %name(n), number = n, "o2cb member heartbeating (joined or back)");
+        }
+    }
+
     /// Starts (or adopts) global heartbeat on `lun`'s heartbeat partition.
     async fn heartbeat(&self, lun: &Path) -> Result<(), JoinError> {
         let device = heartbeat_device(lun).await?;
@@ -174,6 +210,15 @@ impl Startup {
         }
         Ok(())
     }
+}
+
+/// Node numbers that stopped heartbeating and those that started, between
+/// two readings of the live set.
+fn heartbeat_changes(before: &BTreeSet<u8>, now: &BTreeSet<u8>) -> (Vec<u8>, Vec<u8>) {
+    (
+        before.difference(now).copied().collect(),
+        now.difference(before).copied().collect(),
+    )
 }
 
 /// Syncs `lun`'s kernel partitions and returns its heartbeat partition.
@@ -220,5 +265,31 @@ impl From<ClusterError> for JoinError {
         } else {
             JoinError::Retry(e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_changes_name_lost_and_returning_members() {
+        let set = |v: &[u8]| v.iter().copied().collect::<BTreeSet<u8>>();
+        assert_eq!(
+            heartbeat_changes(&set(&[0, 1, 2]), &set(&[0, 1, 2])),
+            (vec![], vec![])
+        );
+        assert_eq!(
+            heartbeat_changes(&set(&[0, 1, 2]), &set(&[0, 1])),
+            (vec![2], vec![])
+        );
+        assert_eq!(
+            heartbeat_changes(&set(&[0, 1]), &set(&[0, 1, 2])),
+            (vec![], vec![2])
+        );
+        assert_eq!(
+            heartbeat_changes(&set(&[0, 3]), &set(&[0, 4])),
+            (vec![3], vec![4])
+        );
     }
 }
