@@ -14,3 +14,4 @@ pub mod node;
 pub mod ocfs2;
 pub mod server;
 pub mod tools;
+pub mod vmdisk;

@@ -52,6 +52,9 @@ enum Mode {
         #[arg(long = "lun", required = true)]
         luns: Vec<PathBuf>,
     },
+    /// Run a command (a VM's hypervisor) holding an exclusive lock on its
+    /// disk image; exits 75 when another holder, maybe on another node, has it.
+    DiskLock(ocfs2_csi::vmdisk::DiskLockArgs),
 }
 
 #[derive(Args)]
@@ -194,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Controller(args) => run_controller(args).await,
         Mode::Node(args) => run_node(args).await,
         Mode::SyncPartitions { luns } => sync_partitions(&luns),
+        Mode::DiskLock(args) => std::process::exit(ocfs2_csi::vmdisk::main(args)),
     }
 }
 
