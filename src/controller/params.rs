@@ -46,13 +46,15 @@ impl VolumeParams {
         keys.sort();
         for key in keys {
             let value = params[key].as_str();
+            let shown_value = clip(value);
+            let shown_key = clip(key);
             match key.as_str() {
                 "nodeSlots" => {
                     p.slots = parse_number(key, value)
                         .filter(|n| (1..=u64::from(MAX_SLOTS)).contains(n))
                         .ok_or_else(|| {
                             format!(
-                                "nodeSlots {value:?} must be a whole number from 1 to {MAX_SLOTS}"
+                                "nodeSlots {shown_value:?} must be a whole number from 1 to {MAX_SLOTS}"
                             )
                         })? as u32;
                 }
@@ -64,34 +66,34 @@ impl VolumeParams {
                 }
                 "journalSize" => {
                     let size = parse_size(value).ok_or_else(|| {
-                        format!("journalSize {value:?} is not a size (like 64Mi or 128M)")
+                        format!("journalSize {shown_value:?} is not a size (like 64Mi or 128M)")
                     })?;
                     if !(MIN_JOURNAL..=MAX_JOURNAL).contains(&size) || size % MIB != 0 {
                         return Err(format!(
-                            "journalSize {value:?} must be whole MiB between 4Mi and 1Gi"
+                            "journalSize {shown_value:?} must be whole MiB between 4Mi and 1Gi"
                         ));
                     }
                     p.journal_size = Some(size);
                 }
                 "heartbeat" => {
                     p.heartbeat = HeartbeatMode::parse(value).ok_or_else(|| {
-                        format!("heartbeat {value:?} must be \"global\" or \"local\"")
+                        format!("heartbeat {shown_value:?} must be \"global\" or \"local\"")
                     })?;
                 }
                 "fsFeatures" => p.features = parse_features(value)?,
                 "lun" => {
                     if value.is_empty() || value.len() > 4096 || value.contains('\0') {
-                        return Err(format!("lun {value:?} is not a LUN path or disk GUID"));
+                        return Err(format!(
+                            "lun {shown_value:?} is not a LUN path or disk GUID"
+                        ));
                     }
                     p.lun = Some(value.to_string());
                 }
                 k if k.starts_with(KUBERNETES_PREFIX) => {}
-                other => {
-                    return Err(format!(
-                        "unknown parameter {other:?}; known: nodeSlots, clusterSize, blockSize, \
+                _ => return Err(format!(
+                    "unknown parameter {shown_key:?}; known: nodeSlots, clusterSize, blockSize, \
                          journalSize, heartbeat, fsFeatures, lun"
-                    ))
-                }
+                )),
             }
         }
         if let (Some(b), Some(c)) = (p.block_size, p.cluster_size) {
@@ -101,6 +103,15 @@ impl VolumeParams {
         }
         Ok(p)
     }
+}
+
+/// At most 64 characters of a caller's value, for messages.
+pub fn clip(value: &str) -> String {
+    if value.chars().count() <= 64 {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(64).collect();
+    format!("{head}... ({} bytes)", value.len())
 }
 
 fn parse_number(_key: &str, value: &str) -> Option<u64> {
@@ -130,7 +141,10 @@ fn power_of_two_size(key: &str, value: &str, min: u64, max: u64) -> Result<u64, 
     parse_size(value)
         .filter(|s| s.is_power_of_two() && (min..=max).contains(s))
         .ok_or_else(|| {
-            format!("{key} {value:?} must be a power of two from {min} to {max} bytes (like 4K)")
+            format!(
+                "{key} {:?} must be a power of two from {min} to {max} bytes (like 4K)",
+                clip(value)
+            )
         })
 }
 
@@ -140,8 +154,9 @@ fn parse_features(value: &str) -> Result<Vec<String>, String> {
         let name = item.strip_prefix("no").unwrap_or(item);
         if !ALLOWED_FEATURES.contains(&name) {
             return Err(format!(
-                "fsFeatures entry {item:?} is not allowed; allowed (each optionally \
+                "fsFeatures entry {:?} is not allowed; allowed (each optionally \
                  prefixed with \"no\"): {}",
+                clip(item),
                 ALLOWED_FEATURES.join(", ")
             ));
         }
@@ -161,9 +176,10 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
                 if !(m.fs_type.is_empty() || m.fs_type == "ocfs2") {
                     return Err(format!(
                         "fs_type {:?} is not supported; volumes are OCFS2",
-                        m.fs_type
+                        clip(&m.fs_type)
                     ));
                 }
+                crate::node::request::mount_options(&m.mount_flags).map_err(|e| e.to_string())?;
             }
             Some(AccessType::Block(_)) => {
                 return Err("raw block volumes are not supported yet; use a filesystem \

@@ -1,7 +1,7 @@
 //! The Controller gRPC service: unpacks requests, calls [`Volumes`], and maps
 //! each RPC's error to its status. No business logic lives here.
 
-use super::error::status;
+use super::error::{status, ExpandError};
 use super::volumes::{CreateRequest, VolumeInfo, Volumes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{rpc, Rpc, Type as CapType};
@@ -213,7 +213,12 @@ impl Controller for ControllerService {
     ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        let range = r.capacity_range.unwrap_or_default();
+        // REQUIRED by the spec: without it there is no size to grow to.
+        let Some(range) = r.capacity_range else {
+            return Err(status(ExpandError::InvalidArgument(
+                "capacity_range is required".into(),
+            )));
+        };
         let volumes = self.volumes.clone();
         let capacity = detached(async move {
             volumes

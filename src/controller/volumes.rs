@@ -473,7 +473,7 @@ impl Volumes {
         if let Some(cap) = capability {
             check_capabilities(std::slice::from_ref(cap)).map_err(ExpandError::InvalidArgument)?;
         }
-        let not_found = || ExpandError::NotFound(volume_id.to_string());
+        let not_found = || ExpandError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
         let _guard = self
@@ -542,7 +542,7 @@ impl Volumes {
             (0, 0)
         } else {
             parse_token(starting_token)
-                .ok_or_else(|| ListError::BadToken(starting_token.to_string()))?
+                .ok_or_else(|| ListError::BadToken(super::params::clip(starting_token)))?
         };
         let limit = if max_entries == 0 {
             usize::MAX
@@ -592,7 +592,7 @@ impl Volumes {
                 "volume_id must not be empty".into(),
             ));
         }
-        let not_found = || LookupError::NotFound(volume_id.to_string());
+        let not_found = || LookupError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
         let table = lun.read_table()?;
