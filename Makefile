@@ -44,7 +44,7 @@ sanity:
 	$(CARGO) test --no-run --all-targets
 	scripts/csi-sanity.sh
 
-## bench: latency and capacity figures (printed, never enforced)
+## bench: latency, capacity, throughput and heartbeat figures: tables printed, SVG charts in target/bench/ (never enforced)
 bench: deps
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/bench

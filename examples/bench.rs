@@ -1,34 +1,282 @@
-//! `make bench`: the real controller on a sparse file LUN. Prints CreateVolume
-//! latency and the usable capacity of fresh volumes as a table and as
-//! `BENCH ...` lines for scripts; it never fails on timing.
+//! `make bench`, host part: the real controller on a sparse file LUN.
+//!
+//! - CreateVolume latency by volume size (mkfs dominates);
+//! - usable capacity of a fresh volume (free bytes / requested bytes) and
+//!   partition overhead, by size and by node slots.
+//!
+//! Each figure is a table, an SVG chart in target/bench/ and `BENCH ...`
+//! lines for scripts. Printed, never enforced.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod figure;
 
 use common::*;
+use figure::{num, Chart, Report, Table};
+use ocfs2_csi::csi::controller_client::ControllerClient;
 use std::time::Instant;
+use tonic::transport::Channel;
 
-const SLOTS: u32 = 16;
-const SIZES_GIB: &[u64] = &[1, 10, 100];
-const RUNS: usize = 5;
+const SIZES_GIB: &[u64] = &[1, 4, 16, 64, 256];
+const SLOTS: &[u32] = &[4, 8, 16, 32];
+/// Node slots for the latency figure (the driver's default).
+const LATENCY_SLOTS: u32 = 16;
+const RUNS: usize = 3;
 /// Room for the largest volume with its overhead; sparse, so only what mkfs
-/// writes takes disk space.
-const LUN_BYTES: u64 = 160 * GIB;
+/// writes takes disk space (and DeleteVolume discards it again).
+const LUN_BYTES: u64 = 300 * GIB;
+
+type Client = ControllerClient<Channel>;
+
+struct Latency {
+    gib: u64,
+    /// Sorted milliseconds.
+    create: Vec<f64>,
+    delete: Vec<f64>,
+}
 
 struct Capacity {
     gib: u64,
+    slots: u32,
     partition: u64,
     free: u64,
     reported: u64,
 }
 
-fn one_line(program: &str, args: &[&str]) -> String {
-    let (_, out) = run(program, args);
-    out.trim().to_string()
+impl Capacity {
+    fn requested(&self) -> u64 {
+        self.gib * GIB
+    }
+    fn ratio(&self) -> f64 {
+        self.free as f64 / self.requested() as f64
+    }
+    fn overhead_pct(&self) -> f64 {
+        (self.partition - self.requested()) as f64 * 100.0 / self.requested() as f64
+    }
+}
+
+fn request(name: &str, bytes: u64, slots: u32) -> ocfs2_csi::csi::CreateVolumeRequest {
+    let mut r = create_request(name, bytes);
+    r.parameters.insert("nodeSlots".into(), slots.to_string());
+    r
+}
+
+/// CreateVolume and DeleteVolume latency: each size created and deleted
+/// `RUNS` times on the same LUN.
+async fn latency(c: &mut Client) -> Vec<Latency> {
+    let mut out = Vec::new();
+    for &gib in SIZES_GIB {
+        let (mut create, mut delete) = (Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            let t = Instant::now();
+            let v = c
+                .create_volume(request(
+                    &format!("bench-{gib}g-{run}"),
+                    gib * GIB,
+                    LATENCY_SLOTS,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap();
+            create.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
+            delete.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        create.sort_by(f64::total_cmp);
+        delete.sort_by(f64::total_cmp);
+        out.push(Latency {
+            gib,
+            create,
+            delete,
+        });
+    }
+    out
+}
+
+/// Usable capacity: what a fresh filesystem offers (debugfs' global bitmap)
+/// for each size and slot count.
+async fn capacity(c: &mut Client, lun: &std::path::Path) -> Vec<Capacity> {
+    let mut out = Vec::new();
+    for &slots in SLOTS {
+        for &gib in SIZES_GIB {
+            let v = c
+                .create_volume(request(&format!("cap-{gib}g-{slots}"), gib * GIB, slots))
+                .await
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap();
+            let part = partition_by_guid(lun, &v.volume_context["partitionGuid"]);
+            out.push(Capacity {
+                gib,
+                slots,
+                partition: part.bytes(),
+                free: fs_free_bytes(lun, &part),
+                reported: v.capacity_bytes as u64,
+            });
+            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
+        }
+    }
+    out
+}
+
+fn report_latency(r: &mut Report, lat: &[Latency]) {
+    let mut t = Table::new(
+        "CreateVolume latency by size (host, real controller)",
+        &[
+            "size",
+            "create min ms",
+            "create median ms",
+            "create max ms",
+            "delete median ms",
+        ],
+    )
+    .note(format!(
+        "{RUNS} runs per size, nodeSlots={LATENCY_SLOTS}, each volume deleted before the next; \
+         LUN: {} GiB sparse file",
+        LUN_BYTES / GIB
+    ));
+    for l in lat {
+        let c = &l.create;
+        t.row(vec![
+            format!("{} GiB", l.gib),
+            num(c[0]),
+            num(c[c.len() / 2]),
+            num(c[c.len() - 1]),
+            num(l.delete[l.delete.len() / 2]),
+        ]);
+    }
+    r.table(&t);
+    let points = |f: &dyn Fn(&Latency) -> f64| -> Vec<(f64, f64)> {
+        lat.iter().map(|l| (l.gib as f64, f(l))).collect()
+    };
+    r.chart(
+        &Chart::lines(
+            "create-latency",
+            "CreateVolume latency by size",
+            "requested size (GiB)",
+            "milliseconds",
+            true,
+        )
+        .series("create, median", points(&|l| l.create[l.create.len() / 2]))
+        .series("create, max", points(&|l| l.create[l.create.len() - 1]))
+        .series("delete, median", points(&|l| l.delete[l.delete.len() / 2])),
+    );
+}
+
+fn report_capacity(r: &mut Report, cap: &[Capacity]) {
+    let mut t = Table::new(
+        "Usable capacity of a fresh volume, by size and node slots",
+        &[
+            "size",
+            "slots",
+            "requested",
+            "partition",
+            "free (debugfs)",
+            "reported",
+            "usable/requested",
+            "overhead %",
+            "goal",
+        ],
+    )
+    .note("usable = free bytes of the fresh filesystem's global bitmap; overhead = partition bytes beyond the request")
+    .note("Goal: usable/requested >= 1.0; overhead < 3% from 10 GiB up");
+    for c in cap {
+        let marker = match (c.ratio() >= 1.0, c.gib < 10 || c.overhead_pct() < 3.0) {
+            (true, true) => "PASS",
+            (false, true) => "MISS (ratio)",
+            (true, false) => "MISS (overhead)",
+            (false, false) => "MISS (ratio, overhead)",
+        };
+        t.row(vec![
+            format!("{} GiB", c.gib),
+            c.slots.to_string(),
+            c.requested().to_string(),
+            c.partition.to_string(),
+            c.free.to_string(),
+            c.reported.to_string(),
+            format!("{:.4}", c.ratio()),
+            format!("{:.3}", c.overhead_pct()),
+            marker.into(),
+        ]);
+    }
+    r.table(&t);
+    let by_slots = |f: fn(&Capacity) -> f64, chart: Chart| -> Chart {
+        SLOTS.iter().fold(chart, |chart, &slots| {
+            let points = cap
+                .iter()
+                .filter(|c| c.slots == slots)
+                .map(|c| (c.gib as f64, f(c)))
+                .collect();
+            chart.series(&format!("{slots} node slots"), points)
+        })
+    };
+    r.chart(&by_slots(
+        Capacity::overhead_pct,
+        Chart::lines(
+            "capacity-overhead",
+            "Partition overhead by size and node slots",
+            "requested size (GiB)",
+            "overhead (% of requested)",
+            true,
+        )
+        .goal(3.0, "goal: < 3% from 10 GiB"),
+    ));
+    r.chart(&by_slots(
+        Capacity::ratio,
+        Chart::lines(
+            "capacity-ratio",
+            "Usable bytes / requested bytes by size and node slots",
+            "requested size (GiB)",
+            "usable / requested",
+            true,
+        )
+        .goal(1.0, "goal: >= 1.0"),
+    ));
+}
+
+fn machine_lines(r: &Report, lat: &[Latency], cap: &[Capacity]) {
+    println!();
+    for l in lat {
+        let t = &l.create;
+        println!(
+            "BENCH create_ms size={}GiB slots={LATENCY_SLOTS} runs={} min={:.1} median={:.1} max={:.1}",
+            l.gib,
+            t.len(),
+            t[0],
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
+    }
+    for c in cap {
+        println!(
+            "BENCH capacity size={}GiB slots={} requested={} partition={} free={} \
+             reported={} ratio={:.4} overhead_pct={:.3}",
+            c.gib,
+            c.slots,
+            c.requested(),
+            c.partition,
+            c.free,
+            c.reported,
+            c.ratio(),
+            c.overhead_pct()
+        );
+    }
+    let m = &r.machine;
+    println!(
+        "BENCH machine host={} cores={} kernel={} cpu={:?}",
+        m.host, m.cores, m.kernel, m.cpu
+    );
 }
 
 #[tokio::main]
 async fn main() {
+    let mut report = Report::new();
+    println!("\nocfs2-csi controller benchmark (host)");
+    println!("{}", report.machine.line());
     let dir = tempfile::Builder::new()
         .prefix("ocfs2-csi-bench")
         .tempdir()
@@ -36,120 +284,16 @@ async fn main() {
     let lun = sparse_lun(dir.path(), "lun.raw", LUN_BYTES);
     let ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
     let mut c = ctl.client().await;
-    let request = |name: &str, bytes: u64| {
-        let mut r = create_request(name, bytes);
-        r.parameters.insert("nodeSlots".into(), SLOTS.to_string());
-        r
-    };
 
-    // CreateVolume latency: mkfs dominates, so each size is created and
-    // deleted RUNS times on the same LUN.
-    let mut latency = Vec::new();
-    for &gib in SIZES_GIB {
-        let mut times = Vec::new();
-        for run in 0..RUNS {
-            let started = Instant::now();
-            let v = c
-                .create_volume(request(&format!("bench-{gib}g-{run}"), gib * GIB))
-                .await
-                .unwrap()
-                .into_inner()
-                .volume
-                .unwrap();
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
-        }
-        times.sort_by(f64::total_cmp);
-        latency.push((gib, times));
-    }
+    let t = Instant::now();
+    let lat = latency(&mut c).await;
+    println!("latency measured in {:.0} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let cap = capacity(&mut c, &lun).await;
+    println!("capacity measured in {:.0} s", t.elapsed().as_secs_f64());
 
-    // Usable capacity: bytes a fresh filesystem offers per byte requested.
-    let mut capacity = Vec::new();
-    for &gib in SIZES_GIB {
-        let v = c
-            .create_volume(request(&format!("cap-{gib}g"), gib * GIB))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap();
-        let part = partition_by_guid(&lun, &v.volume_context["partitionGuid"]);
-        capacity.push(Capacity {
-            gib,
-            partition: part.bytes(),
-            free: fs_free_bytes(&lun, &part),
-            reported: v.capacity_bytes as u64,
-        });
-        c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
-    }
-
-    let host = one_line("hostname", &[]);
-    let cpus = one_line("nproc", &[]);
-    let kernel = one_line("uname", &["-r"]);
-    println!("\nocfs2-csi controller benchmark");
-    println!("machine: {host}, {cpus} CPUs, kernel {kernel}; shared and noisy, so compare ratios, not absolute times");
-    println!(
-        "LUN: {} GiB sparse file; node slots: {SLOTS}\n",
-        LUN_BYTES / GIB
-    );
-    println!("CreateVolume latency ({RUNS} runs each, delete in between)");
-    println!(
-        "{:>8} {:>10} {:>10} {:>10}",
-        "size", "min ms", "median ms", "max ms"
-    );
-    for (gib, t) in &latency {
-        let (min, median, max) = (t[0], t[t.len() / 2], t[t.len() - 1]);
-        println!(
-            "{:>8} {min:>10.1} {median:>10.1} {max:>10.1}",
-            format!("{gib}GiB")
-        );
-    }
-    println!("\nUsable capacity of a fresh volume");
-    println!("Goal: ratio >= 1.0; partition overhead < 3% at >= 10 GiB");
-    println!(
-        "{:>8} {:>16} {:>16} {:>16} {:>8} {:>10}  goal",
-        "size", "requested", "partition", "free", "ratio", "overhead"
-    );
-    for r in &capacity {
-        let requested = r.gib * GIB;
-        let ratio = r.free as f64 / requested as f64;
-        let overhead = (r.partition - requested) as f64 * 100.0 / requested as f64;
-        // The overhead goal only applies from 10 GiB up.
-        let marker = match (ratio >= 1.0, r.gib < 10 || overhead < 3.0) {
-            (true, true) => "PASS",
-            (false, true) => "MISS (ratio)",
-            (true, false) => "MISS (overhead)",
-            (false, false) => "MISS (ratio, overhead)",
-        };
-        println!(
-            "{:>8} {requested:>16} {:>16} {:>16} {ratio:>8.4} {overhead:>9.3}%  {marker}",
-            format!("{}GiB", r.gib),
-            r.partition,
-            r.free,
-        );
-    }
-    println!();
-    for (gib, t) in &latency {
-        println!(
-            "BENCH create_ms size={gib}GiB slots={SLOTS} runs={} min={:.1} median={:.1} max={:.1}",
-            t.len(),
-            t[0],
-            t[t.len() / 2],
-            t[t.len() - 1]
-        );
-    }
-    for r in &capacity {
-        let requested = r.gib * GIB;
-        println!(
-            "BENCH capacity size={}GiB slots={SLOTS} requested={requested} partition={} free={} \
-             reported={} ratio={:.4} overhead_pct={:.3}",
-            r.gib,
-            r.partition,
-            r.free,
-            r.reported,
-            r.free as f64 / requested as f64,
-            (r.partition - requested) as f64 * 100.0 / requested as f64
-        );
-    }
-    println!("BENCH machine host={host} nproc={cpus} kernel={kernel}");
+    report_latency(&mut report, &lat);
+    report_capacity(&mut report, &cap);
+    machine_lines(&report, &lat, &cap);
+    report.finish();
 }

@@ -1,32 +1,59 @@
-//! `make bench`, lab part: node-side latencies on real OCFS2 kernels.
+//! `make bench`, lab part: node-side figures on real OCFS2 kernels (three
+//! QEMU TCG guests, 1 vCPU each, sharing one LUN file).
 //!
-//! - NodeStageVolume latency (p50/p95 of repeated stage+unstage on one
-//!   guest), with global heartbeat and, in a second lab, local heartbeat;
+//! Global-heartbeat lab:
+//! - NodeStageVolume latency (repeated stage+unstage on one guest);
 //! - NodeExpandVolume duration by the number of guests that have the volume
-//!   mounted (1, 2, 3): the first call grows, the others are no-ops.
+//!   mounted (1, 2, 3): the first call grows, the others are no-ops;
+//! - throughput on an OCFS2 volume against the raw partition of a second,
+//!   never-mounted volume: same guest, same tool (busybox dd, O_DIRECT);
+//! - heartbeat I/O of one node as its mounted volumes grow in number.
 //!
-//! Printed, never enforced. Times are TCG guests on a shared machine: not
-//! production figures; compare the two heartbeat modes and the growth curve.
+//! Local-heartbeat lab: the stage latency and heartbeat I/O again.
+//!
+//! Each figure is a table and an SVG chart in target/bench/. Printed, never
+//! enforced: absolute times in TCG guests are not production figures.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod figure;
 
 use common::lab::*;
 use common::*;
+use figure::{num, percentile, Chart, Report, Table};
+use futures::StreamExt;
 use ocfs2_csi::csi::*;
 use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
 
 const CLUSTER: &str = "testclu"; // the name the test harness gives the controller
-const STAGES: usize = 10;
+const LAB_LUN: &str = "32G";
+const GLOBAL_STAGES: usize = 10;
+/// Each local-heartbeat stage waits ~10 s for its region: fewer rounds.
+const LOCAL_STAGES: usize = 5;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+/// Sequential I/O per guest: SEQ_BLOCKS blocks of 4 MiB (256 MiB).
+const BLOCK: u64 = 4 * MIB;
+const SEQ_BLOCKS: u64 = 64;
+/// Random 4 KiB writes per guest, one `dd` process each.
+const RAND_WRITES: usize = 200;
+
+/// Mounted volumes on node1 for the heartbeat figure.
+const HB_COUNTS: &[usize] = &[1, 10, 40];
+/// If mounting up to the next count would take longer than this (local
+/// heartbeat: ~10 s a mount in TCG), stop at HB_FALLBACK instead.
+const HB_BUDGET_SECS: f64 = 150.0;
+const HB_FALLBACK: usize = 20;
+const HB_IDLE_SECS: u64 = 20;
+const HB_STAGE_PARALLEL: usize = 4;
+
+type Rt = Runtime;
+
+// --- the lab -----------------------------------------------------------------
 
 /// Boots a lab, starts the controller and three node plugins in `mode`.
-fn cluster(rt: &tokio::runtime::Runtime, name: &str, mode: &str) -> (Lab, Controller) {
-    let lab = Lab::up(name, 3, "16G");
+fn cluster(rt: &Rt, name: &str, mode: &str) -> (Lab, Controller) {
+    let lab = Lab::up(name, 3, LAB_LUN);
     let dir = tempfile::tempdir().unwrap().keep();
     let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &dir));
     lab.write_members(&[1, 2, 3]);
@@ -52,29 +79,27 @@ fn cluster(rt: &tokio::runtime::Runtime, name: &str, mode: &str) -> (Lab, Contro
     (lab, controller)
 }
 
-fn create(
-    rt: &tokio::runtime::Runtime,
-    c: &Controller,
-    name: &str,
-    bytes: u64,
-    mode: &str,
-) -> Volume {
+fn create(rt: &Rt, c: &Controller, name: &str, bytes: u64, params: &[(&str, &str)]) -> Volume {
     let mut req = create_request(name, bytes);
-    req.parameters.insert("heartbeat".into(), mode.into());
+    for (k, v) in params {
+        req.parameters.insert(k.to_string(), v.to_string());
+    }
     rt.block_on(async { c.client().await.create_volume(req).await })
-        .unwrap()
+        .unwrap_or_else(|e| panic!("create {name}: {e:?}"))
         .into_inner()
         .volume
         .unwrap()
 }
 
-/// Stage + unstage `STAGES` times on node1; sorted stage latencies (s).
-fn stage_latencies(rt: &tokio::runtime::Runtime, lab: &Lab, v: &Volume) -> Vec<f64> {
+// --- NodeStageVolume latency ---------------------------------------------------
+
+/// Stage + unstage `rounds` times on node1; sorted stage latencies (s).
+fn stage_latencies(rt: &Rt, lab: &Lab, v: &Volume, rounds: usize) -> Vec<f64> {
     lab.must(1, &format!("mkdir -p {}", staging(v)));
     let mut times: Vec<f64> = rt.block_on(async {
         let mut n = lab.node_client(1).await;
         let mut times = Vec::new();
-        for _ in 0..STAGES {
+        for _ in 0..rounds {
             let t = Instant::now();
             n.node_stage_volume(stage_request(v, &staging(v)))
                 .await
@@ -93,99 +118,693 @@ fn stage_latencies(rt: &tokio::runtime::Runtime, lab: &Lab, v: &Volume) -> Vec<f
     times
 }
 
-fn main() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("\nocfs2-csi node benchmark (lab: 3 TCG guests, 1 vCPU each)");
+fn report_stage(r: &mut Report, global: &[f64], local: &[f64]) {
+    let mut t = Table::new(
+        "NodeStageVolume latency, global vs local heartbeat",
+        &[
+            "heartbeat",
+            "rounds",
+            "p50 (s)",
+            "p95 (s)",
+            "min (s)",
+            "max (s)",
+        ],
+    )
+    .note("stage+unstage rounds on one guest; the node plugin in the same mode as the volume")
+    .note("Goal: p50 < 1 s with global heartbeat");
+    for (mode, s) in [("global", global), ("local", local)] {
+        t.row(vec![
+            mode.into(),
+            s.len().to_string(),
+            num(percentile(s, 0.5)),
+            num(percentile(s, 0.95)),
+            num(s[0]),
+            num(s[s.len() - 1]),
+        ]);
+    }
+    r.table(&t);
+    let ratio = percentile(local, 0.5) / percentile(global, 0.5);
+    let p50 = percentile(global, 0.5);
     println!(
-        "machine: {}, {cpus} CPUs; TCG guests on a shared machine: not production figures, compare ratios",
-        host.trim()
+        "local/global p50 ratio: {}; global p50 goal (< 1 s): {}",
+        num(ratio),
+        if p50 < 1.0 { "met" } else { "not met" }
     );
-
-    println!("\n[global heartbeat]");
-    let (lab, controller) = cluster(&rt, "bench-global", "global");
-    let v = create(&rt, &controller, "bench-stage", GIB, "global");
-    let global = stage_latencies(&rt, &lab, &v);
-
-    // Growth by number of nodes mounted: mount on one more guest each round.
-    let grow = create(&rt, &controller, "bench-grow", 2 * GIB, "global");
-    let mut growth = Vec::new();
-    for nodes in 1..=3usize {
-        rt.block_on(stage_and_publish(&lab, nodes, &grow));
-        let bytes = (2 + nodes as u64) * GIB;
-        rt.block_on(async {
-            controller
-                .client()
-                .await
-                .controller_expand_volume(expand_request(&grow.volume_id, bytes))
-                .await
-        })
-        .unwrap();
-        let (first, rest) = rt.block_on(async {
-            let t = Instant::now();
-            lab.node_client(1)
-                .await
-                .node_expand_volume(expand_req(&grow))
-                .await
-                .unwrap();
-            let first = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            for node in 2..=nodes {
-                lab.node_client(node)
-                    .await
-                    .node_expand_volume(expand_req(&grow))
-                    .await
-                    .unwrap();
-            }
-            (first, t.elapsed().as_secs_f64() / (nodes.max(2) - 1) as f64)
-        });
-        growth.push((nodes, first, if nodes > 1 { Some(rest) } else { None }));
-    }
-    drop(controller);
-    drop(lab);
-
-    println!("\n[local heartbeat]");
-    let (lab, controller) = cluster(&rt, "bench-local", "local");
-    let v = create(&rt, &controller, "bench-stage-local", GIB, "local");
-    let local = stage_latencies(&rt, &lab, &v);
-    drop(controller);
-    drop(lab);
-
-    println!("\nNodeStageVolume latency, {STAGES} stage+unstage rounds on one guest");
-    println!("Goal: p50 < 1 s with global heartbeat");
-    println!("| heartbeat | p50 (s) | p95 (s) | min (s) | max (s) |");
-    println!("|---|---|---|---|---|");
-    for (mode, t) in [("global", &global), ("local", &local)] {
-        println!(
-            "| {mode} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            percentile(t, 0.5),
-            percentile(t, 0.95),
-            t[0],
-            t[t.len() - 1]
-        );
-    }
-    println!(
-        "local/global p50 ratio: {:.1}",
-        percentile(&local, 0.5) / percentile(&global, 0.5)
+    r.chart(
+        &Chart::bars(
+            "stage-latency",
+            "NodeStageVolume latency by heartbeat mode",
+            "seconds",
+            &["global heartbeat", "local heartbeat"],
+        )
+        .bar_series("p50", &[percentile(global, 0.5), percentile(local, 0.5)])
+        .bar_series("p95", &[percentile(global, 0.95), percentile(local, 0.95)])
+        .goal(1.0, "goal: global p50 < 1 s"),
     );
-    println!("\nNodeExpandVolume (global heartbeat), 1 GiB more each round");
-    println!("| nodes mounted | grow call (s) | no-op calls on the others, each (s) |");
-    println!("|---|---|---|");
-    for (nodes, first, rest) in &growth {
-        println!(
-            "| {nodes} | {first:.2} | {} |",
-            rest.map_or("-".into(), |r| format!("{r:.2}"))
-        );
-    }
-    for (mode, t) in [("global", &global), ("local", &local)] {
+    for (mode, t) in [("global", global), ("local", local)] {
         println!(
             "BENCH node_stage heartbeat={mode} p50_s={:.3} p95_s={:.3}",
             percentile(t, 0.5),
             percentile(t, 0.95)
         );
     }
-    for (nodes, first, _) in &growth {
-        println!("BENCH node_expand nodes={nodes} seconds={first:.3}");
+}
+
+// --- online growth by nodes mounted --------------------------------------------
+
+struct Growth {
+    nodes: usize,
+    /// The NodeExpandVolume call that grows (s).
+    grow: f64,
+    /// Each no-op call on the other nodes (s).
+    noop: Option<f64>,
+}
+
+/// Mounts the volume on one more guest each round, grows it 1 GiB and times
+/// NodeExpandVolume on node1 (the grow) and on the others (no-ops).
+fn growth_by_nodes(rt: &Rt, lab: &Lab, controller: &Controller) -> Vec<Growth> {
+    let v = create(rt, controller, "bench-grow", 2 * GIB, &[]);
+    let mut out = Vec::new();
+    for nodes in 1..=3usize {
+        rt.block_on(stage_and_publish(lab, nodes, &v));
+        let bytes = (2 + nodes as u64) * GIB;
+        rt.block_on(async {
+            controller
+                .client()
+                .await
+                .controller_expand_volume(expand_request(&v.volume_id, bytes))
+                .await
+        })
+        .unwrap();
+        let (grow, rest) = rt.block_on(async {
+            let t = Instant::now();
+            lab.node_client(1)
+                .await
+                .node_expand_volume(expand_req(&v))
+                .await
+                .unwrap();
+            let grow = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for node in 2..=nodes {
+                lab.node_client(node)
+                    .await
+                    .node_expand_volume(expand_req(&v))
+                    .await
+                    .unwrap();
+            }
+            (grow, t.elapsed().as_secs_f64() / (nodes.max(2) - 1) as f64)
+        });
+        out.push(Growth {
+            nodes,
+            grow,
+            noop: (nodes > 1).then_some(rest),
+        });
     }
+    // Off node1 again, so the heartbeat figure counts only its own mounts.
+    rt.block_on(unpublish_and_unstage(lab, 1, &v));
+    out
+}
+
+fn report_growth(r: &mut Report, growth: &[Growth]) {
+    let mut t = Table::new(
+        "Online growth (NodeExpandVolume, global heartbeat) by nodes mounted",
+        &[
+            "nodes mounted",
+            "grow call (s)",
+            "no-op call on each other node (s)",
+        ],
+    )
+    .note("1 GiB more each round; node1 grows once every node with the volume sees the bigger partition");
+    for g in growth {
+        t.row(vec![
+            g.nodes.to_string(),
+            num(g.grow),
+            g.noop.map_or("-".into(), num),
+        ]);
+    }
+    r.table(&t);
+    r.chart(
+        &Chart::lines(
+            "growth-by-nodes",
+            "Online growth duration by nodes mounted (global heartbeat)",
+            "nodes with the volume mounted",
+            "seconds",
+            false,
+        )
+        .series(
+            "grow call (node1)",
+            growth.iter().map(|g| (g.nodes as f64, g.grow)).collect(),
+        )
+        .series(
+            "no-op call, each other node",
+            growth
+                .iter()
+                .filter_map(|g| Some((g.nodes as f64, g.noop?)))
+                .collect(),
+        ),
+    );
+    for g in growth {
+        println!("BENCH node_expand nodes={} seconds={:.3}", g.nodes, g.grow);
+    }
+}
+
+// --- throughput: OCFS2 against the raw partition --------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    SeqWrite,
+    SeqOverwrite,
+    SeqRead,
+    RandWrite,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::SeqWrite => "sequential write, new file",
+            Op::SeqOverwrite => "sequential overwrite",
+            Op::SeqRead => "sequential read",
+            Op::RandWrite => "random 4 KiB write",
+        }
+    }
+}
+
+struct Io {
+    op: Op,
+    guests: usize,
+    /// MiB/s for sequential, writes/s for random (aggregate over guests).
+    ocfs2: f64,
+    raw: f64,
+}
+
+impl Io {
+    fn ratio(&self) -> f64 {
+        self.ocfs2 / self.raw
+    }
+    fn unit(&self) -> &'static str {
+        if self.op == Op::RandWrite {
+            "writes/s"
+        } else {
+            "MiB/s"
+        }
+    }
+}
+
+/// Offsets (in 4 KiB blocks) inside one 256 MiB region, the same for OCFS2
+/// and raw: a fixed linear congruential sequence.
+fn random_blocks() -> Vec<u64> {
+    let blocks = SEQ_BLOCKS * BLOCK / 4096;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..RAND_WRITES)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % blocks
+        })
+        .collect()
+}
+
+/// Where a guest writes: a file of its own on the mounted OCFS2 volume, or
+/// region `$i` (256 MiB) of the raw partition. `$i` is 0 for the one-guest
+/// runs and the guest's number for the three-guest runs.
+enum Target {
+    Fs(String),
+    Raw(String),
+}
+
+/// The shell command for `op` on `target` (busybox dd; `$i` set before).
+fn io_command(op: Op, target: &Target) -> String {
+    let n = SEQ_BLOCKS;
+    let offsets: Vec<String> = random_blocks().iter().map(|o| o.to_string()).collect();
+    let per_region = n * BLOCK / 4096;
+    match (op, target) {
+        (Op::SeqWrite, Target::Fs(d)) => format!(
+            "dd if=/dev/zero of={d}/io-$i bs=4M count={n} oflag=direct conv=fsync || exit 1"
+        ),
+        (Op::SeqOverwrite, Target::Fs(d)) => format!(
+            "dd if=/dev/zero of={d}/io-$i bs=4M count={n} oflag=direct conv=fsync,notrunc \
+             || exit 1"
+        ),
+        (Op::SeqWrite | Op::SeqOverwrite, Target::Raw(dev)) => format!(
+            "dd if=/dev/zero of={dev} bs=4M count={n} seek=$((i*{n})) oflag=direct \
+             conv=fsync,notrunc || exit 1"
+        ),
+        (Op::SeqRead, Target::Fs(d)) => {
+            format!("dd if={d}/io-$i of=/dev/null bs=4M count={n} iflag=direct || exit 1")
+        }
+        (Op::SeqRead, Target::Raw(dev)) => format!(
+            "dd if={dev} of=/dev/null bs=4M count={n} skip=$((i*{n})) iflag=direct || exit 1"
+        ),
+        (Op::RandWrite, Target::Fs(d)) => format!(
+            "for o in {}; do dd if=/dev/zero of={d}/io-$i bs=4k count=1 seek=$o \
+             oflag=direct conv=notrunc 2>/dev/null || exit 1; done",
+            offsets.join(" ")
+        ),
+        (Op::RandWrite, Target::Raw(dev)) => format!(
+            "for o in {}; do dd if=/dev/zero of={dev} bs=4k count=1 \
+             seek=$((i*{per_region}+o)) oflag=direct conv=notrunc 2>/dev/null || exit 1; done",
+            offsets.join(" ")
+        ),
+    }
+}
+
+/// Runs `command` timed by the guest's own clock, on node1 alone (`$i`=0)
+/// or on all three guests at once; the elapsed seconds of each guest.
+fn timed(lab: &Lab, all: bool, command: &str) -> Vec<f64> {
+    let script = format!(
+        "i={}\nt0=$(cut -d' ' -f1 /proc/uptime)\n{command}\n\
+         t1=$(cut -d' ' -f1 /proc/uptime)\necho \"ELAPSED $t0 $t1\"\n",
+        if all { "$(hostname | tr -dc 0-9)" } else { "0" }
+    );
+    let outs = if all {
+        lab.on_all(&script)
+    } else {
+        vec![lab.must(1, &script)]
+    };
+    outs.iter()
+        .map(|out| {
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix("ELAPSED "))
+                .unwrap_or_else(|| panic!("no ELAPSED line in:\n{out}"));
+            let t: Vec<f64> = line
+                .split_whitespace()
+                .map(|w| w.parse().unwrap())
+                .collect();
+            t[1] - t[0]
+        })
+        .collect()
+}
+
+/// Aggregate rate of one run: all guests' work over the slowest guest.
+fn rate(op: Op, elapsed: &[f64]) -> f64 {
+    let slowest = elapsed.iter().cloned().fold(0.0, f64::max).max(0.01);
+    let per_guest = match op {
+        Op::RandWrite => RAND_WRITES as f64,
+        _ => (SEQ_BLOCKS * BLOCK) as f64 / MIB as f64,
+    };
+    per_guest * elapsed.len() as f64 / slowest
+}
+
+/// The throughput figure. The raw target is the partition of a second
+/// volume made for the benchmark and never staged: checked unmounted, not
+/// the heartbeat partition, and at the start and size the GPT gives it.
+/// Returns the rows and the cost of one `dd` process start (ms).
+fn throughput(rt: &Rt, lab: &Lab, controller: &Controller) -> (Vec<Io>, f64) {
+    let fs = create(rt, controller, "bench-io", 2 * GIB, &[]);
+    let raw = create(rt, controller, "bench-raw", 2 * GIB, &[]);
+    for node in 1..=3 {
+        rt.block_on(stage_and_publish(lab, node, &fs));
+    }
+    lab.sync_partitions();
+    let part = partition_by_guid(&lab.lun(), &raw.volume_context["partitionGuid"]);
+    let fs_part = partition_by_guid(&lab.lun(), &fs.volume_context["partitionGuid"]);
+    assert!(part.number != 1 && part.number != fs_part.number);
+    assert!(
+        4 * SEQ_BLOCKS * BLOCK <= part.bytes(),
+        "raw regions do not fit"
+    );
+    let dev = format!("/dev/vda{}", part.number);
+    lab.on_all(&format!(
+        "test \"$(cat /sys/class/block/vda{n}/start)\" = {first} && \
+         test \"$(cat /sys/class/block/vda{n}/size)\" = {sectors} && \
+         ! grep -q '^{dev} ' /proc/mounts || \
+         {{ echo '{dev} is not the unmounted benchmark partition'; exit 1; }}",
+        n = part.number,
+        first = part.first,
+        sectors = part.last - part.first + 1,
+    ));
+    let fs_target = Target::Fs(staging(&fs));
+    let raw_target = Target::Raw(dev);
+
+    let mut rows = Vec::new();
+    for all in [false, true] {
+        for op in [Op::SeqWrite, Op::SeqOverwrite, Op::SeqRead, Op::RandWrite] {
+            // OCFS2 first: the random writes overwrite the file just written.
+            let ocfs2 = rate(op, &timed(lab, all, &io_command(op, &fs_target)));
+            let raw = rate(op, &timed(lab, all, &io_command(op, &raw_target)));
+            let guests = if all { 3 } else { 1 };
+            println!(
+                "  {} x{guests}: ocfs2 {} raw {}",
+                op.name(),
+                num(ocfs2),
+                num(raw)
+            );
+            rows.push(Io {
+                op,
+                guests,
+                ocfs2,
+                raw,
+            });
+        }
+    }
+    // What a dd process costs by itself, to read the random figure by.
+    let spawn = timed(
+        lab,
+        false,
+        &format!(
+            "for o in $(seq {RAND_WRITES}); do dd if=/dev/zero of=/dev/null bs=4k count=1 \
+             2>/dev/null; done"
+        ),
+    )[0] * 1000.0
+        / RAND_WRITES as f64;
+    // Off node1 again, so the heartbeat figure counts only its own mounts.
+    rt.block_on(unpublish_and_unstage(lab, 1, &fs));
+    (rows, spawn)
+}
+
+fn report_io(r: &mut Report, rows: &[Io], spawn_ms: f64) {
+    let mut t = Table::new(
+        "Throughput: OCFS2 volume vs the raw partition under a second volume",
+        &["test", "guests", "unit", "OCFS2", "raw", "OCFS2/raw"],
+    )
+    .note(format!(
+        "Same guests, same tool: busybox dd with O_DIRECT (the image has no coreutils dd, no fio). \
+         Sequential: {} MiB per guest in 4 MiB blocks (writes with conv=fsync); a new file \
+         allocates its extents as it goes, the overwrite rewrites it in place (raw: the same \
+         region written again); \
+         random: {RAND_WRITES} single-block 4 KiB O_DIRECT writes per guest at fixed pseudo-random \
+         offsets in its 256 MiB region, one dd process each (seek=), overwriting the file \
+         (OCFS2) or region (raw) written before",
+        SEQ_BLOCKS * BLOCK / MIB
+    ))
+    .note(format!(
+        "A dd process alone costs {} ms in a guest, so the random figure is mostly process \
+         start-up; 3 guests: each writes its own file / its own raw region at once, rate = \
+         all bytes / the slowest guest's time",
+        num(spawn_ms)
+    ))
+    .note("Goal: OCFS2/raw >= 0.9 for one-guest sequential I/O");
+    for io in rows {
+        t.row(vec![
+            io.op.name().into(),
+            io.guests.to_string(),
+            io.unit().into(),
+            num(io.ocfs2),
+            num(io.raw),
+            format!("{:.2}", io.ratio()),
+        ]);
+    }
+    r.table(&t);
+    for io in rows
+        .iter()
+        .filter(|io| io.guests == 1 && io.op != Op::RandWrite)
+    {
+        println!(
+            "goal OCFS2/raw >= 0.9, one guest, {}: {:.2} -> {}",
+            io.op.name(),
+            io.ratio(),
+            if io.ratio() >= 0.9 { "met" } else { "NOT met" }
+        );
+    }
+    let label = |io: &Io| match io.op {
+        Op::SeqWrite => format!("write x{}", io.guests),
+        Op::SeqOverwrite => format!("overwrite x{}", io.guests),
+        Op::SeqRead => format!("read x{}", io.guests),
+        Op::RandWrite => format!("4K rand x{}", io.guests),
+    };
+    let seq: Vec<&Io> = rows.iter().filter(|io| io.op != Op::RandWrite).collect();
+    let seq_labels: Vec<String> = seq.iter().map(|io| label(io)).collect();
+    let seq_refs: Vec<&str> = seq_labels.iter().map(String::as_str).collect();
+    r.chart(
+        &Chart::bars(
+            "io-sequential",
+            "Sequential O_DIRECT throughput, 1 and 3 guests (x1, x3)",
+            "MiB/s (aggregate)",
+            &seq_refs,
+        )
+        .bar_series("OCFS2", &seq.iter().map(|io| io.ocfs2).collect::<Vec<_>>())
+        .bar_series(
+            "raw partition",
+            &seq.iter().map(|io| io.raw).collect::<Vec<_>>(),
+        ),
+    );
+    let all_labels: Vec<String> = rows.iter().map(label).collect();
+    let all_refs: Vec<&str> = all_labels.iter().map(String::as_str).collect();
+    r.chart(
+        &Chart::bars(
+            "io-ratio",
+            "OCFS2 / raw partition, same guest, same dd",
+            "OCFS2 / raw",
+            &all_refs,
+        )
+        .bar_series("OCFS2/raw", &rows.iter().map(Io::ratio).collect::<Vec<_>>())
+        .goal(0.9, "goal: >= 0.9 (1 guest, sequential)"),
+    );
+    for io in rows {
+        println!(
+            "BENCH io test={:?} guests={} unit={} ocfs2={:.2} raw={:.2} ratio={:.3}",
+            io.op.name(),
+            io.guests,
+            io.unit(),
+            io.ocfs2,
+            io.raw,
+            io.ratio()
+        );
+    }
+}
+
+// --- heartbeat I/O by mounted volumes --------------------------------------------
+
+struct Heartbeat {
+    /// ocfs2 filesystems mounted on node1 during the interval.
+    mounted: usize,
+    writes_s: f64,
+    write_kib_s: f64,
+    reads_s: f64,
+    read_kib_s: f64,
+}
+
+/// Stages `vols` on `node`, HB_STAGE_PARALLEL at a time.
+fn stage_many(rt: &Rt, lab: &Lab, node: usize, vols: &[Volume]) {
+    let dirs: Vec<String> = vols.iter().map(staging).collect();
+    lab.must(node, &format!("mkdir -p {}", dirs.join(" ")));
+    rt.block_on(async {
+        let client = lab.node_client(node).await;
+        let results: Vec<_> = futures::stream::iter(vols)
+            .map(|v| {
+                let mut n = client.clone();
+                async move {
+                    n.node_stage_volume(stage_request(v, &staging(v)))
+                        .await
+                        .map_err(|e| format!("{}: {e:?}", v.volume_id))
+                }
+            })
+            .buffer_unordered(HB_STAGE_PARALLEL)
+            .collect()
+            .await;
+        for r in results {
+            r.unwrap_or_else(|e| panic!("node{node}: stage: {e}"));
+        }
+    });
+}
+
+/// /sys/block/vda/stat on node1 over HB_IDLE_SECS with nothing else writing.
+fn idle_io(lab: &Lab) -> Heartbeat {
+    let out = lab.must(
+        1,
+        &format!(
+            "echo M $(awk '$3==\"ocfs2\"{{print $1}}' /proc/mounts | sort -u | wc -l)\n\
+             echo A $(cat /sys/block/vda/stat) $(cut -d' ' -f1 /proc/uptime)\n\
+             sleep {HB_IDLE_SECS}\n\
+             echo B $(cat /sys/block/vda/stat) $(cut -d' ' -f1 /proc/uptime)"
+        ),
+    );
+    let fields = |tag: &str| -> Vec<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"))
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect()
+    };
+    let (m, a, b) = (fields("M "), fields("A "), fields("B "));
+    // stat: 0 read I/Os, 2 read sectors, 4 write I/Os, 6 write sectors;
+    // the uptime was appended last.
+    let secs = b[b.len() - 1] - a[a.len() - 1];
+    let d = |i: usize| (b[i] - a[i]) / secs;
+    Heartbeat {
+        mounted: m[0] as usize,
+        writes_s: d(4),
+        write_kib_s: d(6) / 2.0,
+        reads_s: d(0),
+        read_kib_s: d(2) / 2.0,
+    }
+}
+
+/// Mounts small volumes of heartbeat `mode` on node1 up to each count in
+/// HB_COUNTS and measures node1's LUN I/O at rest. Returns the points and
+/// a note when a count was lowered to keep within the time budget.
+fn heartbeat_io(
+    rt: &Rt,
+    lab: &Lab,
+    controller: &Controller,
+    mode: &str,
+) -> (Vec<Heartbeat>, Option<String>) {
+    let mut vols: Vec<Volume> = Vec::new();
+    let mut points = Vec::new();
+    let mut note = None;
+    let mut per_mount = 0.0;
+    for &wanted in HB_COUNTS {
+        let mut target = wanted;
+        let projected = per_mount * (wanted - vols.len()) as f64;
+        if projected > HB_BUDGET_SECS && (vols.len()..wanted).contains(&HB_FALLBACK) {
+            note = Some(format!(
+                "{mode} heartbeat: {wanted} mounts would take ~{projected:.0} s more in TCG \
+                 ({per_mount:.1} s each); measured {HB_FALLBACK} instead"
+            ));
+            target = HB_FALLBACK;
+        }
+        let new: Vec<Volume> = (vols.len()..target)
+            .map(|i| {
+                create(
+                    rt,
+                    controller,
+                    &format!("hb-{mode}-{i}"),
+                    64 * MIB,
+                    &[("heartbeat", mode), ("nodeSlots", "4")],
+                )
+            })
+            .collect();
+        let t = Instant::now();
+        stage_many(rt, lab, 1, &new);
+        per_mount = t.elapsed().as_secs_f64() / new.len().max(1) as f64;
+        println!(
+            "  {mode}: {target} volumes mounted on node1 ({:.1} s per mount)",
+            per_mount
+        );
+        vols.extend(new);
+        // Let journals and the new regions settle before counting.
+        std::thread::sleep(Duration::from_secs(5));
+        points.push(idle_io(lab));
+    }
+    (points, note)
+}
+
+fn report_heartbeat(r: &mut Report, global: &[Heartbeat], local: &[Heartbeat], notes: &[String]) {
+    let mut t = Table::new(
+        "Heartbeat I/O of one node by mounted volumes",
+        &[
+            "heartbeat",
+            "ocfs2 mounts on node1",
+            "writes/s",
+            "write KiB/s",
+            "reads/s",
+            "read KiB/s",
+        ],
+    )
+    .note(format!(
+        "node1's /sys/block/vda/stat (the shared LUN) over {HB_IDLE_SECS} s idle, nothing else \
+         writing; volumes of 64 MiB, 4 slots, mounted on node1 only. Global: one region per LUN \
+         whatever the mounts; local: one region per mounted volume"
+    ));
+    for n in notes {
+        t = t.note(n.clone());
+    }
+    for (mode, pts) in [("global", global), ("local", local)] {
+        for p in pts {
+            t.row(vec![
+                mode.into(),
+                p.mounted.to_string(),
+                num(p.writes_s),
+                num(p.write_kib_s),
+                num(p.reads_s),
+                num(p.read_kib_s),
+            ]);
+        }
+    }
+    r.table(&t);
+    let line = |pts: &[Heartbeat], f: fn(&Heartbeat) -> f64| -> Vec<(f64, f64)> {
+        pts.iter().map(|p| (p.mounted as f64, f(p))).collect()
+    };
+    r.chart(
+        &Chart::lines(
+            "heartbeat-writes",
+            "Heartbeat writes of one node by mounted volumes",
+            "ocfs2 volumes mounted on the node",
+            "writes/s to the LUN",
+            false,
+        )
+        .series("global heartbeat", line(global, |p| p.writes_s))
+        .series("local heartbeat", line(local, |p| p.writes_s)),
+    );
+    r.chart(
+        &Chart::lines(
+            "heartbeat-kib",
+            "Heartbeat traffic of one node by mounted volumes",
+            "ocfs2 volumes mounted on the node",
+            "KiB/s to and from the LUN",
+            false,
+        )
+        .series("global, written", line(global, |p| p.write_kib_s))
+        .series("local, written", line(local, |p| p.write_kib_s))
+        .series("global, read", line(global, |p| p.read_kib_s))
+        .series("local, read", line(local, |p| p.read_kib_s)),
+    );
+    for (mode, pts) in [("global", global), ("local", local)] {
+        for p in pts {
+            println!(
+                "BENCH heartbeat_io heartbeat={mode} mounted={} writes_s={:.2} write_kib_s={:.2} \
+                 reads_s={:.2} read_kib_s={:.2}",
+                p.mounted, p.writes_s, p.write_kib_s, p.reads_s, p.read_kib_s
+            );
+        }
+    }
+}
+
+fn main() {
+    // A lab image of our own: the release binary must not replace the
+    // image other labs on this machine boot from.
+    if std::env::var_os("LAB_IMAGE_DIR").is_none() {
+        std::env::set_var("LAB_IMAGE_DIR", repo().join(".cache/lab/bench-image"));
+    }
+    let rt = Runtime::new().unwrap();
+    let mut report = Report::new();
+    let started = Instant::now();
+    println!("\nocfs2-csi node benchmark (lab: 3 TCG guests, 1 vCPU each)");
+    println!("{}", report.machine.line());
+    println!("{}", figure::CAVEAT);
+    let step = |what: &str| println!("[{:>4.0} s] {what}", started.elapsed().as_secs_f64());
+
+    step("global heartbeat lab");
+    let (lab, controller) = cluster(&rt, "bench-global", "global");
+    let v = create(&rt, &controller, "bench-stage", GIB, &[]);
+    let global_stage = stage_latencies(&rt, &lab, &v, GLOBAL_STAGES);
+    step("growth by nodes mounted");
+    let growth = growth_by_nodes(&rt, &lab, &controller);
+    step("throughput, OCFS2 vs raw");
+    let (io, spawn_ms) = throughput(&rt, &lab, &controller);
+    step("heartbeat I/O, global");
+    let (global_hb, global_note) = heartbeat_io(&rt, &lab, &controller, "global");
+    drop(controller);
+    drop(lab);
+    report_growth(&mut report, &growth);
+    report_io(&mut report, &io, spawn_ms);
+
+    step("local heartbeat lab");
+    let (lab, controller) = cluster(&rt, "bench-local", "local");
+    let v = create(
+        &rt,
+        &controller,
+        "bench-stage-local",
+        GIB,
+        &[("heartbeat", "local")],
+    );
+    let local_stage = stage_latencies(&rt, &lab, &v, LOCAL_STAGES);
+    step("heartbeat I/O, local");
+    let (local_hb, local_note) = heartbeat_io(&rt, &lab, &controller, "local");
+    drop(controller);
+    drop(lab);
+
+    report_stage(&mut report, &global_stage, &local_stage);
+    let notes: Vec<String> = global_note.into_iter().chain(local_note).collect();
+    report_heartbeat(&mut report, &global_hb, &local_hb, &notes);
+    let m = &report.machine;
+    println!(
+        "BENCH machine host={} cores={} kernel={} cpu={:?}",
+        m.host, m.cores, m.kernel, m.cpu
+    );
+    report.finish();
+    step("done");
 }
