@@ -90,10 +90,12 @@ impl VolumeParams {
                     p.lun = Some(value.to_string());
                 }
                 k if k.starts_with(KUBERNETES_PREFIX) => {}
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unknown parameter {shown_key:?}; known: nodeSlots, clusterSize, blockSize, \
                          journalSize, heartbeat, fsFeatures, lun"
-                )),
+                ))
+                }
             }
         }
         if let (Some(b), Some(c)) = (p.block_size, p.cluster_size) {
