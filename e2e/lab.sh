@@ -13,6 +13,8 @@
 #   e2e/lab.sh start NODE                    boot a crashed/powered-off NODE again
 #   e2e/lab.sh freeze|thaw NODE              pause/resume NODE's vCPU (QMP stop/cont):
 #                                            a hung node, as its peers see it
+#   e2e/lab.sh stall|unstall NODE            NODE's LUN stops answering / answers again
+#                                            (QEMU I/O throttle); the guest runs on
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
 # .cache/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
@@ -380,19 +382,19 @@ wait_booted() {
 	fi
 }
 
-# QMP command (no arguments) to node I's monitor socket.
+# QMP command to node I's monitor socket, with optional JSON arguments.
 qmp() {
-	local i=$1 cmd=$2
+	local i=$1 cmd=$2 args=${3:-'{}'}
 	qemu_pid "$i" >/dev/null || { err "node$i: QEMU is not running"; return 1; }
-	python3 - "$STATE/node-$i.qmp" "$cmd" <<'PY'
+	python3 - "$STATE/node-$i.qmp" "$cmd" "$args" <<'PY'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 s.connect(sys.argv[1])
 f = s.makefile("rw")
 f.readline()  # greeting
-for cmd in ("qmp_capabilities", sys.argv[2]):
-    f.write(json.dumps({"execute": cmd}) + "\n")
+for cmd, args in (("qmp_capabilities", {}), (sys.argv[2], json.loads(sys.argv[3]))):
+    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
     f.flush()
     while True:
         r = json.loads(f.readline())
@@ -449,8 +451,21 @@ freeze | thaw)
 		qmp "$i" cont && log "node$i: thawed"
 	fi
 	;;
+stall | unstall)
+	# The guest keeps running but its LUN stops answering: QEMU throttles
+	# the drive to 1 byte/s, so after at most one more request every I/O
+	# waits (a 4 KiB write over an hour) until unstall lifts the limit and
+	# the queued I/O completes (measured: a stalled O_DIRECT write finished
+	# at once after unstall).
+	need_root
+	i=$(node_index "${2:-}") || exit 2
+	rate=0
+	[ "$1" = stall ] && rate=1
+	qmp "$i" block_set_io_throttle "{\"device\": \"d0\", \"bps\": 0, \"bps_rd\": $rate, \"bps_wr\": $rate, \"iops\": 0, \"iops_rd\": 0, \"iops_wr\": 0}" &&
+		log "node$i: LUN $( [ "$1" = stall ] && echo 'stalled (1 byte/s)' || echo 'answering again')"
+	;;
 *)
-	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
 	[ -n "${1:-}" ] && exit 2
 	exit 0
 	;;

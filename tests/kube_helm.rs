@@ -6,30 +6,6 @@
 mod common;
 
 use common::kube::Kube;
-use std::process::Command;
-
-fn helm(kube: &Kube, args: &[&str]) -> String {
-    let bin = common::lab::repo().join(".cache/bin/helm");
-    assert!(
-        bin.is_file(),
-        "{} missing: run scripts/chart-deps.sh",
-        bin.display()
-    );
-    let out = Command::new(&bin)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&kube.kubeconfig)
-        .env("HELM_CACHE_HOME", kube.path().join("helm-cache"))
-        .env("HELM_CONFIG_HOME", kube.path().join("helm-config"))
-        .env("HELM_DATA_HOME", kube.path().join("helm-data"))
-        .current_dir(common::lab::repo())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "helm {args:?}:\n{text}");
-    text
-}
 
 /// Names of our objects of one kind (cluster-wide or in kube-system).
 fn ours(kube: &Kube, path: &str) -> Vec<String> {
@@ -62,18 +38,15 @@ const KINDS: &[&str] = &[
 #[test]
 fn helm_install_and_uninstall() {
     let kube = Kube::up();
-    let out = helm(
-        &kube,
-        &[
-            "install",
-            "ocfs2-csi",
-            "deploy/helm/ocfs2-csi",
-            "--namespace",
-            "kube-system",
-            "--set",
-            "luns={/dev/disk/by-id/wwn-0x600a098038304437}",
-        ],
-    );
+    let out = kube.helm(&[
+        "install",
+        "ocfs2-csi",
+        "deploy/helm/ocfs2-csi",
+        "--namespace",
+        "kube-system",
+        "--set",
+        "luns={/dev/disk/by-id/wwn-0x600a098038304437}",
+    ]);
     println!("{}", out.lines().take(6).collect::<Vec<_>>().join("\n"));
     let mut installed = 0;
     for kind in KINDS {
@@ -87,19 +60,13 @@ fn helm_install_and_uninstall() {
             "nothing installed at {required}"
         );
     }
-    let hooks = helm(
-        &kube,
-        &["get", "hooks", "ocfs2-csi", "--namespace", "kube-system"],
-    );
+    let hooks = kube.helm(&["get", "hooks", "ocfs2-csi", "--namespace", "kube-system"]);
     assert!(hooks.contains("\"helm.sh/hook\": test"), "{hooks}");
     assert!(
         hooks.contains("PersistentVolumeClaim") && hooks.contains("kind: Pod"),
         "{hooks}"
     );
-    helm(
-        &kube,
-        &["uninstall", "ocfs2-csi", "--namespace", "kube-system"],
-    );
+    kube.helm(&["uninstall", "ocfs2-csi", "--namespace", "kube-system"]);
     for kind in KINDS {
         let left = ours(&kube, kind);
         assert!(left.is_empty(), "left behind at {kind}: {left:?}");

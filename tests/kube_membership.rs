@@ -1,8 +1,9 @@
 //! o2cb node numbers through a real kube-apiserver (built from the
 //! Kubernetes Go module by scripts/kube-tools.sh): 20 simulated node
-//! plugins race for numbers and get 20 distinct ones; restarted, each keeps
-//! its number; a departed node's number is released only when it is not
-//! heartbeating, and whoever held it learns it is gone.
+//! plugins, each its own process, race for numbers and get 20 distinct
+//! ones; SIGKILLed and started again, each keeps its number; a departed
+//! node's number is released only when it is not heartbeating, and whoever
+//! held it learns it is gone.
 
 mod common;
 
@@ -10,13 +11,19 @@ use common::kube::Kube;
 use ocfs2_csi::cluster::MembershipSource;
 use ocfs2_csi::k8s::{KubeError, KubeMembers};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: u8 = 20;
 
 async fn client(kube: &Kube) -> kube::Client {
-    let config = kube::config::Kubeconfig::read_from(&kube.kubeconfig).expect("kubeconfig");
+    client_from(&kube.kubeconfig).await
+}
+
+async fn client_from(kubeconfig: &std::path::Path) -> kube::Client {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
         .await
         .expect("kubeconfig usable");
@@ -31,20 +38,82 @@ fn address(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, i + 1)
 }
 
-/// Every simulated node claims at once, each with its own client (as
-/// separate plugins would); returns node name -> number.
-async fn race(kube: &Kube) -> BTreeMap<String, u8> {
-    let claims = (0..NODES).map(|i| async move {
-        let km = KubeMembers::new(client(kube).await, "default", "testclu", 7777);
-        (
-            name(i),
-            km.claim(&name(i), address(i)).await.expect("claim"),
-        )
+const CHILD_ENV: &str = "OCFS2_CSI_TEST_CLAIM_AS";
+
+/// One simulated node plugin in a process of its own (this test binary run
+/// again for `plugin_process`): it claims a number, prints it and keeps
+/// renewing its Lease every 2 s until it is killed.
+fn spawn_plugin(kube: &Kube, i: u8) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "plugin_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{} {}", name(i), address(i)))
+        .env("KUBECONFIG", &kube.kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a plugin process")
+}
+
+/// Not a test of its own: the body of one simulated plugin process.
+#[test]
+fn plugin_process() {
+    let Ok(me) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (node, address) = me.split_once(' ').expect("NAME ADDRESS");
+    let address: Ipv4Addr = address.parse().expect("address");
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let km = KubeMembers::new(
+            client_from(kubeconfig.as_ref()).await,
+            "default",
+            "testclu",
+            7777,
+        );
+        let number = km.claim(node, address).await.expect("claim");
+        println!("CLAIMED {number}");
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            km.renew(node, number, None).await.expect("renew");
+        }
     });
-    futures::future::join_all(claims)
-        .await
-        .into_iter()
-        .collect()
+}
+
+/// Starts every simulated plugin at once, each its own process, and waits
+/// for their claims; returns node name -> number and the processes.
+fn race(kube: &Kube) -> (BTreeMap<String, u8>, Vec<Child>) {
+    let mut children: Vec<Child> = (0..NODES).map(|i| spawn_plugin(kube, i)).collect();
+    let numbers = children
+        .iter_mut()
+        .enumerate()
+        .map(|(i, child)| {
+            let out = BufReader::new(child.stdout.take().unwrap());
+            let number = out
+                .lines()
+                .map_while(Result::ok)
+                // libtest prints "test plugin_process ... " before it.
+                .find_map(|l| l.split("CLAIMED ").nth(1).map(|n| n.trim().parse::<u8>()))
+                .unwrap_or_else(|| panic!("plugin process {i} ended without a claim"))
+                .expect("a number");
+            (name(i as u8), number)
+        })
+        .collect();
+    (numbers, children)
+}
+
+/// SIGKILL, as a node plugin dies when its pod is killed.
+fn kill_all(children: Vec<Child>) {
+    for mut child in children {
+        child.kill().expect("SIGKILL a plugin process");
+        child.wait().expect("reap it");
+    }
 }
 
 #[test]
@@ -58,7 +127,7 @@ fn node_numbers_through_the_api() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let t = Instant::now();
-        let first = race(&kube).await;
+        let (first, children) = race(&kube);
         let numbers: BTreeSet<u8> = first.values().copied().collect();
         assert_eq!(
             numbers.len(),
@@ -71,10 +140,12 @@ fn node_numbers_through_the_api() {
             t.elapsed().as_secs_f64()
         );
 
-        // Restarted (new processes, new clients): same numbers.
-        let again = race(&kube).await;
+        // Killed and started again: same numbers.
+        kill_all(children);
+        let (again, children) = race(&kube);
         assert_eq!(again, first, "numbers changed on restart");
-        println!("kube: restarted plugins kept their numbers");
+        kill_all(children);
+        println!("kube: {NODES} plugin processes SIGKILLed and started again kept their numbers");
 
         let km = KubeMembers::new(client(&kube).await, "default", "testclu", 7777);
         let members = km.members().await.unwrap();

@@ -117,6 +117,33 @@ impl Kube {
         self.dir.path()
     }
 
+    /// Runs the real `helm` (Helm v4, from scripts/chart-deps.sh) against
+    /// this API server, from the repository root; its own state stays in
+    /// this control plane's folder. Panics with the output unless it
+    /// succeeds.
+    pub fn helm(&self, args: &[&str]) -> String {
+        let bin = repo_root().join(".cache/bin/helm");
+        assert!(
+            bin.is_file(),
+            "{} missing: run scripts/chart-deps.sh",
+            bin.display()
+        );
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", self.path().join("helm-config"))
+            .env("HELM_DATA_HOME", self.path().join("helm-data"))
+            .current_dir(repo_root())
+            .output()
+            .expect("run helm");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "helm {args:?}:\n{text}");
+        text
+    }
+
     /// One request to the API server, like `kubectl get --raw` and friends:
     /// METHOD ("GET", "POST", "PUT", "PATCH" as a JSON merge patch, "DELETE")
     /// on PATH ("/api/v1/namespaces"), with an optional JSON body. Returns

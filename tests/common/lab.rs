@@ -25,12 +25,21 @@ impl Lab {
     /// Boots `nodes` guests with a fresh sparse LUN of `lun_size` (like
     /// "16G"); `name` keeps labs of different tests apart.
     pub fn up(name: &str, nodes: usize, lun_size: &str) -> Lab {
+        Lab::up_with_api(name, nodes, lun_size, None)
+    }
+
+    /// Like `up`; with `api_port`, the guests reach that port of the lab
+    /// namespace's loopback as 10.0.2.100:6443 (see `relay_into`).
+    pub fn up_with_api(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>) -> Lab {
         let repo = repo();
         let state = repo.join(".cache/lab").join(name);
         let lab = Lab { nodes, repo, state };
         let started = Instant::now();
-        let out = lab
-            .script()
+        let mut up = lab.script();
+        if let Some(port) = api_port {
+            up.env("LAB_API_PORT", port.to_string());
+        }
+        let out = up
             .args(["up", "-n", &nodes.to_string(), "--lun-size", lun_size])
             .output()
             .expect("run e2e/lab.sh");
@@ -137,10 +146,7 @@ impl Lab {
     /// each connection is made from a thread that entered it; the socket
     /// stays there and is then used from anywhere.
     pub async fn channel(&self, node: usize) -> tonic::transport::Channel {
-        let ns = std::fs::read_to_string(self.state.join("netns"))
-            .expect("lab netns name")
-            .trim()
-            .to_string();
+        let ns = self.netns();
         let port = 10100 + node as u16;
         let connector = tower::service_fn(move |_: http::Uri| {
             let ns = ns.clone();
@@ -162,30 +168,133 @@ impl Lab {
     /// The static membership file listing guests `members` (1-based), in
     /// the format `NAME NUMBER ADDRESS`, written on every guest.
     pub fn write_members(&self, members: &[usize]) {
-        let text: String = members
-            .iter()
-            .map(|i| format!("node{i} {} 192.168.77.{}\n", i - 1, 10 + i))
-            .collect();
-        self.on_all(&format!(
-            "mkdir -p /etc/ocfs2-csi && printf '{text}' > /etc/ocfs2-csi/members.tmp && \
-             mv /etc/ocfs2-csi/members.tmp /etc/ocfs2-csi/members"
-        ));
+        self.on_all(&members_script(members));
+    }
+
+    /// `write_members` on one guest only (one booted again, say).
+    pub fn write_members_on(&self, node: usize, members: &[usize]) {
+        self.must(node, &members_script(members));
     }
 
     /// Starts `ocfs2-csi node` on guest `node` (port 10000, log in
-    /// /tmp/node.log), a member of o2cb cluster `cluster`.
+    /// /tmp/node.log), a member of o2cb cluster `cluster` listed in the
+    /// static members file.
     pub fn start_node_plugin(&self, node: usize, cluster: &str) {
+        self.start_node_plugin_with(node, cluster, "--members-file /etc/ocfs2-csi/members");
+    }
+
+    /// `start_node_plugin` with other membership flags (`membership`, words
+    /// of a shell command line, e.g. `--membership kubernetes`); the plugin
+    /// sees KUBECONFIG=/root/kubeconfig when that file exists.
+    pub fn start_node_plugin_with(&self, node: usize, cluster: &str, membership: &str) {
         self.must(
             node,
             &format!(
                 "mkdir -p /var/lib/ocfs2-csi && \
+                 if [ -f /root/kubeconfig ]; then export KUBECONFIG=/root/kubeconfig; fi && \
                  ocfs2-csi node --endpoint tcp://0.0.0.0:10000 --node-id node{node} \
-                   --cluster-name {cluster} --members-file /etc/ocfs2-csi/members \
+                   --cluster-name {cluster} {membership} \
                    --lun /dev/vda --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
                    >>/tmp/node.log 2>&1 </dev/null &
                  echo $! > /tmp/node.pid"
             ),
         );
+    }
+
+    /// Serves 127.0.0.1:`in_ns` inside the lab's namespace by relaying each
+    /// connection to this machine's 127.0.0.1:`to` (say, a Kubernetes API
+    /// server the test started). With `up_with_api(.., Some(in_ns))` the
+    /// guests reach it as 10.0.2.100:6443. The relay lives as long as the
+    /// test process.
+    pub fn relay_into(&self, in_ns: u16, to: u16) {
+        let ns = self.netns();
+        // The listening socket is made in the namespace, by a thread that
+        // entered it; accepting and connecting onwards happen out here.
+        let listener = std::thread::spawn(move || {
+            enter_netns(&ns)?;
+            std::net::TcpListener::bind(("127.0.0.1", in_ns))
+        })
+        .join()
+        .expect("relay thread")
+        .expect("relay listener in the lab's namespace");
+        std::thread::spawn(move || {
+            for inner in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if let Ok(outer) = std::net::TcpStream::connect(("127.0.0.1", to)) {
+                        splice(inner, outer);
+                    }
+                });
+            }
+        });
+    }
+
+    fn netns(&self) -> String {
+        std::fs::read_to_string(self.state.join("netns"))
+            .expect("lab netns name")
+            .trim()
+            .to_string()
+    }
+
+    /// Boots guest `node` again after a crash (`e2e/lab.sh start`).
+    pub fn start_again(&self, node: usize) {
+        let out = self
+            .script()
+            .args(["start", &node.to_string()])
+            .output()
+            .expect("run e2e/lab.sh start");
+        assert!(
+            out.status.success(),
+            "lab start node{node} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills guest `node`'s QEMU at once (`e2e/lab.sh crash`): power loss.
+    pub fn crash(&self, node: usize) {
+        self.control("crash", node);
+    }
+
+    /// Pauses guest `node`'s vCPU (`e2e/lab.sh freeze`): a hung node, as
+    /// its peers see it; `thaw` resumes it.
+    pub fn freeze(&self, node: usize) {
+        self.control("freeze", node);
+    }
+
+    pub fn thaw(&self, node: usize) {
+        self.control("thaw", node);
+    }
+
+    /// Guest `node`'s LUN stops answering while the guest runs on
+    /// (`e2e/lab.sh stall`, a QEMU I/O throttle); `unstall` ends it.
+    pub fn stall(&self, node: usize) {
+        self.control("stall", node);
+    }
+
+    pub fn unstall(&self, node: usize) {
+        self.control("unstall", node);
+    }
+
+    fn control(&self, verb: &str, node: usize) {
+        let out = self
+            .script()
+            .args([verb, &node.to_string()])
+            .output()
+            .unwrap_or_else(|e| panic!("run e2e/lab.sh {verb}: {e}"));
+        assert!(
+            out.status.success(),
+            "lab {verb} node{node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether guest `node`'s QEMU still runs (a fenced guest resets, and
+    /// with -no-reboot its QEMU exits).
+    pub fn alive(&self, node: usize) -> bool {
+        let pid = std::fs::read_to_string(self.state.join(format!("node-{node}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
     }
 
     /// Waits until guest `node`'s plugin says ready; returns how long.
@@ -224,10 +333,42 @@ impl Lab {
     }
 }
 
-fn connect_in_netns(ns: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+fn members_script(members: &[usize]) -> String {
+    let text: String = members
+        .iter()
+        .map(|i| format!("node{i} {} 192.168.77.{}\n", i - 1, 10 + i))
+        .collect();
+    format!(
+        "mkdir -p /etc/ocfs2-csi && printf '{text}' > /etc/ocfs2-csi/members.tmp && \
+         mv /etc/ocfs2-csi/members.tmp /etc/ocfs2-csi/members"
+    )
+}
+
+/// Moves the calling thread (only it) into the lab's network namespace.
+fn enter_netns(ns: &str) -> std::io::Result<()> {
     let netns = std::fs::File::open(Path::new("/var/run/netns").join(ns))?;
-    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+fn connect_in_netns(ns: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+    enter_netns(ns)?;
     std::net::TcpStream::connect(("127.0.0.1", port))
+}
+
+/// Copies both ways until both sides are done.
+fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
+    use std::net::Shutdown;
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a2, &mut b2);
+        let _ = b2.shutdown(Shutdown::Write);
+    });
+    let (mut a, mut b) = (a, b);
+    let _ = std::io::copy(&mut b, &mut a);
+    let _ = a.shutdown(Shutdown::Write);
+    let _ = up.join();
 }
 
 impl Drop for Lab {

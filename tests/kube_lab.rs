@@ -1,0 +1,299 @@
+//! Three lab guests form their o2cb cluster from the Kubernetes API instead
+//! of a members file: a real kube-apiserver on this machine with the chart
+//! installed into it, relayed into the lab so the guests reach it; the node
+//! plugins in the guests authenticate with the node ServiceAccount's own
+//! token (so the chart's RBAC is what they get), find their address in
+//! their Node object, claim numbers as Leases and write the cluster into
+//! configfs from them. Then a volume is shared by all three, and a plugin
+//! killed and restarted keeps its number and leaves the mounts alone.
+
+mod common;
+
+use common::kube::Kube;
+use common::lab::*;
+use common::*;
+use ocfs2_csi::cluster::MembershipSource;
+use ocfs2_csi::k8s::KubeMembers;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The test controller's cluster (tests/common: Controller::start).
+const CLUSTER: &str = "testclu";
+const NAMESPACE: &str = "kube-system";
+/// The relay's port on the lab namespace's loopback (the namespace is the
+/// lab's own, so a fixed port cannot collide).
+const RELAY_PORT: u16 = 16443;
+/// A name the API server's self-signed certificate carries; the guests
+/// reach the server by another address (10.0.2.100).
+const TLS_NAME: &str = "kubernetes";
+const NODES: usize = 3;
+
+async fn admin_members(kube: &Kube) -> KubeMembers {
+    let config = ::kube::config::Kubeconfig::read_from(&kube.kubeconfig).expect("kubeconfig");
+    let config = ::kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .expect("kubeconfig usable");
+    let client = ::kube::Client::try_from(config).expect("client");
+    KubeMembers::new(client, NAMESPACE, CLUSTER, 7777)
+}
+
+/// node name -> (number, address) as the Leases say.
+async fn leases(kube: &Kube) -> BTreeMap<String, (u8, String)> {
+    admin_members(kube)
+        .await
+        .members()
+        .await
+        .expect("read the membership Leases")
+        .into_iter()
+        .map(|m| (m.name, (m.number, m.address.to_string())))
+        .collect()
+}
+
+/// A token of the chart's node ServiceAccount, from the TokenRequest API.
+fn node_token(kube: &Kube) -> String {
+    let reply = kube.request_ok(
+        "POST",
+        &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/ocfs2-csi-node/token"),
+        Some(&serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600}
+        })),
+    );
+    reply["status"]["token"]
+        .as_str()
+        .expect("token in the TokenRequest reply")
+        .to_string()
+}
+
+fn guest_kubeconfig(token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    \
+         server: https://10.0.2.100:6443\n    certificate-authority: /root/kube-ca.crt\n    \
+         tls-server-name: {TLS_NAME}\nusers:\n- name: node\n  user:\n    token: {token}\n\
+         contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: node\n\
+         current-context: lab\n"
+    )
+}
+
+fn api_port(kube: &Kube) -> u16 {
+    kube.server
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("https://127.0.0.1:PORT")
+}
+
+/// `/sys/kernel/config/cluster/lab/node/*/{num,ipv4_address}` on a guest:
+/// node name -> (number, address).
+fn configfs_members(lab: &Lab, node: usize) -> BTreeMap<String, (u8, String)> {
+    let out = lab.must(
+        node,
+        &format!(
+            "cd /sys/kernel/config/cluster/{CLUSTER}/node && \
+             for n in *; do echo \"$n $(cat $n/num) $(cat $n/ipv4_address)\"; done"
+        ),
+    );
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, num, addr) = (w.next()?, w.next()?, w.next()?);
+            Some((name.to_string(), (num.parse().ok()?, addr.to_string())))
+        })
+        .collect()
+}
+
+fn mountinfo_line(lab: &Lab, node: usize, path: &str) -> String {
+    lab.must(node, &format!("grep ' {path} ' /proc/self/mountinfo"))
+}
+
+#[test]
+fn guests_form_the_cluster_from_the_api() {
+    let total = Instant::now();
+    let kube = Kube::up();
+    println!(
+        "kube: tools ready in {:.1} s, API server up in {:.1} s",
+        kube.tools_time.as_secs_f64(),
+        kube.up_time.as_secs_f64()
+    );
+    // The chart as a user installs it: membership from the API (the
+    // default), its ServiceAccounts and RBAC; no kubelets here, so its pods
+    // never run and the plugins run in the guests instead.
+    kube.helm(&[
+        "install",
+        "ocfs2-csi",
+        "deploy/helm/ocfs2-csi",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "luns={/dev/vda}",
+        "--set",
+        &format!("clusterName={CLUSTER}"),
+    ]);
+    // Nodes as their kubelets would register them, with the addresses the
+    // guests have on the cluster network.
+    for i in 1..=NODES {
+        kube.request_ok(
+            "POST",
+            "/api/v1/nodes",
+            Some(&serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": format!("node{i}")},
+                "status": {"addresses": [
+                    {"type": "InternalIP", "address": format!("192.168.77.{}", 10 + i)}
+                ]}
+            })),
+        );
+    }
+    let token = node_token(&kube);
+    let ca = std::fs::read_to_string(&kube.ca).expect("API server certificate");
+
+    let lab = Lab::up_with_api("kube-lab", NODES, "8G", Some(RELAY_PORT));
+    lab.relay_into(RELAY_PORT, api_port(&kube));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lab.lun();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let mut c = rt.block_on(controller.client());
+
+    // --- the cluster forms from the API ----------------------------------
+    lab.on_all(&format!(
+        "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\ncat >/root/kubeconfig <<'KC'\n{}KC\nchmod 600 /root/kubeconfig",
+        guest_kubeconfig(&token)
+    ));
+    let t = Instant::now();
+    for node in 1..=NODES {
+        lab.start_node_plugin_with(
+            node,
+            CLUSTER,
+            &format!("--membership kubernetes --namespace {NAMESPACE}"),
+        );
+    }
+    for node in 1..=NODES {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(180)));
+    }
+    println!(
+        "kube-lab: {NODES} plugins claimed numbers through the API and heartbeat in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let claimed = rt.block_on(leases(&kube));
+    let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
+    assert_eq!(
+        claimed.keys().cloned().collect::<Vec<_>>(),
+        names,
+        "{claimed:?}"
+    );
+    let mut numbers: Vec<u8> = claimed.values().map(|(n, _)| *n).collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), NODES, "numbers not distinct: {claimed:?}");
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            claimed[name].1,
+            format!("192.168.77.{}", 11 + i),
+            "{claimed:?}"
+        );
+    }
+    println!("kube-lab: Leases {claimed:?}");
+    // Every guest's configfs holds exactly what the Leases say, and every
+    // member heartbeats.
+    for node in 1..=NODES {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = configfs_members(&lab, node);
+            if seen == claimed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{node}: configfs {seen:?} never matched the Leases {claimed:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // A member that just started heartbeating shows up within a few
+        // heartbeat intervals.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let live = lab.must(node, "cat /sys/kernel/debug/o2hb/livenodes");
+            let mut live: Vec<u8> = live
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            live.sort();
+            if live == numbers {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{node}: live nodes {live:?}, Leases {numbers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    // --- a volume shared by the three ------------------------------------
+    let shared = rt
+        .block_on(c.create_volume(create_request("pvc-kube-lab", GIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    for node in 1..=NODES {
+        rt.block_on(stage_and_publish(&lab, node, &shared));
+    }
+    let path = target(&shared);
+    for node in 1..=NODES {
+        lab.must(
+            node,
+            &format!("echo written-on-node{node} > {path}/node{node}.txt && sync"),
+        );
+    }
+    for node in 1..=NODES {
+        let out = lab.must(node, &format!("cat {path}/node*.txt"));
+        for other in 1..=NODES {
+            assert!(
+                out.contains(&format!("written-on-node{other}")),
+                "node{node}: {out}"
+            );
+        }
+    }
+
+    // --- a plugin killed and restarted keeps its number ------------------
+    let before = mountinfo_line(&lab, 2, &path);
+    lab.must(2, "kill -9 $(cat /tmp/node.pid)");
+    let t = Instant::now();
+    lab.start_node_plugin_with(
+        2,
+        CLUSTER,
+        &format!("--membership kubernetes --namespace {NAMESPACE}"),
+    );
+    rt.block_on(lab.wait_node_ready(2, Duration::from_secs(120)));
+    println!(
+        "kube-lab: node2's plugin SIGKILLed and restarted, ready in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(rt.block_on(leases(&kube)), claimed, "numbers changed");
+    assert_eq!(configfs_members(&lab, 2), claimed);
+    assert_eq!(mountinfo_line(&lab, 2, &path), before, "node2 remounted");
+    lab.must(
+        2,
+        &format!("echo after-restart >> {path}/node2.txt && sync"),
+    );
+    assert!(lab
+        .must(1, &format!("cat {path}/node2.txt"))
+        .contains("after-restart"));
+
+    // --- clean up: unstage everywhere, the filesystem is clean ----------
+    for node in 1..=NODES {
+        rt.block_on(unpublish_and_unstage(&lab, node, &shared));
+    }
+    let n = partition_by_guid(&lun, &shared.volume_context["partitionGuid"]).number;
+    lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
+    rt.block_on(c.delete_volume(delete_request(&shared.volume_id)))
+        .unwrap();
+    println!(
+        "kube-lab: whole scenario in {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+}
