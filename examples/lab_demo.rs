@@ -55,13 +55,11 @@ fn main() {
     report.step(
         "start ocfs2-csi node on every guest: o2cb cluster + global heartbeat",
         || {
-            lab.write_members(&[1, 2, 3]);
-            for node in 1..=3 {
-                lab.start_node_plugin(node, CLUSTER);
-            }
-            for node in 1..=3 {
-                rt.block_on(lab.wait_node_ready(node, std::time::Duration::from_secs(120)));
-            }
+            rt.block_on(lab.start_cluster(
+                &[1, 2, 3],
+                CLUSTER,
+                std::time::Duration::from_secs(120),
+            ));
         },
     );
     report.step(

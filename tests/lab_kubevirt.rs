@@ -220,17 +220,8 @@ fn lab_kubevirt() {
     let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
     let mut c = rt.block_on(controller.client());
 
-    lab.write_members(&[1, 2]);
-    for node in [1, 2] {
-        lab.start_node_plugin(node, CLUSTER);
-    }
-    for node in [1, 2] {
-        let took = rt.block_on(lab.wait_node_ready(node, Duration::from_secs(120)));
-        println!(
-            "setup: node{node} plugin ready in {:.1} s",
-            took.as_secs_f64()
-        );
-    }
+    let took = rt.block_on(lab.start_cluster(&[1, 2], CLUSTER, Duration::from_secs(120)));
+    println!("setup: node plugins ready in {took:.1?}");
     // The guests carry this build's binary, with the subcommand.
     lab.on_all("ocfs2-csi disk-lock --help | grep -q -- --kind");
     // Busybox's fallocate cannot punch holes: util-linux's (the host's, same

@@ -297,6 +297,26 @@ impl Lab {
         pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
     }
 
+    /// Writes the members file listing `nodes` on every guest, starts their
+    /// node plugins (cluster `cluster`) and waits until each is ready;
+    /// returns how long each took.
+    pub async fn start_cluster(
+        &self,
+        nodes: &[usize],
+        cluster: &str,
+        limit: Duration,
+    ) -> Vec<Duration> {
+        self.write_members(nodes);
+        for &node in nodes {
+            self.start_node_plugin(node, cluster);
+        }
+        let mut took = Vec::new();
+        for &node in nodes {
+            took.push(self.wait_node_ready(node, limit).await);
+        }
+        took
+    }
+
     /// Waits until guest `node`'s plugin says ready; returns how long.
     pub async fn wait_node_ready(&self, node: usize, limit: Duration) -> Duration {
         use ocfs2_csi::csi::identity_client::IdentityClient;

@@ -1,0 +1,369 @@
+//! Losing a node while all three write to a shared volume, on real OCFS2
+//! kernels in the lab: by power loss (its QEMU killed), by cutting its
+//! cluster network (it must fence itself) and by its LUN not answering for
+//! longer than the heartbeat timeout (it must fence itself). Each time the
+//! survivors resume I/O after o2cb's timeouts, nothing the lost node wrote
+//! and synced is lost, the plugins on the survivors report the dead member,
+//! and the lost guest rejoins after a restart. A hang (vCPU paused) or a
+//! LUN stall shorter than the timeouts costs nobody anything. The
+//! filesystem is fsck-clean at the end.
+
+mod common;
+
+use common::lab::*;
+use common::*;
+use ocfs2_csi::csi::Volume;
+use std::time::{Duration, Instant};
+
+const CLUSTER: &str = "testclu"; // the test controller's cluster
+const NODES: usize = 3;
+const LOST: usize = 3;
+const SURVIVORS: [usize; 2] = [1, 2];
+
+/// Starts on `node` an appender: each line "HOST SEQ" is appended and
+/// fsynced to DIR/log-TAG-HOST; only after the fsync returned is SEQ written to
+/// /tmp/appender/acked, so "acked" is what the node knows to be on disk.
+fn start_appender(lab: &Lab, node: usize, dir: &str, tag: &str) {
+    lab.must(
+        node,
+        &format!(
+            "A=/tmp/appender; rm -rf $A; mkdir -p $A; H=$(hostname)
+             ( i=0; while [ ! -e $A/stop ]; do i=$((i+1))
+                 if echo \"$H $i\" | dd of={dir}/log-{tag}-$H bs=64 oflag=append conv=notrunc,fsync \
+                      >/dev/null 2>$A/err; then echo $i > $A/acked
+                 else echo \"$i: $(cat $A/err)\" >> $A/errors; fi
+                 sleep 0.05
+               done; touch $A/done ) </dev/null >/dev/null 2>&1 &
+             true"
+        ),
+    );
+}
+
+fn acked(lab: &Lab, node: usize) -> u64 {
+    lab.must(node, "cat /tmp/appender/acked 2>/dev/null || echo 0")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Stops `node`'s appender; returns (acked, errors text).
+fn stop_appender(lab: &Lab, node: usize) -> (u64, String) {
+    let out = lab.must(
+        node,
+        "A=/tmp/appender; touch $A/stop
+         for k in $(seq 600); do [ -e $A/done ] && break; sleep 0.1; done
+         cat $A/acked; cat $A/errors 2>/dev/null; true",
+    );
+    let mut lines = out.lines();
+    let acked = lines.next().unwrap_or("0").trim().parse().unwrap_or(0);
+    (acked, lines.collect::<Vec<_>>().join("\n"))
+}
+
+/// Every sequence number 1..=`upto` of `host`'s log is there, in order
+/// (read on `reader`).
+fn assert_log_holds(lab: &Lab, reader: usize, dir: &str, tag: &str, host: &str, upto: u64) {
+    let text = lab.must(reader, &format!("cat {dir}/log-{tag}-{host}"));
+    let seqs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(host)?.trim().parse().ok())
+        .collect();
+    assert!(
+        seqs.len() as u64 >= upto && seqs.iter().take(upto as usize).copied().eq(1..=upto),
+        "{host}: {upto} lines were synced before the loss, the log holds {} (first {:?}, last {:?})",
+        seqs.len(),
+        seqs.first(),
+        seqs.last()
+    );
+}
+
+/// Waits until every survivor can create and fsync a new file on the
+/// volume; returns, per survivor, the time from `lost_at` until it could.
+fn first_writes_after(lab: &Lab, dir: &str, lost_at: Instant, tag: &str) -> Vec<f64> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = SURVIVORS
+            .iter()
+            .map(|&n| {
+                s.spawn(move || {
+                    lab.must(
+                        n,
+                        &format!(
+                            "echo first-after-{tag} | dd of={dir}/{tag}-$(hostname) conv=fsync 2>/dev/null"
+                        ),
+                    );
+                    lost_at.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn log_count(lab: &Lab, node: usize, needle: &str) -> usize {
+    let (_, out) = lab.exec(node, &format!("grep -cF '{needle}' /tmp/node.log"));
+    out.trim().parse().unwrap_or(0)
+}
+
+/// Waits until `node`'s plugin log holds more than `seen` lines with
+/// `needle`; returns the last of them.
+fn wait_log(lab: &Lab, node: usize, needle: &str, seen: usize, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while log_count(lab, node, needle) <= seen {
+        assert!(
+            Instant::now() < deadline,
+            "node{node}: plugin never logged '{needle}' (again)"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    lab.must(
+        node,
+        &format!("grep -F '{needle}' /tmp/node.log | tail -n 1"),
+    )
+}
+
+const STOPPED: &str = "o2cb member stopped heartbeating";
+const STARTED: &str = "o2cb member heartbeating";
+
+/// One loss and recovery: appenders on all three, `lose` takes node LOST
+/// away, the survivors must resume and keep everything; `settle` waits for
+/// whatever LOST does afterwards (its QEMU must be gone then); then LOST
+/// boots again, rejoins and sees what was written meanwhile.
+fn lose_and_recover(
+    lab: &Lab,
+    rt: &tokio::runtime::Runtime,
+    v: &Volume,
+    what: &str,
+    lose: impl FnOnce(),
+    settle: impl FnOnce(),
+) {
+    let dir = target(v);
+    for node in 1..=NODES {
+        start_appender(lab, node, &dir, what);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let before: Vec<u64> = (1..=NODES).map(|n| acked(lab, n)).collect();
+    assert!(
+        before.iter().all(|&a| a > 0),
+        "{what}: appenders not running: {before:?}"
+    );
+    let stopped: Vec<usize> = SURVIVORS
+        .iter()
+        .map(|&n| log_count(lab, n, STOPPED))
+        .collect();
+    let started: Vec<usize> = SURVIVORS
+        .iter()
+        .map(|&n| log_count(lab, n, STARTED))
+        .collect();
+    let lost_at = Instant::now();
+    lose();
+    let resumed = first_writes_after(lab, &dir, lost_at, what);
+    println!(
+        "{what}: survivors' first new file written and synced {:.1} s / {:.1} s after the loss \
+         (o2cb default timeouts; TCG guests)",
+        resumed[0], resumed[1]
+    );
+    // The plugins on the survivors name the member o2cb declared dead.
+    for (i, &n) in SURVIVORS.iter().enumerate() {
+        let log = wait_log(lab, n, STOPPED, stopped[i], Duration::from_secs(240));
+        assert!(log.contains("node3"), "node{n}: {log}");
+    }
+    println!(
+        "{what}: both survivors' plugins reported node3 dead {:.1} s after the loss",
+        lost_at.elapsed().as_secs_f64()
+    );
+    // The appenders on the survivors carry on past their pre-loss count.
+    std::thread::sleep(Duration::from_secs(3));
+    for &n in &SURVIVORS {
+        let (after, errors) = stop_appender(lab, n);
+        assert!(
+            errors.trim().is_empty(),
+            "{what}: node{n} append errors:\n{errors}"
+        );
+        assert!(
+            after > before[n - 1],
+            "{what}: node{n} did not resume ({} -> {after})",
+            before[n - 1]
+        );
+        assert_log_holds(lab, n, &dir, what, &format!("node{n}"), after);
+    }
+    // Nothing node3 synced before it was lost is gone.
+    assert_log_holds(lab, 1, &dir, what, "node3", before[LOST - 1]);
+    println!(
+        "{what}: node3 had synced {} lines before the loss: all there; survivors appended with 0 errors",
+        before[LOST - 1]
+    );
+
+    // node3 comes back: boots, rejoins, mounts, sees the survivors' files.
+    settle();
+    assert!(!lab.alive(LOST), "{what}: node3 still running");
+    let t = Instant::now();
+    lab.start_again(LOST);
+    lab.write_members_on(LOST, &[1, 2, 3]);
+    lab.start_node_plugin(LOST, CLUSTER);
+    rt.block_on(lab.wait_node_ready(LOST, Duration::from_secs(180)));
+    rt.block_on(stage_and_publish(lab, LOST, v));
+    let seen = lab.must(LOST, &format!("cat {dir}/{what}-node1 {dir}/{what}-node2"));
+    assert_eq!(
+        seen.matches(&format!("first-after-{what}")).count(),
+        2,
+        "{seen}"
+    );
+    lab.must(LOST, &format!("echo back > {dir}/back-{what} && sync"));
+    assert!(lab
+        .must(1, &format!("cat {dir}/back-{what}"))
+        .contains("back"));
+    for (i, &n) in SURVIVORS.iter().enumerate() {
+        let log = wait_log(lab, n, STARTED, started[i], Duration::from_secs(30));
+        assert!(log.contains("node3"), "node{n}: {log}");
+    }
+    println!(
+        "{what}: node3 booted, rejoined and mounted the volume again in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Waits until node3's QEMU is gone (the guest fenced itself).
+fn wait_fenced(lab: &Lab, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while lab.alive(LOST) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: node3 not fenced within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let console = std::fs::read_to_string(lab.state_dir().join(format!("node-{LOST}.console.log")))
+        .unwrap_or_default();
+    println!(
+        "{what}: node3 fenced itself; its console's last o2cb line: {}",
+        console
+            .lines()
+            .rev()
+            .find(|l| l.contains("o2hb") || l.contains("o2quo") || l.contains("o2net"))
+            .unwrap_or("(none)")
+    );
+}
+
+/// `trouble` hits node3 for a while (`pause`, for the printout) while all
+/// three append; nobody may be evicted, fenced or see an error, and all go
+/// on afterwards.
+fn short_trouble(lab: &Lab, v: &Volume, what: &str, pause: Duration, trouble: impl FnOnce()) {
+    let dir = target(v);
+    for node in 1..=NODES {
+        start_appender(lab, node, &dir, what);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let stopped: Vec<usize> = SURVIVORS
+        .iter()
+        .map(|&n| log_count(lab, n, STOPPED))
+        .collect();
+    let before: Vec<u64> = (1..=NODES).map(|n| acked(lab, n)).collect();
+    trouble();
+    let during: Vec<u64> = SURVIVORS.iter().map(|&n| acked(lab, n)).collect();
+    std::thread::sleep(Duration::from_secs(10));
+    for node in 1..=NODES {
+        let (after, errors) = stop_appender(lab, node);
+        assert!(
+            errors.trim().is_empty(),
+            "{what}: node{node} append errors:\n{errors}"
+        );
+        assert!(
+            after > before[node - 1],
+            "{what}: node{node} did not go on ({} -> {after})",
+            before[node - 1]
+        );
+        assert_log_holds(lab, 1, &dir, what, &format!("node{node}"), after);
+    }
+    assert!(lab.alive(LOST), "{what}: node3 was fenced");
+    for (i, &n) in SURVIVORS.iter().enumerate() {
+        assert_eq!(
+            log_count(lab, n, STOPPED),
+            stopped[i],
+            "{what}: node{n} saw a member stop heartbeating"
+        );
+    }
+    println!(
+        "{what}: node3 in trouble for {} s: survivors appended {:?} lines meanwhile; \
+         nobody evicted or fenced, 0 errors on any node",
+        pause.as_secs(),
+        during
+            .iter()
+            .zip(&before)
+            .map(|(d, b)| d - b)
+            .collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn node_loss() {
+    let total = Instant::now();
+    let lab = Lab::up("failure", NODES, "8G");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lab.lun();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let mut c = rt.block_on(controller.client());
+    rt.block_on(lab.start_cluster(&[1, 2, 3], CLUSTER, Duration::from_secs(180)));
+    let v = rt
+        .block_on(c.create_volume(create_request("pvc-node-loss", 2 * GIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    for node in 1..=NODES {
+        rt.block_on(stage_and_publish(&lab, node, &v));
+    }
+
+    // 1. Power loss: node3's QEMU is killed.
+    lose_and_recover(&lab, &rt, &v, "power-loss", || lab.crash(LOST), || {});
+
+    // 2. Network cut: node3 loses the cluster network but keeps its disk;
+    // without quorum it must fence itself (the guest resets; QEMU runs with
+    // -no-reboot, so it exits).
+    lose_and_recover(
+        &lab,
+        &rt,
+        &v,
+        "network-cut",
+        || {
+            lab.must(LOST, "ip link set eth0 down");
+        },
+        || wait_fenced(&lab, "network-cut", Duration::from_secs(240)),
+    );
+
+    // 3. Short troubles, under o2cb's timeouts (network idle 30 s, disk
+    // heartbeat dead after 31 x 2 s): node3 hangs (vCPU paused), then its
+    // LUN stops answering for a while. Nobody is evicted or fenced.
+    short_trouble(&lab, &v, "short-hang", Duration::from_secs(20), || {
+        lab.freeze(LOST);
+        std::thread::sleep(Duration::from_secs(20));
+        lab.thaw(LOST);
+    });
+    short_trouble(&lab, &v, "short-stall", Duration::from_secs(20), || {
+        lab.stall(LOST);
+        std::thread::sleep(Duration::from_secs(20));
+        lab.unstall(LOST);
+    });
+
+    // 4. node3's LUN stops answering for longer than the dead threshold:
+    // its heartbeat writes time out, so it must fence itself; the others
+    // evict it and carry on.
+    lose_and_recover(
+        &lab,
+        &rt,
+        &v,
+        "long-stall",
+        || lab.stall(LOST),
+        || wait_fenced(&lab, "long-stall", Duration::from_secs(120)),
+    );
+
+    // The volume was never corrupted: unstage everywhere, fsck.
+    for node in 1..=NODES {
+        rt.block_on(unpublish_and_unstage(&lab, node, &v));
+    }
+    let n = partition_by_guid(&lun, &v.volume_context["partitionGuid"]).number;
+    lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
+    println!(
+        "node loss: fsck clean; whole scenario {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+}
