@@ -205,9 +205,10 @@ fn try_lock(file: &File, kind: LockKind) -> std::io::Result<bool> {
                 fl.l_type = libc::F_WRLCK as libc::c_short;
                 fl.l_whence = libc::SEEK_SET as libc::c_short;
                 fl.l_start = 0;
-                fl.l_len = 0; // the whole file, however it grows
-                              // SAFETY: F_OFD_SETLK reads the struct we pass and keeps
-                              // no pointer to it.
+                // Length 0: the whole file, however it grows.
+                fl.l_len = 0;
+                // SAFETY: F_OFD_SETLK reads the struct we pass and keeps no
+                // pointer to it.
                 unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) }
             }
         };
