@@ -46,15 +46,16 @@ impl VolumeParams {
         keys.sort();
         for key in keys {
             let value = params[key].as_str();
-            let shown_value = clip(value);
-            let shown_key = clip(key);
+            // Callers' text goes into messages clipped, and only on error.
+            let shown = || clip(value);
             match key.as_str() {
                 "nodeSlots" => {
                     p.slots = parse_number(key, value)
                         .filter(|n| (1..=u64::from(MAX_SLOTS)).contains(n))
                         .ok_or_else(|| {
                             format!(
-                                "nodeSlots {shown_value:?} must be a whole number from 1 to {MAX_SLOTS}"
+                                "nodeSlots {:?} must be a whole number from 1 to {MAX_SLOTS}",
+                                shown()
                             )
                         })? as u32;
                 }
@@ -66,35 +67,38 @@ impl VolumeParams {
                 }
                 "journalSize" => {
                     let size = parse_size(value).ok_or_else(|| {
-                        format!("journalSize {shown_value:?} is not a size (like 64Mi or 128M)")
+                        format!(
+                            "journalSize {:?} is not a size (like 64Mi or 128M)",
+                            shown()
+                        )
                     })?;
                     if !(MIN_JOURNAL..=MAX_JOURNAL).contains(&size) || size % MIB != 0 {
                         return Err(format!(
-                            "journalSize {shown_value:?} must be whole MiB between 4Mi and 1Gi"
+                            "journalSize {:?} must be whole MiB between 4Mi and 1Gi",
+                            shown()
                         ));
                     }
                     p.journal_size = Some(size);
                 }
                 "heartbeat" => {
                     p.heartbeat = HeartbeatMode::parse(value).ok_or_else(|| {
-                        format!("heartbeat {shown_value:?} must be \"global\" or \"local\"")
+                        format!("heartbeat {:?} must be \"global\" or \"local\"", shown())
                     })?;
                 }
                 "fsFeatures" => p.features = parse_features(value)?,
                 "lun" => {
                     if value.is_empty() || value.len() > 4096 || value.contains('\0') {
-                        return Err(format!(
-                            "lun {shown_value:?} is not a LUN path or disk GUID"
-                        ));
+                        return Err(format!("lun {:?} is not a LUN path or disk GUID", shown()));
                     }
                     p.lun = Some(value.to_string());
                 }
                 k if k.starts_with(KUBERNETES_PREFIX) => {}
                 _ => {
                     return Err(format!(
-                    "unknown parameter {shown_key:?}; known: nodeSlots, clusterSize, blockSize, \
-                         journalSize, heartbeat, fsFeatures, lun"
-                ))
+                        "unknown parameter {:?}; known: nodeSlots, clusterSize, blockSize, \
+                         journalSize, heartbeat, fsFeatures, lun",
+                        clip(key)
+                    ))
                 }
             }
         }
