@@ -4,8 +4,10 @@
 //! plugins in the guests authenticate with the node ServiceAccount's own
 //! token (so the chart's RBAC is what they get), find their address in
 //! their Node object, claim numbers as Leases and write the cluster into
-//! configfs from them. Then a volume is shared by all three, and a plugin
-//! killed and restarted keeps its number and leaves the mounts alone.
+//! configfs from them. Then a volume is shared by all three, a plugin
+//! killed and restarted keeps its number and leaves the mounts alone, and a
+//! guest that loses power keeps its number while it is gone (a newcomer
+//! gets another) and rejoins with it.
 
 mod common;
 
@@ -101,6 +103,15 @@ fn configfs_members(lab: &Lab, node: usize) -> BTreeMap<String, (u8, String)> {
             Some((name.to_string(), (num.parse().ok()?, addr.to_string())))
         })
         .collect()
+}
+
+/// How many times `node`'s plugin logged a member it saw stop heartbeating.
+fn dead_reports(lab: &Lab, node: usize) -> usize {
+    let (_, out) = lab.exec(
+        node,
+        "grep -c 'o2cb member stopped heartbeating' /tmp/node.log",
+    );
+    out.trim().parse().unwrap_or(0)
 }
 
 fn mountinfo_line(lab: &Lab, node: usize, path: &str) -> String {
@@ -283,6 +294,85 @@ fn guests_form_the_cluster_from_the_api() {
     assert!(lab
         .must(1, &format!("cat {path}/node2.txt"))
         .contains("after-restart"));
+
+    // --- node3 lost: its number stays its own, and it rejoins with it ---
+    // Its Node object still exists and it may only be cut off, so the
+    // survivors must not release its Lease, and a newcomer gets another
+    // number.
+    let seen: Vec<usize> = [1, 2].map(|n| dead_reports(&lab, n)).to_vec();
+    let t = Instant::now();
+    lab.crash(3);
+    for (i, node) in [1, 2].into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while dead_reports(&lab, node) <= seen[i] {
+            assert!(
+                Instant::now() < deadline,
+                "node{node} never reported node3 dead"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    println!(
+        "kube-lab: node3 powered off; the survivors declared it dead after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Two keepalive rounds (each may release stale Leases) after that.
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(
+        rt.block_on(leases(&kube)),
+        claimed,
+        "node3's Lease changed while it may be alive"
+    );
+    let newcomer = rt
+        .block_on(async {
+            admin_members(&kube)
+                .await
+                .claim("node4", "192.168.77.14".parse().unwrap())
+                .await
+        })
+        .expect("a newcomer claims a number");
+    assert!(
+        !claimed.values().any(|(n, _)| *n == newcomer),
+        "newcomer got {newcomer}, a number in use: {claimed:?}"
+    );
+    kube.request_ok(
+        "DELETE",
+        &format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{}",
+            ocfs2_csi::k8s::members::lease_name(CLUSTER, newcomer)
+        ),
+        None,
+    );
+    println!("kube-lab: node3's number kept while it is gone; a newcomer got {newcomer}");
+    let t = Instant::now();
+    lab.start_again(3);
+    lab.must(
+        3,
+        &format!(
+            "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\ncat >/root/kubeconfig <<'KC'\n{}KC\nchmod 600 /root/kubeconfig",
+            guest_kubeconfig(&token)
+        ),
+    );
+    lab.start_node_plugin_with(
+        3,
+        CLUSTER,
+        &format!("--membership kubernetes --namespace {NAMESPACE}"),
+    );
+    rt.block_on(lab.wait_node_ready(3, Duration::from_secs(180)));
+    assert_eq!(
+        rt.block_on(leases(&kube)),
+        claimed,
+        "node3 came back with another number"
+    );
+    assert_eq!(configfs_members(&lab, 3), claimed);
+    rt.block_on(stage_and_publish(&lab, 3, &shared));
+    assert!(lab
+        .must(3, &format!("cat {path}/node2.txt"))
+        .contains("after-restart"));
+    println!(
+        "kube-lab: node3 booted, rejoined with its number and mounted the volume in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // --- clean up: unstage everywhere, the filesystem is clean ----------
     for node in 1..=NODES {
