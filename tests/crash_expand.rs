@@ -38,14 +38,18 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// Rounds that must cut a growing expand; at most twice as many are run.
 const ROUNDS: usize = 20;
 const LUN_BYTES: u64 = 64 * GIB;
 const START_MIB: u64 = 256;
 /// Free space left after each volume, in GiB; the last volume has the rest
 /// of the LUN.
 const GAPS_GIB: [u64; 5] = [0, 2, 3, 5, 8];
-/// Kills fall uniformly in 0..this.
+/// Kills fall uniformly in 0..window; the window starts here and then
+/// follows how long a round's expands take on this machine (see
+/// `next_window`), so most kills land mid-expand on a fast machine too.
 const MAX_KILL_DELAY_MS: u64 = 300;
+const MIN_KILL_DELAY_MS: u64 = 20;
 /// Bytes of each partition's start compared after every round: superblock,
 /// system directory and the first cluster group.
 const HEAD_BYTES: u64 = 8 * MIB;
@@ -454,7 +458,13 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
     let (mut interesting, mut torn_rounds, mut at_new, mut at_old) = (0, 0, 0, 0);
     let (mut steps_total, mut no_room_answers) = (0, 0);
     let mut objections = BTreeMap::new();
-    for round in 0..ROUNDS {
+    let mut window = MAX_KILL_DELAY_MS;
+    let mut round = 0;
+    while interesting < ROUNDS / 2 || round < ROUNDS {
+        assert!(
+            round < 2 * ROUNDS,
+            "only {interesting} of {round} kills landed mid-expand"
+        );
         let chains: Vec<Chain> = vols
             .iter()
             .enumerate()
@@ -472,7 +482,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
             );
             calls.spawn(async move { (chain.vol, run_chain(c, v, chain, 0, killed).await) });
         }
-        let delay = rng.below(MAX_KILL_DELAY_MS);
+        let delay = rng.below(window);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         killed.store(true, Ordering::SeqCst);
         crash(&mut ctl);
@@ -545,6 +555,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         }
         at_new += found.at_new;
         at_old += found.at_old;
+        window = next_window(delay, done_before, n_steps);
         println!(
             "round {round:02}: kill at {delay:3} ms, {done_before}/{n_steps} expands answered; \
              growing expands cut: {} on disk, {} not; torn table {}; reconverged in {:.2} s; \
@@ -559,6 +570,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
             restarted.elapsed().as_secs_f64(),
             vols.iter().map(|v| v.bytes / MIB).collect::<Vec<_>>()
         );
+        round += 1;
     }
 
     // Each volume grown to exactly what fits, then one MiB more is refused
@@ -627,7 +639,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         sizes.insert(v.name.clone(), v.bytes / MIB);
     }
     println!(
-        "{ROUNDS} rounds in {:.1} s: {interesting} kills cut a growing expand ({at_new} had \
+        "{round} rounds in {:.1} s: {interesting} kills cut a growing expand ({at_new} had \
          reached the disk, {at_old} had not), {torn_rounds} torn tables; {steps_total} expands \
          ({no_room_answers} refused for room); final partitions {sizes:?} MiB, all fsck-clean, \
          same UUID and FS generation as created",
@@ -638,6 +650,18 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
     }
     assert!(
         interesting >= ROUNDS / 2,
-        "only {interesting} of {ROUNDS} kills landed mid-expand"
+        "only {interesting} of {round} kills landed mid-expand"
     );
+}
+
+/// The next kill window: about as long as a whole round of expands takes,
+/// judged from where this round's kill (at `delay` ms) found them.
+fn next_window(delay: u64, answered: usize, steps: usize) -> u64 {
+    let whole = if answered >= steps {
+        // All done before the kill: a round takes less than `delay`.
+        delay
+    } else {
+        delay * steps as u64 / answered.max(1) as u64
+    };
+    whole.clamp(MIN_KILL_DELAY_MS, MAX_KILL_DELAY_MS)
 }
