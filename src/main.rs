@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
     for lun in luns {
-        let report = ocfs2_csi::node::partition_sync::sync(lun)?;
+        let report = ocfs2_csi::disk::partition_sync::sync(lun)?;
         println!(
             "{}: added {:?}, resized {:?}, deleted {:?}",
             lun.display(),

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use ocfs2_csi::controller::entry::TYPE_LOCAL;
 use ocfs2_csi::csi::volume_capability::access_mode::Mode;
 use ocfs2_csi::csi::volume_capability::{AccessType, BlockVolume};
 use ocfs2_csi::csi::*;
+use ocfs2_csi::volume::entry::TYPE_LOCAL;
 use std::collections::HashMap;
 use tonic::Code;
 

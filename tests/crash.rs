@@ -8,11 +8,11 @@
 mod common;
 
 use common::*;
-use ocfs2_csi::controller::entry::{TYPE_GLOBAL, TYPE_PENDING_GLOBAL};
-use ocfs2_csi::controller::volume_id::partition_guid;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::{DeleteVolumeRequest, ListVolumesRequest};
 use ocfs2_csi::disk::{gpt, lun_io::LunFile};
+use ocfs2_csi::volume::entry::{TYPE_GLOBAL, TYPE_PENDING_GLOBAL};
+use ocfs2_csi::volume::id::partition_guid;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
 use std::path::Path;

@@ -22,12 +22,12 @@
 mod common;
 
 use common::*;
-use ocfs2_csi::controller::entry::{volume_entry, ALIGN, TYPE_GLOBAL};
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::ListVolumesRequest;
 use ocfs2_csi::disk::gpt::{self, Partition};
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::ocfs2::layout::Layout;
+use ocfs2_csi::volume::entry::{volume_entry, ALIGN, TYPE_GLOBAL};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -324,7 +324,7 @@ async fn make_volumes(c: &mut ControllerClient<Channel>, lun: &Path) -> Vec<Vol>
         v.fs = fs_identity(lun, &part);
         assert_eq!(
             v.fs.uuid,
-            ocfs2_csi::controller::volume_id::filesystem_uuid(&v.name)
+            ocfs2_csi::volume::id::filesystem_uuid(&v.name)
                 .simple()
                 .to_string()
                 .to_uppercase()

@@ -14,7 +14,7 @@ use ocfs2_csi::disk::kernel_partitions::{
     block_device_name, kernel_partitions, partition_device_name, KernelPartition,
 };
 use ocfs2_csi::disk::lun_io::LunFile;
-use ocfs2_csi::node::partition_sync::{
+use ocfs2_csi::disk::partition_sync::{
     sync, Change, PartitionFailure, Refused, SyncError, WantedPartition,
 };
 

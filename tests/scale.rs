@@ -14,9 +14,9 @@ mod common;
 
 use common::*;
 use futures::stream::{self, StreamExt};
-use ocfs2_csi::controller::entry::TYPE_GLOBAL;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::{GetCapacityRequest, ListVolumesRequest, Volume};
+use ocfs2_csi::volume::entry::TYPE_GLOBAL;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

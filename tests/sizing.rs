@@ -3,10 +3,10 @@
 //! the way CreateVolume sizes it must, once formatted with the controller's
 //! own mkfs arguments, offer at least the requested bytes.
 
-use ocfs2_csi::controller::entry::{self, ALIGN};
 use ocfs2_csi::ocfs2::layout::{HeartbeatMode, Layout, GIB, MIB};
 use ocfs2_csi::ocfs2::tools::{mkfs_args, MkfsSpec};
 use ocfs2_csi::tools::{Runner, SystemRunner};
+use ocfs2_csi::volume::entry::{self, ALIGN};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use uuid::Uuid;

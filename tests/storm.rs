@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use ocfs2_csi::controller::entry::TYPE_GLOBAL;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::{DeleteVolumeRequest, ListVolumesRequest, Volume};
+use ocfs2_csi::volume::entry::TYPE_GLOBAL;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,26 +17,12 @@ use crate::ocfs2::layout::HeartbeatMode;
 
 use super::config::{ClusterConfig, Timeouts};
 use super::error::ClusterError;
-use super::membership::{describe, Member};
+use super::membership::Member;
 use super::plan::{plan_join, JoinReport, Step};
+use super::state::{cluster_dir, CurrentCluster, CurrentNode};
 
 /// The kernel's configfs mount point.
 pub const CONFIGFS_ROOT: &str = "/sys/kernel/config";
-
-/// The cluster directory, relative to the configfs root.
-pub fn cluster_dir(cluster: &str) -> PathBuf {
-    Path::new("cluster").join(cluster)
-}
-
-/// A node directory, relative to the configfs root.
-pub fn node_dir(cluster: &str, node: &str) -> PathBuf {
-    cluster_dir(cluster).join("node").join(node)
-}
-
-/// A heartbeat region directory, relative to the configfs root.
-pub fn region_dir(cluster: &str, region: &str) -> PathBuf {
-    cluster_dir(cluster).join("heartbeat").join(region)
-}
 
 /// The three operations configfs is driven with; tests swap in a fake that
 /// creates the attribute files the kernel would.
@@ -69,46 +54,6 @@ impl Ops for Kernel {
             .open(path)?
             .write_all(value.as_bytes())
     }
-}
-
-/// A node entry as configfs holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CurrentNode {
-    pub name: String,
-    pub number: u8,
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub local: bool,
-}
-
-impl CurrentNode {
-    /// An unset port or address reads back as 0 / 0.0.0.0: the entry was
-    /// left half-made (its number cannot be set before both), so it holds
-    /// no number and no peer can be using it.
-    pub fn is_complete(&self) -> bool {
-        self.port != 0 && !self.address.is_unspecified()
-    }
-
-    pub fn matches(&self, m: &Member) -> bool {
-        self.is_complete()
-            && self.number == m.number
-            && self.address == m.address
-            && self.port == m.port
-    }
-
-    pub fn describe(&self) -> String {
-        describe(self.number, self.address, self.port)
-    }
-}
-
-/// The cluster configfs holds now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CurrentCluster {
-    pub name: String,
-    pub heartbeat: HeartbeatMode,
-    pub timeouts: Timeouts,
-    /// Sorted by name.
-    pub nodes: Vec<CurrentNode>,
 }
 
 /// configfs under `root` (normally [`CONFIGFS_ROOT`]).

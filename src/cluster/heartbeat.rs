@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::configfs::{read_trimmed, region_dir, ConfigFs, Ops};
+use super::configfs::{read_trimmed, ConfigFs, Ops};
 use super::error::ClusterError;
 use super::geometry::HeartbeatGeometry;
+use super::state::region_dir;
 
 pub const DEBUGFS_ROOT: &str = "/sys/kernel/debug";
 

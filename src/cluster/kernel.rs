@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::configfs::CONFIGFS_ROOT;
 use super::error::ClusterError;
 use super::heartbeat::DEBUGFS_ROOT;
-use crate::node::mounts::parse_mount_points;
+use crate::mountinfo::parse_mount_points;
 use crate::tools::{Cmd, Runner};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);

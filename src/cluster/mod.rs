@@ -17,12 +17,13 @@ pub mod heartbeat;
 pub mod kernel;
 pub mod membership;
 pub mod plan;
+pub mod state;
 
 #[cfg(test)]
 mod testing;
 
 pub use config::{ClusterConfig, Timeouts, DEFAULT_PORT};
-pub use configfs::{ConfigFs, CurrentCluster, CurrentNode, CONFIGFS_ROOT};
+pub use configfs::{ConfigFs, CONFIGFS_ROOT};
 pub use error::{ClusterError, Conflict, Difference};
 pub use geometry::{geometry, HeartbeatGeometry};
 pub use heartbeat::{
@@ -31,3 +32,4 @@ pub use heartbeat::{
 pub use kernel::{ensure_prerequisites, KernelPaths};
 pub use membership::{parse_members, Member, MembershipError, MembershipSource, StaticMembers};
 pub use plan::{plan_join, ClusterOrigin, JoinPlan, JoinReport, KeptAlive, Step};
+pub use state::{CurrentCluster, CurrentNode};

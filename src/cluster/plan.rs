@@ -11,9 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::config::ClusterConfig;
-use super::configfs::{cluster_dir, node_dir, CurrentCluster, CurrentNode};
 use super::error::{ClusterError, Conflict, Difference};
 use super::membership::{validate_members, Member};
+use super::state::{cluster_dir, node_dir, CurrentCluster, CurrentNode};
 
 /// One configfs operation; paths are relative to the configfs root.
 #[derive(Clone, Debug, PartialEq, Eq)]

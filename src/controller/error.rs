@@ -9,8 +9,9 @@
 
 use crate::disk::gpt::GptError;
 use crate::ocfs2::tools::Ocfs2Error;
+pub use crate::server::status::{status, RpcError};
 use crate::tools::ToolError;
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// Failures shared by every RPC that touches a LUN.
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +134,6 @@ pub enum ListError {
     Lun(#[from] LunError),
 }
 
-/// The gRPC code each error maps to.
-pub trait RpcError: std::error::Error {
-    fn code(&self) -> Code;
-}
-
 impl RpcError for CreateError {
     fn code(&self) -> Code {
         match self {
@@ -192,26 +188,6 @@ impl RpcError for ListError {
             ListError::Lun(e) => e.code(),
         }
     }
-}
-
-/// The status for an error: its code, and a message with the whole chain of
-/// causes so the operator sees the tool's own words.
-pub fn status<E: RpcError>(err: E) -> Status {
-    Status::new(err.code(), chain(&err))
-}
-
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = cause.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -1,18 +1,17 @@
 //! The controller plugin: carves OCFS2 volumes out of shared LUNs.
 //!
 //! - `pool`: opening and initialising LUNs
-//! - `entry`: how a volume is recorded in the GPT
 //! - `volumes`: the work of each RPC, free of gRPC
 //! - `service`: the gRPC glue
-//! - `params`, `volume_id`, `inflight`, `error`: the pieces they share
+//! - `params`, `error`: the pieces they share
+//!
+//! What the node shares with it (volume IDs, the GPT entry format, mount
+//! options) is in `crate::volume`; in-flight tracking in `crate::server`.
 
-pub mod entry;
 pub mod error;
-pub mod inflight;
 pub mod params;
 pub mod pool;
 pub mod service;
-pub mod volume_id;
 pub mod volumes;
 
 pub use service::ControllerService;

@@ -185,7 +185,8 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
                         clip(&m.fs_type)
                     ));
                 }
-                crate::node::request::mount_options(&m.mount_flags).map_err(|e| e.to_string())?;
+                crate::volume::mount_options::mount_options(&m.mount_flags)
+                    .map_err(|e| e.to_string())?;
             }
             Some(AccessType::Block(_)) => {
                 return Err("raw block volumes are not supported yet; use a filesystem \

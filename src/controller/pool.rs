@@ -5,12 +5,12 @@
 //! anything else (an MBR, a filesystem, a GPT that is not ours) is refused
 //! and left untouched.
 
-use super::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use super::error::LunError;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::BlockIo;
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::tools::Ocfs2Tools;
+use crate::volume::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;

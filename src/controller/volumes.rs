@@ -1,21 +1,21 @@
 //! The controller's work on volumes, free of gRPC: create, delete, expand,
 //! list, capacity and lookup over the pool's LUNs.
 
-use super::entry::{
-    self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
-    FIRST_VOLUME_NUMBER, MAX_PARTITION,
-};
 use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError, LunError};
-use super::inflight::InFlight;
 use super::params::{check_capabilities, VolumeParams};
 use super::pool::Lun;
-use super::volume_id::{filesystem_uuid, partition_guid, VolumeId};
 use crate::csi::VolumeCapability;
 use crate::disk::gpt::Gpt;
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
 use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
 use crate::ocfs2::MAX_LABEL_BYTES;
+use crate::server::inflight::InFlight;
+use crate::volume::entry::{
+    self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
+    FIRST_VOLUME_NUMBER, MAX_PARTITION,
+};
+use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 

@@ -1,7 +1,9 @@
 //! The shared disk: sector I/O on a LUN, its GUID partition table, and the
-//! kernel devices through which a partition's byte range is reached.
+//! kernel devices through which a partition's byte range is reached, and
+//! keeping this host's kernel partitions in step with the table.
 
 pub mod gpt;
 pub mod kernel_partitions;
 pub mod lun_io;
+pub mod partition_sync;
 pub mod region;

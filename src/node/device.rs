@@ -5,12 +5,12 @@
 //!
 //! Blocking (O_DIRECT reads, ioctls): run on `spawn_blocking`.
 
-use super::partition_sync::{self, SyncError};
-use crate::controller::entry::{volume_entry, State, VolumeEntry};
-use crate::controller::volume_id::VolumeId;
 use crate::disk::gpt;
 use crate::disk::kernel_partitions::{block_device_name, kernel_partitions, partition_device_name};
 use crate::disk::lun_io::LunFile;
+use crate::disk::partition_sync::{self, SyncError};
+use crate::volume::entry::{volume_entry, State, VolumeEntry};
+use crate::volume::id::VolumeId;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]

@@ -10,8 +10,9 @@ use super::dlm::DlmError;
 use super::grow::Unconfirmed;
 use super::request::BadRequest;
 use crate::ocfs2::tools::Ocfs2Error;
+pub use crate::server::status::{status, RpcError};
 use std::path::PathBuf;
-use tonic::{Code, Status};
+use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -82,8 +83,10 @@ impl NodeError {
             source,
         }
     }
+}
 
-    pub fn code(&self) -> Code {
+impl RpcError for NodeError {
+    fn code(&self) -> Code {
         match self {
             NodeError::BadRequest(_) => Code::InvalidArgument,
             NodeError::WrongCluster { .. }
@@ -113,11 +116,6 @@ impl NodeError {
             NodeError::Dlm(_) | NodeError::Tool(_) | NodeError::Io { .. } => Code::Internal,
         }
     }
-}
-
-/// The message carries the whole cause chain.
-pub fn status(e: NodeError) -> Status {
-    Status::new(e.code(), crate::controller::error::chain(&e))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ pub mod dlm;
 pub mod error;
 pub mod grow;
 pub mod mounts;
-pub mod partition_sync;
 pub mod records;
 pub mod request;
 pub mod service;

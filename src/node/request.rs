@@ -1,8 +1,10 @@
-//! Checks on what a Node RPC asks for, before anything is touched: paths,
-//! mount flags, volume context. Pure functions (apart from looking at a
+//! Checks on what a Node RPC asks for, before anything is touched: paths
+//! and volume context (mount flags: `crate::volume::mount_options`). Pure
+//! functions (apart from looking at a
 //! path's own inode), so every refusal is unit-tested.
 
 use crate::ocfs2::layout::HeartbeatMode;
+use crate::volume::mount_options::MountFlagError;
 use std::path::{Component, Path, PathBuf};
 use uuid::Uuid;
 
@@ -19,8 +21,8 @@ pub enum BadRequest {
         path: String,
         why: &'static str,
     },
-    #[error("mount flag {flag:?} is not allowed: {why}")]
-    MountFlag { flag: String, why: String },
+    #[error(transparent)]
+    MountFlag(#[from] MountFlagError),
     #[error("volume_capability is missing")]
     NoCapability,
     #[error("raw block volumes are not supported yet; ask for a filesystem (mount) volume")]
@@ -69,94 +71,6 @@ pub fn mount_path(field: &'static str, value: &str) -> Result<PathBuf, BadReques
         Ok(m) if m.file_type().is_symlink() => Err(bad("is a symbolic link")),
         _ => Ok(path.to_path_buf()),
     }
-}
-
-/// Mount options a StorageClass (`mountOptions`) or capability may ask for.
-/// Anything that changes how the node takes part in the cluster (heartbeat,
-/// cluster stack, `nocluster`, `localflocks`) is ours alone: getting it wrong
-/// corrupts a shared volume or breaks cluster-wide flock.
-const FLAGS: &[&str] = &[
-    "noatime",
-    "relatime",
-    "strictatime",
-    "nodiratime",
-    "nosuid",
-    "nodev",
-    "noexec",
-    "acl",
-    "noacl",
-    "user_xattr",
-    "nouser_xattr",
-    "inode64",
-    "usrquota",
-    "grpquota",
-    "intr",
-    "nointr",
-    "journal_async_commit",
-];
-
-/// Options with a value, and the values allowed (`None` = an integer).
-const VALUED: &[(&str, Option<&[&str]>)] = &[
-    ("data", Some(&["ordered", "writeback"])),
-    ("errors", Some(&["remount-ro", "panic", "continue"])),
-    ("coherency", Some(&["full", "buffered"])),
-    ("barrier", Some(&["0", "1"])),
-    ("commit", None),
-    ("atime_quantum", None),
-    ("localalloc", None),
-    ("resv_level", None),
-    ("dir_resv_level", None),
-];
-
-const OURS: &[&str] = &[
-    "heartbeat",
-    "nocluster",
-    "localflocks",
-    "cluster_stack",
-    "hb",
-    "ro",
-    "rw",
-    "remount",
-    "bind",
-];
-
-/// Validates the CO's mount flags (each may itself be comma-separated) and
-/// returns them as single options, in order, without duplicates.
-pub fn mount_options(flags: &[String]) -> Result<Vec<String>, BadRequest> {
-    let mut out: Vec<String> = Vec::new();
-    for option in flags.iter().flat_map(|f| f.split(',')).map(str::trim) {
-        if option.is_empty() {
-            continue;
-        }
-        let bad = |why: String| BadRequest::MountFlag {
-            flag: option.chars().take(100).collect(),
-            why,
-        };
-        let (key, value) = match option.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (option, None),
-        };
-        if OURS.contains(&key) {
-            return Err(bad(
-                "the driver sets it (read-only is asked for with the readonly field)".into(),
-            ));
-        }
-        match (value, VALUED.iter().find(|(k, _)| *k == key)) {
-            (None, None) if FLAGS.contains(&key) => {}
-            (Some(v), Some((_, Some(allowed)))) if allowed.contains(&v) => {}
-            (Some(v), Some((_, None)))
-                if !v.is_empty() && v.len() <= 9 && v.parse::<u32>().is_ok() => {}
-            (_, Some((_, Some(allowed)))) => {
-                return Err(bad(format!("expected {key}= one of {allowed:?}")))
-            }
-            (_, Some((_, None))) => return Err(bad(format!("expected {key}=<integer>"))),
-            _ => return Err(bad("not an OCFS2 mount option this driver allows".into())),
-        }
-        if !out.iter().any(|o| o == option) {
-            out.push(option.to_string());
-        }
-    }
-    Ok(out)
 }
 
 /// What the controller put in the volume context, checked.
@@ -218,34 +132,6 @@ mod tests {
                 why: "is a symbolic link"
             })
         );
-    }
-
-    #[test]
-    fn mount_flags_are_whitelisted() {
-        let ok = mount_options(&[
-            "noatime,nodiratime".into(),
-            "data=writeback".into(),
-            "commit=30".into(),
-            "noatime".into(),
-        ])
-        .unwrap();
-        assert_eq!(ok, ["noatime", "nodiratime", "data=writeback", "commit=30"]);
-        for bad in [
-            "heartbeat=none",
-            "nocluster",
-            "localflocks",
-            "data=journal",
-            "commit=x",
-            "commit=",
-            "commit=99999999999",
-            "ro",
-            "bogus",
-            "noatime;reboot",
-            "$(reboot)",
-        ] {
-            let err = mount_options(&[bad.into()]).unwrap_err();
-            assert!(matches!(err, BadRequest::MountFlag { .. }), "{bad}: {err}");
-        }
     }
 
     #[test]

@@ -6,19 +6,19 @@
 //! Everything here adopts what the kernel already runs: a restarted plugin
 //! writes nothing and restarts nothing.
 
-use super::partition_sync::{self, SyncError};
 use super::volumes::NodeVolumes;
 use crate::cluster::{
     self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
     KernelPaths, MembershipSource,
 };
-use crate::controller::entry::{HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use crate::disk::gpt;
 use crate::disk::kernel_partitions::{block_device_name, partition_device_name};
 use crate::disk::lun_io::LunFile;
+use crate::disk::partition_sync::{self, SyncError};
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::Runner;
+use crate::volume::entry::{HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,14 +5,16 @@ use super::device::{self, Located};
 use super::dlm::{Domain, Mode};
 use super::error::NodeError;
 use super::grow::{self, Reporters, Resync};
-use super::mounts::{self, mount_at, MountEntry};
+use super::mounts;
 use super::records::{Records, StageRecord};
 use super::request::{self, BadRequest};
-use crate::controller::inflight::{Guard, InFlight};
-use crate::controller::volume_id::VolumeId;
 use crate::csi::{volume_capability, VolumeCapability};
+use crate::mountinfo::{self, mount_at, MountEntry};
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
+use crate::server::inflight::{Guard, InFlight};
+use crate::volume::id::VolumeId;
+use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -118,7 +120,7 @@ pub fn mount_capability(cap: Option<&VolumeCapability>) -> Result<Vec<String>, N
             if !m.fs_type.is_empty() && m.fs_type != "ocfs2" {
                 return Err(BadRequest::FsType(m.fs_type.chars().take(64).collect()).into());
             }
-            Ok(request::mount_options(&m.mount_flags)?)
+            Ok(mount_options(&m.mount_flags).map_err(BadRequest::from)?)
         }
         Some(volume_capability::AccessType::Block(_)) => Err(BadRequest::Block.into()),
         None => Err(BadRequest::NoCapability.into()),
@@ -414,7 +416,7 @@ impl NodeVolumes {
                     what: format!("{} from {}, not this volume", m.fs_type, m.source),
                 });
             }
-            let others: Vec<PathBuf> = mounts::mount_table()
+            let others: Vec<PathBuf> = mountinfo::mount_table()
                 .map_err(io("reading the mount table"))?
                 .into_iter()
                 .filter(|o| o.device == m.device && o.mount_point != staging)

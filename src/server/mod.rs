@@ -2,7 +2,9 @@
 //! what every call goes through (the [`observe`] layer).
 
 pub mod endpoint;
+pub mod inflight;
 pub mod observe;
+pub mod status;
 
 pub use endpoint::Endpoint;
 pub use observe::{record_volume, ObserveLayer};

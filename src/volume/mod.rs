@@ -1,0 +1,7 @@
+//! What the controller and the node share about a volume: its ID, how it
+//! is recorded in the GPT, and the mount options it may be mounted with.
+//! Neither side imports the other; both import this.
+
+pub mod entry;
+pub mod id;
+pub mod mount_options;
