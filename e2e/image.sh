@@ -8,23 +8,24 @@
 #   OUT_DIR/key         content address of all of the above
 #   OUT_DIR/manifest    what went in
 #
-# Usage: e2e/image.sh [OUT_DIR]        (default .cache/lab/image)
+# Usage: e2e/image.sh [OUT_DIR]        (default $OCFS2_CSI_CACHE/lab/image, scripts/cache.sh)
 # Env:   OCFS2_CSI_BIN   project binary (default target/debug/ocfs2-csi;
 #                        set to empty to leave it out)
-#        CSI_SANITY_BIN  csi-sanity binary (default .cache/bin/csi-sanity if
+#        CSI_SANITY_BIN  csi-sanity binary (default $OCFS2_CSI_CACHE/bin/csi-sanity if
 #                        it exists; empty to leave it out)
 #        LAB_KERNEL_PKG  pin the kernel package (default: newest
 #                        linux-image-6.1.0-N-amd64 that apt knows)
-# The .debs are cached in .cache/lab/debs. When OUT_DIR/key matches, nothing
+# The .debs are cached in $OCFS2_CSI_CACHE/lab/debs. When OUT_DIR/key matches, nothing
 # is rebuilt.
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$E2E/.." && pwd)
-OUT=${1:-$REPO/.cache/lab/image}
+. "$REPO/scripts/cache.sh"
+OUT=${1:-$OCFS2_CSI_CACHE/lab/image}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-DEBS=$REPO/.cache/lab/debs
+DEBS=$OCFS2_CSI_CACHE/lab/debs
 INIT=$E2E/guest-init.sh
 
 if [ -z "${OCFS2_CSI_BIN+set}" ]; then
@@ -38,7 +39,7 @@ elif [ -n "$OCFS2_CSI_BIN" ] && [ ! -x "$OCFS2_CSI_BIN" ]; then
 	exit 1
 fi
 if [ -z "${CSI_SANITY_BIN+set}" ]; then
-	CSI_SANITY_BIN=$REPO/.cache/bin/csi-sanity
+	CSI_SANITY_BIN=$OCFS2_CSI_CACHE/bin/csi-sanity
 	[ -x "$CSI_SANITY_BIN" ] || CSI_SANITY_BIN=
 elif [ -n "$CSI_SANITY_BIN" ] && [ ! -x "$CSI_SANITY_BIN" ]; then
 	echo "image: CSI_SANITY_BIN=$CSI_SANITY_BIN is not an executable file" >&2
@@ -250,7 +251,10 @@ fi
 
 # --- publish (key last) --------------------------------------------------------
 rm -f "$OUT/key"
-cp "$X/boot/vmlinuz-$KV" "$OUT/vmlinuz"
+# Each file is replaced by a rename: a lab of another clone may be booting
+# from this (shared, per-user) directory right now.
+cp "$X/boot/vmlinuz-$KV" "$WORK/vmlinuz"
+mv "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv "$WORK/initrd.img" "$OUT/initrd.img"
 mv "$WORK/libs.list" "$OUT/libs.list"
 printf '%s\n' "$packages" >"$OUT/packages"

@@ -17,7 +17,7 @@
 #                                            (QEMU I/O throttle); the guest runs on
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
-# .cache/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
+# $OCFS2_CSI_CACHE/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
 # LAB_DOWN_TIMEOUT (30 s), LAB_MEM (768 MB), LAB_APPEND (extra kernel
 # arguments), LAB_KEEP_ON_FAIL=1 (leave the guests running when `up` fails),
 # LAB_API_PORT (at `up`: guests reach this port of the namespace's loopback
@@ -30,8 +30,9 @@ set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$E2E/.." && pwd)
+. "$REPO/scripts/cache.sh"
 STATE=${LAB_STATE_DIR:-$REPO/.cache/lab/run}
-IMAGE=${LAB_IMAGE_DIR:-$REPO/.cache/lab/image}
+IMAGE=${LAB_IMAGE_DIR:-$OCFS2_CSI_CACHE/lab/image}
 BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-120}
 EXEC_TIMEOUT=${LAB_EXEC_TIMEOUT:-300}
 DOWN_TIMEOUT=${LAB_DOWN_TIMEOUT:-30}

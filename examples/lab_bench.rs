@@ -757,7 +757,10 @@ fn main() {
     // A lab image of our own: the release binary must not replace the
     // image other labs on this machine boot from.
     if std::env::var_os("LAB_IMAGE_DIR").is_none() {
-        std::env::set_var("LAB_IMAGE_DIR", repo().join(".cache/lab/bench-image"));
+        std::env::set_var(
+            "LAB_IMAGE_DIR",
+            common::kube::user_cache().join("lab/bench-image"),
+        );
     }
     let rt = Runtime::new().unwrap();
     let mut report = Report::new();

@@ -13,6 +13,7 @@
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cache.sh
 
 # The Kubernetes releases the chart supports, as kubernetes-validate names
 # their schemas.
@@ -22,8 +23,8 @@ CHART=deploy/helm/ocfs2-csi
 CI_VALUES=$CHART/ci/static-values.yaml
 MANIFEST=deploy/manifests/ocfs2-csi.yaml
 TEST_TEMPLATE=templates/tests/shared-volume-test.yaml
-HELM="$PWD/.cache/bin/helm"
-VALIDATE="$PWD/.cache/venv/bin/kubernetes-validate"
+HELM="$OCFS2_CSI_CACHE/bin/helm"
+VALIDATE="$OCFS2_CSI_CACHE/venv/bin/kubernetes-validate"
 
 start=$(date +%s)
 scripts/chart-deps.sh || { echo "chart-check: installing the tools failed"; exit 1; }
@@ -42,7 +43,7 @@ check() {
 }
 
 echo "chart-check: $("$HELM" version --short), kubernetes-validate $("$VALIDATE" --version)"
-schema_root=$("$PWD/.cache/venv/bin/python" -c \
+schema_root=$("$OCFS2_CSI_CACHE/venv/bin/python" -c \
   'import kubernetes_validate, os; print(os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema"))')
 for v in "${KUBE_VERSIONS[@]}"; do
   if [ -d "$schema_root/v$v-local-strict" ]; then

@@ -6,8 +6,9 @@
 # whole suite inside a guest); everything skipped is listed with its reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cache.sh
 BIN=target/debug/ocfs2-csi
-SANITY=.cache/bin/csi-sanity
+SANITY=$OCFS2_CSI_CACHE/bin/csi-sanity
 [ -x "$BIN" ] || cargo test --no-run --all-targets
 [ -x "$SANITY" ] || scripts/deps.sh
 

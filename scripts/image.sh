@@ -10,7 +10,7 @@
 #      (filled by `cargo fetch` first) through volumes, so cargo runs
 #      offline; apt in both stages reads this machine's sources through
 #      APT_CONFIG on a volume (never in a layer). The release target
-#      directory is kept in .cache/image/target.
+#      directory is kept in $OCFS2_CSI_CACHE/image/target.
 #   3. `ocfs2-csi --version` inside the image must print
 #      `ocfs2-csi <version>`, and no host name from this machine's apt
 #      configuration may be left in the image.
@@ -32,6 +32,7 @@ done
 # relative to where the script was started
 [ -z "$save" ] || save=$(realpath -m -- "$save")
 cd "$(dirname "$0")/.."
+. scripts/cache.sh
 
 # RUN steps and the check run chrooted in their own namespaces, without an
 # OCI runtime or cgroups: crun refuses hosts with hybrid cgroups (v1
@@ -44,7 +45,7 @@ t_base=$((SECONDS - t0))
 
 VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
 IMAGE=${OCFS2_CSI_IMAGE:-localhost/ocfs2-csi}:$VERSION
-CACHE=$PWD/.cache/image
+CACHE=$OCFS2_CSI_CACHE/image
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 mkdir -p "$CACHE/target" "$CARGO_HOME/registry"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes pieces the kube tests run on loopback, from the Go
-# module proxy, into .cache/kube/bin:
+# module proxy, into $OCFS2_CSI_CACHE/kube/bin (scripts/cache.sh):
 #   etcd, kube-apiserver, kube-controller-manager   (e2e/kube/controlplane)
 #   csi-provisioner                                 (e2e/kube/csi-provisioner)
 #   csi-resizer                                     (e2e/kube/csi-resizer)
@@ -13,11 +13,12 @@
 # module only. Safe to run from several tests at once (one builder at a time,
 # the others wait and then find the stamps fresh).
 #
-#   KUBE_TOOLS_BIN   where the binaries go (default: .cache/kube/bin)
+#   KUBE_TOOLS_BIN   where the binaries go (default: $OCFS2_CSI_CACHE/kube/bin)
 #   KUBE_TOOLS_JOBS  go build -p (default: 2)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${KUBE_TOOLS_BIN:-$root/.cache/kube/bin}
+. "$root/scripts/cache.sh"
+BIN=${KUBE_TOOLS_BIN:-$OCFS2_CSI_CACHE/kube/bin}
 JOBS=${KUBE_TOOLS_JOBS:-2}
 # The binaries are stripped (-s -w below), so the compiler need not make DWARF
 # either: less to compile (910 s instead of 1071 s fresh, measured) and a

@@ -18,16 +18,17 @@
 # KUBE_UP_OWNER_PID=<pid> a small watchdog also runs kube-down.sh once that
 # process is gone, so a test that dies without cleaning up leaves nothing.
 #
-#   KUBE_TOOLS_BIN     binaries (default: .cache/kube/bin)
+#   KUBE_TOOLS_BIN     binaries (default: $OCFS2_CSI_CACHE/kube/bin)
 #   KUBE_CONTROLLERS   kube-controller-manager --controllers (default below);
 #                      "none" starts no controller manager
 #   KUBE_UP_TIMEOUT    seconds to wait for readiness (default: 120)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/cache.sh"
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 mkdir -p "$1"
 DIR=$(cd "$1" && pwd)
-BIN=${KUBE_TOOLS_BIN:-$root/.cache/kube/bin}
+BIN=${KUBE_TOOLS_BIN:-$OCFS2_CSI_CACHE/kube/bin}
 TIMEOUT=${KUBE_UP_TIMEOUT:-120}
 CONTROLLERS=${KUBE_CONTROLLERS:-namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,persistentvolume-binder-controller,persistentvolume-expander-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller}
 ms() { echo $(( $(date +%s%N) / 1000000 )); }

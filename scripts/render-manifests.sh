@@ -8,9 +8,10 @@
 #   scripts/render-manifests.sh --stdout  print what the file should hold
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cache.sh
 
 OUT=deploy/manifests/ocfs2-csi.yaml
-HELM="$PWD/.cache/bin/helm"
+HELM="$OCFS2_CSI_CACHE/bin/helm"
 
 scripts/chart-deps.sh >&2
 

@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane for the tests: etcd, kube-apiserver and
 //! kube-controller-manager on loopback (scripts/kube-up.sh), built from the
 //! Go module proxy at pinned versions (scripts/kube-tools.sh, cached in
-//! .cache/kube/bin), plus the real CSI sidecars (csi-provisioner,
+//! the per-user cache), plus the real CSI sidecars (csi-provisioner,
 //! csi-resizer) talking to it. No fakes: requests go over HTTPS to the real
 //! API server, authenticated as an admin by bearer token.
 //!
@@ -15,16 +15,27 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// The repository root (where scripts/ and .cache/ live).
+/// The repository root (where scripts/ lives).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The per-user cache of pinned external builds, outside the clone: the
+/// same rule as scripts/cache.sh.
+pub fn user_cache() -> PathBuf {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    env("OCFS2_CSI_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("ocfs2-csi")))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/ocfs2-csi")))
+        .expect("OCFS2_CSI_CACHE, XDG_CACHE_HOME or HOME must be set")
 }
 
 /// Where scripts/kube-tools.sh puts the binaries.
 pub fn bin_dir() -> PathBuf {
     std::env::var_os("KUBE_TOOLS_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache/kube/bin"))
+        .unwrap_or_else(|| user_cache().join("kube/bin"))
 }
 
 /// Builds (or finds cached) etcd, kube-apiserver, kube-controller-manager,
@@ -122,7 +133,7 @@ impl Kube {
     /// this control plane's folder. Panics with the output unless it
     /// succeeds.
     pub fn helm(&self, args: &[&str]) -> String {
-        let bin = repo_root().join(".cache/bin/helm");
+        let bin = user_cache().join("bin/helm");
         assert!(
             bin.is_file(),
             "{} missing: run scripts/chart-deps.sh",
@@ -257,7 +268,7 @@ impl Kube {
         split_status(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// Starts `.cache/kube/bin/NAME --kubeconfig K --csi-address SOCKET ARGS...`
+    /// Starts `bin_dir()/NAME --kubeconfig K --csi-address SOCKET ARGS...`
     /// (NAME: "csi-provisioner" or "csi-resizer"), logging to DIR/NAME.log.
     /// The caller owns the child; any still running when the Kube is dropped
     /// is stopped first.
