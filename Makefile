@@ -1,51 +1,66 @@
 # The two commands a newcomer needs are `make demo` and `make test`.
+# `make test` is the tiers below in order; each can be run alone.
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-controller test deps lint unit sanity chart manifests bench fmt
+.PHONY: demo demo-controller test check host lab kube deps deps-check deps-host deps-lab deps-kube \
+	chart manifests bench fmt
 
 ## demo: a three-node OCFS2 lab; create, mount everywhere, write/read, grow online
-demo: deps
-	$(CARGO) build --bins --examples
-	./target/debug/examples/lab_demo
+demo:
+	scripts/demo.sh
 
 ## demo-controller: the controller alone on a file-backed LUN (seconds, no QEMU)
-demo-controller: deps
+demo-controller: deps-check
 	$(CARGO) build --bins --examples
 	./target/debug/examples/demo
 
-## test: everything CI runs (lint, unit and integration tests, csi-sanity, chart)
-test: deps lint chart unit sanity
+## test: everything CI runs, tier by tier, then a table of how long each part took
+test: deps
+	scripts/tier.sh --reset
+	$(MAKE) --no-print-directory check host lab kube
+	scripts/tier.sh --table
 
-deps:
+## check: fmt, clippy, shellcheck, the layer check, unit and in-process tests (minutes)
+check: deps-check
+	scripts/tier.sh check
+
+## host: file-LUN integration (crash, storm, scale, bad input), csi-sanity, chart, image
+host: deps-host
+	scripts/tier.sh host
+
+## lab: QEMU scenarios on real OCFS2 kernels
+lab: deps-lab
+	scripts/tier.sh lab
+
+## kube: tests against a real kube-apiserver and the CSI sidecars
+kube: deps-kube
+	scripts/tier.sh kube
+
+deps: deps-check deps-host deps-lab deps-kube
+
+# Each tier installs what it needs; all of it is idempotent and fast once done.
+deps-check:
 	scripts/deps.sh
+deps-host: deps-check
 	scripts/chart-deps.sh
+# The lab tier includes kube_lab (guests joining through a real API server).
+deps-lab: deps-kube
+	e2e/deps.sh
+deps-kube: deps-host
 	scripts/kube-tools.sh
 
 ## chart: helm lint, render, strict schema validation for Kubernetes 1.31-1.35, manifests fresh
-chart:
+chart: deps-host
 	scripts/chart-check.sh
 
 ## manifests: re-render deploy/manifests/ from the chart's default values
-manifests:
+manifests: deps-host
 	scripts/render-manifests.sh
 
-lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-
-unit:
-	$(CARGO) test --all-targets
-
-# `cargo test --no-run` builds the binary with the same features the tests
-# used (a plain `cargo build` resolves dev-dependency features apart and
-# would rebuild every crate).
-sanity:
-	$(CARGO) test --no-run --all-targets
-	scripts/csi-sanity.sh
-
-## bench: latency, capacity, throughput and heartbeat figures: tables printed, SVG charts in target/bench/ (never enforced)
-bench: deps
+## bench: latency, capacity, throughput and heartbeat figures beside their anchors (never enforced)
+bench: deps-check
+	e2e/deps.sh
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/bench
 	./target/release/examples/lab_bench
