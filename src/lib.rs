@@ -3,6 +3,7 @@
 //!
 //! The binary (`src/main.rs`) only parses flags and wires these modules.
 
+pub mod backoff;
 pub mod cluster;
 pub mod controller;
 pub mod csi;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
@@ -24,6 +25,9 @@ use ocfs2_csi::tools::{Runner, SystemRunner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Pauses between tries to open the LUNs (a path may come up late).
+const LUN_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(30));
 
 /// The default CSI driver name (a DNS-style name, as CSI asks).
 const DEFAULT_DRIVER_NAME: &str = "ocfs2.csi.dev";
@@ -110,10 +114,10 @@ struct NodeArgs {
     #[arg(long, env = "OCFS2_CSI_HEARTBEAT", default_value = "global", value_parser = parse_heartbeat)]
     heartbeat: HeartbeatMode,
     /// Where the members of the cluster come from: `kubernetes` (Leases in
-    /// --namespace; node numbers claimed through the API) or `static`
-    /// (--members-file).
-    #[arg(long, env = "OCFS2_CSI_MEMBERSHIP", default_value = "static", value_parser = ["static", "kubernetes"])]
-    membership: String,
+    /// --namespace; node numbers claimed through the API; the chart's
+    /// default) or `static` (--members-file).
+    #[arg(long, env = "OCFS2_CSI_MEMBERSHIP", value_enum, default_value_t = Membership::Static)]
+    membership: Membership,
     /// Static members: one `NAME NUMBER ADDRESS[:PORT]` per line.
     #[arg(
         long,
@@ -150,6 +154,12 @@ struct NodeArgs {
     /// Seconds between reads of the membership source.
     #[arg(long, env = "OCFS2_CSI_MEMBERS_POLL", default_value_t = 5)]
     members_poll: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Membership {
+    Static,
+    Kubernetes,
 }
 
 fn parse_heartbeat(s: &str) -> Result<HeartbeatMode, String> {
@@ -290,73 +300,49 @@ type Keepalive = futures::future::BoxFuture<'static, anyhow::Error>;
 /// The membership source and this node's o2cb number, plus a task that
 /// keeps an API-claimed number alive (it ends only when the number is lost).
 async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource>, u8, Keepalive)> {
-    if args.membership == "static" {
-        let path = args
-            .members_file
-            .clone()
-            .context("--members-file is required")?;
-        let members = StaticMembers::new(&path, args.o2cb_port);
-        // The node's number comes from the file; without it there is
-        // nothing to join.
-        let me = members
-            .members()
-            .await?
-            .into_iter()
-            .find(|m| m.name == args.node_id)
-            .with_context(|| {
-                format!("this node ({}) is not in {}", args.node_id, path.display())
-            })?;
-        return Ok((
-            Arc::new(members),
-            me.number,
-            Box::pin(futures::future::pending()),
-        ));
+    match args.membership {
+        Membership::Static => {
+            let path = args
+                .members_file
+                .clone()
+                .context("--members-file is required")?;
+            let members = StaticMembers::new(&path, args.o2cb_port);
+            let number = members.number_of(&args.node_id).await?;
+            Ok((
+                Arc::new(members),
+                number,
+                Box::pin(futures::future::pending()),
+            ))
+        }
+        Membership::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let km = KubeMembers::new(
+                client,
+                &args.namespace,
+                &args.pool.cluster_name,
+                args.o2cb_port,
+            );
+            let address = match args.node_address {
+                Some(a) => a,
+                None => km.node_address(&args.node_id).await?,
+            };
+            let number = km.claim_until_won(&args.node_id, address).await;
+            tracing::info!(node = %args.node_id, number, %address, "o2cb node number from the Kubernetes API");
+            let keepalive = km.clone().keep_alive(
+                args.node_id.clone(),
+                number,
+                KernelPaths::default().debugfs,
+                args.dead_threshold,
+            );
+            Ok((
+                Arc::new(km),
+                number,
+                Box::pin(async move { keepalive.await.into() }),
+            ))
+        }
     }
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
-    let km = KubeMembers::new(
-        client,
-        &args.namespace,
-        &args.pool.cluster_name,
-        args.o2cb_port,
-    );
-    let address = match args.node_address {
-        Some(a) => a,
-        None => km.node_address(&args.node_id).await?,
-    };
-    let mut attempt = 0u64;
-    let number = loop {
-        match km.claim(&args.node_id, address).await {
-            Ok(n) => break n,
-            Err(e) => {
-                attempt += 1;
-                tracing::error!(error = %e, "cannot claim an o2cb node number yet");
-                tokio::time::sleep(Duration::from_secs(attempt.min(10) * 2)).await;
-            }
-        }
-    };
-    tracing::info!(node = %args.node_id, number, %address, "o2cb node number from the Kubernetes API");
-    // o2cb declares a silent node dead after dead_threshold heartbeats of 2 s;
-    // a number is released only well after that.
-    let dead_after = Duration::from_secs(u64::from(args.dead_threshold) * 4 + 60);
-    let (me, debugfs) = (args.node_id.clone(), KernelPaths::default().debugfs);
-    let km2 = km.clone();
-    let keepalive: Keepalive = Box::pin(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            match km2.renew(&me, number, None).await {
-                Err(e @ ocfs2_csi::k8s::KubeError::Lost { .. }) => return anyhow::Error::from(e),
-                Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
-                Ok(()) => {}
-            }
-            let live = cluster::live_nodes(&debugfs).unwrap_or_default();
-            if let Err(e) = km2.release_stale(&me, &live, dead_after).await {
-                tracing::warn!(error = %e, "cannot check for departed members");
-            }
-        }
-    });
-    Ok((Arc::new(km), number, keepalive))
 }
 
 struct NodeReady(Arc<NodeVolumes>);
@@ -385,23 +371,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let volumes = volumes.clone();
         let (luns, cluster) = (args.pool.luns.clone(), args.pool.cluster_name.clone());
         tokio::spawn(async move {
-            let mut attempt = 0u32;
-            loop {
-                match open_all(&luns, &cluster, &tools, regions.as_ref()).await {
-                    Ok(opened) => {
-                        tracing::info!(luns = opened.len(), "all LUNs open; ready");
-                        volumes.set_luns(opened);
-                        return;
-                    }
-                    Err(e) => {
-                        volumes.set_not_ready(format!("{e:#}"));
-                        attempt += 1;
-                        let wait = Duration::from_secs(u64::from(attempt.min(6)) * 5);
-                        tracing::error!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "cannot open the LUNs");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
+            let opened = LUN_BACKOFF
+                .retry("cannot open the LUNs", |_| async {
+                    open_all(&luns, &cluster, &tools, regions.as_ref())
+                        .await
+                        .inspect_err(|e| volumes.set_not_ready(format!("{e:#}")))
+                })
+                .await;
+            tracing::info!(luns = opened.len(), "all LUNs open; ready");
+            volumes.set_luns(opened);
         })
     };
 

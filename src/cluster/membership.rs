@@ -194,13 +194,15 @@ pub enum MembershipError {
         line: usize,
         message: String,
     },
+    #[error("this node ({node}) is not in {path}")]
+    NotListed { node: String, path: PathBuf },
     /// Another source (the Kubernetes API) failed.
     #[error("membership source: {0}")]
     Source(String),
 }
 
-/// Where the member list comes from; a Kubernetes-backed source can replace
-/// the static file later.
+/// Where the member list comes from: the static file or the Kubernetes API
+/// (`KubeMembers`, in the k8s module above this one).
 pub trait MembershipSource: Send + Sync {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, MembershipError>>;
 }
@@ -219,6 +221,20 @@ impl StaticMembers {
             path: path.into(),
             default_port,
         }
+    }
+
+    /// The number the file gives `node`: without one there is nothing to
+    /// join.
+    pub async fn number_of(&self, node: &str) -> Result<u8, MembershipError> {
+        self.members()
+            .await?
+            .into_iter()
+            .find(|m| m.name == node)
+            .map(|m| m.number)
+            .ok_or_else(|| MembershipError::NotListed {
+                node: node.to_string(),
+                path: self.path.clone(),
+            })
     }
 }
 

@@ -15,15 +15,6 @@ pub trait Readiness: Send + Sync {
     fn is_ready(&self) -> bool;
 }
 
-/// Readiness that is always true (for modes with nothing to wait for).
-pub struct AlwaysReady;
-
-impl Readiness for AlwaysReady {
-    fn is_ready(&self) -> bool {
-        true
-    }
-}
-
 pub struct IdentityService {
     driver_name: String,
     controller: bool,

@@ -14,7 +14,8 @@
 //! A node that still writes heartbeat keeps its number, whatever the API
 //! says.
 
-use crate::cluster::{Member, MembershipError, MembershipSource};
+use crate::backoff::Backoff;
+use crate::cluster::{live_nodes, Member, MembershipError, MembershipSource};
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
@@ -24,6 +25,7 @@ use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const LABEL_CLUSTER: &str = "ocfs2.csi.dev/cluster";
@@ -33,6 +35,16 @@ pub const ANNOTATION_PORT: &str = "ocfs2.csi.dev/port";
 
 /// How many times a claim retries after losing a race.
 const CLAIM_ATTEMPTS: usize = 600;
+/// Pauses between claims while the API is unreachable or refuses.
+const CLAIM_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(20));
+/// How often our Lease is renewed and departed members are looked for.
+const KEEPALIVE_PERIOD: Duration = Duration::from_secs(10);
+
+/// How long a silent member's number stays taken: o2cb declares a node dead
+/// after `dead_threshold` heartbeats of 2 s; we wait well past that.
+pub fn hold_time(dead_threshold: u32) -> Duration {
+    Duration::from_secs(u64::from(dead_threshold) * 4 + 60)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -182,6 +194,44 @@ impl KubeMembers {
             }
         }
         Err(KubeError::Contention(CLAIM_ATTEMPTS))
+    }
+
+    /// [`claim`](Self::claim), retried until the API grants a number: a
+    /// node without one cannot join, so there is nothing else to do.
+    pub async fn claim_until_won(&self, node: &str, address: Ipv4Addr) -> u8 {
+        CLAIM_BACKOFF
+            .retry("cannot claim an o2cb node number yet", |_| {
+                self.claim(node, address)
+            })
+            .await
+    }
+
+    /// Renews our Lease and releases departed members' numbers (those that
+    /// no longer heartbeat, as `debugfs` shows) every [`KEEPALIVE_PERIOD`],
+    /// for as long as the number is ours; returns why it is not any more.
+    /// Other failures are logged and retried at the next period.
+    pub async fn keep_alive(
+        self,
+        me: String,
+        number: u8,
+        debugfs: PathBuf,
+        dead_threshold: u32,
+    ) -> KubeError {
+        loop {
+            tokio::time::sleep(KEEPALIVE_PERIOD).await;
+            match self.renew(&me, number, None).await {
+                Err(e @ KubeError::Lost { .. }) => return e,
+                Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
+                Ok(()) => {}
+            }
+            let live = live_nodes(&debugfs).unwrap_or_default();
+            if let Err(e) = self
+                .release_stale(&me, &live, hold_time(dead_threshold))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot check for departed members");
+            }
+        }
     }
 
     fn lease(&self, node: &str, number: u8, address: Ipv4Addr) -> Lease {
