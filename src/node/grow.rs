@@ -1,7 +1,7 @@
 //! Growing a mounted volume while other nodes keep writing to it.
 //!
-//! The rule (DESIGN invariant 3): the filesystem grows only after every node
-//! that has it mounted sees the bigger partition. The nodes that have it
+//! The rule (docs/design.md, invariant 3): the filesystem grows only after
+//! every node that has it mounted sees the bigger partition. The nodes that have it
 //! mounted are the volume's slot map; what each of them sees, it says
 //! itself through the cluster's lock service (dlmfs), so growth never
 //! depends on the Kubernetes API:
