@@ -120,7 +120,11 @@ printf '%s\n' "$packages" | sed 's/^/image:   /'
 mkdir -p "$DEBS"
 deb_of() { # package version -> cached .deb path (apt writes ':' as %3a)
 	local v=${2//:/%3a}
-	ls "$DEBS/${1}_${v}_"*.deb 2>/dev/null | head -n1
+	local d
+	for d in "$DEBS/${1}_${v}_"*.deb; do
+		[ -e "$d" ] && echo "$d" && return
+	done
+	return 0
 }
 need=()
 while read -r p v; do

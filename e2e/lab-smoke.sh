@@ -77,7 +77,7 @@ on() {
 	local i=$1 what=$2 cmd=$3 out rc=0
 	out=$("$LAB" exec "$i" "$cmd" 2>&1) || rc=$?
 	if [ "$rc" != 0 ]; then
-		fail "node$i: $what (exit $rc):"$'\n'"$(sed 's/^/    /' <<<"$out")"
+		fail "node$i: $what (exit $rc):"$'\n'"    ${out//$'\n'/$'\n'    }"
 	fi
 	printf '%s' "$out"
 }

@@ -12,7 +12,7 @@
 #      when set
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 . scripts/cache.sh
 
 # The Kubernetes releases the chart supports, as kubernetes-validate names

@@ -18,7 +18,7 @@ declare -A LAYER=(
 )
 
 fail=0
-modules=$(cd src && ls -d -- */ ./*.rs | sed 's#/$##; s#^\./##; s#\.rs$##' | grep -vx 'main\|lib')
+modules=$(cd src && for f in */ *.rs; do f=${f%/}; f=${f%.rs}; [ "$f" = main ] || [ "$f" = lib ] || echo "$f"; done)
 for m in $modules; do
   if [ -z "${LAYER[$m]:-}" ]; then
     echo "check-layers: src/$m has no layer; add it to LAYER in $0" >&2
@@ -39,7 +39,9 @@ for m in $modules; do
   done < <(grep -HnoE 'crate::[a-z_0-9]+' $files | sed -E 's#crate::##')
   # shellcheck disable=SC2086
   if hits=$(grep -HnE 'crate::\{' $files); then
-    echo "$hits" | sed 's/$/: write one `use crate::MODULE::...` per module/' >&2
+    while IFS= read -r hit; do
+      echo "$hit: write one use line per module (crate::MODULE::...)" >&2
+    done <<<"$hits"
     fail=1
   fi
 done

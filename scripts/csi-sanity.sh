@@ -14,6 +14,7 @@ SANITY=$OCFS2_CSI_CACHE/bin/csi-sanity
 
 work=$(mktemp -d /tmp/ocfs2-csi-sanity.XXXXXX)
 pids=()
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"

@@ -25,7 +25,7 @@ fi
 is() { [ "$(readlink "/proc/$1/exe" 2>/dev/null)" = "$2" ]; }
 
 ours=()
-while read -r name pid exe; do
+while read -r _ pid exe; do
   [ -n "${pid:-}" ] || continue
   is "$pid" "$exe" && ours=("$pid=$exe" "${ours[@]}")  # newest first
 done < "$DIR/pids"

@@ -53,7 +53,7 @@ fresh() { # module dir -> 0 if every binary is there and the stamp matches
 all_fresh() { local m; for m in "${ORDER[@]}"; do fresh "$m" || return 1; done; }
 
 if all_fresh; then
-  echo "kube-tools: cached in $BIN ($(cd "$BIN" && ls | tr '\n' ' '))"
+  echo "kube-tools: cached in $BIN ($(cd "$BIN" && printf '%s ' *))"
   exit 0
 fi
 

@@ -162,6 +162,7 @@ for attempt in 1 2 3; do
       curl -sf --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$SERVER/readyz"; then
     break
   fi
+  # shellcheck disable=SC2015 # retry only a port race, and at most 3 times
   grep -q "address already in use" "$DIR/kube-apiserver.log" && [ "$attempt" != 3 ] \
     || fail "kube-apiserver exited"
   echo "kube-up: kube-apiserver port taken, retrying" >&2
@@ -206,6 +207,7 @@ if [ "$CONTROLLERS" != none ]; then
       --profiling=false
     KCM_PID=$STARTED
     if wait_for kube-controller-manager "$KCM_PID" curl -skf "$KCM_HEALTHZ"; then break; fi
+    # shellcheck disable=SC2015 # retry only a port race, and at most 3 times
     grep -q "address already in use" "$DIR/kube-controller-manager.log" && [ "$attempt" != 3 ] \
       || fail "kube-controller-manager exited"
     echo "kube-up: kube-controller-manager port taken, retrying" >&2
