@@ -12,6 +12,8 @@ pub mod error;
 pub mod params;
 pub mod pool;
 pub mod service;
+#[cfg(test)]
+pub mod testing;
 pub mod volumes;
 
 pub use service::ControllerService;

@@ -376,6 +376,126 @@ impl BlockIo for MemIo {
     }
 }
 
+/// In-memory `BlockIo` that stores only the chunks ever written, so a test
+/// can have LUNs of many GiB (volumes with real layouts) in a few KiB of
+/// memory. Clones share the same contents: a test keeps one clone to look
+/// at the disk, or to "restart" a controller on it, while another sits
+/// behind a `FailingIo`. Same contract as `MemIo`: unwritten and discarded
+/// ranges read as zeros, `sync` does nothing.
+#[derive(Clone, Debug)]
+pub struct SparseIo {
+    sector_size: u64,
+    size_bytes: u64,
+    chunks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Box<[u8]>>>>,
+}
+
+/// Granule of `SparseIo`'s storage.
+const SPARSE_CHUNK: u64 = 64 << 10;
+
+impl SparseIo {
+    /// A zero-filled device. Panics unless `size_bytes` is a multiple of
+    /// `sector_size`.
+    pub fn new(sector_size: u64, size_bytes: u64) -> SparseIo {
+        assert!(sector_size > 0 && size_bytes.is_multiple_of(sector_size));
+        SparseIo {
+            sector_size,
+            size_bytes,
+            chunks: Default::default(),
+        }
+    }
+
+    /// Bytes of storage in use (whole chunks): shows what a discard freed.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.lock().len() as u64 * SPARSE_CHUNK
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Box<[u8]>>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `f(chunk index, offset in chunk, range of the request)` for
+    /// each chunk the request `offset..offset+len` touches.
+    fn each_chunk(offset: u64, len: u64, mut f: impl FnMut(u64, usize, std::ops::Range<usize>)) {
+        let mut at = offset;
+        while at < offset + len {
+            let index = at / SPARSE_CHUNK;
+            let within = (at % SPARSE_CHUNK) as usize;
+            let n = (SPARSE_CHUNK - at % SPARSE_CHUNK).min(offset + len - at);
+            let from = (at - offset) as usize;
+            f(index, within, from..from + n as usize);
+            at += n;
+        }
+    }
+}
+
+impl BlockIo for SparseIo {
+    fn sector_size(&self) -> u64 {
+        self.sector_size
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        let chunks = self.lock();
+        Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
+            let n = part.len();
+            match chunks.get(&index) {
+                Some(c) => buf[part].copy_from_slice(&c[within..within + n]),
+                None => buf[part].fill(0),
+            }
+        });
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        let mut chunks = self.lock();
+        Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
+            let n = part.len();
+            let c = chunks
+                .entry(index)
+                .or_insert_with(|| vec![0; SPARSE_CHUNK as usize].into_boxed_slice());
+            c[within..within + n].copy_from_slice(&buf[part]);
+        });
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.sector_size, self.size_bytes, offset, len)?;
+        let mut chunks = self.lock();
+        let mut partial = Vec::new();
+        let first = offset / SPARSE_CHUNK;
+        let last = (offset + len).div_ceil(SPARSE_CHUNK);
+        // Whole chunks are dropped (without visiting every index of a huge
+        // range); the partial ones at either end are zeroed.
+        chunks.retain(|&index, _| {
+            let start = index * SPARSE_CHUNK;
+            let inside = index >= first && index < last;
+            let whole = start >= offset && start + SPARSE_CHUNK <= offset + len;
+            if inside && !whole {
+                partial.push(index);
+            }
+            !(inside && whole)
+        });
+        for index in partial {
+            let start = index * SPARSE_CHUNK;
+            let from = offset.max(start) - start;
+            let to = (offset + len).min(start + SPARSE_CHUNK) - start;
+            if let Some(c) = chunks.get_mut(&index) {
+                c[from as usize..to as usize].fill(0);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What `FailingIo` does with mutating calls once its budget is used up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashMode {
@@ -660,6 +780,48 @@ pub(crate) mod tests {
         assert!(b[..4096].iter().all(|&x| x == 0));
         assert!(b[4096..8192].iter().all(|&x| x == 7));
         assert!(b[8192..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn sparse_io_contract() {
+        let s = SparseIo::new(512, 1 << 40);
+        assert_eq!(s.size_bytes(), 1 << 40);
+        let kind = |r: io::Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(s.write_at(100, &[1; 512])),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(s.write_at((1 << 40) - 512, &[1; 1024])),
+            io::ErrorKind::InvalidInput
+        );
+        // A write across a chunk boundary, read back through a clone.
+        let data = pattern(3 * 65536 + 1024, 5);
+        let at = (1 << 39) - 65536 - 512;
+        s.write_at(at, &data[..3 * 65536 + 1024]).unwrap();
+        let clone = s.clone();
+        let mut back = vec![9u8; data.len()];
+        clone.read_at(at, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(s.allocated_bytes(), 5 * 65536);
+        // Unwritten space reads as zeros.
+        let mut z = vec![1u8; 4096];
+        s.read_at(0, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0));
+        // A discard frees whole chunks and zeroes the partial ones.
+        s.discard(at + 512, 2 * 65536).unwrap();
+        clone.read_at(at, &mut back).unwrap();
+        assert_eq!(back[..512], data[..512]);
+        assert!(back[512..512 + 2 * 65536].iter().all(|&b| b == 0));
+        assert_eq!(back[512 + 2 * 65536..], data[512 + 2 * 65536..]);
+        assert_eq!(s.allocated_bytes(), 3 * 65536);
+        // A partial discard keeps the chunk, zeroed where asked.
+        s.discard(at, 512).unwrap();
+        clone.read_at(at, &mut back[..512]).unwrap();
+        assert!(back[..512].iter().all(|&b| b == 0));
+        assert_eq!(s.allocated_bytes(), 3 * 65536);
+        s.discard(0, 1 << 40).unwrap();
+        assert_eq!(s.allocated_bytes(), 0);
     }
 
     #[test]
