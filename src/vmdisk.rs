@@ -484,11 +484,18 @@ mod tests {
 
     #[test]
     fn command_exit_code_is_propagated() {
+        // Each call below takes the lock the previous one released. Other
+        // tests fork children meanwhile, and a child forked between our
+        // open and close holds a copy of the lock's descriptor until it
+        // execs: then a call that refused at once would see 75, not the
+        // code under test. Waiting for the lock keeps this test about exit
+        // codes.
+        const WAIT: u64 = 30;
         let (_dir, path) = image();
-        assert_eq!(run(&args(&path, LockKind::Flock, 0, &["true"])), 0);
-        assert_eq!(run(&args(&path, LockKind::Flock, 0, &["false"])), 1);
+        assert_eq!(run(&args(&path, LockKind::Flock, WAIT, &["true"])), 0);
+        assert_eq!(run(&args(&path, LockKind::Flock, WAIT, &["false"])), 1);
         assert_eq!(
-            run(&args(&path, LockKind::Flock, 0, &["sh", "-c", "exit 42"])),
+            run(&args(&path, LockKind::Flock, WAIT, &["sh", "-c", "exit 42"])),
             42
         );
         // Killed by a signal: 128 + signal, as shells report it.
@@ -496,20 +503,20 @@ mod tests {
             run(&args(
                 &path,
                 LockKind::Flock,
-                0,
+                WAIT,
                 &["sh", "-c", "kill -TERM $$"]
             )),
             128 + libc::SIGTERM
         );
         assert_eq!(
-            run(&args(&path, LockKind::Flock, 0, &["/nonexistent/qemu"])),
+            run(&args(&path, LockKind::Flock, WAIT, &["/nonexistent/qemu"])),
             EXIT_NOT_FOUND
         );
         // The argument vector is not interpreted by a shell.
         let marker = path.with_file_name("pwned");
         let cmd = format!("true; touch {}", marker.display());
         assert_eq!(
-            run(&args(&path, LockKind::Flock, 0, &[&cmd])),
+            run(&args(&path, LockKind::Flock, WAIT, &[&cmd])),
             EXIT_NOT_FOUND
         );
         assert!(!marker.exists());
