@@ -1,6 +1,8 @@
 //! `make bench`, host part: the real controller on a sparse file LUN.
 //!
-//! - CreateVolume latency by volume size (mkfs dominates);
+//! - CreateVolume latency by volume size (mkfs dominates), beside its
+//!   anchor: the bare tools doing the same (sgdisk, a loop device over the
+//!   partition, mkfs.ocfs2 with the same options), measured in the same run;
 //! - usable capacity of a fresh volume (free bytes / requested bytes) and
 //!   partition overhead, by size and by node slots.
 //!
@@ -33,6 +35,72 @@ struct Latency {
     /// Sorted milliseconds.
     create: Vec<f64>,
     delete: Vec<f64>,
+    /// The anchor: sgdisk + losetup + mkfs.ocfs2 + detach by hand, sorted ms.
+    bare: Vec<f64>,
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
+}
+
+impl Latency {
+    /// CreateVolume median over the bare tools' median.
+    fn ratio(&self) -> f64 {
+        median(&self.create) / median(&self.bare)
+    }
+}
+
+/// What an admin runs by hand for one volume, timed: a GPT entry at the
+/// same sectors with sgdisk, a loop device over it (as the controller
+/// uses), mkfs.ocfs2 with the options the controller would give for this
+/// size (`mkfs_args`, the same function), detach. On a LUN of its own, so
+/// the controller's table is never touched behind its back.
+fn bare_create(lun: &std::path::Path, part: &Part, gib: u64, run_no: usize) -> f64 {
+    use ocfs2_csi::ocfs2::layout::{HeartbeatMode, Layout};
+    use ocfs2_csi::ocfs2::tools::{mkfs_args, MkfsSpec};
+    let spec = MkfsSpec {
+        cluster_name: "testclu".into(),
+        label: format!("anchor-{gib}g-{run_no}"),
+        uuid: uuid::Uuid::new_v4(),
+        layout: Layout::for_size(gib * GIB, LATENCY_SLOTS, None, None, None),
+        heartbeat: HeartbeatMode::Global,
+        features: Vec::new(),
+    };
+    let t = Instant::now();
+    let (ok, out) = run(
+        "sgdisk",
+        &[
+            &format!("--new={}:{}:{}", part.number, part.first, part.last),
+            lun.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "sgdisk: {out}");
+    with_loop(
+        lun,
+        part.first * 512,
+        (part.last - part.first + 1) * 512,
+        |dev| {
+            let cmd = mkfs_args(&spec, std::path::Path::new(dev));
+            let out = std::process::Command::new(cmd.program)
+                .args(&cmd.args)
+                .env("LC_ALL", "C")
+                .output()
+                .expect("mkfs.ocfs2");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                cmd.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        },
+    );
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (ok, out) = run(
+        "sgdisk",
+        &[&format!("--delete={}", part.number), lun.to_str().unwrap()],
+    );
+    assert!(ok, "sgdisk: {out}");
+    ms
 }
 
 struct Capacity {
@@ -62,11 +130,16 @@ fn request(name: &str, bytes: u64, slots: u32) -> ocfs2_csi::csi::CreateVolumeRe
 }
 
 /// CreateVolume and DeleteVolume latency: each size created and deleted
-/// `RUNS` times on the same LUN.
-async fn latency(c: &mut Client) -> Vec<Latency> {
+/// `RUNS` times on the same LUN, each create followed by its anchor on
+/// `anchor_lun` at the same sectors.
+async fn latency(
+    c: &mut Client,
+    lun: &std::path::Path,
+    anchor_lun: &std::path::Path,
+) -> Vec<Latency> {
     let mut out = Vec::new();
     for &gib in SIZES_GIB {
-        let (mut create, mut delete) = (Vec::new(), Vec::new());
+        let (mut create, mut delete, mut bare) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..RUNS {
             let t = Instant::now();
             let v = c
@@ -81,16 +154,20 @@ async fn latency(c: &mut Client) -> Vec<Latency> {
                 .volume
                 .unwrap();
             create.push(t.elapsed().as_secs_f64() * 1000.0);
+            let part = partition_by_guid(lun, &v.volume_context["partitionGuid"]);
+            bare.push(bare_create(anchor_lun, &part, gib, run));
             let t = Instant::now();
             c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
             delete.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         create.sort_by(f64::total_cmp);
         delete.sort_by(f64::total_cmp);
+        bare.sort_by(f64::total_cmp);
         out.push(Latency {
             gib,
             create,
             delete,
+            bare,
         });
     }
     out
@@ -131,6 +208,8 @@ fn report_latency(r: &mut Report, lat: &[Latency]) {
             "create min ms",
             "create median ms",
             "create max ms",
+            "bare tools median ms",
+            "create/bare",
             "delete median ms",
         ],
     )
@@ -138,7 +217,11 @@ fn report_latency(r: &mut Report, lat: &[Latency]) {
         "{RUNS} runs per size, nodeSlots={LATENCY_SLOTS}, each volume deleted before the next; \
          LUN: {} GiB sparse file",
         LUN_BYTES / GIB
-    ));
+    ))
+    .note(
+        "bare tools (the anchor, same run): sgdisk --new at the same sectors, losetup over \
+         them, mkfs.ocfs2 with the controller's options for that size, losetup --detach",
+    );
     for l in lat {
         let c = &l.create;
         t.row(vec![
@@ -146,6 +229,8 @@ fn report_latency(r: &mut Report, lat: &[Latency]) {
             num(c[0]),
             num(c[c.len() / 2]),
             num(c[c.len() - 1]),
+            num(median(&l.bare)),
+            format!("{:.2}", l.ratio()),
             num(l.delete[l.delete.len() / 2]),
         ]);
     }
@@ -163,6 +248,7 @@ fn report_latency(r: &mut Report, lat: &[Latency]) {
         )
         .series("create, median", points(&|l| l.create[l.create.len() / 2]))
         .series("create, max", points(&|l| l.create[l.create.len() - 1]))
+        .series("bare tools, median", points(&|l| median(&l.bare)))
         .series("delete, median", points(&|l| l.delete[l.delete.len() / 2])),
     );
 }
@@ -243,12 +329,15 @@ fn machine_lines(r: &Report, lat: &[Latency], cap: &[Capacity]) {
     for l in lat {
         let t = &l.create;
         println!(
-            "BENCH create_ms size={}GiB slots={LATENCY_SLOTS} runs={} min={:.1} median={:.1} max={:.1}",
+            "BENCH create_ms size={}GiB slots={LATENCY_SLOTS} runs={} min={:.1} median={:.1} max={:.1} \
+             bare_median={:.1} ratio={:.2}",
             l.gib,
             t.len(),
             t[0],
             t[t.len() / 2],
-            t[t.len() - 1]
+            t[t.len() - 1],
+            median(&l.bare),
+            l.ratio()
         );
     }
     for c in cap {
@@ -282,11 +371,14 @@ async fn main() {
         .tempdir()
         .unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", LUN_BYTES);
+    let anchor_lun = sparse_lun(dir.path(), "anchor.raw", LUN_BYTES);
+    let (ok, out) = run("sgdisk", &["--clear", anchor_lun.to_str().unwrap()]);
+    assert!(ok, "sgdisk --clear: {out}");
     let ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
     let mut c = ctl.client().await;
 
     let t = Instant::now();
-    let lat = latency(&mut c).await;
+    let lat = latency(&mut c, &lun, &anchor_lun).await;
     println!("latency measured in {:.0} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     let cap = capacity(&mut c, &lun).await;
