@@ -53,6 +53,36 @@ pub enum LocateError {
     },
 }
 
+/// Finding a volume's device and keeping the kernel's partitions in step
+/// with the GPT. Blocking (O_DIRECT reads, ioctls): callers run it on a
+/// blocking thread.
+pub trait Locator: Send + Sync {
+    /// See [`locate`].
+    fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError>;
+    /// See [`resync`].
+    fn resync(&self, lun: &Path, number: u32) -> Result<u64, String>;
+    /// See [`kernel_partition_bytes`].
+    fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>>;
+}
+
+/// The real locator: the LUNs' GPTs and the kernel's partitions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GptLocator;
+
+impl Locator for GptLocator {
+    fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
+        locate(luns, id)
+    }
+
+    fn resync(&self, lun: &Path, number: u32) -> Result<u64, String> {
+        resync(lun, number)
+    }
+
+    fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>> {
+        kernel_partition_bytes(lun, number)
+    }
+}
+
 /// Finds the volume's LUN among `luns`, syncs its kernel partitions and
 /// returns the device.
 pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {

@@ -55,6 +55,13 @@ pub enum NodeError {
     Unconfirmed(Vec<Unconfirmed>),
     #[error("the volume is mounted on nodes {0:?}; online growth on several nodes needs global heartbeat (the volume uses local heartbeat)")]
     LocalMultiNode(Vec<u32>),
+    #[error("{required} bytes asked for; the volume's partition has {partition} (grow the volume first)")]
+    OutOfRange { required: u64, partition: u64 },
+    #[error("{what} did not answer within {after:?} (a hung cluster filesystem or LUN?); retry")]
+    Stalled {
+        what: String,
+        after: std::time::Duration,
+    },
     #[error("the filesystem's on-disk size ({on_disk} bytes) still differs from the mounted size ({live} bytes): its last grow is not written home yet; retry")]
     Unsettled { on_disk: u64, live: u64 },
     #[error(transparent)]
@@ -96,9 +103,11 @@ impl RpcError for NodeError {
             | NodeError::NotStaged(_)
             | NodeError::Busy { .. }
             | NodeError::LocalMultiNode(_) => Code::FailedPrecondition,
-            NodeError::NotReady(_) | NodeError::Unconfirmed(_) | NodeError::Unsettled { .. } => {
-                Code::Unavailable
-            }
+            NodeError::NotReady(_)
+            | NodeError::Unconfirmed(_)
+            | NodeError::Unsettled { .. }
+            | NodeError::Stalled { .. } => Code::Unavailable,
+            NodeError::OutOfRange { .. } => Code::OutOfRange,
             NodeError::InFlight => Code::Aborted,
             NodeError::StagedElsewhere(_) | NodeError::PathInUse { .. } => Code::AlreadyExists,
             NodeError::NotMounted(_) | NodeError::NotHere(_) | NodeError::NoSuchVolume(_) => {
@@ -138,6 +147,10 @@ mod tests {
             NodeError::NotMounted("/x".into()),
             NodeError::StagedElsewhere("/x".into()),
             NodeError::LocalMultiNode(vec![0, 1]),
+            NodeError::OutOfRange {
+                required: 2,
+                partition: 1,
+            },
             NodeError::io("x", std::io::Error::other("y")),
         ];
         for e in finished {
@@ -147,6 +160,10 @@ mod tests {
             NodeError::InFlight,
             NodeError::NotReady("joining".into()),
             NodeError::Unconfirmed(vec![]),
+            NodeError::Stalled {
+                what: "statfs".into(),
+                after: std::time::Duration::from_secs(1),
+            },
         ] {
             assert!(retry.contains(&e.code()), "{e}");
         }

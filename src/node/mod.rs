@@ -4,13 +4,18 @@
 pub mod device;
 pub mod dlm;
 pub mod error;
+pub mod filesystem;
 pub mod grow;
 pub mod mounts;
 pub mod records;
 pub mod request;
 pub mod service;
 pub mod startup;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 pub mod volumes;
 
 pub use service::NodeService;
-pub use volumes::{NodeConfig, NodeVolumes};
+pub use volumes::{NodeConfig, NodeEffects, NodeVolumes};

@@ -1,31 +1,120 @@
-//! Mounting and unmounting on this node (reading the mount table is
-//! `crate::mountinfo`).
+//! Mounting and unmounting on this node, and reading its mount table
+//! (parsing the table is `crate::mountinfo`). Both sit behind traits so
+//! that [`NodeVolumes`](super::NodeVolumes) can be tested with the fakes
+//! of `super::testing`; the real implementations here are proven in the lab.
 
+use crate::mountinfo::{self, MountEntry};
+use crate::ocfs2::tools::{Ocfs2Error, Ocfs2Tools};
+use futures::future::BoxFuture;
+use std::io;
 use std::path::Path;
+use sys_mount::{Mount, MountFlags, UnmountFlags};
 
-/// Bind-mounts `source` on `target`, read-only when asked (a bind mount
-/// takes MS_RDONLY only on a remount).
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> nix::Result<()> {
-    use nix::mount::{mount, MsFlags};
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            // Never leave a writable mount where a read-only one was asked for.
-            let _ = nix::mount::umount(target);
-            return Err(e);
-        }
-    }
-    Ok(())
+/// What changes this node's mounts.
+///
+/// `mount_ocfs2` runs a tool (async, with the tool's own timeout); `bind`
+/// and `unmount` are system calls that may block (OCFS2 can wait for
+/// cluster locks): callers run them on a blocking thread.
+pub trait Mounter: Send + Sync {
+    /// Mounts the OCFS2 filesystem on `device` at the directory `target`.
+    fn mount_ocfs2<'a>(
+        &'a self,
+        device: &'a Path,
+        target: &'a Path,
+        options: &'a [String],
+    ) -> BoxFuture<'a, Result<(), Ocfs2Error>>;
+
+    /// Bind-mounts `source` on the directory `target`, read-only when asked;
+    /// never leaves a writable mount where a read-only one was asked for.
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
+
+    /// Unmounts the topmost mount at `target`.
+    fn unmount(&self, target: &Path) -> io::Result<()>;
 }
 
-/// Unmounts `target` (blocking: OCFS2 may wait for cluster locks).
-pub fn unmount(target: &Path) -> nix::Result<()> {
-    nix::mount::umount(target)
+/// What this node has mounted. Blocking (resolving a path looks at the
+/// mount under it, which a hung cluster filesystem can stall): callers run
+/// it on a blocking thread with a bounded wait.
+pub trait MountTable: Send + Sync {
+    /// Every mount, in the kernel's order (later ones cover earlier ones).
+    fn mounts(&self) -> io::Result<Vec<MountEntry>>;
+
+    /// The topmost mount at `path`; None when nothing is mounted there or
+    /// the path does not exist.
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>>;
+}
+
+/// The real mounts: mount.ocfs2 for OCFS2, system calls for the rest.
+///
+/// The OCFS2 mount stays with `mount.ocfs2` rather than a bare mount(2):
+/// the helper checks the device's cluster against the running one, starts
+/// the volume's heartbeat region on configfs for local heartbeat (and
+/// checks the global regions are live for global heartbeat), and only then
+/// passes the kernel the `heartbeat=` and cluster options it demands. A
+/// bare mount(2) would have to redo all of that here.
+#[derive(Clone)]
+pub struct SystemMounter {
+    tools: Ocfs2Tools,
+}
+
+impl SystemMounter {
+    pub fn new(tools: Ocfs2Tools) -> SystemMounter {
+        SystemMounter { tools }
+    }
+}
+
+/// The kernel ignores the type of a bind mount or a remount; sys-mount
+/// wants one named (without one it would try every filesystem it knows).
+const NO_TYPE: &str = "none";
+
+impl Mounter for SystemMounter {
+    fn mount_ocfs2<'a>(
+        &'a self,
+        device: &'a Path,
+        target: &'a Path,
+        options: &'a [String],
+    ) -> BoxFuture<'a, Result<(), Ocfs2Error>> {
+        Box::pin(self.tools.mount(device, target, options))
+    }
+
+    /// A bind mount takes MS_RDONLY only on a remount, so read-only is a
+    /// second call.
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        Mount::builder()
+            .fstype(NO_TYPE)
+            .flags(MountFlags::BIND)
+            .mount(source, target)?;
+        if read_only {
+            let flags = MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY;
+            // An empty source is passed to the kernel as NULL.
+            if let Err(e) = Mount::builder()
+                .fstype(NO_TYPE)
+                .flags(flags)
+                .mount("", target)
+            {
+                // Never leave a writable mount where a read-only one was asked for.
+                let _ = self.unmount(target);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        sys_mount::unmount(target, UnmountFlags::empty())
+    }
+}
+
+/// The mount table of this process's mount namespace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcMountTable;
+
+impl MountTable for ProcMountTable {
+    fn mounts(&self) -> io::Result<Vec<MountEntry>> {
+        mountinfo::mount_table()
+    }
+
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
+        mountinfo::mount_at(path)
+    }
 }

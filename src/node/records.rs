@@ -27,6 +27,19 @@ pub struct StageRecord {
     pub mount_options: Vec<String>,
 }
 
+/// Where stage records are kept. Blocking (files, fsync): callers run it
+/// on a blocking thread.
+pub trait StageRecords: Send + Sync {
+    fn get(&self, guid: &Uuid) -> io::Result<Option<StageRecord>>;
+    /// Replaces the record of `record.partition_guid` as one step.
+    fn put(&self, record: &StageRecord) -> io::Result<()>;
+    /// Removing a record that is not there is no error.
+    fn remove(&self, guid: &Uuid) -> io::Result<()>;
+    /// Every record; unreadable ones are reported, not fatal.
+    fn all(&self) -> io::Result<Vec<Result<StageRecord, (PathBuf, io::Error)>>>;
+}
+
+/// The real records: files in the plugin's state folder.
 #[derive(Clone, Debug)]
 pub struct Records {
     dir: PathBuf,
@@ -42,8 +55,10 @@ impl Records {
     fn path(&self, guid: &Uuid) -> PathBuf {
         self.dir.join(format!("{guid}.json"))
     }
+}
 
-    pub fn get(&self, guid: &Uuid) -> io::Result<Option<StageRecord>> {
+impl StageRecords for Records {
+    fn get(&self, guid: &Uuid) -> io::Result<Option<StageRecord>> {
         match std::fs::read(self.path(guid)) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -53,7 +68,7 @@ impl Records {
         }
     }
 
-    pub fn put(&self, record: &StageRecord) -> io::Result<()> {
+    fn put(&self, record: &StageRecord) -> io::Result<()> {
         let path = self.path(&record.partition_guid);
         let tmp = path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
@@ -63,15 +78,14 @@ impl Records {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
-    pub fn remove(&self, guid: &Uuid) -> io::Result<()> {
+    fn remove(&self, guid: &Uuid) -> io::Result<()> {
         match std::fs::remove_file(self.path(guid)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Every record; unreadable files are reported, not fatal.
-    pub fn all(&self) -> io::Result<Vec<Result<StageRecord, (PathBuf, io::Error)>>> {
+    fn all(&self) -> io::Result<Vec<Result<StageRecord, (PathBuf, io::Error)>>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();

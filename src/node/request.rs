@@ -33,6 +33,8 @@ pub enum BadRequest {
     AccessMode(i32),
     #[error("volume_context key {key:?} {why}")]
     Context { key: &'static str, why: String },
+    #[error("capacity_range: {0}")]
+    Capacity(String),
 }
 
 const MAX_PATH: usize = 4096;
@@ -71,6 +73,25 @@ pub fn mount_path(field: &'static str, value: &str) -> Result<PathBuf, BadReques
         Ok(m) if m.file_type().is_symlink() => Err(bad("is a symbolic link")),
         _ => Ok(path.to_path_buf()),
     }
+}
+
+/// The bytes a NodeExpandVolume asks for at least (0: no minimum). A range
+/// cannot be negative or end below its start.
+pub fn capacity(range: Option<&crate::csi::CapacityRange>) -> Result<u64, BadRequest> {
+    let Some(r) = range else { return Ok(0) };
+    if r.required_bytes < 0 || r.limit_bytes < 0 {
+        return Err(BadRequest::Capacity(format!(
+            "negative bytes (required {}, limit {})",
+            r.required_bytes, r.limit_bytes
+        )));
+    }
+    if r.limit_bytes != 0 && r.limit_bytes < r.required_bytes {
+        return Err(BadRequest::Capacity(format!(
+            "limit {} is below required {}",
+            r.limit_bytes, r.required_bytes
+        )));
+    }
+    Ok(r.required_bytes as u64)
 }
 
 /// What the controller put in the volume context, checked.
@@ -132,6 +153,21 @@ mod tests {
                 why: "is a symbolic link"
             })
         );
+    }
+
+    #[test]
+    fn capacity_ranges_are_checked() {
+        use crate::csi::CapacityRange;
+        let range = |required_bytes, limit_bytes| CapacityRange {
+            required_bytes,
+            limit_bytes,
+        };
+        assert_eq!(capacity(None), Ok(0));
+        assert_eq!(capacity(Some(&range(5, 0))), Ok(5));
+        assert_eq!(capacity(Some(&range(5, 5))), Ok(5));
+        for bad in [range(-1, 0), range(0, -1), range(6, 5)] {
+            assert!(matches!(capacity(Some(&bad)), Err(BadRequest::Capacity(_))));
+        }
     }
 
     #[test]

@@ -152,7 +152,12 @@ impl Node for NodeService {
         let volumes = self.volumes.clone();
         let bytes = detached(async move {
             volumes
-                .expand(&r.volume_id, &r.volume_path, r.volume_capability.as_ref())
+                .expand(
+                    &r.volume_id,
+                    &r.volume_path,
+                    r.volume_capability.as_ref(),
+                    r.capacity_range.as_ref(),
+                )
                 .await
                 .map_err(status)
         })

@@ -1,15 +1,25 @@
 //! What the Node RPCs do, apart from gRPC: stage (find, check, mount),
 //! publish (bind), unpublish, unstage, stats and online growth.
+//!
+//! Every side effect goes through a trait of [`NodeEffects`], so this logic
+//! runs in-process against the fakes of `super::testing`; the real ones are
+//! proven in the lab. Blocking calls run on blocking threads. Reads (mount
+//! table, stage records, sysfs, statfs) have a bounded wait: a hung cluster
+//! filesystem must not hang an RPC for good. Changes (mount, unmount, the
+//! partition sync inside locate) are not abandoned half-way: they hold the
+//! volume's in-flight guard, so a retry meanwhile is answered at once
+//! (Aborted) instead of piling a second call onto the stuck one.
 
-use super::device::{self, Located};
+use super::device::{GptLocator, Located, Locator};
 use super::dlm::{Domain, Mode};
 use super::error::NodeError;
+use super::filesystem::Inspector;
 use super::grow::{self, Reporters, Resync};
-use super::mounts;
-use super::records::{Records, StageRecord};
+use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
+use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
-use crate::csi::{volume_capability, VolumeCapability};
-use crate::mountinfo::{self, mount_at, MountEntry};
+use crate::csi::{volume_capability, CapacityRange, VolumeCapability};
+use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::server::inflight::{Guard, InFlight};
@@ -17,6 +27,7 @@ use crate::volume::id::VolumeId;
 use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// What this node is, fixed at start.
 #[derive(Clone, Debug)]
@@ -30,12 +41,51 @@ pub struct NodeConfig {
     pub dlm_mount: PathBuf,
 }
 
+/// The node's side effects, each behind its trait.
+#[derive(Clone)]
+pub struct NodeEffects {
+    /// OCFS2 mounts, bind mounts, unmounts.
+    pub mounter: Arc<dyn Mounter>,
+    pub mount_table: Arc<dyn MountTable>,
+    pub records: Arc<dyn StageRecords>,
+    /// Volume ID to device; kernel partitions in step with the GPT.
+    pub locator: Arc<dyn Locator>,
+    /// The filesystem check before a stage mounts.
+    pub inspector: Arc<dyn Inspector>,
+    /// Growth only: the slot map, the on-disk size and `tunefs.ocfs2 -S`
+    /// (proven in the lab; in-process tests reach expand's checks before
+    /// any of them runs).
+    pub tools: Ocfs2Tools,
+}
+
+impl NodeEffects {
+    /// The real ones: mount.ocfs2 and system calls, this process's mount
+    /// table, records in the state folder, the LUNs' GPTs, debugfs.ocfs2.
+    pub fn system(tools: Ocfs2Tools, records: Records) -> NodeEffects {
+        NodeEffects {
+            mounter: Arc::new(SystemMounter::new(tools.clone())),
+            mount_table: Arc::new(ProcMountTable),
+            records: Arc::new(records),
+            locator: Arc::new(GptLocator),
+            inspector: Arc::new(tools.clone()),
+            tools,
+        }
+    }
+}
+
 pub struct NodeVolumes {
     cfg: NodeConfig,
+    mounter: Arc<dyn Mounter>,
+    mount_table: Arc<dyn MountTable>,
+    records: Arc<dyn StageRecords>,
+    locator: Arc<dyn Locator>,
+    inspector: Arc<dyn Inspector>,
     tools: Ocfs2Tools,
-    records: Records,
     reporters: Reporters,
     inflight: InFlight,
+    /// Volumes with a statfs that has not returned (one at a time each, so
+    /// a hung filesystem does not collect a stuck thread per stats call).
+    statfs: InFlight,
     /// None when ready; else why not (joining the cluster, heartbeat).
     not_ready: Mutex<Option<String>>,
 }
@@ -132,6 +182,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::io(what, source)
 }
 
+/// Runs `f` on a blocking thread and waits for it to the end.
 async fn blocking<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -141,15 +192,39 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NodeError::io(what, std::io::Error::other(e)))
 }
 
+/// Runs `f` on a blocking thread and waits at most `wait` (the thread
+/// itself cannot be stopped; it ends when its call returns).
+async fn bounded<T: Send + 'static>(
+    what: &str,
+    wait: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    match tokio::time::timeout(wait, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(NodeError::io(what, std::io::Error::other(e))),
+        Err(_) => Err(NodeError::Stalled {
+            what: what.into(),
+            after: wait,
+        }),
+    }
+}
+
 /// Longest wait for a checkpoint before growing (several commit intervals).
-const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for a read of the mount table, a stage record or sysfs.
+const READ_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for statfs, which takes a cluster lock: longer means the
+/// cluster is recovering a node or the LUN is not answering.
+const STATFS_WAIT: Duration = Duration::from_secs(15);
 
 /// The size of the filesystem mounted at `path`, as the kernel has it.
 async fn mounted_bytes(path: &Path) -> Result<u64, NodeError> {
     let p = path.to_path_buf();
-    let s = blocking("statvfs", move || nix::sys::statvfs::statvfs(&p))
-        .await?
-        .map_err(|e| NodeError::io(format!("statfs {}", path.display()), nix_io(e)))?;
+    let s = bounded("statfs", STATFS_WAIT, move || {
+        nix::sys::statvfs::statvfs(&p)
+    })
+    .await?
+    .map_err(|e| NodeError::io(format!("statfs {}", path.display()), nix_io(e)))?;
     Ok(s.blocks() as u64 * s.fragment_size() as u64)
 }
 
@@ -158,13 +233,23 @@ fn nix_io(e: nix::Error) -> std::io::Error {
 }
 
 impl NodeVolumes {
+    /// A node with the real side effects.
     pub fn new(cfg: NodeConfig, tools: Ocfs2Tools, records: Records) -> NodeVolumes {
+        NodeVolumes::with_effects(cfg, NodeEffects::system(tools, records))
+    }
+
+    pub fn with_effects(cfg: NodeConfig, effects: NodeEffects) -> NodeVolumes {
         NodeVolumes {
             cfg,
-            tools,
-            records,
+            mounter: effects.mounter,
+            mount_table: effects.mount_table,
+            records: effects.records,
+            locator: effects.locator,
+            inspector: effects.inspector,
+            tools: effects.tools,
             reporters: Reporters::default(),
             inflight: InFlight::default(),
+            statfs: InFlight::default(),
             not_ready: Mutex::new(Some("joining the o2cb cluster".into())),
         }
     }
@@ -202,10 +287,11 @@ impl NodeVolumes {
     }
 
     fn resync(&self, lun: PathBuf, number: u32) -> Resync {
+        let locator = self.locator.clone();
         Arc::new(move || {
-            let lun = lun.clone();
+            let (lun, locator) = (lun.clone(), locator.clone());
             Box::pin(async move {
-                tokio::task::spawn_blocking(move || device::resync(&lun, number))
+                tokio::task::spawn_blocking(move || locator.resync(&lun, number))
                     .await
                     .map_err(|e| e.to_string())?
             })
@@ -213,17 +299,64 @@ impl NodeVolumes {
     }
 
     async fn locate(&self, id: VolumeId) -> Result<Located, NodeError> {
-        let luns = self.cfg.luns.clone();
-        Ok(blocking("locating the volume", move || device::locate(&luns, &id)).await??)
+        let (luns, locator) = (self.cfg.luns.clone(), self.locator.clone());
+        Ok(blocking("locating the volume", move || locator.locate(&luns, &id)).await??)
+    }
+
+    /// The topmost mount at `path`.
+    async fn mount_at(&self, path: &Path) -> Result<Option<MountEntry>, NodeError> {
+        let (table, p) = (self.mount_table.clone(), path.to_path_buf());
+        bounded("reading the mount table", READ_WAIT, move || {
+            table.mount_at(&p)
+        })
+        .await?
+        .map_err(io("reading the mount table"))
+    }
+
+    async fn mounts(&self) -> Result<Vec<MountEntry>, NodeError> {
+        let table = self.mount_table.clone();
+        bounded("reading the mount table", READ_WAIT, move || table.mounts())
+            .await?
+            .map_err(io("reading the mount table"))
+    }
+
+    async fn record(&self, guid: uuid::Uuid) -> Result<Option<StageRecord>, NodeError> {
+        let records = self.records.clone();
+        bounded("reading the stage record", READ_WAIT, move || {
+            records.get(&guid)
+        })
+        .await?
+        .map_err(io("reading the stage record"))
+    }
+
+    async fn put_record(&self, record: StageRecord) -> Result<(), NodeError> {
+        let records = self.records.clone();
+        blocking("writing the stage record", move || records.put(&record))
+            .await?
+            .map_err(io("writing the stage record"))
+    }
+
+    async fn remove_record(&self, guid: uuid::Uuid) -> Result<(), NodeError> {
+        let records = self.records.clone();
+        blocking("removing the stage record", move || records.remove(&guid))
+            .await?
+            .map_err(io("removing the stage record"))
+    }
+
+    /// Unmounts `target`; the outer error is the thread, the inner the
+    /// unmount's own.
+    async fn unmount(&self, target: &Path) -> Result<std::io::Result<()>, NodeError> {
+        let (mounter, t) = (self.mounter.clone(), target.to_path_buf());
+        blocking("unmounting", move || mounter.unmount(&t)).await
     }
 
     /// The mount at `path` of the device in `record`, if any.
-    fn our_mount(
+    async fn our_mount(
         &self,
         path: &Path,
         record: &StageRecord,
     ) -> Result<Option<MountEntry>, NodeError> {
-        let m = mount_at(path).map_err(io("reading the mount table"))?;
+        let m = self.mount_at(path).await?;
         Ok(m.filter(|m| m.fs_type == "ocfs2" && Path::new(&m.source) == record.device))
     }
 
@@ -247,12 +380,8 @@ impl NodeVolumes {
         self.ensure_ready()?;
         let _busy = self.begin(&id)?;
 
-        if let Some(record) = self
-            .records
-            .get(&id.partition)
-            .map_err(io("reading the stage record"))?
-        {
-            if let Some(m) = self.our_mount(&record.staging_path, &record)? {
+        if let Some(record) = self.record(id.partition).await? {
+            if let Some(m) = self.our_mount(&record.staging_path, &record).await? {
                 if record.staging_path != staging {
                     return Err(NodeError::StagedElsewhere(record.staging_path));
                 }
@@ -268,7 +397,7 @@ impl NodeVolumes {
                 return Ok(());
             }
         }
-        if let Some(m) = mount_at(&staging).map_err(io("reading the mount table"))? {
+        if let Some(m) = self.mount_at(&staging).await? {
             return Err(NodeError::PathInUse {
                 path: staging,
                 what: format!("{} from {}", m.fs_type, m.source),
@@ -312,11 +441,13 @@ impl NodeVolumes {
         };
         // Recorded before mounting: a crash right after the mount still
         // leaves what Unstage needs.
-        self.records
-            .put(&record)
-            .map_err(io("writing the stage record"))?;
-        if let Err(e) = self.tools.mount(&located.device, &staging, &options).await {
-            let _ = self.records.remove(&id.partition);
+        self.put_record(record.clone()).await?;
+        if let Err(e) = self
+            .mounter
+            .mount_ocfs2(&located.device, &staging, &options)
+            .await
+        {
+            let _ = self.remove_record(id.partition).await;
             if created {
                 let _ = std::fs::remove_dir(&staging);
             }
@@ -326,8 +457,8 @@ impl NodeVolumes {
         if global {
             if let Err(e) = self.start_reporter(&record).await {
                 // A mount growth cannot reach must not stay.
-                let _ = blocking("unmounting", move || mounts::unmount(&staging)).await;
-                let _ = self.records.remove(&id.partition);
+                let _ = self.unmount(&staging).await;
+                let _ = self.remove_record(id.partition).await;
                 return Err(e);
             }
         }
@@ -357,7 +488,7 @@ impl NodeVolumes {
     ) -> Result<(), NodeError> {
         let device = located.device.clone();
         let info = self
-            .tools
+            .inspector
             .inspect(&device)
             .await?
             .ok_or(NodeError::NoFilesystem {
@@ -402,11 +533,8 @@ impl NodeVolumes {
         let id = volume_id("volume_id", volume)?;
         let staging = request::mount_path("staging_target_path", staging)?;
         let _busy = self.begin(&id)?;
-        let record = self
-            .records
-            .get(&id.partition)
-            .map_err(io("reading the stage record"))?;
-        if let Some(m) = mount_at(&staging).map_err(io("reading the mount table"))? {
+        let record = self.record(id.partition).await?;
+        if let Some(m) = self.mount_at(&staging).await? {
             let ours = record
                 .as_ref()
                 .is_some_and(|r| m.fs_type == "ocfs2" && Path::new(&m.source) == r.device);
@@ -416,8 +544,9 @@ impl NodeVolumes {
                     what: format!("{} from {}, not this volume", m.fs_type, m.source),
                 });
             }
-            let others: Vec<PathBuf> = mountinfo::mount_table()
-                .map_err(io("reading the mount table"))?
+            let others: Vec<PathBuf> = self
+                .mounts()
+                .await?
                 .into_iter()
                 .filter(|o| o.device == m.device && o.mount_point != staging)
                 .map(|o| o.mount_point)
@@ -428,19 +557,14 @@ impl NodeVolumes {
                     why: format!("still published at {others:?}"),
                 });
             }
-            let target = staging.clone();
-            blocking("unmounting", move || mounts::unmount(&target))
-                .await?
-                .map_err(|e| NodeError::Busy {
-                    path: staging.clone(),
-                    why: format!("unmount failed: {e}"),
-                })?;
+            self.unmount(&staging).await?.map_err(|e| NodeError::Busy {
+                path: staging.clone(),
+                why: format!("unmount failed: {e}"),
+            })?;
             tracing::info!(staging = %staging.display(), "volume unstaged");
         }
         self.reporters.stop(&id.partition);
-        self.records
-            .remove(&id.partition)
-            .map_err(io("removing the stage record"))
+        self.remove_record(id.partition).await
     }
 
     pub async fn publish(&self, r: PublishRequest<'_>) -> Result<(), NodeError> {
@@ -450,9 +574,8 @@ impl NodeVolumes {
         mount_capability(r.capability)?;
         let _busy = self.begin(&id)?;
         let record = self
-            .records
-            .get(&id.partition)
-            .map_err(io("reading the stage record"))?
+            .record(id.partition)
+            .await?
             .ok_or_else(|| NodeError::NotStaged(String::new()))?;
         if record.staging_path != staging {
             return Err(NodeError::NotStaged(format!(
@@ -461,10 +584,10 @@ impl NodeVolumes {
                 record.staging_path.display()
             )));
         }
-        let stage = self.our_mount(&staging, &record)?.ok_or_else(|| {
+        let stage = self.our_mount(&staging, &record).await?.ok_or_else(|| {
             NodeError::NotStaged(format!(" ({} is not mounted)", staging.display()))
         })?;
-        if let Some(m) = mount_at(&target).map_err(io("reading the mount table"))? {
+        if let Some(m) = self.mount_at(&target).await? {
             if m.device == stage.device && m.read_only() == r.read_only {
                 return Ok(());
             }
@@ -484,10 +607,15 @@ impl NodeVolumes {
             }
             _ => {}
         }
-        let (s, t, ro) = (staging.clone(), target.clone(), r.read_only);
-        blocking("bind mounting", move || mounts::bind(&s, &t, ro))
+        let (mounter, s, t, ro) = (
+            self.mounter.clone(),
+            staging.clone(),
+            target.clone(),
+            r.read_only,
+        );
+        blocking("bind mounting", move || mounter.bind(&s, &t, ro))
             .await?
-            .map_err(|e| NodeError::io(format!("bind mount on {}", target.display()), nix_io(e)))?;
+            .map_err(io(format!("bind mount on {}", target.display())))?;
         tracing::info!(target = %target.display(), read_only = r.read_only, "volume published");
         Ok(())
     }
@@ -496,17 +624,11 @@ impl NodeVolumes {
         let id = volume_id("volume_id", volume)?;
         let target = request::mount_path("target_path", target)?;
         let _busy = self.begin(&id)?;
-        if mount_at(&target)
-            .map_err(io("reading the mount table"))?
-            .is_some()
-        {
-            let t = target.clone();
-            blocking("unmounting", move || mounts::unmount(&t))
-                .await?
-                .map_err(|e| NodeError::Busy {
-                    path: target.clone(),
-                    why: format!("unmount failed: {e}"),
-                })?;
+        if self.mount_at(&target).await?.is_some() {
+            self.unmount(&target).await?.map_err(|e| NodeError::Busy {
+                path: target.clone(),
+                why: format!("unmount failed: {e}"),
+            })?;
             tracing::info!(target = %target.display(), "volume unpublished");
         }
         match std::fs::remove_dir(&target) {
@@ -520,18 +642,28 @@ impl NodeVolumes {
     pub async fn stats(&self, volume: &str, path: &str) -> Result<VolumeStats, NodeError> {
         let id = lookup_args(volume, path)?;
         let path = PathBuf::from(path);
-        let record = self
-            .records
-            .get(&id.partition)
-            .map_err(io("reading the stage record"))?;
-        let Some(m) = mount_at(&path).map_err(io("reading the mount table"))? else {
+        let record = self.record(id.partition).await?;
+        let Some(m) = self.mount_at(&path).await? else {
             return Err(NodeError::NotMounted(path));
         };
         let Some(record) = record.filter(|r| Path::new(&m.source) == r.device) else {
             return Err(NodeError::NotHere(path));
         };
-        let p = path.clone();
-        let statvfs = blocking("statvfs", move || nix::sys::statvfs::statvfs(&p)).await?;
+        let statvfs = match self.statfs.try_begin(id.partition) {
+            None => Err("an earlier statfs of this volume has not returned yet".to_string()),
+            Some(running) => {
+                let p = path.clone();
+                let statfs = move || {
+                    let _running = running;
+                    nix::sys::statvfs::statvfs(&p)
+                };
+                match bounded("statfs", STATFS_WAIT, statfs).await {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(format!("statfs failed: {e}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
         let mut abnormal = Vec::new();
         if m.fs_read_only() && !record.mount_options.iter().any(|o| o == "ro") {
             abnormal.push(
@@ -539,10 +671,10 @@ impl NodeVolumes {
                     .to_string(),
             );
         }
-        let lun = record.lun.clone();
+        let (locator, lun) = (self.locator.clone(), record.lun.clone());
         let number = record.partition_number;
-        match blocking("reading partitions", move || {
-            device::kernel_partition_bytes(&lun, number)
+        match bounded("reading partitions", READ_WAIT, move || {
+            locator.partition_bytes(&lun, number)
         })
         .await?
         {
@@ -556,7 +688,7 @@ impl NodeVolumes {
         let s = match statvfs {
             Ok(s) => s,
             Err(e) => {
-                abnormal.push(format!("statfs failed: {e}"));
+                abnormal.push(e);
                 return Ok(VolumeStats {
                     total_bytes: 0,
                     available_bytes: 0,
@@ -590,22 +722,20 @@ impl NodeVolumes {
         volume: &str,
         path: &str,
         capability: Option<&VolumeCapability>,
+        range: Option<&CapacityRange>,
     ) -> Result<u64, NodeError> {
         let id = lookup_args(volume, path)?;
         if capability.is_some() {
             mount_capability(capability)?;
         }
+        let required = request::capacity(range)?;
         self.ensure_ready()?;
         let path = PathBuf::from(path);
-        if mount_at(&path)
-            .map_err(io("reading the mount table"))?
-            .is_none()
-        {
+        if self.mount_at(&path).await?.is_none() {
             return Err(NodeError::NotMounted(path));
         }
-        self.records
-            .get(&id.partition)
-            .map_err(io("reading the stage record"))?
+        self.record(id.partition)
+            .await?
             .ok_or_else(|| NodeError::NotHere(path.clone()))?;
         let _busy = self.begin(&id)?;
         let global = self.cfg.heartbeat == HeartbeatMode::Global;
@@ -622,6 +752,14 @@ impl NodeVolumes {
             None => None,
         };
         let located = self.locate(id).await?;
+        // The partition is what the controller grew; the filesystem can
+        // grow to it and no further.
+        if required > located.entry.size {
+            return Err(NodeError::OutOfRange {
+                required,
+                partition: located.entry.size,
+            });
+        }
         let nodes = self.tools.mounted_nodes(&located.device).await?;
         match &domain {
             Some(d) => {
@@ -696,7 +834,11 @@ impl NodeVolumes {
     /// records whose mount is gone are kept for Unstage to clean up.
     pub async fn adopt(&self) -> Result<usize, NodeError> {
         let mut adopted = 0;
-        for record in self.records.all().map_err(io("reading stage records"))? {
+        let records = self.records.clone();
+        let all = bounded("reading stage records", READ_WAIT, move || records.all())
+            .await?
+            .map_err(io("reading stage records"))?;
+        for record in all {
             let record = match record {
                 Ok(r) => r,
                 Err((path, e)) => {
@@ -704,7 +846,11 @@ impl NodeVolumes {
                     continue;
                 }
             };
-            if self.our_mount(&record.staging_path, &record)?.is_some() {
+            if self
+                .our_mount(&record.staging_path, &record)
+                .await?
+                .is_some()
+            {
                 self.start_reporter(&record).await?;
                 adopted += 1;
                 tracing::info!(volume = %record.volume_id, staging = %record.staging_path.display(), "staged volume adopted");

@@ -1,0 +1,525 @@
+//! [`NodeVolumes`] in-process, against the fakes of `super::testing`: the
+//! paths the lab reached alone before (retries, paths in use, cleanup after
+//! a failed mount, busy unstage, stats, expand's refusals). Every error is
+//! checked through the gRPC code the service sends for it.
+//!
+//! Local heartbeat only: what global heartbeat adds (the DLM volume lock,
+//! size reporters, growth confirmed by every node) needs dlmfs and stays
+//! with the lab.
+
+use super::error::NodeError;
+use super::testing::{FakeNode, FakeVolume};
+use super::volumes::{PublishRequest, StageRequest};
+use crate::csi::volume_capability::access_mode::Mode;
+use crate::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use crate::csi::{CapacityRange, VolumeCapability};
+use crate::server::status::RpcError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tonic::Code;
+
+const GIB: u64 = 1 << 30;
+
+fn capability(flags: &[&str]) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: String::new(),
+            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
+    }
+}
+
+/// The code the service would send.
+fn code<T: std::fmt::Debug>(result: Result<T, NodeError>) -> Code {
+    match result {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e.code(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+async fn stage_with(
+    node: &FakeNode,
+    vol: &FakeVolume,
+    staging: &Path,
+    flags: &[&str],
+    context: &HashMap<String, String>,
+) -> Result<(), NodeError> {
+    let id = vol.id.to_string();
+    let cap = capability(flags);
+    node.volumes
+        .stage(StageRequest {
+            volume_id: &id,
+            staging_path: s(staging),
+            capability: Some(&cap),
+            context,
+        })
+        .await
+}
+
+async fn stage(
+    node: &FakeNode,
+    vol: &FakeVolume,
+    staging: &Path,
+    flags: &[&str],
+) -> Result<(), NodeError> {
+    stage_with(node, vol, staging, flags, &vol.context()).await
+}
+
+async fn publish(
+    node: &FakeNode,
+    vol: &FakeVolume,
+    staging: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), NodeError> {
+    let id = vol.id.to_string();
+    let cap = capability(&[]);
+    node.volumes
+        .publish(PublishRequest {
+            volume_id: &id,
+            staging_path: s(staging),
+            target_path: s(target),
+            capability: Some(&cap),
+            read_only,
+        })
+        .await
+}
+
+async fn unstage(node: &FakeNode, vol: &FakeVolume, staging: &Path) -> Result<(), NodeError> {
+    node.volumes.unstage(&vol.id.to_string(), s(staging)).await
+}
+
+async fn unpublish(node: &FakeNode, vol: &FakeVolume, target: &Path) -> Result<(), NodeError> {
+    node.volumes.unpublish(&vol.id.to_string(), s(target)).await
+}
+
+/// Mount points of the node, in order.
+fn mount_points(node: &FakeNode) -> Vec<PathBuf> {
+    node.kernel
+        .table()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// A node with one volume staged at `<dir>/stage`.
+async fn staged(flags: &[&str]) -> (FakeNode, FakeVolume, PathBuf) {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    stage(&node, &vol, &staging, flags).await.unwrap();
+    (node, vol, staging)
+}
+
+#[tokio::test]
+async fn stage_mounts_the_located_device_and_records_it() {
+    let (node, vol, staging) = staged(&["noatime"]).await;
+    let m = node.kernel.table().pop().unwrap();
+    assert_eq!(m.mount_point, staging);
+    assert_eq!(Path::new(&m.source), vol.located.device);
+    assert_eq!(m.fs_type, "ocfs2");
+    assert!(m.options.contains(&"noatime".to_string()));
+    assert!(staging.is_dir(), "stage creates the staging directory");
+    assert_eq!(node.records.len(), 1);
+}
+
+#[tokio::test]
+async fn stage_retried_with_the_same_arguments_does_not_mount_twice() {
+    let (node, vol, staging) = staged(&["noatime"]).await;
+    stage(&node, &vol, &staging, &["noatime"]).await.unwrap();
+    assert_eq!(node.kernel.ocfs2_mounts(), 1);
+    assert_eq!(mount_points(&node), [staging]);
+    assert_eq!(node.records.len(), 1);
+}
+
+#[tokio::test]
+async fn stage_retried_with_other_options_or_elsewhere_is_refused() {
+    let (node, vol, staging) = staged(&["noatime"]).await;
+    let before = node.kernel.table();
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &[]).await),
+        Code::AlreadyExists
+    );
+    let elsewhere = node.path("stage2");
+    assert_eq!(
+        code(stage(&node, &vol, &elsewhere, &["noatime"]).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(node.kernel.table(), before, "nothing mounted or unmounted");
+    assert!(!elsewhere.exists(), "no directory made for a refused stage");
+    assert_eq!(node.kernel.ocfs2_mounts(), 1);
+}
+
+#[tokio::test]
+async fn staging_path_in_use_by_something_else_is_left_alone() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    std::fs::create_dir(&staging).unwrap();
+    node.kernel.mount_other("tmpfs", "tmpfs", &staging);
+    let before = node.kernel.table();
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &[]).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(node.kernel.table(), before);
+    assert_eq!(node.kernel.ocfs2_mounts(), 0);
+    assert_eq!(node.records.len(), 0);
+    assert!(staging.is_dir(), "a directory it did not make is kept");
+}
+
+#[tokio::test]
+async fn a_failed_mount_leaves_no_record_and_no_directory_it_made() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    node.kernel
+        .fail_next_mount("mount.ocfs2: Transport endpoint is not connected");
+    let err = stage(&node, &vol, &staging, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.to_string().contains("Transport endpoint"), "{err}");
+    assert_eq!(node.records.len(), 0);
+    assert!(!staging.exists(), "the directory stage made is removed");
+    assert!(node.kernel.table().is_empty());
+    // A directory that was there before stays; the retry then succeeds.
+    std::fs::create_dir(&staging).unwrap();
+    node.kernel.fail_next_mount("mount.ocfs2: busy");
+    stage(&node, &vol, &staging, &[]).await.unwrap_err();
+    assert!(staging.is_dir());
+    assert_eq!(node.records.len(), 0);
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    assert_eq!(mount_points(&node), [staging]);
+    assert_eq!(node.records.len(), 1);
+}
+
+#[tokio::test]
+async fn stage_refuses_what_it_must_not_mount() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    // Another cluster's volume.
+    let mut ctx = vol.context();
+    ctx.insert("clusterName".into(), "other".into());
+    assert_eq!(
+        code(stage_with(&node, &vol, &staging, &[], &ctx).await),
+        Code::FailedPrecondition
+    );
+    // The context names a filesystem that is not the one on the device.
+    let mut ctx = vol.context();
+    ctx.insert("fsUuid".into(), uuid::Uuid::new_v4().to_string());
+    assert_eq!(
+        code(stage_with(&node, &vol, &staging, &[], &ctx).await),
+        Code::FailedPrecondition
+    );
+    // No filesystem at all: never formatted here.
+    node.inspector.put(&vol.located.device, None);
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &[]).await),
+        Code::FailedPrecondition
+    );
+    // A volume the LUN does not have (deleted).
+    let gone = node.add_volume("pvc-gone", GIB);
+    node.locator.vanish(&gone.id.partition);
+    assert_eq!(
+        code(stage(&node, &gone, &staging, &[]).await),
+        Code::NotFound
+    );
+    // A mount flag that would break the cluster.
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &["nocluster"]).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(node.kernel.ocfs2_mounts(), 0);
+    assert_eq!(node.records.len(), 0);
+    assert!(!staging.exists());
+}
+
+#[tokio::test]
+async fn stage_waits_for_the_node_to_join_its_cluster() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    node.volumes
+        .set_ready(Some("joining the o2cb cluster".into()));
+    assert_eq!(
+        code(stage(&node, &vol, &node.path("stage"), &[]).await),
+        Code::Unavailable
+    );
+    assert_eq!(node.kernel.ocfs2_mounts(), 0);
+}
+
+#[tokio::test]
+async fn unstage_while_published_is_refused_as_busy() {
+    let (node, vol, staging) = staged(&[]).await;
+    let target = node.path("target");
+    publish(&node, &vol, &staging, &target, false)
+        .await
+        .unwrap();
+    let before = node.kernel.table();
+    assert_eq!(
+        code(unstage(&node, &vol, &staging).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(node.kernel.table(), before, "still staged and published");
+    assert_eq!(node.records.len(), 1);
+    unpublish(&node, &vol, &target).await.unwrap();
+    unstage(&node, &vol, &staging).await.unwrap();
+    assert!(node.kernel.table().is_empty());
+    assert_eq!(node.records.len(), 0);
+}
+
+#[tokio::test]
+async fn unstage_that_cannot_unmount_keeps_the_record() {
+    let (node, vol, staging) = staged(&[]).await;
+    node.kernel.hold_open(&staging);
+    assert_eq!(
+        code(unstage(&node, &vol, &staging).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(node.records.len(), 1, "Unstage must be able to try again");
+    assert_eq!(mount_points(&node), [staging]);
+}
+
+#[tokio::test]
+async fn unstage_is_idempotent() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    // Never staged, path absent.
+    unstage(&node, &vol, &staging).await.unwrap();
+    // Staged, unstaged twice.
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    unstage(&node, &vol, &staging).await.unwrap();
+    unstage(&node, &vol, &staging).await.unwrap();
+    assert!(node.kernel.table().is_empty());
+    assert_eq!(node.records.len(), 0);
+}
+
+#[tokio::test]
+async fn unstage_leaves_a_mount_that_is_not_the_volume() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    std::fs::create_dir(&staging).unwrap();
+    node.kernel.mount_other("tmpfs", "tmpfs", &staging);
+    assert_eq!(
+        code(unstage(&node, &vol, &staging).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(mount_points(&node), [staging]);
+}
+
+#[tokio::test]
+async fn publish_and_unpublish_are_idempotent() {
+    let (node, vol, staging) = staged(&[]).await;
+    let target = node.path("target");
+    publish(&node, &vol, &staging, &target, false)
+        .await
+        .unwrap();
+    publish(&node, &vol, &staging, &target, false)
+        .await
+        .unwrap();
+    assert_eq!(mount_points(&node), [staging.clone(), target.clone()]);
+    let bind = node.kernel.table().pop().unwrap();
+    assert_eq!(Path::new(&bind.source), vol.located.device);
+    assert!(!bind.read_only());
+    // The same target asked read-only now: something else is there.
+    assert_eq!(
+        code(publish(&node, &vol, &staging, &target, true).await),
+        Code::AlreadyExists
+    );
+    unpublish(&node, &vol, &target).await.unwrap();
+    assert!(!target.exists(), "unpublish removes the target");
+    unpublish(&node, &vol, &target).await.unwrap();
+    assert_eq!(mount_points(&node), [staging]);
+}
+
+#[tokio::test]
+async fn publish_read_only_binds_read_only() {
+    let (node, vol, staging) = staged(&[]).await;
+    let ro = node.path("ro");
+    let rw = node.path("rw");
+    publish(&node, &vol, &staging, &ro, true).await.unwrap();
+    publish(&node, &vol, &staging, &rw, false).await.unwrap();
+    let table = node.kernel.table();
+    let at = |p: &Path| table.iter().find(|m| m.mount_point == p).unwrap();
+    assert!(at(&ro).read_only());
+    assert!(!at(&rw).read_only());
+    assert!(
+        !at(&staging).read_only(),
+        "the staging mount stays writable"
+    );
+}
+
+#[tokio::test]
+async fn publish_needs_the_volume_staged_where_it_says() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    let target = node.path("target");
+    assert_eq!(
+        code(publish(&node, &vol, &staging, &target, false).await),
+        Code::FailedPrecondition
+    );
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    assert_eq!(
+        code(publish(&node, &vol, &node.path("other"), &target, false).await),
+        Code::FailedPrecondition
+    );
+    assert!(!target.exists());
+    // Staged, but the mount is gone (someone unmounted it by hand).
+    use super::mounts::Mounter;
+    node.kernel.unmount(&staging).unwrap();
+    assert_eq!(
+        code(publish(&node, &vol, &staging, &target, false).await),
+        Code::FailedPrecondition
+    );
+}
+
+#[tokio::test]
+async fn stats_of_a_staged_volume_and_its_condition() {
+    let (node, vol, staging) = staged(&[]).await;
+    let id = vol.id.to_string();
+    let stats = node.volumes.stats(&id, s(&staging)).await.unwrap();
+    assert!(stats.total_bytes > 0);
+    // used = total - free, and what a user may still write is at most free.
+    assert!(stats.used_bytes + stats.available_bytes <= stats.total_bytes);
+    assert!(stats.total_inodes >= stats.free_inodes);
+    assert_eq!(stats.abnormal, None);
+    // Through a published target too.
+    let target = node.path("target");
+    publish(&node, &vol, &staging, &target, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.volumes.stats(&id, s(&target)).await.unwrap().abnormal,
+        None
+    );
+    // The filesystem went read-only after an error.
+    node.kernel.fs_goes_read_only(&vol.located.device);
+    let why = node.volumes.stats(&id, s(&staging)).await.unwrap().abnormal;
+    assert!(
+        why.as_deref().unwrap_or("").contains("read-only"),
+        "{why:?}"
+    );
+    // Its partition vanished.
+    node.locator.vanish(&vol.id.partition);
+    let why = node.volumes.stats(&id, s(&staging)).await.unwrap().abnormal;
+    assert!(why.as_deref().unwrap_or("").contains("vanished"), "{why:?}");
+}
+
+#[tokio::test]
+async fn stats_of_what_is_not_here() {
+    let (node, vol, staging) = staged(&[]).await;
+    let other = node.add_volume("pvc-b", GIB);
+    let id = vol.id.to_string();
+    assert_eq!(
+        code(node.volumes.stats(&id, s(&node.path("nowhere"))).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(node.volumes.stats(&other.id.to_string(), s(&staging)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(node.volumes.stats("not-ours", s(&staging)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(node.volumes.stats(&id, "").await),
+        Code::InvalidArgument
+    );
+}
+
+fn range(required_bytes: i64, limit_bytes: i64) -> CapacityRange {
+    CapacityRange {
+        required_bytes,
+        limit_bytes,
+    }
+}
+
+#[tokio::test]
+async fn expand_of_a_volume_not_staged_here() {
+    let node = FakeNode::local_heartbeat();
+    let vol = node.add_volume("pvc-a", GIB);
+    let id = vol.id.to_string();
+    let nowhere = node.path("stage");
+    assert_eq!(
+        code(node.volumes.expand(&id, s(&nowhere), None, None).await),
+        Code::NotFound
+    );
+    // Mounted there, but not as this volume.
+    std::fs::create_dir(&nowhere).unwrap();
+    node.kernel.mount_other("tmpfs", "tmpfs", &nowhere);
+    assert_eq!(
+        code(node.volumes.expand(&id, s(&nowhere), None, None).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            node.volumes
+                .expand("not-ours", s(&nowhere), None, None)
+                .await
+        ),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn expand_beyond_the_partition_is_out_of_range() {
+    let (node, vol, staging) = staged(&[]).await;
+    let id = vol.id.to_string();
+    let too_big = range(2 * GIB as i64, 0);
+    let err = node
+        .volumes
+        .expand(&id, s(&staging), None, Some(&too_big))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.to_string().contains(&GIB.to_string()), "{err}");
+    for bad in [range(-1, 0), range(GIB as i64, 1)] {
+        assert_eq!(
+            code(
+                node.volumes
+                    .expand(&id, s(&staging), None, Some(&bad))
+                    .await
+            ),
+            Code::InvalidArgument
+        );
+    }
+    // Within range, expand goes on to the OCFS2 tools, which this fake node
+    // does not have (growth itself is proven in the lab): the error is the
+    // tool's, not a range check's.
+    let fits = range(GIB as i64, 0);
+    let err = node
+        .volumes
+        .expand(&id, s(&staging), None, Some(&fits))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.to_string().contains("debugfs.ocfs2"), "{err}");
+}
+
+#[tokio::test]
+async fn adopt_counts_volumes_still_mounted_and_keeps_the_others() {
+    let (node, vol, staging) = staged(&[]).await;
+    let other = node.add_volume("pvc-b", GIB);
+    let staging_b = node.path("stage-b");
+    stage(&node, &other, &staging_b, &[]).await.unwrap();
+    assert_eq!(node.volumes.adopt().await.unwrap(), 2);
+    // One mount went away while the plugin was down.
+    use super::mounts::Mounter;
+    node.kernel.unmount(&staging_b).unwrap();
+    assert_eq!(node.volumes.adopt().await.unwrap(), 1);
+    assert_eq!(node.records.len(), 2, "kept for Unstage to clean up");
+    unstage(&node, &other, &staging_b).await.unwrap();
+    assert_eq!(node.records.len(), 1);
+    let _ = (vol, staging);
+}
