@@ -425,7 +425,7 @@ impl RegionDevices for FakeSan {
             let in_range = offset
                 .checked_add(size)
                 .is_some_and(|e| e <= io.size_bytes());
-            if !in_range || size == 0 || offset % 512 != 0 || size % 512 != 0 {
+            if !in_range || size == 0 || !offset.is_multiple_of(512) || !size.is_multiple_of(512) {
                 return Err(region_error(
                     "attach",
                     format!("bad range {offset}+{size} of {}", lun.display()),
@@ -502,7 +502,7 @@ mod tests {
             async move {
                 assert_eq!(tools.inspect(&dev).await?, None);
                 tools.mkfs(&spec, &dev).await?;
-                Ok::<_, crate::ocfs2::tools::Ocfs2Error>(tools.inspect(&dev).await?)
+                tools.inspect(&dev).await
             }
         })
         .await

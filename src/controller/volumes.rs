@@ -51,6 +51,7 @@ pub struct CreateRequest<'a> {
     pub has_content_source: bool,
 }
 
+#[derive(Debug)]
 pub struct Capacity {
     pub available: u64,
     pub maximum_volume: u64,
@@ -791,59 +792,4 @@ fn wipe(lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requested_bytes_rules() {
-        assert_eq!(requested_bytes(0, 0).unwrap(), DEFAULT_VOLUME_BYTES);
-        assert_eq!(requested_bytes(1, 0).unwrap(), MIB);
-        assert_eq!(requested_bytes(5 * MIB as i64, 0).unwrap(), 5 * MIB);
-        assert_eq!(requested_bytes(0, 10 * MIB as i64).unwrap(), 10 * MIB);
-        assert_eq!(
-            requested_bytes(MIB as i64 + 1, 2 * MIB as i64 + 5).unwrap(),
-            2 * MIB
-        );
-        assert!(matches!(
-            requested_bytes(-1, 0),
-            Err(CreateError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            requested_bytes(10, 5),
-            Err(CreateError::CapacityOutOfRange(_))
-        ));
-        assert!(matches!(
-            requested_bytes(MIB as i64 + 1, MIB as i64 + 100),
-            Err(CreateError::CapacityOutOfRange(_))
-        ));
-    }
-
-    #[test]
-    fn list_tokens() {
-        assert_eq!(parse_token("0.2"), Some((0, 2)));
-        assert_eq!(parse_token("3.255"), Some((3, 255)));
-        for bad in [
-            "",
-            "1",
-            "a.b",
-            "1.",
-            ".1",
-            "-1.2",
-            "1.2.3",
-            "99999999999.1",
-            "1 .2",
-        ] {
-            assert_eq!(parse_token(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn names_and_labels() {
-        assert!(validate_name("pvc-1").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name(&"a".repeat(129)).is_err());
-        assert!(validate_name("a\nb").is_err());
-        assert_eq!(label(&"é".repeat(40)).len(), 62);
-        assert_eq!(label("pvc-1"), "pvc-1");
-    }
-}
+mod tests;

@@ -1,0 +1,702 @@
+use super::*;
+
+#[test]
+fn requested_bytes_rules() {
+    assert_eq!(requested_bytes(0, 0).unwrap(), DEFAULT_VOLUME_BYTES);
+    assert_eq!(requested_bytes(1, 0).unwrap(), MIB);
+    assert_eq!(requested_bytes(5 * MIB as i64, 0).unwrap(), 5 * MIB);
+    assert_eq!(requested_bytes(0, 10 * MIB as i64).unwrap(), 10 * MIB);
+    assert_eq!(
+        requested_bytes(MIB as i64 + 1, 2 * MIB as i64 + 5).unwrap(),
+        2 * MIB
+    );
+    assert!(matches!(
+        requested_bytes(-1, 0),
+        Err(CreateError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        requested_bytes(10, 5),
+        Err(CreateError::CapacityOutOfRange(_))
+    ));
+    assert!(matches!(
+        requested_bytes(MIB as i64 + 1, MIB as i64 + 100),
+        Err(CreateError::CapacityOutOfRange(_))
+    ));
+}
+
+#[test]
+fn list_tokens() {
+    assert_eq!(parse_token("0.2"), Some((0, 2)));
+    assert_eq!(parse_token("3.255"), Some((3, 255)));
+    for bad in [
+        "",
+        "1",
+        "a.b",
+        "1.",
+        ".1",
+        "-1.2",
+        "1.2.3",
+        "99999999999.1",
+        "1 .2",
+    ] {
+        assert_eq!(parse_token(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn names_and_labels() {
+    assert!(validate_name("pvc-1").is_ok());
+    assert!(validate_name("").is_err());
+    assert!(validate_name(&"a".repeat(129)).is_err());
+    assert!(validate_name("a\nb").is_err());
+    assert_eq!(label(&"é".repeat(40)).len(), 62);
+    assert_eq!(label("pvc-1"), "pvc-1");
+}
+
+// ---------------------------------------------------------------------------
+// In-process tests of each RPC's work, on in-memory LUNs with the fake
+// region devices and OCFS2 tools of `controller::testing`. Every error is
+// checked through the code the gRPC service would send.
+
+mod in_process {
+    use super::super::*;
+    use crate::controller::testing::FakeSan;
+    use crate::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType};
+    use crate::csi::volume_capability::{BlockVolume, MountVolume};
+    use crate::disk::gpt;
+    use crate::disk::lun_io::{BlockIo, CrashMode, FailingIo, SparseIo};
+    use crate::server::status::RpcError;
+    use std::path::Path;
+    use tonic::Code;
+
+    const LUN: &str = "/dev/disk/by-id/fake-lun-0";
+    const LUN_BYTES: u64 = 64 * GIB;
+
+    /// A blank LUN opened (initialised) through the fakes, and the
+    /// controller's `Volumes` over it.
+    struct Pool {
+        san: Arc<FakeSan>,
+        disk: SparseIo,
+        lun: Arc<Lun>,
+        volumes: Volumes,
+    }
+
+    async fn pool() -> Pool {
+        let san = FakeSan::new();
+        let disk = SparseIo::new(512, LUN_BYTES);
+        let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
+        let volumes = san.volumes(vec![lun.clone()]);
+        Pool {
+            san,
+            disk,
+            lun,
+            volumes,
+        }
+    }
+
+    fn mount_caps() -> Vec<VolumeCapability> {
+        vec![VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeMultiWriter as i32,
+            }),
+        }]
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    async fn create(v: &Volumes, name: &str, bytes: u64) -> Result<VolumeInfo, CreateError> {
+        create_with(v, name, bytes as i64, 0, &params(&[])).await
+    }
+
+    async fn create_with(
+        v: &Volumes,
+        name: &str,
+        required: i64,
+        limit: i64,
+        parameters: &HashMap<String, String>,
+    ) -> Result<VolumeInfo, CreateError> {
+        v.create(CreateRequest {
+            name,
+            required_bytes: required,
+            limit_bytes: limit,
+            capabilities: &mount_caps(),
+            parameters,
+            has_content_source: false,
+        })
+        .await
+    }
+
+    fn table(disk: &dyn BlockIo) -> Gpt {
+        gpt::read(disk).expect("a valid table").gpt
+    }
+
+    fn volume_entries(disk: &dyn BlockIo) -> Vec<VolumeEntry> {
+        table(disk)
+            .partitions
+            .iter()
+            .filter_map(|p| volume_entry(p, 512))
+            .collect()
+    }
+
+    fn code<E: RpcError>(r: Result<impl std::fmt::Debug, E>) -> Code {
+        r.expect_err("an error").code()
+    }
+
+    /// Crashes a create at every write it makes (the table writes, and the
+    /// fake mkfs's, which reach the same disk), in both ways a host can
+    /// stop: further writes fail, or silently never land. A controller
+    /// restarted on what reached the disk then retries the create: it must
+    /// finish the same volume (resuming a pending entry where one was left),
+    /// with a valid table and no second partition.
+    #[tokio::test]
+    async fn create_resumes_after_a_crash_at_any_write() {
+        const NAME: &str = "pvc-crash";
+        // How many writes a whole create makes.
+        let total = {
+            let p = pool().await;
+            let counting = Arc::new(FailingIo::counting(p.disk.clone()));
+            p.san.add_lun(Path::new(LUN), counting.clone());
+            let lun = p.san.open_lun(LUN, counting.clone()).await;
+            let before = counting.writes_attempted();
+            create(&p.san.volumes(vec![lun]), NAME, 100 * MIB)
+                .await
+                .unwrap();
+            counting.writes_attempted() - before
+        };
+        assert!(total >= 6, "a create writes two tables and a filesystem");
+        let mut resumed = 0;
+        for mode in [CrashMode::Fail, CrashMode::Drop] {
+            for pass in 0..total {
+                let disk = SparseIo::new(512, LUN_BYTES);
+                let san = FakeSan::new();
+                let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
+                let disk_guid = lun.disk_guid;
+                drop(lun);
+                // The controller that crashes: from its `pass`th write on,
+                // nothing reaches the disk.
+                let crashing = Arc::new(FailingIo::new(disk.clone(), pass, mode));
+                let lun = san.open_lun(LUN, crashing.clone()).await;
+                let first = create(&san.volumes(vec![lun]), NAME, 100 * MIB).await;
+                // Failed writes are I/O errors to the caller; after a
+                // Drop the host is gone and nobody sees its answer.
+                if let (CrashMode::Fail, Err(e)) = (mode, &first) {
+                    assert_eq!(e.code(), Code::Internal, "at {pass}: {e}");
+                }
+                let left = volume_entries(&disk);
+                assert!(left.len() <= 1, "{mode:?} at {pass}: {left:?}");
+                if left.first().is_some_and(|e| e.state == State::Pending) {
+                    resumed += 1;
+                }
+
+                // The restarted controller, on what reached the disk.
+                let san = FakeSan::new();
+                let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
+                let volumes = san.volumes(vec![lun]);
+                if left.first().is_some_and(|e| e.state == State::Pending) {
+                    // A pending volume is nobody's yet.
+                    let id = VolumeId {
+                        lun: disk_guid,
+                        partition: partition_guid(NAME),
+                    };
+                    let got = volumes.get(&id.to_string());
+                    assert_eq!(code(got), Code::NotFound);
+                    assert!(volumes.list(0, "").unwrap().0.is_empty());
+                }
+                let info = create(&volumes, NAME, 100 * MIB)
+                    .await
+                    .unwrap_or_else(|e| panic!("{mode:?} at {pass}: retry failed: {e}"));
+                assert_eq!(info.id.lun, disk_guid);
+                assert_eq!(info.id.partition, partition_guid(NAME));
+                assert!(info.capacity >= 100 * MIB);
+                let entries = volume_entries(&disk);
+                assert_eq!(entries.len(), 1, "{mode:?} at {pass}: {entries:?}");
+                assert_eq!(entries[0].state, State::Ready);
+                let fs = san
+                    .filesystem_at(Path::new(LUN), entries[0].offset)
+                    .expect("a filesystem");
+                assert_eq!(fs.uuid, filesystem_uuid(NAME));
+                assert_eq!(fs.label, NAME);
+                let listed = volumes.list(0, "").unwrap().0;
+                assert_eq!(listed.len(), 1);
+                assert_eq!(listed[0].id, info.id);
+                assert_eq!(san.attached(), 0);
+            }
+        }
+        // Some crash points leave the pending entry the retry resumes.
+        assert!(resumed >= 2, "{resumed} crash points left a pending entry");
+    }
+
+    #[tokio::test]
+    async fn failed_mkfs_leaves_no_partition() {
+        let p = pool().await;
+        p.san.fail_next("mkfs.ocfs2");
+        let r = create(&p.volumes, "pvc-a", 100 * MIB).await;
+        assert_eq!(code(r), Code::Internal);
+        assert!(volume_entries(&p.disk).is_empty());
+        assert_eq!(p.san.attached(), 0);
+        // The retry makes it.
+        create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        assert_eq!(volume_entries(&p.disk).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn create_is_idempotent() {
+        let p = pool().await;
+        let first = create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        assert_eq!(first.id.lun, p.lun.disk_guid);
+        assert_eq!(first.id.partition, partition_guid("pvc-a"));
+        assert!(first.capacity >= 100 * MIB);
+        assert_eq!(
+            first.context[context_keys::FS_UUID],
+            filesystem_uuid("pvc-a").to_string()
+        );
+        assert_eq!(
+            first.context[context_keys::CLUSTER_NAME],
+            crate::controller::testing::CLUSTER
+        );
+        assert_eq!(
+            first.context[context_keys::HEARTBEAT_UUID],
+            p.lun.heartbeat_uuid.to_string()
+        );
+        let before = table(&p.disk);
+
+        // The same request: the same volume, nothing made again.
+        let again = create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        assert_eq!(again, first);
+        // A smaller request is served by the existing volume.
+        let smaller = create(&p.volumes, "pvc-a", 50 * MIB).await.unwrap();
+        assert_eq!(smaller, first);
+        assert_eq!(p.san.count("mkfs.ocfs2 -F"), 1);
+
+        // Other sizes or other parameters: AlreadyExists, nothing written.
+        let bigger = create(&p.volumes, "pvc-a", 10 * GIB).await;
+        assert_eq!(code(bigger), Code::AlreadyExists);
+        let limited = create_with(
+            &p.volumes,
+            "pvc-a",
+            MIB as i64,
+            10 * MIB as i64,
+            &params(&[]),
+        )
+        .await;
+        assert_eq!(code(limited), Code::AlreadyExists);
+        let slots = params(&[("nodeSlots", "4")]);
+        let other = create_with(&p.volumes, "pvc-a", 100 * MIB as i64, 0, &slots).await;
+        assert_eq!(code(other), Code::AlreadyExists);
+        let local = params(&[("heartbeat", "local")]);
+        let other = create_with(&p.volumes, "pvc-a", 100 * MIB as i64, 0, &local).await;
+        assert_eq!(code(other), Code::AlreadyExists);
+        assert_eq!(table(&p.disk), before);
+        assert_eq!(p.san.count("mkfs.ocfs2 -F"), 1);
+
+        // Another name is another volume, after the first.
+        let b = create(&p.volumes, "pvc-b", 100 * MIB).await.unwrap();
+        assert_ne!(b.id, first.id);
+        let entries = volume_entries(&p.disk);
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].offset + entries[0].size <= entries[1].offset);
+    }
+
+    #[tokio::test]
+    async fn expand_out_of_range_leaves_the_table_alone() {
+        let p = pool().await;
+        let a = create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        let b = create(&p.volumes, "pvc-b", 100 * MIB).await.unwrap();
+        let (a, b) = (a.id.to_string(), b.id.to_string());
+        let before = table(&p.disk);
+
+        // pvc-b sits right after pvc-a: no room to grow in place.
+        let r = p.volumes.expand(&a, 200 * MIB as i64, 0, None).await;
+        assert_eq!(code(r), Code::OutOfRange);
+        // More than the LUN holds.
+        let r = p.volumes.expand(&b, 2 * LUN_BYTES as i64, 0, None).await;
+        assert_eq!(code(r), Code::OutOfRange);
+        // required above limit.
+        let r = p
+            .volumes
+            .expand(&b, 300 * MIB as i64, 200 * MIB as i64, None)
+            .await;
+        assert_eq!(code(r), Code::OutOfRange);
+        assert_eq!(table(&p.disk), before);
+
+        // Not ours, or bad input.
+        let r = p
+            .volumes
+            .expand("ocfs2-v1:nonsense", GIB as i64, 0, None)
+            .await;
+        assert_eq!(code(r), Code::NotFound);
+        let r = p.volumes.expand("", GIB as i64, 0, None).await;
+        assert_eq!(code(r), Code::InvalidArgument);
+        let r = p.volumes.expand(&b, -1, 0, None).await;
+        assert_eq!(code(r), Code::InvalidArgument);
+        assert_eq!(table(&p.disk), before);
+
+        // What fits is done: the last volume grows into the free space,
+        // and asking for less than it has changes nothing.
+        let grown = p
+            .volumes
+            .expand(&b, 10 * GIB as i64, 0, None)
+            .await
+            .unwrap();
+        assert!(grown >= 10 * GIB);
+        assert_eq!(p.volumes.get(&b).unwrap().capacity, grown);
+        let after = table(&p.disk);
+        assert_ne!(after, before);
+        assert_eq!(
+            p.volumes.expand(&b, MIB as i64, 0, None).await.unwrap(),
+            grown
+        );
+        assert_eq!(table(&p.disk), after);
+        // No tool ran: growing is the nodes' work.
+        assert_eq!(p.san.count("tunefs"), 0);
+    }
+
+    #[tokio::test]
+    async fn expand_of_a_pending_volume_waits_for_create() {
+        let p = pool().await;
+        // A crash right after the pending entry was written: the table
+        // writes of the allocation pass, everything after fails.
+        let crashing = Arc::new(FailingIo::new(p.disk.clone(), 5, CrashMode::Fail));
+        let lun = p.san.open_lun(LUN, crashing).await;
+        let r = create(&p.san.volumes(vec![lun]), "pvc-a", 100 * MIB).await;
+        assert_eq!(code(r), Code::Internal);
+        let left = volume_entries(&p.disk);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, State::Pending);
+        let id = VolumeId {
+            lun: p.lun.disk_guid,
+            partition: partition_guid("pvc-a"),
+        };
+        p.san.add_lun(Path::new(LUN), Arc::new(p.disk.clone()));
+        let r = p.volumes.expand(&id.to_string(), GIB as i64, 0, None).await;
+        assert_eq!(code(r), Code::FailedPrecondition);
+        assert_eq!(volume_entries(&p.disk), left);
+    }
+
+    #[tokio::test]
+    async fn delete_refuses_a_volume_a_node_has_mounted() {
+        let p = pool().await;
+        let info = create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        let id = info.id.to_string();
+        let entry = volume_entries(&p.disk)[0].clone();
+        let before = table(&p.disk);
+
+        p.san.set_mounted(filesystem_uuid("pvc-a"), &[2, 5]);
+        let r = p.volumes.delete(&id).await;
+        let err = r.expect_err("refused");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.to_string().contains("[2, 5]"), "{err}");
+        assert_eq!(table(&p.disk), before);
+        assert!(p.san.filesystem_at(Path::new(LUN), entry.offset).is_some());
+        assert_eq!(p.volumes.get(&id).unwrap().id, info.id);
+
+        // Once the nodes let go, the delete wipes and drops it.
+        p.san.set_mounted(filesystem_uuid("pvc-a"), &[]);
+        p.volumes.delete(&id).await.unwrap();
+        assert!(volume_entries(&p.disk).is_empty());
+        assert!(p.san.filesystem_at(Path::new(LUN), entry.offset).is_none());
+        let mut head = vec![1u8; MIB as usize];
+        p.disk.read_at(entry.offset, &mut head).unwrap();
+        assert!(head.iter().all(|&b| b == 0));
+        assert_eq!(code(p.volumes.get(&id)), Code::NotFound);
+        assert_eq!(p.san.attached(), 0);
+        assert!(p.san.violations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent() {
+        let p = pool().await;
+        let id = create(&p.volumes, "pvc-a", 100 * MIB)
+            .await
+            .unwrap()
+            .id
+            .to_string();
+        let keep = create(&p.volumes, "pvc-b", 100 * MIB).await.unwrap();
+        p.volumes.delete(&id).await.unwrap();
+        let after = table(&p.disk);
+        // Again, and IDs that are not ours or name no LUN of this pool.
+        p.volumes.delete(&id).await.unwrap();
+        p.volumes.delete("some-other-driver's-id").await.unwrap();
+        let elsewhere = VolumeId {
+            lun: uuid::Uuid::new_v4(),
+            partition: partition_guid("pvc-b"),
+        };
+        p.volumes.delete(&elsewhere.to_string()).await.unwrap();
+        assert_eq!(table(&p.disk), after);
+        assert_eq!(p.volumes.get(&keep.id.to_string()).unwrap(), {
+            let mut k = keep.clone();
+            k.context.remove(context_keys::FS_UUID);
+            k
+        });
+        assert_eq!(code(p.volumes.delete("").await), Code::InvalidArgument);
+
+        // A delete interrupted after the wipe (filesystem gone, entry still
+        // there) finishes without asking for a slot map it cannot read.
+        let keep_id = keep.id.to_string();
+        let entry = volume_entries(&p.disk)[0].clone();
+        p.disk
+            .write_at(entry.offset, &vec![0u8; MIB as usize])
+            .unwrap();
+        let slotmaps = p.san.count("debugfs.ocfs2 -R slotmap");
+        p.volumes.delete(&keep_id).await.unwrap();
+        assert_eq!(p.san.count("debugfs.ocfs2 -R slotmap"), slotmaps);
+        assert!(volume_entries(&p.disk).is_empty());
+        // The heartbeat partition stays.
+        assert!(table(&p.disk)
+            .partition(crate::volume::entry::HEARTBEAT_NUMBER)
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn capacity_is_what_create_can_deliver() {
+        let p = pool().await;
+        let none = params(&[]);
+        let empty = p.volumes.capacity(&none, &mount_caps()).unwrap();
+        assert!(empty.maximum_volume > 60 * GIB && empty.maximum_volume < LUN_BYTES);
+        assert!(empty.available >= empty.maximum_volume);
+
+        // The largest volume promised can be made, and then nothing more.
+        let max = empty.maximum_volume;
+        let big = create(&p.volumes, "pvc-max", max).await.unwrap();
+        assert!(big.capacity >= max);
+        let after = p.volumes.capacity(&none, &mount_caps()).unwrap();
+        assert!(after.available < MIB * 64, "{}", after.available);
+        let r = create(&p.volumes, "pvc-more", 100 * MIB).await;
+        assert_eq!(code(r), Code::ResourceExhausted);
+
+        // Capabilities we cannot serve have no capacity; bad parameters are
+        // refused; a pin to another LUN sees none of this one.
+        let block = vec![VolumeCapability {
+            access_type: Some(AccessType::Block(BlockVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeMultiWriter as i32,
+            }),
+        }];
+        p.volumes.delete(&big.id.to_string()).await.unwrap();
+        assert_eq!(p.volumes.capacity(&none, &block).unwrap().available, 0);
+        let bad = params(&[("nodeSlots", "0")]);
+        assert_eq!(code(p.volumes.capacity(&bad, &[])), Code::InvalidArgument);
+        let elsewhere = params(&[("lun", "/dev/other")]);
+        assert_eq!(p.volumes.capacity(&elsewhere, &[]).unwrap().available, 0);
+        let here = params(&[("lun", LUN)]);
+        assert_eq!(
+            p.volumes.capacity(&here, &[]).unwrap().available,
+            empty.available
+        );
+        // Fewer slots, less overhead, more room.
+        let few = params(&[("nodeSlots", "2")]);
+        assert!(p.volumes.capacity(&few, &[]).unwrap().maximum_volume > empty.maximum_volume);
+    }
+
+    #[tokio::test]
+    async fn list_pages_with_tokens() {
+        let p = pool().await;
+        let mut made = Vec::new();
+        for i in 0..5 {
+            made.push(
+                create(&p.volumes, &format!("pvc-{i}"), 50 * MIB)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let (all, token) = p.volumes.list(0, "").unwrap();
+        assert_eq!(all.iter().map(|v| v.id).collect::<Vec<_>>(), made);
+        assert!(token.is_empty());
+
+        let (page, token) = p.volumes.list(2, "").unwrap();
+        assert_eq!(page.iter().map(|v| v.id).collect::<Vec<_>>(), made[..2]);
+        assert!(!token.is_empty());
+        // Between pages, a volume of the next page goes and a new one comes
+        // (into the freed space, so earlier in the table): the rest of the
+        // list neither repeats nor skips what stayed.
+        p.volumes.delete(&made[2].to_string()).await.unwrap();
+        let late = create(&p.volumes, "pvc-late", 50 * MIB).await.unwrap().id;
+        let mut rest = Vec::new();
+        let mut token = token;
+        while !token.is_empty() {
+            let (page, next) = p.volumes.list(2, &token).unwrap();
+            assert!(page.len() <= 2);
+            rest.extend(page.iter().map(|v| v.id));
+            token = next;
+        }
+        assert!(rest.contains(&made[3]) && rest.contains(&made[4]));
+        assert!(!rest.contains(&made[0]) && !rest.contains(&made[1]));
+        assert!(!rest.contains(&made[2]));
+        let mut unique = rest.clone();
+        unique.dedup();
+        assert_eq!(unique, rest);
+        let _ = late;
+
+        assert_eq!(code(p.volumes.list(1, "nonsense")), Code::Aborted);
+        assert_eq!(code(p.volumes.list(1, "0.999999999999")), Code::Aborted);
+        assert_eq!(code(p.volumes.list(-1, "")), Code::InvalidArgument);
+    }
+
+    /// Every bad request is refused with a clear code before anything is
+    /// written to the LUN or any tool runs.
+    #[tokio::test]
+    async fn bad_parameters_write_nothing() {
+        let p = pool().await;
+        let counting = Arc::new(FailingIo::counting(p.disk.clone()));
+        p.san.add_lun(Path::new(LUN), counting.clone());
+        let lun = p.san.open_lun(LUN, counting.clone()).await;
+        let volumes = p.san.volumes(vec![lun]);
+        let writes = counting.writes_attempted();
+        let commands = p.san.commands().len();
+        let before = table(&p.disk);
+
+        let mb = MIB as i64;
+        let long = "x".repeat(200);
+        type Case<'a> = (&'a str, &'a str, i64, i64, Vec<(&'a str, &'a str)>, Code);
+        let cases: Vec<Case> = vec![
+            ("empty name", "", mb, 0, vec![], Code::InvalidArgument),
+            ("long name", &long, mb, 0, vec![], Code::InvalidArgument),
+            ("negative", "pvc-a", -1, 0, vec![], Code::InvalidArgument),
+            (
+                "required over limit",
+                "pvc-a",
+                10 * mb,
+                mb,
+                vec![],
+                Code::OutOfRange,
+            ),
+            (
+                "nodeSlots 0",
+                "pvc-a",
+                mb,
+                0,
+                vec![("nodeSlots", "0")],
+                Code::InvalidArgument,
+            ),
+            (
+                "nodeSlots word",
+                "pvc-a",
+                mb,
+                0,
+                vec![("nodeSlots", "many")],
+                Code::InvalidArgument,
+            ),
+            (
+                "clusterSize",
+                "pvc-a",
+                mb,
+                0,
+                vec![("clusterSize", "3K")],
+                Code::InvalidArgument,
+            ),
+            (
+                "journalSize",
+                "pvc-a",
+                mb,
+                0,
+                vec![("journalSize", "1Ti")],
+                Code::InvalidArgument,
+            ),
+            (
+                "heartbeat",
+                "pvc-a",
+                mb,
+                0,
+                vec![("heartbeat", "none")],
+                Code::InvalidArgument,
+            ),
+            (
+                "fsFeatures",
+                "pvc-a",
+                mb,
+                0,
+                vec![("fsFeatures", "-T mail")],
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown",
+                "pvc-a",
+                mb,
+                0,
+                vec![("rm -rf", "/")],
+                Code::InvalidArgument,
+            ),
+            (
+                "lun nowhere",
+                "pvc-a",
+                mb,
+                0,
+                vec![("lun", "/dev/sdz")],
+                Code::InvalidArgument,
+            ),
+            (
+                "journal under 9 clusters",
+                "pvc-a",
+                mb,
+                0,
+                vec![("clusterSize", "1M"), ("journalSize", "4Mi")],
+                Code::InvalidArgument,
+            ),
+            (
+                "too big",
+                "pvc-a",
+                2 * LUN_BYTES as i64,
+                0,
+                vec![],
+                Code::OutOfRange,
+            ),
+        ];
+        for (what, name, required, limit, pairs, want) in cases {
+            let r = create_with(&volumes, name, required, limit, &params(&pairs)).await;
+            assert_eq!(code(r), want, "{what}");
+        }
+        // Capabilities and content sources we do not serve.
+        let block = vec![VolumeCapability {
+            access_type: Some(AccessType::Block(BlockVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeMultiWriter as i32,
+            }),
+        }];
+        let none = params(&[]);
+        for (caps, source) in [(block, false), (vec![], false), (mount_caps(), true)] {
+            let r = volumes
+                .create(CreateRequest {
+                    name: "pvc-a",
+                    required_bytes: MIB as i64,
+                    limit_bytes: 0,
+                    capabilities: &caps,
+                    parameters: &none,
+                    has_content_source: source,
+                })
+                .await;
+            assert_eq!(code(r), Code::InvalidArgument);
+        }
+        assert_eq!(counting.writes_attempted(), writes);
+        let ran = &p.san.commands()[commands..];
+        assert!(ran.is_empty(), "{ran:?}");
+        assert_eq!(table(&p.disk), before);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_served_before_the_luns_are_open() {
+        let san = FakeSan::new();
+        let volumes = Volumes::new(san.tools(), san.clone(), "fakelab".into());
+        volumes.set_not_ready("LUN /dev/sdq: no such device".into());
+        assert!(!volumes.is_ready());
+        let r = create(&volumes, "pvc-a", MIB).await;
+        let err = r.expect_err("not ready");
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.to_string().contains("/dev/sdq"), "{err}");
+        assert_eq!(code(volumes.list(0, "")), Code::Unavailable);
+        let id = VolumeId {
+            lun: uuid::Uuid::new_v4(),
+            partition: partition_guid("pvc-a"),
+        };
+        assert_eq!(
+            code(volumes.delete(&id.to_string()).await),
+            Code::Unavailable
+        );
+    }
+}
