@@ -416,9 +416,16 @@ pub(crate) struct FakeNode {
 impl FakeNode {
     /// Node number 1 of cluster [`CLUSTER`], local heartbeat, one LUN.
     pub(crate) fn local_heartbeat() -> FakeNode {
+        FakeNode::local_heartbeat_on(Uuid::new_v4())
+    }
+
+    /// The same, on the LUN whose disk GUID is `disk` (the one a fake
+    /// controller puts in its volume IDs: then [`FakeNode::add_volume`]
+    /// with the CreateVolume name yields the ID CreateVolume returned).
+    pub(crate) fn local_heartbeat_on(disk: Uuid) -> FakeNode {
         let tmp = tempfile::tempdir().expect("a temporary folder");
         let dir = tmp.path().canonicalize().expect("a canonical path");
-        let lun = (Uuid::new_v4(), PathBuf::from("/dev/disk/by-id/fake-lun0"));
+        let lun = (disk, PathBuf::from("/dev/disk/by-id/fake-lun0"));
         let kernel = Arc::new(FakeKernel::default());
         let records = Arc::new(MemRecords::default());
         let locator = Arc::new(FakeLocator::default());
@@ -456,7 +463,8 @@ impl FakeNode {
     }
 
     /// A formatted volume called `name` of `bytes` on the LUN, with local
-    /// heartbeat (as CreateVolume leaves it).
+    /// heartbeat (as CreateVolume leaves it: partition GUID and filesystem
+    /// UUID derived from the name).
     pub(crate) fn add_volume(&self, name: &str, bytes: u64) -> FakeVolume {
         let number = {
             let mut n = lock(&self.next_number);
