@@ -3,10 +3,13 @@
 //!
 //! Kubelet and the sidecars retry Unavailable, Aborted, Cancelled and
 //! DeadlineExceeded as "still in progress"; a finished failure never uses
-//! them (the test at the bottom pins this). The two exceptions are the ones
-//! the CSI spec asks for: an operation already in flight for the same volume
-//! (Aborted) and a controller that has not opened its LUNs yet (Unavailable).
+//! them (the test at the bottom pins this). The exceptions are the ones the
+//! CSI spec asks for: an operation already in flight for the same volume
+//! (Aborted) and a controller that has not opened its LUNs yet
+//! (Unavailable); and one that is not finished: LUN I/O that did not answer
+//! within its bound and may still land (DeadlineExceeded).
 
+use crate::disk::blocking::Stalled;
 use crate::disk::gpt::GptError;
 use crate::ocfs2::tools::Ocfs2Error;
 pub use crate::server::status::{status, RpcError};
@@ -32,6 +35,14 @@ pub enum LunError {
         #[source]
         source: std::io::Error,
     },
+    /// The LUN did not answer in time; the I/O may still complete.
+    #[error("{what} on {lun}: {source}")]
+    Stalled {
+        lun: String,
+        what: &'static str,
+        #[source]
+        source: Stalled,
+    },
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error(transparent)]
@@ -43,6 +54,9 @@ impl LunError {
         match self {
             LunError::NotReady(_) => Code::Unavailable,
             LunError::InFlight(_) => Code::Aborted,
+            // Not finished: the I/O may still land, and the retry then
+            // finds its result (the work stays in flight meanwhile).
+            LunError::Stalled { .. } => Code::DeadlineExceeded,
             LunError::Table { .. }
             | LunError::Io { .. }
             | LunError::Tool(_)
@@ -207,6 +221,14 @@ mod tests {
         vec![
             (LunError::NotReady("opening".into()), true),
             (LunError::InFlight("v".into()), true),
+            (
+                LunError::Stalled {
+                    lun: "l".into(),
+                    what: "reading",
+                    source: Stalled(std::time::Duration::from_secs(1)),
+                },
+                true,
+            ),
             (
                 LunError::Table {
                     lun: "l".into(),

@@ -6,6 +6,7 @@
 //! and left untouched.
 
 use super::error::LunError;
+use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::BlockIo;
 use crate::disk::region::{with_region, RegionDevices};
@@ -13,7 +14,14 @@ use crate::ocfs2::tools::Ocfs2Tools;
 use crate::volume::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
+
+/// Longest wait for a partition table read or write (a few hundred KiB
+/// with a sync): past it the LUN is stalled, and the RPC says so rather
+/// than hang. The I/O itself goes on and keeps `table_io` until it ends, so
+/// no later table I/O of this process can slip in between.
+pub const TABLE_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One shared LUN. Its partition table is changed only with `lock` held.
 pub struct Lun {
@@ -25,8 +33,8 @@ pub struct Lun {
     lock: tokio::sync::Mutex<()>,
     /// Orders table reads against writes in this process: a read between a
     /// write's entries and its header would see a CRC mismatch. Held only
-    /// for the I/O itself.
-    table_io: std::sync::Mutex<()>,
+    /// for the I/O itself, by the blocking thread doing it.
+    table_io: Arc<std::sync::Mutex<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,30 +79,50 @@ impl Lun {
     }
 
     /// The table as it is on disk now (direct I/O: another host may have
-    /// written it).
-    pub fn read_table(&self) -> Result<Gpt, LunError> {
-        let _io = self.table_io.lock().unwrap_or_else(|p| p.into_inner());
-        let mut read = gpt::read(self.io.as_ref());
-        if let Err(GptError::Corrupt(_)) = read {
-            // Another host may be halfway through a write; a moment later
-            // one copy is whole again.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            read = gpt::read(self.io.as_ref());
-        }
+    /// written it). Read on a blocking thread.
+    pub async fn read_table(&self) -> Result<Gpt, LunError> {
+        let (io, table_io) = (self.io.clone(), self.table_io.clone());
+        let read = run_blocking(TABLE_IO_TIMEOUT, move || {
+            let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
+            let mut read = gpt::read(io.as_ref());
+            if let Err(GptError::Corrupt(_)) = read {
+                // Another host may be halfway through a write; a moment
+                // later one copy is whole again.
+                std::thread::sleep(Duration::from_millis(20));
+                read = gpt::read(io.as_ref());
+            }
+            read
+        })
+        .await
+        .map_err(|stalled| self.stalled("reading the partition table", stalled))?;
         read.map(|r| r.gpt).map_err(|source| LunError::Table {
             lun: self.name(),
             source,
         })
     }
 
-    /// Writes both copies; see `gpt::write` for why a crash at any point
-    /// leaves a valid table.
-    pub fn write_table(&self, table: &Gpt) -> Result<(), LunError> {
-        let _io = self.table_io.lock().unwrap_or_else(|p| p.into_inner());
-        gpt::write(self.io.as_ref(), table).map_err(|source| LunError::Table {
+    /// Writes both copies, on a blocking thread; see `gpt::write` for why a
+    /// crash at any point leaves a valid table.
+    pub async fn write_table(&self, table: &Gpt) -> Result<(), LunError> {
+        let (io, table_io, table) = (self.io.clone(), self.table_io.clone(), table.clone());
+        run_blocking(TABLE_IO_TIMEOUT, move || {
+            let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
+            gpt::write(io.as_ref(), &table)
+        })
+        .await
+        .map_err(|stalled| self.stalled("writing the partition table", stalled))?
+        .map_err(|source| LunError::Table {
             lun: self.name(),
             source,
         })
+    }
+
+    pub fn stalled(&self, what: &'static str, stalled: crate::disk::blocking::Stalled) -> LunError {
+        LunError::Stalled {
+            lun: self.name(),
+            what,
+            source: stalled,
+        }
     }
 
     pub fn io_error(&self, source: std::io::Error) -> LunError {
@@ -124,10 +152,31 @@ pub async fn open_lun(
         path: name.clone(),
         what: what.to_string(),
     };
-    let table = match gpt::probe(io.as_ref()).map_err(table_err)? {
+    let stalled = |what: &'static str| {
+        let name = name.clone();
+        move |source| LunError::Stalled {
+            lun: name,
+            what,
+            source,
+        }
+    };
+    let probe_io = io.clone();
+    let probed = run_blocking(TABLE_IO_TIMEOUT, move || gpt::probe(probe_io.as_ref()))
+        .await
+        .map_err(stalled("probing what the LUN holds"))?;
+    let write = |table: Gpt| {
+        let io = io.clone();
+        async move {
+            run_blocking(TABLE_IO_TIMEOUT, move || gpt::write(io.as_ref(), &table))
+                .await
+                .map_err(stalled("writing the partition table"))?
+                .map_err(table_err)
+        }
+    };
+    let table = match probed.map_err(table_err)? {
         Contents::Blank => {
             let table = initial_table(io.as_ref());
-            gpt::write(io.as_ref(), &table).map_err(table_err)?;
+            write(table.clone()).await?;
             tracing::info!(lun = %name, disk_guid = %table.disk_guid, "initialised blank LUN");
             table
         }
@@ -151,7 +200,7 @@ pub async fn open_lun(
                     grown,
                     "rewriting both partition table copies"
                 );
-                gpt::write(io.as_ref(), &table).map_err(table_err)?;
+                write(table.clone()).await?;
             }
             table
         }
@@ -168,7 +217,7 @@ pub async fn open_lun(
         disk_guid: table.disk_guid,
         heartbeat_uuid,
         lock: tokio::sync::Mutex::new(()),
-        table_io: std::sync::Mutex::new(()),
+        table_io: Arc::new(std::sync::Mutex::new(())),
     })
 }
 

@@ -107,6 +107,7 @@ impl Controller for ControllerService {
         let verdict = self
             .volumes
             .validate(&r.volume_id, &r.volume_capabilities, &r.parameters)
+            .await
             .map_err(status)?;
         let response = match verdict {
             Ok(()) => ValidateVolumeCapabilitiesResponse {
@@ -134,6 +135,7 @@ impl Controller for ControllerService {
         let (page, next_token) = self
             .volumes
             .list(i64::from(r.max_entries), &r.starting_token)
+            .await
             .map_err(status)?;
         let entries = page
             .iter()
@@ -156,6 +158,7 @@ impl Controller for ControllerService {
         let cap = self
             .volumes
             .capacity(&r.parameters, &r.volume_capabilities)
+            .await
             .map_err(status)?;
         Ok(Response::new(GetCapacityResponse {
             available_capacity: cap.available as i64,
@@ -246,7 +249,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
         let r = request.into_inner();
         record_volume(&r.volume_id);
-        let info = self.volumes.get(&r.volume_id).map_err(status)?;
+        let info = self.volumes.get(&r.volume_id).await.map_err(status)?;
         Ok(Response::new(ControllerGetVolumeResponse {
             volume: Some(volume(&info)),
             status: Some(controller_get_volume_response::VolumeStatus::default()),

@@ -5,12 +5,13 @@ use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError
 use super::params::{check_capabilities, VolumeParams};
 use super::pool::Lun;
 use crate::csi::VolumeCapability;
+use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::Gpt;
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
 use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
 use crate::ocfs2::MAX_LABEL_BYTES;
-use crate::server::inflight::InFlight;
+use crate::server::inflight::{Guard, InFlight};
 use crate::volume::entry::{
     self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
     FIRST_VOLUME_NUMBER, MAX_PARTITION,
@@ -18,6 +19,7 @@ use crate::volume::entry::{
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Size of a volume when the request names none.
 pub const DEFAULT_VOLUME_BYTES: u64 = GIB;
@@ -108,6 +110,16 @@ impl Volumes {
         Ok(self.luns()?.iter().find(|l| l.disk_guid == *guid))
     }
 
+    /// Claims the volume for one operation; a second one gets Aborted. The
+    /// claim is shared with blocking I/O that may outlive the call (see
+    /// `wipe`), so it ends when the last holder lets go.
+    fn begin(&self, key: uuid::Uuid, what: &str) -> Result<Arc<Guard>, LunError> {
+        self.inflight
+            .try_begin(key)
+            .map(Arc::new)
+            .ok_or_else(|| LunError::InFlight(what.to_string()))
+    }
+
     fn context(&self, lun: &Lun, e: &VolumeEntry, name: Option<&str>) -> HashMap<String, String> {
         use context_keys::*;
         let mut c = HashMap::from([
@@ -161,10 +173,7 @@ impl Volumes {
             }
         };
         let guid = partition_guid(name);
-        let _guard = self
-            .inflight
-            .try_begin(guid)
-            .ok_or_else(|| LunError::InFlight(name.to_string()))?;
+        let guard = self.begin(guid, name)?;
         let layout = Layout::for_size(
             usable,
             params.slots,
@@ -177,7 +186,7 @@ impl Volumes {
 
         // A retry finds what an earlier call made, on any LUN.
         for lun in luns {
-            let table = lun.read_table()?;
+            let table = lun.read_table().await?;
             let Some(p) = table.find_by_guid(&guid) else {
                 continue;
             };
@@ -206,7 +215,7 @@ impl Volumes {
                     partition = existing.number,
                     "resuming an interrupted create"
                 );
-                self.format_and_confirm(lun, &existing, name, &layout, &params)
+                self.format_and_confirm(lun, &existing, name, &layout, &params, &guard)
                     .await?;
             }
             return Ok(self.info(lun, &existing, Some(name)));
@@ -234,7 +243,7 @@ impl Volumes {
             cluster = layout.cluster_size,
             "partition allocated, formatting"
         );
-        self.format_and_confirm(lun, &created, name, &layout, &params)
+        self.format_and_confirm(lun, &created, name, &layout, &params, &guard)
             .await?;
         Ok(self.info(lun, &created, Some(name)))
     }
@@ -254,7 +263,7 @@ impl Volumes {
         let mut numbers_left = false;
         for &lun in candidates {
             let _locked = lun.lock().await;
-            let mut table = lun.read_table()?;
+            let mut table = lun.read_table().await?;
             let ss = lun.sector_size();
             lun_capacity = lun_capacity.max(accounted.usable_bytes(
                 (table.last_usable_lba - table.first_usable_lba + 1) * ss,
@@ -294,7 +303,7 @@ impl Volumes {
             let e = volume_entry(&p, ss).expect("a volume partition");
             table.partitions.push(p);
             table.partitions.sort_by_key(|p| p.number);
-            lun.write_table(&table)?;
+            lun.write_table(&table).await?;
             return Ok((lun, e));
         }
         if !numbers_left {
@@ -324,6 +333,7 @@ impl Volumes {
         name: &str,
         layout: &Layout,
         params: &VolumeParams,
+        guard: &Arc<Guard>,
     ) -> Result<(), LunError> {
         let spec = MkfsSpec {
             cluster_name: self.cluster_name.clone(),
@@ -345,13 +355,13 @@ impl Volumes {
         .await;
         if let Err(err) = formatted {
             tracing::error!(volume = name, error = %err, "mkfs failed; removing the partition again");
-            if let Err(undo) = self.wipe_and_remove(lun, e).await {
+            if let Err(undo) = self.wipe_and_remove(lun, e, guard).await {
                 tracing::error!(volume = name, error = %undo, "could not remove the pending partition; a retry or DeleteVolume will");
             }
             return Err(err);
         }
         let _locked = lun.lock().await;
-        let mut table = lun.read_table()?;
+        let mut table = lun.read_table().await?;
         let p = table
             .partitions
             .iter_mut()
@@ -366,20 +376,25 @@ impl Volumes {
         };
         let ready = volume_partition(at, e.guid, name, State::Ready, e.heartbeat, &e.layout);
         *p = ready;
-        lun.write_table(&table)?;
+        lun.write_table(&table).await?;
         Ok(())
     }
 
     /// Zeroes the filesystem signatures (primary and backup superblocks),
     /// discards the space where the LUN can, then drops the GPT entry.
-    async fn wipe_and_remove(&self, lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
-        wipe(lun, e)?;
+    async fn wipe_and_remove(
+        &self,
+        lun: &Lun,
+        e: &VolumeEntry,
+        guard: &Arc<Guard>,
+    ) -> Result<(), LunError> {
+        wipe(lun, e, guard.clone()).await?;
         let _locked = lun.lock().await;
-        let mut table = lun.read_table()?;
+        let mut table = lun.read_table().await?;
         let before = table.partitions.len();
         table.partitions.retain(|p| p.unique_guid != e.guid);
         if table.partitions.len() != before {
-            lun.write_table(&table)?;
+            lun.write_table(&table).await?;
         }
         Ok(())
     }
@@ -404,11 +419,8 @@ impl Volumes {
             );
             return Ok(());
         };
-        let _guard = self
-            .inflight
-            .try_begin(id.partition)
-            .ok_or_else(|| LunError::InFlight(volume_id.to_string()))?;
-        let table = lun.read_table()?;
+        let guard = self.begin(id.partition, volume_id)?;
+        let table = lun.read_table().await?;
         let Some(p) = table.find_by_guid(&id.partition) else {
             return Ok(());
         };
@@ -439,7 +451,7 @@ impl Volumes {
                 nodes,
             });
         }
-        self.wipe_and_remove(lun, &e).await?;
+        self.wipe_and_remove(lun, &e, &guard).await?;
         tracing::info!(
             volume_id,
             partition = e.number,
@@ -477,12 +489,9 @@ impl Volumes {
         let not_found = || ExpandError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
-        let _guard = self
-            .inflight
-            .try_begin(id.partition)
-            .ok_or_else(|| LunError::InFlight(volume_id.to_string()))?;
+        let _guard = self.begin(id.partition, volume_id)?;
         let _locked = lun.lock().await;
-        let mut table = lun.read_table()?;
+        let mut table = lun.read_table().await?;
         let ss = lun.sector_size();
         let p = table
             .find_by_guid(&id.partition)
@@ -513,7 +522,7 @@ impl Volumes {
             .find(|q| q.number == p.number)
             .expect("found above");
         entry.last_lba = p.first_lba + new_bytes / ss - 1;
-        lun.write_table(&table)?;
+        lun.write_table(&table).await?;
         let grown = e.layout.usable_bytes(new_bytes, ALIGN);
         tracing::info!(
             volume_id,
@@ -529,7 +538,7 @@ impl Volumes {
     /// The token names the next volume's position rather than a count, so
     /// volumes created or deleted between pages neither shift nor repeat
     /// the rest.
-    pub fn list(
+    pub async fn list(
         &self,
         max_entries: i64,
         starting_token: &str,
@@ -552,7 +561,7 @@ impl Volumes {
         };
         let mut page = Vec::new();
         for (index, lun) in self.luns()?.iter().enumerate() {
-            let table = lun.read_table()?;
+            let table = lun.read_table().await?;
             for p in &table.partitions {
                 let key = (index as u32, p.number);
                 let ready = volume_entry(p, lun.sector_size()).filter(|e| e.state == State::Ready);
@@ -570,13 +579,13 @@ impl Volumes {
 
     /// ValidateVolumeCapabilities: the volume must exist; then Ok(Ok) when
     /// the capabilities and parameters can be served, Ok(Err(why)) when not.
-    pub fn validate(
+    pub async fn validate(
         &self,
         volume_id: &str,
         capabilities: &[VolumeCapability],
         parameters: &HashMap<String, String>,
     ) -> Result<Result<(), String>, LookupError> {
-        self.get(volume_id)?;
+        self.get(volume_id).await?;
         if capabilities.is_empty() {
             return Err(LookupError::InvalidArgument(
                 "volume_capabilities must not be empty".into(),
@@ -587,7 +596,7 @@ impl Volumes {
     }
 
     /// A ready volume by ID.
-    pub fn get(&self, volume_id: &str) -> Result<VolumeInfo, LookupError> {
+    pub async fn get(&self, volume_id: &str) -> Result<VolumeInfo, LookupError> {
         if volume_id.is_empty() {
             return Err(LookupError::InvalidArgument(
                 "volume_id must not be empty".into(),
@@ -596,7 +605,7 @@ impl Volumes {
         let not_found = || LookupError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
-        let table = lun.read_table()?;
+        let table = lun.read_table().await?;
         let p = table.find_by_guid(&id.partition).ok_or_else(not_found)?;
         let e = volume_entry(p, lun.sector_size())
             .filter(|e| e.state == State::Ready)
@@ -607,7 +616,7 @@ impl Volumes {
     /// Free space for volumes with these parameters: the sum over free
     /// extents of what each could hold, and the largest single volume.
     /// Capabilities we cannot serve have no capacity (the spec's answer).
-    pub fn capacity(
+    pub async fn capacity(
         &self,
         parameters: &HashMap<String, String>,
         capabilities: &[VolumeCapability],
@@ -624,7 +633,7 @@ impl Volumes {
             if params.lun.as_deref().is_some_and(|want| !lun.matches(want)) {
                 continue;
             }
-            let table = lun.read_table()?;
+            let table = lun.read_table().await?;
             if !(FIRST_VOLUME_NUMBER..=MAX_PARTITION).any(|n| table.partition(n).is_none()) {
                 continue;
             }
@@ -767,28 +776,41 @@ fn label(name: &str) -> String {
 /// Byte offsets of OCFS2's backup superblocks (1 GiB, then every 4x).
 const BACKUP_SUPERBLOCKS: [u64; 6] = [1 << 30, 1 << 32, 1 << 34, 1 << 36, 1 << 38, 1 << 40];
 
-fn wipe(lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
-    let zeros = vec![0u8; MIB as usize];
-    let head = e.size.min(MIB) as usize;
-    lun.io
-        .write_at(e.offset, &zeros[..head])
-        .map_err(|err| lun.io_error(err))?;
-    for backup in BACKUP_SUPERBLOCKS.iter().filter(|&&b| b + 4096 <= e.size) {
-        lun.io
-            .write_at(e.offset + backup, &zeros[..4096])
-            .map_err(|err| lun.io_error(err))?;
-    }
-    lun.io.sync().map_err(|err| lun.io_error(err))?;
-    match lun.io.discard(e.offset, e.size) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-            tracing::debug!(lun = %lun.name(), "LUN does not support discard");
+/// Longest wait for a wipe (signatures, sync and discard). A discard of a
+/// big volume on a thin LUN can take minutes; past this the RPC answers
+/// DeadlineExceeded while the wipe goes on.
+const WIPE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// On a blocking thread: a discard may take minutes, and the async workers
+/// must stay free (Probe). The thread holds the volume's in-flight claim
+/// until the wipe really ends, even if the wait gives up: otherwise a retried
+/// DeleteVolume could drop the entry, and a new volume made in that space
+/// could be hit by this wipe's discard still running.
+async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunError> {
+    let (io, name, offset, size) = (lun.io.clone(), lun.name(), e.offset, e.size);
+    run_blocking(WIPE_TIMEOUT, move || {
+        let _claim = claim;
+        let zeros = vec![0u8; MIB as usize];
+        let head = size.min(MIB) as usize;
+        io.write_at(offset, &zeros[..head])?;
+        for backup in BACKUP_SUPERBLOCKS.iter().filter(|&&b| b + 4096 <= size) {
+            io.write_at(offset + backup, &zeros[..4096])?;
         }
-        // The signatures are gone already; a failed discard only leaves old
-        // blocks that no filesystem points at.
-        Err(err) => tracing::warn!(lun = %lun.name(), error = %err, "discard failed"),
-    }
-    Ok(())
+        io.sync()?;
+        match io.discard(offset, size) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::debug!(lun = %name, "LUN does not support discard");
+            }
+            // The signatures are gone already; a failed discard only leaves
+            // old blocks that no filesystem points at.
+            Err(err) => tracing::warn!(lun = %name, error = %err, "discard failed"),
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|stalled| lun.stalled("wiping a volume", stalled))?
+    .map_err(|err| lun.io_error(err))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! kernel devices through which a partition's byte range is reached, and
 //! keeping this host's kernel partitions in step with the table.
 
+pub mod blocking;
 pub mod gpt;
 pub mod kernel_partitions;
 pub mod lun_io;

@@ -204,9 +204,9 @@ mod in_process {
                         lun: disk_guid,
                         partition: partition_guid(NAME),
                     };
-                    let got = volumes.get(&id.to_string());
+                    let got = volumes.get(&id.to_string()).await;
                     assert_eq!(code(got), Code::NotFound);
-                    assert!(volumes.list(0, "").unwrap().0.is_empty());
+                    assert!(volumes.list(0, "").await.unwrap().0.is_empty());
                 }
                 let info = create(&volumes, NAME, 100 * MIB)
                     .await
@@ -222,7 +222,7 @@ mod in_process {
                     .expect("a filesystem");
                 assert_eq!(fs.uuid, filesystem_uuid(NAME));
                 assert_eq!(fs.label, NAME);
-                let listed = volumes.list(0, "").unwrap().0;
+                let listed = volumes.list(0, "").await.unwrap().0;
                 assert_eq!(listed.len(), 1);
                 assert_eq!(listed[0].id, info.id);
                 assert_eq!(san.attached(), 0);
@@ -345,7 +345,7 @@ mod in_process {
             .await
             .unwrap();
         assert!(grown >= 10 * GIB);
-        assert_eq!(p.volumes.get(&b).unwrap().capacity, grown);
+        assert_eq!(p.volumes.get(&b).await.unwrap().capacity, grown);
         let after = table(&p.disk);
         assert_ne!(after, before);
         assert_eq!(
@@ -394,7 +394,7 @@ mod in_process {
         assert!(err.to_string().contains("[2, 5]"), "{err}");
         assert_eq!(table(&p.disk), before);
         assert!(p.san.filesystem_at(Path::new(LUN), entry.offset).is_some());
-        assert_eq!(p.volumes.get(&id).unwrap().id, info.id);
+        assert_eq!(p.volumes.get(&id).await.unwrap().id, info.id);
 
         // Once the nodes let go, the delete wipes and drops it.
         p.san.set_mounted(filesystem_uuid("pvc-a"), &[]);
@@ -404,7 +404,7 @@ mod in_process {
         let mut head = vec![1u8; MIB as usize];
         p.disk.read_at(entry.offset, &mut head).unwrap();
         assert!(head.iter().all(|&b| b == 0));
-        assert_eq!(code(p.volumes.get(&id)), Code::NotFound);
+        assert_eq!(code(p.volumes.get(&id).await), Code::NotFound);
         assert_eq!(p.san.attached(), 0);
         assert!(p.san.violations().is_empty());
     }
@@ -429,7 +429,7 @@ mod in_process {
         };
         p.volumes.delete(&elsewhere.to_string()).await.unwrap();
         assert_eq!(table(&p.disk), after);
-        assert_eq!(p.volumes.get(&keep.id.to_string()).unwrap(), {
+        assert_eq!(p.volumes.get(&keep.id.to_string()).await.unwrap(), {
             let mut k = keep.clone();
             k.context.remove(context_keys::FS_UUID);
             k
@@ -457,7 +457,7 @@ mod in_process {
     async fn capacity_is_what_create_can_deliver() {
         let p = pool().await;
         let none = params(&[]);
-        let empty = p.volumes.capacity(&none, &mount_caps()).unwrap();
+        let empty = p.volumes.capacity(&none, &mount_caps()).await.unwrap();
         assert!(empty.maximum_volume > 60 * GIB && empty.maximum_volume < LUN_BYTES);
         assert!(empty.available >= empty.maximum_volume);
 
@@ -465,7 +465,7 @@ mod in_process {
         let max = empty.maximum_volume;
         let big = create(&p.volumes, "pvc-max", max).await.unwrap();
         assert!(big.capacity >= max);
-        let after = p.volumes.capacity(&none, &mount_caps()).unwrap();
+        let after = p.volumes.capacity(&none, &mount_caps()).await.unwrap();
         assert!(after.available < MIB * 64, "{}", after.available);
         let r = create(&p.volumes, "pvc-more", 100 * MIB).await;
         assert_eq!(code(r), Code::ResourceExhausted);
@@ -479,19 +479,28 @@ mod in_process {
             }),
         }];
         p.volumes.delete(&big.id.to_string()).await.unwrap();
-        assert_eq!(p.volumes.capacity(&none, &block).unwrap().available, 0);
+        assert_eq!(
+            p.volumes.capacity(&none, &block).await.unwrap().available,
+            0
+        );
         let bad = params(&[("nodeSlots", "0")]);
-        assert_eq!(code(p.volumes.capacity(&bad, &[])), Code::InvalidArgument);
+        assert_eq!(
+            code(p.volumes.capacity(&bad, &[]).await),
+            Code::InvalidArgument
+        );
         let elsewhere = params(&[("lun", "/dev/other")]);
-        assert_eq!(p.volumes.capacity(&elsewhere, &[]).unwrap().available, 0);
+        assert_eq!(
+            p.volumes.capacity(&elsewhere, &[]).await.unwrap().available,
+            0
+        );
         let here = params(&[("lun", LUN)]);
         assert_eq!(
-            p.volumes.capacity(&here, &[]).unwrap().available,
+            p.volumes.capacity(&here, &[]).await.unwrap().available,
             empty.available
         );
         // Fewer slots, less overhead, more room.
         let few = params(&[("nodeSlots", "2")]);
-        assert!(p.volumes.capacity(&few, &[]).unwrap().maximum_volume > empty.maximum_volume);
+        assert!(p.volumes.capacity(&few, &[]).await.unwrap().maximum_volume > empty.maximum_volume);
     }
 
     #[tokio::test]
@@ -506,11 +515,11 @@ mod in_process {
                     .id,
             );
         }
-        let (all, token) = p.volumes.list(0, "").unwrap();
+        let (all, token) = p.volumes.list(0, "").await.unwrap();
         assert_eq!(all.iter().map(|v| v.id).collect::<Vec<_>>(), made);
         assert!(token.is_empty());
 
-        let (page, token) = p.volumes.list(2, "").unwrap();
+        let (page, token) = p.volumes.list(2, "").await.unwrap();
         assert_eq!(page.iter().map(|v| v.id).collect::<Vec<_>>(), made[..2]);
         assert!(!token.is_empty());
         // Between pages, a volume of the next page goes and a new one comes
@@ -521,7 +530,7 @@ mod in_process {
         let mut rest = Vec::new();
         let mut token = token;
         while !token.is_empty() {
-            let (page, next) = p.volumes.list(2, &token).unwrap();
+            let (page, next) = p.volumes.list(2, &token).await.unwrap();
             assert!(page.len() <= 2);
             rest.extend(page.iter().map(|v| v.id));
             token = next;
@@ -534,9 +543,12 @@ mod in_process {
         assert_eq!(unique, rest);
         let _ = late;
 
-        assert_eq!(code(p.volumes.list(1, "nonsense")), Code::Aborted);
-        assert_eq!(code(p.volumes.list(1, "0.999999999999")), Code::Aborted);
-        assert_eq!(code(p.volumes.list(-1, "")), Code::InvalidArgument);
+        assert_eq!(code(p.volumes.list(1, "nonsense").await), Code::Aborted);
+        assert_eq!(
+            code(p.volumes.list(1, "0.999999999999").await),
+            Code::Aborted
+        );
+        assert_eq!(code(p.volumes.list(-1, "").await), Code::InvalidArgument);
     }
 
     /// Every bad request is refused with a clear code before anything is
@@ -689,7 +701,7 @@ mod in_process {
         let err = r.expect_err("not ready");
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.to_string().contains("/dev/sdq"), "{err}");
-        assert_eq!(code(volumes.list(0, "")), Code::Unavailable);
+        assert_eq!(code(volumes.list(0, "").await), Code::Unavailable);
         let id = VolumeId {
             lun: uuid::Uuid::new_v4(),
             partition: partition_guid("pvc-a"),
