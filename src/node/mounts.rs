@@ -118,3 +118,63 @@ impl MountTable for ProcMountTable {
         mountinfo::mount_at(path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::SystemRunner;
+    use std::sync::Arc;
+
+    fn table_of_this_thread() -> Vec<MountEntry> {
+        // /proc/self is the process's first thread, which keeps the host's
+        // namespace; this thread has its own.
+        let text = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        mountinfo::parse_mountinfo(&text)
+    }
+
+    /// The real bind mounts and unmount (sys-mount), on tmpfs in a mount
+    /// namespace of one thread, so nothing reaches the host's mounts. Needs
+    /// CAP_SYS_ADMIN; skipped without it. (mount.ocfs2 needs o2cb: the lab.)
+    #[test]
+    fn real_binds_read_only_and_unmount_in_a_private_namespace() {
+        use nix::mount::{mount, MsFlags};
+        std::thread::spawn(|| {
+            // This thread only: its file system context is its own.
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+                eprintln!("skipped: no mount namespace of our own (needs root): {e}");
+                return;
+            }
+            let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+            mount(None::<&str>, "/", None::<&str>, private, None::<&str>).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let dir = dir.path().canonicalize().unwrap();
+            let (src, ro, rw) = (dir.join("src"), dir.join("ro"), dir.join("rw"));
+            for d in [&src, &ro, &rw] {
+                std::fs::create_dir(d).unwrap();
+            }
+            let none = MsFlags::empty();
+            mount(Some("tmpfs"), &src, Some("tmpfs"), none, None::<&str>).unwrap();
+            let m = SystemMounter::new(Ocfs2Tools::new(Arc::new(SystemRunner)));
+            m.bind(&src, &ro, true).unwrap();
+            m.bind(&src, &rw, false).unwrap();
+            let table = table_of_this_thread();
+            let at = |p: &Path| table.iter().rfind(|e| e.mount_point == p).cloned();
+            let (s, r, w) = (at(&src).unwrap(), at(&ro).unwrap(), at(&rw).unwrap());
+            assert!(r.read_only() && !w.read_only() && !s.read_only());
+            assert_eq!(r.device, s.device, "a bind shares its source's device");
+            std::fs::write(rw.join("f"), "x").unwrap();
+            assert_eq!(std::fs::read(src.join("f")).unwrap(), b"x");
+            let refused = std::fs::write(ro.join("g"), "x").unwrap_err();
+            assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+            for p in [&ro, &rw, &src] {
+                m.unmount(p).unwrap();
+            }
+            let err = m.unmount(&src).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "nothing mounted");
+            let table = table_of_this_thread();
+            assert!(!table.iter().any(|e| e.mount_point.starts_with(&dir)));
+        })
+        .join()
+        .unwrap();
+    }
+}
