@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,6 +40,8 @@ struct KernelState {
     /// Errors the next OCFS2 mounts return, in order.
     mount_failures: Vec<String>,
     busy: HashSet<PathBuf>,
+    /// The next OCFS2 mount says it has started, then waits to be let go.
+    held: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
 }
 
 /// This node's mounts: the fake mounter changes the table it answers with.
@@ -61,6 +64,16 @@ impl FakeKernel {
     /// The next OCFS2 mount fails as mount.ocfs2 would, with `stderr`.
     pub(crate) fn fail_next_mount(&self, stderr: &str) {
         lock(&self.state).mount_failures.push(stderr.into());
+    }
+
+    /// The next OCFS2 mount stops half-way (as a slow mount.ocfs2 does):
+    /// the first receiver gets a message once it has started, and the
+    /// mount goes on when the sender is sent to (or dropped).
+    pub(crate) fn hold_next_mount(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (started_tx, started_rx) = oneshot::channel();
+        let (go_tx, go_rx) = oneshot::channel();
+        lock(&self.state).held = Some((started_tx, go_rx));
+        (started_rx, go_tx)
     }
 
     /// Unmounting `path` fails with EBUSY (something holds it open).
@@ -119,6 +132,48 @@ fn not_a_directory(path: &Path) -> io::Result<()> {
     }
 }
 
+impl FakeKernel {
+    fn mount_now(
+        &self,
+        device: &Path,
+        target: &Path,
+        options: &[String],
+    ) -> Result<(), Ocfs2Error> {
+        let mut s = lock(&self.state);
+        let failed = |stderr: String| {
+            Ocfs2Error::Tool(ToolError::Failed {
+                command: format!("mount.ocfs2 {} {}", device.display(), target.display()),
+                code: Some(1),
+                stderr,
+            })
+        };
+        if !s.mount_failures.is_empty() {
+            let stderr = s.mount_failures.remove(0);
+            return Err(failed(stderr));
+        }
+        not_a_directory(target).map_err(|e| failed(e.to_string()))?;
+        let source = device.display().to_string();
+        let number = device_number(&mut s, &source);
+        let ro = options.iter().any(|o| o == "ro");
+        let mut per_mount = vec![if ro { "ro" } else { "rw" }.to_string()];
+        per_mount.extend(options.iter().filter(|o| *o != "ro" && *o != "rw").cloned());
+        s.mounts.push(MountEntry {
+            device: number,
+            root: "/".into(),
+            mount_point: target.to_path_buf(),
+            options: per_mount,
+            fs_type: "ocfs2".into(),
+            source,
+            super_options: vec![
+                if ro { "ro" } else { "rw" }.into(),
+                "heartbeat=local".into(),
+            ],
+        });
+        s.ocfs2_mounts += 1;
+        Ok(())
+    }
+}
+
 impl Mounter for FakeKernel {
     fn mount_ocfs2<'a>(
         &'a self,
@@ -126,41 +181,14 @@ impl Mounter for FakeKernel {
         target: &'a Path,
         options: &'a [String],
     ) -> BoxFuture<'a, Result<(), Ocfs2Error>> {
-        let result = (|| {
-            let mut s = lock(&self.state);
-            let failed = |stderr: String| {
-                Ocfs2Error::Tool(ToolError::Failed {
-                    command: format!("mount.ocfs2 {} {}", device.display(), target.display()),
-                    code: Some(1),
-                    stderr,
-                })
-            };
-            if !s.mount_failures.is_empty() {
-                let stderr = s.mount_failures.remove(0);
-                return Err(failed(stderr));
+        let held = lock(&self.state).held.take();
+        Box::pin(async move {
+            if let Some((started, go)) = held {
+                let _ = started.send(());
+                let _ = go.await;
             }
-            not_a_directory(target).map_err(|e| failed(e.to_string()))?;
-            let source = device.display().to_string();
-            let number = device_number(&mut s, &source);
-            let ro = options.iter().any(|o| o == "ro");
-            let mut per_mount = vec![if ro { "ro" } else { "rw" }.to_string()];
-            per_mount.extend(options.iter().filter(|o| *o != "ro" && *o != "rw").cloned());
-            s.mounts.push(MountEntry {
-                device: number,
-                root: "/".into(),
-                mount_point: target.to_path_buf(),
-                options: per_mount,
-                fs_type: "ocfs2".into(),
-                source,
-                super_options: vec![
-                    if ro { "ro" } else { "rw" }.into(),
-                    "heartbeat=local".into(),
-                ],
-            });
-            s.ocfs2_mounts += 1;
-            Ok(())
-        })();
-        Box::pin(std::future::ready(result))
+            self.mount_now(device, target, options)
+        })
     }
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {

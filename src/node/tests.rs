@@ -523,3 +523,29 @@ async fn adopt_counts_volumes_still_mounted_and_keeps_the_others() {
     assert_eq!(node.records.len(), 1);
     let _ = (vol, staging);
 }
+
+#[tokio::test]
+async fn a_second_call_while_a_stage_runs_is_aborted() {
+    let node = std::sync::Arc::new(FakeNode::local_heartbeat());
+    let vol = node.add_volume("pvc-a", GIB);
+    let staging = node.path("stage");
+    let (started, go) = node.kernel.hold_next_mount();
+    let first = tokio::spawn({
+        let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
+        async move { stage(&node, &vol, &staging, &[]).await }
+    });
+    started.await.unwrap();
+    // The first stage is inside mount.ocfs2: the same volume is busy, as
+    // the CSI spec asks (Aborted, "retry later").
+    assert_eq!(code(stage(&node, &vol, &staging, &[]).await), Code::Aborted);
+    assert_eq!(code(unstage(&node, &vol, &staging).await), Code::Aborted);
+    // Another volume is not held up.
+    let other = node.add_volume("pvc-b", GIB);
+    stage(&node, &other, &node.path("stage-b"), &[])
+        .await
+        .unwrap();
+    go.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    assert_eq!(node.kernel.ocfs2_mounts(), 2);
+}
