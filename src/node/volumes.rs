@@ -892,6 +892,21 @@ mod tests {
         assert_eq!(existing_volume_id(&id).unwrap().to_string(), id);
     }
 
+    #[tokio::test]
+    async fn a_read_that_does_not_return_is_abandoned_as_stalled() {
+        use crate::server::status::RpcError;
+        let (release, hang) = std::sync::mpsc::channel::<()>();
+        let wait = Duration::from_millis(10);
+        // The call cannot return before it is released, whatever the pace.
+        let err = bounded("reading the mount table", wait, move || hang.recv())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::Stalled { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        release.send(()).unwrap();
+        assert_eq!(bounded("x", wait * 1000, || 7).await.unwrap(), 7);
+    }
+
     #[test]
     fn capabilities_are_checked() {
         let mount = |flags: &[&str], fs: &str| {
