@@ -58,8 +58,15 @@ where
                 endpoint::BindError::Io(source) => listen_err(source),
             })?;
             tracing::info!(endpoint = %endpoint, "serving");
+            // Every connection goes through FixAuthority: gRPC C-core clients
+            // send the socket path as `:authority`, which h2 refuses before
+            // any hook of ours runs (see endpoint.rs).
+            let incoming =
+                tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |conn| {
+                    conn.map(endpoint::FixAuthority::new)
+                });
             let result = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             let _ = std::fs::remove_file(path);
             result?;
