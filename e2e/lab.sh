@@ -190,7 +190,7 @@ cmd_down() {
 	if [ -n "$ns" ] && ip netns list | awk '{ print $1 }' | grep -qx "$ns"; then
 		ip netns del "$ns"
 	fi
-	rm -f "$STATE/netns" "$STATE/nodes" "$STATE"/node-*.pid
+	rm -f "$STATE/netns" "$STATE/nodes" "$STATE"/node-*.pid "$STATE/vmlinuz" "$STATE/initrd.img"
 	log "down in $(elapsed "$t0") s; console logs kept in $STATE"
 }
 
@@ -236,7 +236,10 @@ cmd_up() {
 		*) err "up: unknown argument '$1' (usage: up [-n N] [--lun-size SIZE])"; exit 2 ;;
 		esac
 	done
-	[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { err "up: -n must be 1..200"; exit 2; }
+	if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 200 ]; then
+		err "up: -n must be 1..200"
+		exit 2
+	fi
 
 	if [ "$(node_count)" != 0 ] || [ -n "$(ns_name)" ]; then
 		local i any=0
@@ -254,6 +257,16 @@ cmd_up() {
 
 	mkdir -p "$STATE"
 	rm -f "$STATE"/node-*.console.log "$STATE"/node-*.qemu.log "$STATE"/node-*.qmp "$STATE/lun.raw"
+	# The lab boots, and boots again (`start`), from its own links to the
+	# image: another lab rebuilding the shared image for another binary
+	# meanwhile must not change what a guest booted again here runs.
+	(
+		flock -w 900 9 || exit 1
+		for f in vmlinuz initrd.img; do
+			rm -f "$STATE/$f"
+			ln "$IMAGE/$f" "$STATE/$f" 2>/dev/null || cp "$IMAGE/$f" "$STATE/$f"
+		done
+	) 9>"$IMAGE/.lock" || { err "cannot take the image from $IMAGE"; exit 1; }
 	truncate -s "$lun_size" "$STATE/lun.raw"
 
 	local ns
@@ -299,7 +312,7 @@ boot_node() {
 		-display none -monitor none -no-reboot \
 		-serial "file:$STATE/node-$i.console.log" \
 		-qmp "unix:$STATE/node-$i.qmp,server=on,wait=off" \
-		-kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
+		-kernel "$STATE/vmlinuz" -initrd "$STATE/initrd.img" \
 		-append "console=ttyS0 panic=1 lab.name=node$i lab.ip=$SUBNET.$((10 + i))/24${LAB_APPEND:+ $LAB_APPEND}" \
 		-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off" \
 		-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \

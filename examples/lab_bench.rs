@@ -11,6 +11,13 @@
 //!
 //! Local-heartbeat lab: the stage latency and heartbeat I/O again.
 //!
+//! Node-loss lab, o2cb's default timeouts (the lab tests run node loss
+//! with short ones): node3 loses power, later its cluster network; how
+//! long until the survivors write again and their plugins report it dead,
+//! and how long node3 takes to boot and rejoin.
+//!
+//! `LAB_BENCH_ONLY=node-loss` runs the node-loss lab alone.
+//!
 //! Each figure is a table and an SVG chart in target/bench/. Printed, never
 //! enforced: absolute times in TCG guests are not production figures.
 
@@ -565,6 +572,153 @@ fn report_io(r: &mut Report, rows: &[Io], spawn_ms: f64) {
     }
 }
 
+// --- node loss with o2cb's default timeouts ---------------------------------------
+
+struct Loss {
+    what: &'static str,
+    /// From the loss until each survivor had created and fsynced a new file.
+    resumed: Vec<f64>,
+    /// From the loss until both survivors' plugins logged node3 dead.
+    reported: f64,
+    /// Boot, plugin ready and the volume staged again on node3.
+    rejoined: f64,
+}
+
+const STOPPED: &str = "o2cb member stopped heartbeating";
+
+fn stopped_reports(lab: &Lab, node: usize) -> usize {
+    let (_, out) = lab.exec(node, &format!("grep -cF '{STOPPED}' /tmp/node.log"));
+    out.trim().parse().unwrap_or(0)
+}
+
+/// node3 is lost twice, by power loss and by a network cut, while all three
+/// have a volume mounted; plugins with o2cb's default timeouts.
+fn node_loss(rt: &Rt) -> Vec<Loss> {
+    let (lab, controller) = cluster(rt, "bench-loss", "global");
+    let v = create(rt, &controller, "bench-loss", GIB, &[]);
+    for node in 1..=3 {
+        rt.block_on(stage_and_publish(&lab, node, &v));
+    }
+    let dir = target(&v);
+    let mut out = Vec::new();
+    for what in ["power loss", "network cut"] {
+        let seen: Vec<usize> = [1, 2].map(|n| stopped_reports(&lab, n)).to_vec();
+        let lost = Instant::now();
+        if what == "power loss" {
+            lab.crash(3);
+        } else {
+            lab.must(3, "ip link set eth0 down");
+        }
+        // A new file on each survivor waits for node3's eviction.
+        let tag = what.replace(' ', "-");
+        let resumed: Vec<f64> = std::thread::scope(|s| {
+            let hs: Vec<_> = [1, 2]
+                .map(|n| {
+                    let (lab, dir, tag) = (&lab, &dir, &tag);
+                    s.spawn(move || {
+                        lab.must(
+                            n,
+                            &format!(
+                                "echo x | dd of={dir}/{tag}-$(hostname) conv=fsync 2>/dev/null"
+                            ),
+                        );
+                        lost.elapsed().as_secs_f64()
+                    })
+                })
+                .into_iter()
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while [1, 2]
+            .iter()
+            .zip(&seen)
+            .any(|(&n, &k)| stopped_reports(&lab, n) <= k)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no plugin reported node3 dead"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let reported = lost.elapsed().as_secs_f64();
+        // A cut-off node3 fences itself (no quorum); its QEMU then exits.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while lab.alive(3) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: node3 never fenced itself"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let t = Instant::now();
+        lab.start_again(3);
+        lab.write_members_on(3, &[1, 2, 3]);
+        lab.must(
+            3,
+            &format!(
+                "mkdir -p /var/lib/ocfs2-csi && ocfs2-csi node --endpoint tcp://0.0.0.0:10000 \
+                   --node-id node3 --cluster-name {CLUSTER} --heartbeat global \
+                   --members-file /etc/ocfs2-csi/members --lun /dev/vda \
+                   --state-dir /var/lib/ocfs2-csi >>/tmp/node.log 2>&1 </dev/null &"
+            ),
+        );
+        rt.block_on(lab.wait_node_ready(3, Duration::from_secs(300)));
+        rt.block_on(stage_and_publish(&lab, 3, &v));
+        let rejoined = t.elapsed().as_secs_f64();
+        println!(
+            "  {what}: survivors wrote again after {:.1} s / {:.1} s, plugins reported node3 dead \
+             after {reported:.1} s; node3 rejoined in {rejoined:.1} s",
+            resumed[0], resumed[1]
+        );
+        out.push(Loss {
+            what,
+            resumed,
+            reported,
+            rejoined,
+        });
+    }
+    drop(controller);
+    drop(lab);
+    out
+}
+
+fn report_node_loss(r: &mut Report, losses: &[Loss]) {
+    let d = ocfs2_csi::cluster::Timeouts::default();
+    let mut t = Table::new(
+        "Node loss with o2cb's default timeouts",
+        &[
+            "node3 lost by",
+            "survivors write again (s)",
+            "plugins report it dead (s)",
+            "node3 boots and rejoins (s)",
+        ],
+    )
+    .note(format!(
+        "dead threshold {} ({} s of heartbeats), network idle timeout {} ms; times from the loss",
+        d.dead_threshold,
+        2 * d.dead_threshold,
+        d.idle_timeout_ms
+    ))
+    .note("a cut-off node fences itself (no quorum) and is evicted after that");
+    for l in losses {
+        let worst = l.resumed.iter().copied().fold(0.0, f64::max);
+        t.row(vec![
+            l.what.into(),
+            num(worst),
+            num(l.reported),
+            num(l.rejoined),
+        ]);
+        println!(
+            "BENCH node_loss what={} resumed_s={worst:.1} reported_s={:.1} rejoined_s={:.1}",
+            l.what.replace(' ', "_"),
+            l.reported,
+            l.rejoined
+        );
+    }
+    r.table(&t);
+}
+
 // --- heartbeat I/O by mounted volumes --------------------------------------------
 
 struct Heartbeat {
@@ -770,6 +924,15 @@ fn main() {
     println!("{}", figure::CAVEAT);
     let step = |what: &str| println!("[{:>4.0} s] {what}", started.elapsed().as_secs_f64());
 
+    if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("node-loss") {
+        step("node-loss lab, default timeouts");
+        let losses = node_loss(&rt);
+        report_node_loss(&mut report, &losses);
+        report.finish();
+        step("done");
+        return;
+    }
+
     step("global heartbeat lab");
     let (lab, controller) = cluster(&rt, "bench-global", "global");
     let v = create(&rt, &controller, "bench-stage", GIB, &[]);
@@ -800,9 +963,13 @@ fn main() {
     drop(controller);
     drop(lab);
 
+    step("node-loss lab, default timeouts");
+    let losses = node_loss(&rt);
+
     report_stage(&mut report, &global_stage, &local_stage);
     let notes: Vec<String> = global_note.into_iter().chain(local_note).collect();
     report_heartbeat(&mut report, &global_hb, &local_hb, &notes);
+    report_node_loss(&mut report, &losses);
     let m = &report.machine;
     println!(
         "BENCH machine host={} cores={} kernel={} cpu={:?}",

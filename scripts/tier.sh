@@ -22,7 +22,7 @@ CARGO=${CARGO:-cargo}
 # The integration test files of each tier (tests/NAME.rs). A new test file
 # goes into exactly one list; `check` refuses files in none.
 HOST_TESTS=(controller crash crash_expand scale storm sizing partition_sync bad_input server image)
-LAB_TESTS=(lab lab_kubevirt lab_scale lab_failure kube_lab)
+LAB_TESTS=(lab)
 KUBE_TESTS=(kube_smoke kube_membership kube_provisioning kube_helm)
 CHECK_TESTS=(csi_proto_compat inprocess)
 

@@ -3,6 +3,7 @@
 //! torn down when the handle is dropped, also when a test panics.
 
 use super::mount_cap;
+use ocfs2_csi::cluster::Timeouts;
 use ocfs2_csi::csi::volume_capability::access_mode::Mode;
 use ocfs2_csi::csi::*;
 use std::io::Write;
@@ -12,8 +13,45 @@ use std::time::{Duration, Instant};
 
 pub struct Lab {
     pub nodes: usize,
+    /// The o2cb timeouts every node plugin of this lab is started with
+    /// (they must be identical on all nodes): the defaults unless a test
+    /// sets them before it starts any plugin.
+    pub timeouts: Timeouts,
     repo: PathBuf,
     state: PathBuf,
+}
+
+/// o2hb's heartbeat interval.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long o2hb lets a member's heartbeat stand still before it declares
+/// the member dead: the dead threshold's worth of heartbeats.
+pub fn dead_after(t: &Timeouts) -> Duration {
+    HEARTBEAT * t.dead_threshold
+}
+
+/// Runs one scenario and prints `scenario-time: NAME SECONDS` when it is
+/// done (scripts/tier.sh records these for `make test`'s table).
+pub fn scenario<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    assert!(!name.contains(char::is_whitespace), "{name}");
+    println!("=== scenario {name}");
+    let t = Instant::now();
+    let r = f();
+    println!(
+        "scenario-time: {name} {}",
+        t.elapsed().as_secs_f64().round() as u64
+    );
+    r
+}
+
+/// Polls `done` every 500 ms until it holds; panics naming `what` after
+/// `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The repository root (where e2e/ lives).
@@ -33,7 +71,12 @@ impl Lab {
     pub fn up_with_api(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>) -> Lab {
         let repo = repo();
         let state = repo.join(".cache/lab").join(name);
-        let lab = Lab { nodes, repo, state };
+        let lab = Lab {
+            nodes,
+            timeouts: Timeouts::default(),
+            repo,
+            state,
+        };
         let started = Instant::now();
         let mut up = lab.script();
         if let Some(port) = api_port {
@@ -185,8 +228,10 @@ impl Lab {
 
     /// `start_node_plugin` with other membership flags (`membership`, words
     /// of a shell command line, e.g. `--membership kubernetes`); the plugin
-    /// sees KUBECONFIG=/root/kubeconfig when that file exists.
+    /// sees KUBECONFIG=/root/kubeconfig when that file exists. The o2cb
+    /// timeouts are the lab's (`timeouts`).
     pub fn start_node_plugin_with(&self, node: usize, cluster: &str, membership: &str) {
+        let t = &self.timeouts;
         self.must(
             node,
             &format!(
@@ -194,9 +239,12 @@ impl Lab {
                  if [ -f /root/kubeconfig ]; then export KUBECONFIG=/root/kubeconfig; fi && \
                  ocfs2-csi node --endpoint tcp://0.0.0.0:10000 --node-id node{node} \
                    --cluster-name {cluster} {membership} \
+                   --dead-threshold {} --idle-timeout-ms {} \
+                   --keepalive-delay-ms {} --reconnect-delay-ms {} \
                    --lun /dev/vda --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
                    >>/tmp/node.log 2>&1 </dev/null &
-                 echo $! > /tmp/node.pid"
+                 echo $! > /tmp/node.pid",
+                t.dead_threshold, t.idle_timeout_ms, t.keepalive_delay_ms, t.reconnect_delay_ms
             ),
         );
     }

@@ -8,23 +8,23 @@
 //! killed and restarted keeps its number and leaves the mounts alone, and a
 //! guest that loses power keeps its number while it is gone (a newcomer
 //! gets another) and rejoins with it.
+//!
+//! The lab runs with short o2cb timeouts (tests/lab.rs): what is tested is
+//! that node3's number outlives its loss, not how long o2cb takes to see it.
 
-mod common;
-
-use common::kube::Kube;
-use common::lab::*;
-use common::*;
+use crate::common::kube::Kube;
+use crate::common::lab::*;
+use crate::common::*;
 use ocfs2_csi::cluster::MembershipSource;
 use ocfs2_csi::k8s::KubeMembers;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The test controller's cluster (tests/common: Controller::start).
-const CLUSTER: &str = "testclu";
+use super::CLUSTER;
 const NAMESPACE: &str = "kube-system";
 /// The relay's port on the lab namespace's loopback (the namespace is the
 /// lab's own, so a fixed port cannot collide).
-const RELAY_PORT: u16 = 16443;
+pub const RELAY_PORT: u16 = 16443;
 /// A name the API server's self-signed certificate carries; the guests
 /// reach the server by another address (10.0.2.100).
 const TLS_NAME: &str = "kubernetes";
@@ -118,10 +118,77 @@ fn mountinfo_line(lab: &Lab, node: usize, path: &str) -> String {
     lab.must(node, &format!("grep ' {path} ' /proc/self/mountinfo"))
 }
 
-#[test]
-fn guests_form_the_cluster_from_the_api() {
+/// How a guest of this lab joins: the node ServiceAccount's kubeconfig, and
+/// the plugin with membership from the API.
+pub struct ApiMembership {
+    ca: String,
+    kubeconfig: String,
+}
+
+impl ApiMembership {
+    /// Writes the kubeconfig on guest `node` and starts its plugin (also on
+    /// a guest booted again, whose root is fresh).
+    pub fn start_plugin(&self, lab: &Lab, node: usize) {
+        lab.must(
+            node,
+            &format!(
+                "cat >/root/kube-ca.crt <<'CA'\n{}CA\ncat >/root/kubeconfig <<'KC'\n{}KC\nchmod 600 /root/kubeconfig",
+                self.ca, self.kubeconfig
+            ),
+        );
+        lab.start_node_plugin_with(
+            node,
+            CLUSTER,
+            &format!("--membership kubernetes --namespace {NAMESPACE}"),
+        );
+    }
+}
+
+/// spec.renewTime of the Lease of o2cb number `number`.
+fn renew_time(kube: &Kube, number: u8) -> String {
+    let lease = kube.request_ok(
+        "GET",
+        &format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{}",
+            ocfs2_csi::k8s::members::lease_name(CLUSTER, number)
+        ),
+        None,
+    );
+    lease["spec"]["renewTime"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits until each Lease of `numbers` was renewed `times` more times. A
+/// plugin's keepalive round renews its Lease, then releases the Leases it
+/// finds stale; so a third renewal seen means two whole rounds are done.
+fn wait_renewals(kube: &Kube, numbers: &[u8], times: usize) {
+    let mut last: Vec<String> = numbers.iter().map(|&n| renew_time(kube, n)).collect();
+    let mut seen = vec![0; numbers.len()];
+    let deadline = Instant::now() + Duration::from_secs(30 * times as u64 + 60);
+    while seen.iter().any(|&s| s < times) {
+        assert!(
+            Instant::now() < deadline,
+            "Leases {numbers:?} renewed only {seen:?} times"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        for (i, &n) in numbers.iter().enumerate() {
+            let now = renew_time(kube, n);
+            if now != last[i] {
+                seen[i] += 1;
+                last[i] = now;
+            }
+        }
+    }
+}
+
+/// Installs the chart into `kube`, registers the three guests as Nodes,
+/// forms the cluster from the API and runs the scenarios; returns how
+/// guests join (for the scenarios after this one). `lab` was booted with
+/// `LAB_API_PORT` = RELAY_PORT, no plugin runs yet.
+pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembership {
     let total = Instant::now();
-    let kube = Kube::up();
     println!(
         "kube: tools ready in {:.1} s, API server up in {:.1} s",
         kube.tools_time.as_secs_f64(),
@@ -157,29 +224,23 @@ fn guests_form_the_cluster_from_the_api() {
             })),
         );
     }
-    let token = node_token(&kube);
+    let token = node_token(kube);
     let ca = std::fs::read_to_string(&kube.ca).expect("API server certificate");
+    let api = ApiMembership {
+        ca,
+        kubeconfig: guest_kubeconfig(&token),
+    };
 
-    let lab = Lab::up_with_api("kube-lab", NODES, "8G", Some(RELAY_PORT));
-    lab.relay_into(RELAY_PORT, api_port(&kube));
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    lab.relay_into(RELAY_PORT, api_port(kube));
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
     let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
     let mut c = rt.block_on(controller.client());
 
     // --- the cluster forms from the API ----------------------------------
-    lab.on_all(&format!(
-        "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\ncat >/root/kubeconfig <<'KC'\n{}KC\nchmod 600 /root/kubeconfig",
-        guest_kubeconfig(&token)
-    ));
     let t = Instant::now();
     for node in 1..=NODES {
-        lab.start_node_plugin_with(
-            node,
-            CLUSTER,
-            &format!("--membership kubernetes --namespace {NAMESPACE}"),
-        );
+        api.start_plugin(lab, node);
     }
     for node in 1..=NODES {
         rt.block_on(lab.wait_node_ready(node, Duration::from_secs(180)));
@@ -188,7 +249,7 @@ fn guests_form_the_cluster_from_the_api() {
         "kube-lab: {NODES} plugins claimed numbers through the API and heartbeat in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let claimed = rt.block_on(leases(&kube));
+    let claimed = rt.block_on(leases(kube));
     let names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
     assert_eq!(
         claimed.keys().cloned().collect::<Vec<_>>(),
@@ -212,7 +273,7 @@ fn guests_form_the_cluster_from_the_api() {
     for node in 1..=NODES {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let seen = configfs_members(&lab, node);
+            let seen = configfs_members(lab, node);
             if seen == claimed {
                 break;
             }
@@ -251,7 +312,7 @@ fn guests_form_the_cluster_from_the_api() {
         .volume
         .unwrap();
     for node in 1..=NODES {
-        rt.block_on(stage_and_publish(&lab, node, &shared));
+        rt.block_on(stage_and_publish(lab, node, &shared));
     }
     let path = target(&shared);
     for node in 1..=NODES {
@@ -271,22 +332,18 @@ fn guests_form_the_cluster_from_the_api() {
     }
 
     // --- a plugin killed and restarted keeps its number ------------------
-    let before = mountinfo_line(&lab, 2, &path);
+    let before = mountinfo_line(lab, 2, &path);
     lab.must(2, "kill -9 $(cat /tmp/node.pid)");
     let t = Instant::now();
-    lab.start_node_plugin_with(
-        2,
-        CLUSTER,
-        &format!("--membership kubernetes --namespace {NAMESPACE}"),
-    );
+    api.start_plugin(lab, 2);
     rt.block_on(lab.wait_node_ready(2, Duration::from_secs(120)));
     println!(
         "kube-lab: node2's plugin SIGKILLed and restarted, ready in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    assert_eq!(rt.block_on(leases(&kube)), claimed, "numbers changed");
-    assert_eq!(configfs_members(&lab, 2), claimed);
-    assert_eq!(mountinfo_line(&lab, 2, &path), before, "node2 remounted");
+    assert_eq!(rt.block_on(leases(kube)), claimed, "numbers changed");
+    assert_eq!(configfs_members(lab, 2), claimed);
+    assert_eq!(mountinfo_line(lab, 2, &path), before, "node2 remounted");
     lab.must(
         2,
         &format!("echo after-restart >> {path}/node2.txt && sync"),
@@ -299,12 +356,12 @@ fn guests_form_the_cluster_from_the_api() {
     // Its Node object still exists and it may only be cut off, so the
     // survivors must not release its Lease, and a newcomer gets another
     // number.
-    let seen: Vec<usize> = [1, 2].map(|n| dead_reports(&lab, n)).to_vec();
+    let seen: Vec<usize> = [1, 2].map(|n| dead_reports(lab, n)).to_vec();
     let t = Instant::now();
     lab.crash(3);
     for (i, node) in [1, 2].into_iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(240);
-        while dead_reports(&lab, node) <= seen[i] {
+        while dead_reports(lab, node) <= seen[i] {
             assert!(
                 Instant::now() < deadline,
                 "node{node} never reported node3 dead"
@@ -316,16 +373,18 @@ fn guests_form_the_cluster_from_the_api() {
         "kube-lab: node3 powered off; the survivors declared it dead after {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // Two keepalive rounds (each may release stale Leases) after that.
-    std::thread::sleep(Duration::from_secs(25));
+    // Two keepalive rounds (each may release stale Leases) on both
+    // survivors after that.
+    let survivors: Vec<u8> = ["node1", "node2"].map(|n| claimed[n].0).to_vec();
+    wait_renewals(kube, &survivors, 3);
     assert_eq!(
-        rt.block_on(leases(&kube)),
+        rt.block_on(leases(kube)),
         claimed,
         "node3's Lease changed while it may be alive"
     );
     let newcomer = rt
         .block_on(async {
-            admin_members(&kube)
+            admin_members(kube)
                 .await
                 .claim("node4", "192.168.77.14".parse().unwrap())
                 .await
@@ -346,26 +405,15 @@ fn guests_form_the_cluster_from_the_api() {
     println!("kube-lab: node3's number kept while it is gone; a newcomer got {newcomer}");
     let t = Instant::now();
     lab.start_again(3);
-    lab.must(
-        3,
-        &format!(
-            "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\ncat >/root/kubeconfig <<'KC'\n{}KC\nchmod 600 /root/kubeconfig",
-            guest_kubeconfig(&token)
-        ),
-    );
-    lab.start_node_plugin_with(
-        3,
-        CLUSTER,
-        &format!("--membership kubernetes --namespace {NAMESPACE}"),
-    );
+    api.start_plugin(lab, 3);
     rt.block_on(lab.wait_node_ready(3, Duration::from_secs(180)));
     assert_eq!(
-        rt.block_on(leases(&kube)),
+        rt.block_on(leases(kube)),
         claimed,
         "node3 came back with another number"
     );
-    assert_eq!(configfs_members(&lab, 3), claimed);
-    rt.block_on(stage_and_publish(&lab, 3, &shared));
+    assert_eq!(configfs_members(lab, 3), claimed);
+    rt.block_on(stage_and_publish(lab, 3, &shared));
     assert!(lab
         .must(3, &format!("cat {path}/node2.txt"))
         .contains("after-restart"));
@@ -376,7 +424,7 @@ fn guests_form_the_cluster_from_the_api() {
 
     // --- clean up: unstage everywhere, the filesystem is clean ----------
     for node in 1..=NODES {
-        rt.block_on(unpublish_and_unstage(&lab, node, &shared));
+        rt.block_on(unpublish_and_unstage(lab, node, &shared));
     }
     let n = partition_by_guid(&lun, &shared.volume_context["partitionGuid"]).number;
     lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
@@ -386,4 +434,5 @@ fn guests_form_the_cluster_from_the_api() {
         "kube-lab: whole scenario in {:.1} s",
         total.elapsed().as_secs_f64()
     );
+    api
 }

@@ -6,9 +6,10 @@
 //! code 75, `--wait` gets the lock once the holder is gone, the command's
 //! exit code comes back.
 //!
-//! `lab_kubevirt` (two QEMU guests with real OCFS2 kernels; the real
-//! controller on the host carves the volume, the real node plugins in the
-//! guests stage and publish it):
+//! `run` (two guests of the shared lab, node1 and node2, with real OCFS2
+//! kernels; the real controller on the host carves the volume, the real
+//! node plugins in the guests stage and publish it; node3 is a member of
+//! the cluster but never has the volume):
 //! 1. a raw `disk.img` owned by uid 107 (qemu in KubeVirt), preallocated
 //!    with `fallocate -l`, written with O_DIRECT on node1; "live migration":
 //!    closed on node1, opened with O_DIRECT on node2, read back, checksums
@@ -28,15 +29,12 @@
 //! what the kubelet does: chgrp the volume root to the fsGroup and set it
 //! group-writable and setgid.
 
-mod common;
-
-use common::lab::*;
-use common::*;
+use crate::common::lab::*;
+use crate::common::*;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CLUSTER: &str = "testclu";
 /// The qemu user in KubeVirt's virt-launcher.
 const QEMU_UID: u32 = 107;
 const EXIT_HELD: i32 = 75;
@@ -210,24 +208,26 @@ fn disk_lock_between_processes_on_host() {
     posix_holder.wait().unwrap();
 }
 
-#[test]
-fn lab_kubevirt() {
+/// The KubeVirt scenarios on node1 and node2 of `lab`, whose node plugins
+/// already run (the basic scenarios formed the cluster); leaves no volume.
+pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let total = Instant::now();
-    let lab = Lab::up("kubevirt", 2, "8G");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
     let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
     let mut c = rt.block_on(controller.client());
 
-    let took = rt.block_on(lab.start_cluster(&[1, 2], CLUSTER, Duration::from_secs(120)));
-    println!("setup: node plugins ready in {took:.1?}");
+    for node in [1, 2] {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
+    }
+    // Only this scenario's kernel messages count (the lab ran others).
+    lab.on_all("echo 'lab: kubevirt scenario begins' > /dev/kmsg");
     // The guests carry this build's binary, with the subcommand.
     lab.on_all("ocfs2-csi disk-lock --help | grep -q -- --kind");
     // Busybox's fallocate cannot punch holes: util-linux's (the host's, same
     // Debian release and libc as the guests' libraries) is copied in.
     let fallocate = std::fs::read("/usr/bin/fallocate").expect("util-linux fallocate on the host");
-    let (ok, host_sum) = run("sha256sum", &["/usr/bin/fallocate"]);
+    let (ok, host_sum) = crate::common::run("sha256sum", &["/usr/bin/fallocate"]);
     assert!(ok, "{host_sum}");
     let b64 = Command::new("base64")
         .args(["-w0", "/usr/bin/fallocate"])
@@ -258,7 +258,7 @@ fn lab_kubevirt() {
         .unwrap();
     let part = partition_by_guid(&lun, &vol.volume_context["partitionGuid"]);
     for node in [1, 2] {
-        let took = rt.block_on(stage_and_publish(&lab, node, &vol));
+        let took = rt.block_on(stage_and_publish(lab, node, &vol));
         println!(
             "setup: node{node}: NodeStage {:.2} s + NodePublish",
             took.as_secs_f64()
@@ -398,7 +398,7 @@ fn lab_kubevirt() {
         guest_secs(&out)
     );
     let (rc, out, host) = timed(
-        &lab,
+        lab,
         2,
         &format!(
             "echo t0=$(cut -d' ' -f1 /proc/uptime)
@@ -416,7 +416,7 @@ fn lab_kubevirt() {
         first_sum,
         "node2 read back different data"
     );
-    let (_, _, rtt) = timed(&lab, 2, "true");
+    let (_, _, rtt) = timed(lab, 2, "true");
     println!(
         "handover: node2 read all {FIRST_MIB} MiB back with O_DIRECT under the lock in {:.2} s \
          (guest clock; {host:.2} s host wall clock with md5sum, agent round trip {rtt:.2} s); md5 {first_sum} on both",
@@ -509,7 +509,7 @@ fn lab_kubevirt() {
     );
 
     // --- 2. the hazard: OFD ("posix") locks are node-local -----------------
-    let (p1, log1) = start_holder(&lab, 1, "posix", &img);
+    let (p1, log1) = start_holder(lab, 1, "posix", &img);
     let p1 = p1.unwrap_or_else(|| panic!("node1 did not get the posix lock:\n{log1}"));
     // On the same node the lock is real: a second taker is refused.
     let (rc, out) = lab.exec(
@@ -517,7 +517,7 @@ fn lab_kubevirt() {
         &as_qemu(&format!("ocfs2-csi disk-lock --kind posix {img} -- true")),
     );
     assert_eq!(rc, EXIT_HELD, "node1, second posix taker: {out}");
-    let (p2, log2) = start_holder(&lab, 2, "posix", &img);
+    let (p2, log2) = start_holder(lab, 2, "posix", &img);
     let p2 = p2.unwrap_or_else(|| {
         panic!("node2 was refused the posix lock node1 holds (expected the hazard):\n{log2}")
     });
@@ -526,14 +526,14 @@ fn lab_kubevirt() {
         "hazard: node1 (pid {p1}) and node2 (pid {p2}) both hold the posix (OFD) lock on disk.img at once; \
          a second taker on node1 was refused ({EXIT_HELD})"
     );
-    stop_holder(&lab, 1, "posix", p1);
-    stop_holder(&lab, 2, "posix", p2);
+    stop_holder(lab, 1, "posix", p1);
+    stop_holder(lab, 2, "posix", p2);
 
     // --- 3. the protection: flock is cluster-wide ---------------------------
-    let (f1, log1) = start_holder(&lab, 1, "flock", &img);
+    let (f1, log1) = start_holder(lab, 1, "flock", &img);
     let f1 = f1.unwrap_or_else(|| panic!("node1 did not get the flock lock:\n{log1}"));
     let (rc, out, host) = timed(
-        &lab,
+        lab,
         2,
         &format!(
             "echo t0=$(cut -d' ' -f1 /proc/uptime)
@@ -648,11 +648,14 @@ fn lab_kubevirt() {
     // --- 5. unstage everywhere, fsck ------------------------------------------
     let t = Instant::now();
     rt.block_on(futures::future::join_all(
-        [1, 2].map(|node| unpublish_and_unstage(&lab, node, &vol)),
+        [1, 2].map(|node| unpublish_and_unstage(lab, node, &vol)),
     ));
     println!("cleanup: unstaged on both nodes in {}", secs(t));
     for node in [1, 2] {
-        let errors = lab.must(node, "dmesg | grep -i 'I/O error' || true");
+        let errors = lab.must(
+            node,
+            "dmesg | sed -n '/lab: kubevirt scenario begins/,$p' | grep -i 'I/O error' || true",
+        );
         assert!(errors.trim().is_empty(), "node{node}: {errors}");
     }
     let fsck = lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{}", part.number));

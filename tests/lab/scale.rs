@@ -4,14 +4,11 @@
 //! and deleted, with the GPT valid throughout. (tests/scale.rs fills a LUN
 //! to its 254-volume limit on the host, without mounting.)
 
-mod common;
-
-use common::lab::*;
-use common::*;
+use crate::common::lab::*;
+use crate::common::*;
 use ocfs2_csi::csi::Volume;
 use std::time::{Duration, Instant};
 
-const CLUSTER: &str = "testclu"; // the test controller's cluster
 const NODES: usize = 3;
 const VOLUMES: usize = 40;
 
@@ -45,16 +42,26 @@ fn on_every_guest(
     t.elapsed()
 }
 
-#[test]
-fn forty_volumes_mounted_on_every_guest() {
+/// 40 volumes on the three guests of `lab`, whose node plugins already run;
+/// it starts with no volume and no OCFS2 mount anywhere and leaves it so.
+pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let total = Instant::now();
-    let lab = Lab::up("scale", NODES, "32G");
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
     let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
     let mut c = rt.block_on(controller.client());
-    rt.block_on(lab.start_cluster(&[1, 2, 3], CLUSTER, Duration::from_secs(180)));
+    for node in 1..=NODES {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
+        assert_eq!(
+            ocfs2_mounts(lab, node),
+            0,
+            "node{node}: left by an earlier scenario"
+        );
+    }
+    assert!(
+        volume_partitions(&lun).is_empty(),
+        "volumes left by an earlier scenario"
+    );
 
     let t = Instant::now();
     let volumes: Vec<Volume> = (0..VOLUMES)
@@ -76,11 +83,11 @@ fn forty_volumes_mounted_on_every_guest() {
     );
 
     let took = on_every_guest(&volumes, |rt, node, v| {
-        rt.block_on(stage_and_publish(&lab, node, v));
+        rt.block_on(stage_and_publish(lab, node, v));
     });
     for node in 1..=NODES {
         // Each volume twice: the staging mount and the bind mount.
-        assert_eq!(ocfs2_mounts(&lab, node), 2 * VOLUMES, "node{node}");
+        assert_eq!(ocfs2_mounts(lab, node), 2 * VOLUMES, "node{node}");
     }
     println!(
         "lab-scale: {VOLUMES} volumes staged and published on each of {NODES} guests \
@@ -113,10 +120,10 @@ fn forty_volumes_mounted_on_every_guest() {
     }
 
     let took = on_every_guest(&volumes, |rt, node, v| {
-        rt.block_on(unpublish_and_unstage(&lab, node, v));
+        rt.block_on(unpublish_and_unstage(lab, node, v));
     });
     for node in 1..=NODES {
-        assert_eq!(ocfs2_mounts(&lab, node), 0, "node{node}");
+        assert_eq!(ocfs2_mounts(lab, node), 0, "node{node}");
     }
     println!(
         "lab-scale: all unmounted everywhere in {:.1} s",
