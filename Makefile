@@ -44,6 +44,7 @@ deps-check:
 	scripts/deps.sh
 deps-host: deps-check
 	scripts/chart-deps.sh
+	scripts/py-grpc-deps.sh
 # The lab tier includes kube_lab (guests joining through a real API server).
 deps-lab: deps-kube
 	e2e/deps.sh

@@ -1,6 +1,7 @@
 //! Serving gRPC: where (unix socket or TCP), how long (until SIGTERM), and
 //! what every call goes through (the [`observe`] layer).
 
+pub mod authority;
 pub mod endpoint;
 pub mod inflight;
 pub mod observe;
@@ -60,10 +61,10 @@ where
             tracing::info!(endpoint = %endpoint, "serving");
             // Every connection goes through FixAuthority: gRPC C-core clients
             // send the socket path as `:authority`, which h2 refuses before
-            // any hook of ours runs (see endpoint.rs).
+            // any hook of ours runs (see authority.rs).
             let incoming =
                 tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |conn| {
-                    conn.map(endpoint::FixAuthority::new)
+                    conn.map(authority::FixAuthority::new)
                 });
             let result = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
