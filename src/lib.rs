@@ -18,3 +18,4 @@ pub mod server;
 pub mod tools;
 pub mod vmdisk;
 pub mod volume;
+#[cfg(test)] mod sanity;
