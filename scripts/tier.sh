@@ -21,10 +21,10 @@ CARGO=${CARGO:-cargo}
 
 # The integration test files of each tier (tests/NAME.rs). A new test file
 # goes into exactly one list; `check` refuses files in none.
-HOST_TESTS=(controller crash crash_expand scale storm sizing partition_sync bad_input server image)
+HOST_TESTS=(controller crash crash_expand scale storm sizing partition_sync bad_input server grpc_clients image)
 LAB_TESTS=(lab)
 KUBE_TESTS=(kube_smoke kube_membership kube_provisioning kube_helm)
-CHECK_TESTS=(csi_proto_compat inprocess)
+CHECK_TESTS=(csi_proto_compat)
 
 record() { # tier part seconds
   mkdir -p target
@@ -83,8 +83,8 @@ case ${1:-} in
     timed check clippy "$CARGO" clippy --all-targets -- -D warnings
     timed check shellcheck shellcheck_all
     timed check layers scripts/check-layers.sh
-    timed check "unit tests" "$CARGO" test --lib --bins
-    for t in "${CHECK_TESTS[@]}"; do [ ! -f "tests/$t.rs" ] || test_file check "$t"; done
+    timed check "unit and in-process tests" "$CARGO" test --lib --bins
+    for t in "${CHECK_TESTS[@]}"; do test_file check "$t"; done
     ;;
   host)
     # `cargo test --no-run` builds the binary with the features the tests
