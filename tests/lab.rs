@@ -8,17 +8,19 @@
 //!
 //! - `lab_default_timeouts`: o2cb's default timeouts, members from a file.
 //!   The basic scenarios first (they form the cluster, two guests then a
-//!   third joining, so they need guests nobody joined yet), then KubeVirt
-//!   on node1 and node2, then 40 volumes on all three. Each scenario leaves
-//!   the plugins running and no volume or mount behind, and the next one
-//!   checks that it finds it so. Nothing here loses a node, so the
-//!   production timeouts cost nothing and are what these scenarios run on.
+//!   third joining, so they need guests nobody joined yet), then 40
+//!   volumes on all three. Each scenario leaves the plugins running and no
+//!   volume or mount behind, and the next one checks that it finds it so.
+//!   Nothing here loses a node, so the production timeouts cost nothing
+//!   and are what these scenarios run on.
 //! - `lab_short_timeouts`: short o2cb timeouts (`SHORT`), membership from a
 //!   real kube-apiserver, whose address the guests must be given at boot
 //!   (`LAB_API_PORT`): that is why it is a lab of its own. The API
 //!   scenario forms the cluster from the API (it needs guests nobody joined
-//!   yet) and loses node3 once; then the node-loss scenarios, destructive,
-//!   last. Each brings node3 back before the next. They need a node
+//!   yet) and loses node3 once, bringing it back; KubeVirt on node1 and
+//!   node2 (it needs any running cluster; here it evens out the two labs'
+//!   run times); then the node-loss scenarios, destructive, last. Each
+//!   brings node3 back before the next. They need a node
 //!   declared dead, not o2cb's 60 s of waiting for it; `make bench`
 //!   (examples/lab_bench.rs) measures node loss with the default timeouts.
 //!
@@ -64,7 +66,6 @@ fn lab_default_timeouts() {
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
     scenario("basics", || basics::run(&lab, &rt));
-    scenario("kubevirt", || kubevirt::run(&lab, &rt));
     scenario("scale-40-volumes", || scale::run(&lab, &rt));
 }
 
@@ -82,5 +83,6 @@ fn lab_short_timeouts() {
     lab.timeouts = SHORT;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = scenario("kube-membership", || kube::run(&lab, &kube, &rt));
+    scenario("kubevirt", || kubevirt::run(&lab, &rt));
     failure::run(&lab, &rt, &|node| api.start_plugin(&lab, node));
 }

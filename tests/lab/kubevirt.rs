@@ -209,7 +209,7 @@ fn disk_lock_between_processes_on_host() {
 }
 
 /// The KubeVirt scenarios on node1 and node2 of `lab`, whose node plugins
-/// already run (the basic scenarios formed the cluster); leaves no volume.
+/// already run (an earlier scenario formed the cluster); leaves no volume.
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
