@@ -45,7 +45,7 @@ deps-check:
 deps-host: deps-check
 	scripts/chart-deps.sh
 	scripts/py-grpc-deps.sh
-# The lab tier includes kube_lab (guests joining through a real API server).
+# The lab tier includes guests joining through a real API server (tests/lab/kube.rs).
 deps-lab: deps-kube
 	e2e/deps.sh
 deps-kube: deps-host
