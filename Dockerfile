@@ -58,6 +58,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
+# The workspace's other member (the test harness); cargo reads every
+# member's manifest, though the binary does not use it.
+COPY testkit testkit
 # The target directory may be a volume (kept between builds), so the binary
 # is copied out into the layer.
 RUN cargo --version && rustc --version \

@@ -9,8 +9,7 @@
 //! Each figure is a table, an SVG chart in target/bench/ and `BENCH ...`
 //! lines for scripts. Printed, never enforced.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use ocfs2_csi_testkit as common;
 mod figure;
 
 use common::*;

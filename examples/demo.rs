@@ -6,8 +6,7 @@
 //! Until the lab exists this shows the controller alone; mounting on several
 //! nodes is the lab's and the node plugin's part.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::*;

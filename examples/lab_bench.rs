@@ -21,8 +21,7 @@
 //! Each figure is a table and an SVG chart in target/bench/. Printed, never
 //! enforced: absolute times in TCG guests are not production figures.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use ocfs2_csi_testkit as common;
 mod figure;
 
 use common::lab::*;

@@ -7,8 +7,7 @@
 //! (ControllerExpandVolume, then NodeExpandVolume on each guest), prints a
 //! report with timings and tears everything down.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::lab::*;
 use common::*;

@@ -12,7 +12,7 @@
 //! still listed with its capacity and is fsck-clean, no file was created by
 //! a shell payload, and the controller is still running.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::controller_client::ControllerClient;

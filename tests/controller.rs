@@ -2,7 +2,7 @@
 //! create / list / expand / delete, idempotency, fsck-clean filesystems and
 //! usable capacity, bad input that changes nothing on disk.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::volume_capability::access_mode::Mode;

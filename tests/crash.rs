@@ -5,7 +5,7 @@
 //! must converge. At the end the LUN holds exactly the volumes the calls say,
 //! all ready and fsck-clean.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::controller_client::ControllerClient;

@@ -19,7 +19,7 @@
 //! mkfs left them. At the end every volume is fsck-clean with the UUID and
 //! FS generation mkfs gave it (a second mkfs would draw a new generation).
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::controller_client::ControllerClient;

@@ -7,7 +7,7 @@
 //! Needs the grpcio venv that scripts/py-grpc-deps.sh installs (the test runs
 //! it; it is a no-op once done).
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! test definitions, `helm uninstall` leaves nothing of ours behind.
 //! (There are no kubelets here, so the pods are never scheduled.)
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::kube::Kube;
 

@@ -5,7 +5,7 @@
 //! node's number is released only when it is not heartbeating, and whoever
 //! held it learns it is gone.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::kube::Kube;
 use ocfs2_csi::cluster::MembershipSource;

@@ -7,7 +7,7 @@
 //! (the filesystem part waits for a node); deleting the PVC with
 //! reclaimPolicy Delete removes the partition.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::kube::Kube;
 use common::*;

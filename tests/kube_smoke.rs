@@ -5,8 +5,7 @@
 //! report healthy and actually reconcile (a deleted namespace is finalized by
 //! its namespace controller). Timings are printed (--nocapture shows them).
 
-#[path = "common/kube.rs"]
-mod kube;
+use ocfs2_csi_testkit::kube;
 
 use kube::Kube;
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! The lab tier: scenarios on QEMU guests with Debian's OCFS2 kernel
-//! sharing one LUN file (`e2e/lab.sh`, driven by tests/common/lab.rs).
+//! sharing one LUN file (`e2e/lab.sh`, driven by testkit/src/lab.rs).
 //!
 //! Booting three guests and joining them costs about a minute under TCG,
 //! so scenarios share booted labs instead of each booting its own. Two labs,
@@ -28,7 +28,6 @@
 
 #[path = "lab/basics.rs"]
 mod basics;
-mod common;
 #[path = "lab/failure.rs"]
 mod failure;
 #[path = "lab/kube.rs"]
@@ -38,11 +37,13 @@ mod kubevirt;
 #[path = "lab/scale.rs"]
 mod scale;
 
+use ocfs2_csi_testkit as common;
+
 use common::kube::Kube;
 use common::lab::*;
 use ocfs2_csi::cluster::Timeouts;
 
-/// The test controller's cluster (tests/common: Controller::start).
+/// The test controller's cluster (testkit: Controller::start).
 const CLUSTER: &str = "testclu";
 
 /// o2cb timeouts of the node-loss lab. A silent member is declared dead

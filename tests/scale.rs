@@ -10,7 +10,7 @@
 //! global heartbeat, so a LUN holds at most 254 volumes even though its GPT
 //! has 256 entries.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use futures::stream::{self, StreamExt};

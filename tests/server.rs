@@ -2,7 +2,7 @@
 //! graceful SIGTERM, flags from the environment, Identity answers, and Probe
 //! staying not-ready (with the reason) while a LUN cannot be used.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::identity_client::IdentityClient;

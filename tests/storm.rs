@@ -3,7 +3,7 @@
 //! say, without overlap, duplicates or pending leftovers, each filesystem
 //! fsck-clean and as big as asked.
 
-mod common;
+use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::csi::controller_client::ControllerClient;

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 
 /// The repository root (where scripts/ lives).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// The per-user cache of pinned external builds, outside the clone: the

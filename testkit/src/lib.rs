@@ -1,9 +1,9 @@
-//! A real `ocfs2-csi controller` process on file-backed LUNs, for the
-//! integration tests and the demo and bench examples: started on a free TCP
+//! The harness ocfs2-csi's integration tests, demos and benchmarks share
+//! (`lab`: the QEMU lab; `kube`: a real kube-apiserver). Here: a real
+//! `ocfs2-csi controller` process on file-backed LUNs, started on a free TCP
 //! port, waited on until Probe says ready, killed when dropped. Plus checks
 //! that read the LUN with the real tools (sgdisk, fsck.ocfs2 and debugfs.ocfs2
 //! through a loop device).
-#![allow(dead_code)]
 
 pub mod kube;
 pub mod lab;
@@ -363,7 +363,7 @@ pub fn table_bytes(lun: &Path) -> Vec<u8> {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -371,7 +371,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
