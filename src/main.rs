@@ -13,7 +13,7 @@ use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::disk::region::LoopDevices;
-use ocfs2_csi::identity::{IdentityService, Readiness};
+use ocfs2_csi::identity::IdentityService;
 use ocfs2_csi::k8s::KubeMembers;
 use ocfs2_csi::node::records::Records;
 use ocfs2_csi::node::startup::Startup;
@@ -166,14 +166,6 @@ fn parse_heartbeat(s: &str) -> Result<HeartbeatMode, String> {
     HeartbeatMode::parse(s).ok_or_else(|| format!("{s:?}: expected global or local"))
 }
 
-struct VolumesReady(Arc<Volumes>);
-
-impl Readiness for VolumesReady {
-    fn is_ready(&self) -> bool {
-        self.0.is_ready()
-    }
-}
-
 fn init_logging(filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad --log filter {filter:?}"))?;
@@ -276,11 +268,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         volumes: volumes.clone(),
         poll: Duration::from_secs(args.members_poll.max(1)),
     };
-    let identity = IdentityService::new(
-        common.driver_name,
-        false,
-        Arc::new(NodeReady(volumes.clone())),
-    );
+    let identity = IdentityService::new(common.driver_name, false, volumes.clone());
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
         .add_service(IdentityServer::new(identity))
@@ -345,14 +333,6 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
     }
 }
 
-struct NodeReady(Arc<NodeVolumes>);
-
-impl Readiness for NodeReady {
-    fn is_ready(&self) -> bool {
-        self.0.is_ready()
-    }
-}
-
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args.common.log)?;
     validate_driver_name(&args.common.driver_name)?;
@@ -383,11 +363,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         })
     };
 
-    let identity = IdentityService::new(
-        args.common.driver_name,
-        true,
-        Arc::new(VolumesReady(volumes.clone())),
-    );
+    let identity = IdentityService::new(args.common.driver_name, true, volumes.clone());
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
         .add_service(IdentityServer::new(identity))

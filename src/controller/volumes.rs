@@ -12,6 +12,7 @@ use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
 use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
 use crate::ocfs2::MAX_LABEL_BYTES;
 use crate::server::inflight::{Guard, InFlight};
+use crate::server::Readiness;
 use crate::volume::entry::{
     self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
     FIRST_VOLUME_NUMBER, MAX_PARTITION,
@@ -69,6 +70,13 @@ pub struct Volumes {
     inflight: InFlight,
 }
 
+/// Ready once every LUN is open.
+impl Readiness for Volumes {
+    fn is_ready(&self) -> bool {
+        self.luns.get().is_some()
+    }
+}
+
 impl Volumes {
     pub fn new(tools: Ocfs2Tools, regions: Arc<dyn RegionDevices>, cluster_name: String) -> Self {
         Volumes {
@@ -89,10 +97,6 @@ impl Volumes {
     /// Records why opening the LUNs failed (the opener retries).
     pub fn set_not_ready(&self, why: String) {
         *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.luns.get().is_some()
     }
 
     fn luns(&self) -> Result<&[Arc<Lun>], LunError> {

@@ -9,11 +9,7 @@ use crate::csi::{
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// Tells Probe whether the plugin can serve yet (the controller has opened
-/// its LUNs; the node has joined its cluster).
-pub trait Readiness: Send + Sync {
-    fn is_ready(&self) -> bool;
-}
+pub use crate::server::Readiness;
 
 pub struct IdentityService {
     driver_name: String,

@@ -23,6 +23,7 @@ use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::server::inflight::{Guard, InFlight};
+use crate::server::Readiness;
 use crate::volume::id::VolumeId;
 use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
@@ -232,6 +233,16 @@ fn nix_io(e: nix::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
 
+/// Ready once the node has joined its cluster (and started heartbeat).
+impl Readiness for NodeVolumes {
+    fn is_ready(&self) -> bool {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
 impl NodeVolumes {
     /// A node with the real side effects.
     pub fn new(cfg: NodeConfig, tools: Ocfs2Tools, records: Records) -> NodeVolumes {
@@ -260,13 +271,6 @@ impl NodeVolumes {
 
     pub fn set_ready(&self, why_not: Option<String>) {
         *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = why_not;
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.not_ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
     }
 
     fn ensure_ready(&self) -> Result<(), NodeError> {

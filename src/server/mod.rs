@@ -5,10 +5,12 @@ pub mod authority;
 pub mod endpoint;
 pub mod inflight;
 pub mod observe;
+pub mod readiness;
 pub mod status;
 
 pub use endpoint::Endpoint;
 pub use observe::{record_volume, ObserveLayer};
+pub use readiness::Readiness;
 
 use std::future::Future;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
