@@ -79,8 +79,8 @@ shellcheck_all() {
 case ${1:-} in
   check)
     every_test_file_has_a_tier
-    timed check fmt "$CARGO" fmt --check
-    timed check clippy "$CARGO" clippy --all-targets -- -D warnings
+    timed check fmt "$CARGO" fmt --all --check
+    timed check clippy "$CARGO" clippy --workspace --all-targets -- -D warnings
     timed check shellcheck shellcheck_all
     timed check layers scripts/check-layers.sh
     timed check "unit and in-process tests" "$CARGO" test --lib --bins
