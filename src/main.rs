@@ -6,12 +6,11 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
-use ocfs2_csi::controller::pool::open_lun;
+use ocfs2_csi::controller::pool::open_all;
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
 use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
-use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::IdentityService;
 use ocfs2_csi::k8s::KubeMembers;
@@ -372,28 +371,4 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     opener.abort();
     result?;
     Ok(())
-}
-
-async fn open_all(
-    paths: &[PathBuf],
-    cluster: &str,
-    tools: &Ocfs2Tools,
-    regions: &LoopDevices,
-) -> anyhow::Result<Vec<Arc<ocfs2_csi::controller::pool::Lun>>> {
-    let mut luns = Vec::new();
-    for path in paths {
-        let io = LunFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let lun = open_lun(path, Arc::new(io), cluster, tools, regions).await?;
-        tracing::info!(lun = %path.display(), disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
-        anyhow::ensure!(
-            !luns
-                .iter()
-                .any(|l: &Arc<ocfs2_csi::controller::pool::Lun>| l.disk_guid == lun.disk_guid),
-            "{} is the same LUN (disk GUID {}) as another --lun",
-            path.display(),
-            lun.disk_guid
-        );
-        luns.push(Arc::new(lun));
-    }
-    Ok(luns)
 }

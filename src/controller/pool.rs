@@ -8,7 +8,7 @@
 use super::error::LunError;
 use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
-use crate::disk::lun_io::BlockIo;
+use crate::disk::lun_io::{BlockIo, LunFile};
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::volume::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
@@ -54,8 +54,50 @@ pub enum OpenError {
         found: String,
         ours: String,
     },
+    #[error("{path} is the same LUN (disk GUID {guid}) as another --lun")]
+    SameLun { path: String, guid: Uuid },
     #[error(transparent)]
     Lun(#[from] LunError),
+}
+
+/// How long opening a LUN's device may take before start-up retries it (a
+/// path that queues I/O while down would otherwise hold the open forever).
+const OPEN_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens every LUN of `paths` (`open_lun`), refusing one LUN listed twice
+/// under two paths.
+pub async fn open_all(
+    paths: &[PathBuf],
+    cluster_name: &str,
+    tools: &Ocfs2Tools,
+    regions: &dyn RegionDevices,
+) -> Result<Vec<Arc<Lun>>, OpenError> {
+    let mut luns: Vec<Arc<Lun>> = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let p = path.clone();
+        let io = run_blocking(OPEN_WAIT, move || LunFile::open(&p))
+            .await
+            .map_err(|source| LunError::Stalled {
+                lun: name.clone(),
+                what: "opening",
+                source,
+            })?
+            .map_err(|source| LunError::Io {
+                lun: name.clone(),
+                source,
+            })?;
+        let lun = open_lun(path, Arc::new(io), cluster_name, tools, regions).await?;
+        tracing::info!(lun = %name, disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
+        if luns.iter().any(|l| l.disk_guid == lun.disk_guid) {
+            return Err(OpenError::SameLun {
+                path: name,
+                guid: lun.disk_guid,
+            });
+        }
+        luns.push(Arc::new(lun));
+    }
+    Ok(luns)
 }
 
 impl Lun {
@@ -280,5 +322,41 @@ async fn ensure_heartbeat(
             ours: cluster_name.to_string(),
         }),
         _ => Ok(found.uuid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::testing::FakeSan;
+
+    #[tokio::test]
+    async fn one_lun_under_two_paths_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lun = dir.path().join("lun.raw");
+        std::fs::File::create(&lun)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let alias = dir.path().join("by-id-alias");
+        std::os::unix::fs::symlink(&lun, &alias).unwrap();
+        let san = FakeSan::new();
+        for p in [&lun, &alias] {
+            san.add_lun(p, Arc::new(LunFile::open(p).unwrap()));
+        }
+        let tools = san.tools();
+
+        let one = open_all(std::slice::from_ref(&lun), "c", &tools, san.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        match open_all(&[lun.clone(), alias.clone()], "c", &tools, san.as_ref()).await {
+            Err(OpenError::SameLun { path, guid }) => {
+                assert_eq!(path, alias.display().to_string());
+                assert_eq!(guid, one[0].disk_guid);
+            }
+            Err(other) => panic!("expected SameLun, got {other}"),
+            Ok(luns) => panic!("opened {} LUNs", luns.len()),
+        }
     }
 }
