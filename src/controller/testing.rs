@@ -57,12 +57,15 @@ pub struct FakeFs {
     pub global_heartbeat: bool,
     /// Made with `-H` (a heartbeat device).
     pub heartbeat_device: bool,
+    /// The filesystem's size: its device's when made, or when last grown
+    /// (`tunefs.ocfs2 -S`); a partition grown since is larger.
+    pub bytes: u64,
 }
 
 impl FakeFs {
     fn encode(&self) -> Vec<u8> {
         let text = format!(
-            "label={}\nuuid={}\nslots={}\nblock={}\ncluster={}\njournal={}\nclustername={}\nglobal={}\nhbdev={}\n",
+            "label={}\nuuid={}\nslots={}\nblock={}\ncluster={}\njournal={}\nclustername={}\nglobal={}\nhbdev={}\nbytes={}\n",
             self.label.replace('\n', " "),
             self.uuid,
             self.slots,
@@ -71,7 +74,8 @@ impl FakeFs {
             self.journal_size,
             self.cluster_name,
             self.global_heartbeat,
-            self.heartbeat_device
+            self.heartbeat_device,
+            self.bytes
         );
         let mut block = vec![0u8; SUPER_BYTES];
         block[..MAGIC.len()].copy_from_slice(MAGIC);
@@ -94,6 +98,7 @@ impl FakeFs {
             cluster_name: fields.get("clustername")?.to_string(),
             global_heartbeat: fields.get("global")?.parse().ok()?,
             heartbeat_device: fields.get("hbdev")?.parse().ok()?,
+            bytes: fields.get("bytes")?.parse().ok()?,
         })
     }
 
@@ -121,6 +126,8 @@ impl FakeFs {
 struct State {
     luns: HashMap<PathBuf, Arc<dyn BlockIo>>,
     regions: HashMap<PathBuf, RegionAt>,
+    /// Partition devices a node sees (see [`FakeSan::expose`]).
+    partitions: HashMap<PathBuf, RegionAt>,
     /// o2cb nodes holding a slot, by filesystem UUID.
     mounted: HashMap<Uuid, Vec<u32>>,
     /// Every command run, as one line.
@@ -208,6 +215,12 @@ impl FakeSan {
         self.state().violations.clone()
     }
 
+    /// The filesystem on `device` (a region or an exposed partition).
+    pub fn filesystem_on(&self, device: &Path) -> Option<FakeFs> {
+        let (io, at) = self.region(device)?;
+        read_super(io.as_ref(), at.offset)
+    }
+
     /// The filesystem the fake mkfs left at `offset` of `lun`, if any.
     pub fn filesystem_at(&self, lun: &Path, offset: u64) -> Option<FakeFs> {
         let io = self.state().luns.get(lun)?.clone();
@@ -232,9 +245,28 @@ impl FakeSan {
         volumes
     }
 
+    /// Makes `device` a node's kernel partition over `size` bytes at
+    /// `offset` of `lun` (replacing what it was), so the OCFS2 tools run
+    /// on a node see the filesystem the controller made there: one SAN for
+    /// both sides. Not a region device: [`FakeSan::attached`] ignores it.
+    pub fn expose(&self, device: &Path, lun: &Path, offset: u64, size: u64) {
+        self.state().partitions.insert(
+            device.to_path_buf(),
+            RegionAt {
+                lun: lun.to_path_buf(),
+                offset,
+                size,
+            },
+        );
+    }
+
     fn region(&self, device: &Path) -> Option<(Arc<dyn BlockIo>, RegionAt)> {
         let state = self.state();
-        let at = state.regions.get(device)?.clone();
+        let at = state
+            .regions
+            .get(device)
+            .or_else(|| state.partitions.get(device))?
+            .clone();
         let io = state.luns.get(&at.lun)?.clone();
         Some((io, at))
     }
@@ -257,6 +289,7 @@ impl FakeSan {
         match cmd.program {
             "mkfs.ocfs2" => self.mkfs(&args),
             "debugfs.ocfs2" => self.debugfs(&args),
+            "tunefs.ocfs2" => self.tunefs(&args),
             _ => failed(127, format!("the fake SAN does not play `{line}`")),
         }
     }
@@ -278,6 +311,7 @@ impl FakeSan {
             cluster_name: String::new(),
             global_heartbeat: false,
             heartbeat_device: false,
+            bytes: at.size,
         };
         let mut it = flags.iter();
         let mut forced = false;
@@ -346,6 +380,36 @@ impl FakeSan {
         ok("")
     }
 
+    /// `tunefs.ocfs2 -S`: the filesystem grows to its device.
+    fn tunefs(&self, args: &[String]) -> ToolOutput {
+        let [flag, device] = args else {
+            return failed(1, "tunefs.ocfs2: usage");
+        };
+        if flag != "-S" {
+            return failed(
+                1,
+                format!("tunefs.ocfs2: the fake plays -S only, not {flag}"),
+            );
+        }
+        let Some((io, at)) = self.region(Path::new(device)) else {
+            return failed(1, format!("tunefs.ocfs2: {device}: no such device"));
+        };
+        let Some(mut fs) = read_super(io.as_ref(), at.offset) else {
+            return failed(1, format!("tunefs.ocfs2: {device}: no OCFS2 filesystem"));
+        };
+        if at.size < fs.bytes {
+            return failed(
+                1,
+                format!("tunefs.ocfs2: {device} is smaller than its filesystem"),
+            );
+        }
+        fs.bytes = at.size;
+        if let Err(e) = io.write_at(at.offset + SUPER_OFFSET, &fs.encode()) {
+            return failed(1, format!("tunefs.ocfs2: write: {e}"));
+        }
+        ok("")
+    }
+
     fn debugfs(&self, args: &[String]) -> ToolOutput {
         let [flag, request, device] = args else {
             return failed(1, "debugfs.ocfs2: usage");
@@ -377,7 +441,7 @@ impl FakeSan {
                 ok(out)
             }
             "stat //global_bitmap" => {
-                let total = at.size / fs.cluster_size;
+                let total = fs.bytes / fs.cluster_size;
                 let used = (u64::from(fs.slots) * fs.journal_size + (8 << 20)) / fs.cluster_size;
                 ok(format!(
                     "\tBitmap Total: {total}   Used: {used}   Free: {}\n",

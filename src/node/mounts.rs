@@ -42,6 +42,15 @@ pub trait MountTable: Send + Sync {
     /// The topmost mount at `path`; None when nothing is mounted there or
     /// the path does not exist.
     fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>>;
+
+    /// The size in bytes of the filesystem holding `path`, as the kernel
+    /// has it (statfs). Growth compares it with the size on disk, so a fake
+    /// table whose mounts are not real must answer it from its own disks.
+    fn fs_bytes(&self, path: &Path) -> io::Result<u64> {
+        let s =
+            nix::sys::statvfs::statvfs(path).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        Ok(s.blocks() as u64 * s.fragment_size() as u64)
+    }
 }
 
 /// The real mounts: mount.ocfs2 for OCFS2, system calls for the rest.

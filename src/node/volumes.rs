@@ -218,21 +218,6 @@ const READ_WAIT: Duration = Duration::from_secs(30);
 /// cluster is recovering a node or the LUN is not answering.
 const STATFS_WAIT: Duration = Duration::from_secs(15);
 
-/// The size of the filesystem mounted at `path`, as the kernel has it.
-async fn mounted_bytes(path: &Path) -> Result<u64, NodeError> {
-    let p = path.to_path_buf();
-    let s = bounded("statfs", STATFS_WAIT, move || {
-        nix::sys::statvfs::statvfs(&p)
-    })
-    .await?
-    .map_err(|e| NodeError::io(format!("statfs {}", path.display()), nix_io(e)))?;
-    Ok(s.blocks() as u64 * s.fragment_size() as u64)
-}
-
-fn nix_io(e: nix::Error) -> std::io::Error {
-    std::io::Error::from_raw_os_error(e as i32)
-}
-
 /// Ready once the node has joined its cluster (and started heartbeat).
 impl Readiness for NodeVolumes {
     fn is_ready(&self) -> bool {
@@ -305,6 +290,14 @@ impl NodeVolumes {
     async fn locate(&self, id: VolumeId) -> Result<Located, NodeError> {
         let (luns, locator) = (self.cfg.luns.clone(), self.locator.clone());
         Ok(blocking("locating the volume", move || locator.locate(&luns, &id)).await??)
+    }
+
+    /// The size of the filesystem mounted at `path`, as the kernel has it.
+    async fn mounted_bytes(&self, path: &Path) -> Result<u64, NodeError> {
+        let (table, p) = (self.mount_table.clone(), path.to_path_buf());
+        bounded("statfs", STATFS_WAIT, move || table.fs_bytes(&p))
+            .await?
+            .map_err(io(format!("statfs {}", path.display())))
     }
 
     /// The topmost mount at `path`.
@@ -788,7 +781,7 @@ impl NodeVolumes {
         if fs_bytes + cluster <= located.entry.size {
             let started = std::time::Instant::now();
             self.tools.grow(&located.device).await?;
-            let after = mounted_bytes(&path).await?;
+            let after = self.mounted_bytes(&path).await?;
             tracing::info!(
                 device = %located.device.display(),
                 from = fs_bytes,
@@ -817,7 +810,7 @@ impl NodeVolumes {
     async fn settled_size(&self, device: &Path, mounted: &Path) -> Result<(u64, u64), NodeError> {
         let deadline = std::time::Instant::now() + SETTLE_WAIT;
         loop {
-            let live = mounted_bytes(mounted).await?;
+            let live = self.mounted_bytes(mounted).await?;
             let (on_disk, cluster) = self.tools.fs_bytes(device).await?;
             if on_disk == live {
                 return Ok((on_disk, cluster));

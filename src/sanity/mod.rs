@@ -5,13 +5,18 @@
 //! sees, in seconds, without root.
 //!
 //! - `probe`: Probe stays fast while a large discard runs.
+//! - `suite`: the real csi-sanity, Node Service included, against both
+//!   sides on one fake SAN.
 
 mod probe;
+mod suite;
 
 use crate::controller::{ControllerService, Volumes};
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
-use crate::identity::{IdentityService, Readiness};
+use crate::csi::node_server::NodeServer;
+use crate::identity::IdentityService;
+use crate::node::{NodeService, NodeVolumes};
 use crate::server::{Endpoint, ObserveLayer};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,14 +24,6 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Uri};
 
 pub const DRIVER: &str = "ocfs2.csi.fake";
-
-struct VolumesReady(Arc<Volumes>);
-
-impl Readiness for VolumesReady {
-    fn is_ready(&self) -> bool {
-        self.0.is_ready()
-    }
-}
 
 /// A served plugin; dropping it stops the server.
 pub struct Served {
@@ -57,12 +54,34 @@ impl Drop for Served {
 /// Serves Identity and Controller, as `ocfs2-csi controller` does, on
 /// `socket` (spawned on the current runtime).
 pub fn serve_controller(socket: &Path, volumes: Arc<Volumes>) -> Served {
-    let identity =
-        IdentityService::new(DRIVER.into(), true, Arc::new(VolumesReady(volumes.clone())));
+    let identity = IdentityService::new(DRIVER.into(), true, volumes.clone());
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(ControllerService::new(volumes)));
+    spawn_serve(socket, router)
+}
+
+/// Serves Identity and Node, as `ocfs2-csi node` does, on `socket`
+/// (spawned on the current runtime).
+pub fn serve_node(socket: &Path, volumes: Arc<NodeVolumes>) -> Served {
+    let identity = IdentityService::new(DRIVER.into(), false, volumes.clone());
+    let router = tonic::transport::Server::builder()
+        .layer(ObserveLayer)
+        .add_service(IdentityServer::new(identity))
+        .add_service(NodeServer::new(NodeService::new(volumes)));
+    spawn_serve(socket, router)
+}
+
+/// Serves Identity (saying it has a Controller Service), Controller and
+/// Node on one socket, as a plugin that runs both in one process would.
+pub fn serve_all(socket: &Path, controller: Arc<Volumes>, node: Arc<NodeVolumes>) -> Served {
+    let identity = IdentityService::new(DRIVER.into(), true, controller.clone());
+    let router = tonic::transport::Server::builder()
+        .layer(ObserveLayer)
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(ControllerService::new(controller)))
+        .add_service(NodeServer::new(NodeService::new(node)));
     spawn_serve(socket, router)
 }
 

@@ -1,0 +1,513 @@
+//! The real csi-sanity, its whole suite (Node Service included), against
+//! the plugin served in-process: Identity+Controller on one unix socket,
+//! Identity+Node on another, both on ONE fake SAN, as in reality.
+//!
+//! The controller's `Volumes` writes the GPT and (through `FakeSan`'s
+//! mkfs) a superblock record on an in-memory LUN. The node finds volumes
+//! by reading that same LUN's GPT ([`SanLocator`]) and inspects them with
+//! the OCFS2 tools played by the same `FakeSan`, on the partition's bytes;
+//! mounts go to the fake kernel. So a volume csi-sanity creates is staged,
+//! published, grown and deleted through the same state the real driver
+//! would see, and any disagreement between the sides shows.
+//!
+//! The binary is built by `scripts/deps.sh`; without it the test fails
+//! saying so (it is not skipped: the suite is the point).
+
+use super::{serve_all, serve_controller, serve_node, unix_channel};
+use crate::controller::testing::{FakeSan, CLUSTER};
+use crate::disk::gpt;
+use crate::disk::lun_io::{BlockIo, SparseIo};
+use crate::mountinfo::MountEntry;
+use crate::node::device::{LocateError, Located, Locator};
+use crate::node::mounts::{MountTable, Mounter};
+use crate::node::testing::{FakeKernel, MemRecords};
+use crate::node::{NodeConfig, NodeEffects, NodeVolumes};
+use crate::ocfs2::layout::HeartbeatMode;
+use crate::ocfs2::tools::Ocfs2Error;
+use crate::volume::entry::{volume_entry, State, VolumeEntry};
+use crate::volume::id::VolumeId;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LUN: &str = "/dev/disk/by-id/fake-san-lun0";
+/// Room for csi-sanity's volumes (10 GiB each by default, a few at once);
+/// sparse, so only what is written takes memory.
+const LUN_BYTES: u64 = 512 << 30;
+/// The whole suite takes seconds; this bounds a hung run.
+const SUITE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The node's view of the SAN: the LUNs' GPTs, read from the bytes the
+/// controller wrote, and each volume's kernel partition made visible to
+/// the fake OCFS2 tools (which is what a partition sync does for real).
+struct SanLocator {
+    san: Arc<FakeSan>,
+    luns: Vec<(PathBuf, Arc<dyn BlockIo>)>,
+}
+
+impl SanLocator {
+    fn device(lun: usize, number: u32) -> PathBuf {
+        PathBuf::from(format!("/dev/fakesan{lun}p{number}"))
+    }
+
+    fn entry(&self, lun: &Path, number: u32) -> io::Result<Option<VolumeEntry>> {
+        let Some((_, io)) = self.luns.iter().find(|(p, _)| p == lun) else {
+            return Ok(None);
+        };
+        let table = gpt::read(io.as_ref()).map_err(io::Error::other)?.gpt;
+        Ok(table
+            .partition(number)
+            .and_then(|p| volume_entry(p, table.sector_size)))
+    }
+}
+
+impl Locator for SanLocator {
+    fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
+        for (i, (lun, io)) in self.luns.iter().enumerate() {
+            if !luns.contains(lun) {
+                continue;
+            }
+            let table = gpt::read(io.as_ref())
+                .map_err(|e| LocateError::Io {
+                    lun: lun.clone(),
+                    source: io::Error::other(e),
+                })?
+                .gpt;
+            if table.disk_guid != id.lun {
+                continue;
+            }
+            let partition = table
+                .find_by_guid(&id.partition)
+                .ok_or(LocateError::NoPartition {
+                    lun: lun.clone(),
+                    partition: id.partition,
+                })?;
+            let entry =
+                volume_entry(partition, table.sector_size).ok_or(LocateError::NotAVolume {
+                    lun: lun.clone(),
+                    number: partition.number,
+                })?;
+            if entry.state == State::Pending {
+                return Err(LocateError::Pending {
+                    lun: lun.clone(),
+                    partition: id.partition,
+                });
+            }
+            let device = Self::device(i, entry.number);
+            self.san.expose(&device, lun, entry.offset, entry.size);
+            return Ok(Located {
+                lun: lun.clone(),
+                device,
+                kernel_bytes: entry.size,
+                entry,
+            });
+        }
+        Err(LocateError::NoLun {
+            disk: id.lun,
+            luns: format!("{luns:?}"),
+            unreadable: "none".into(),
+        })
+    }
+
+    fn resync(&self, lun: &Path, number: u32) -> Result<u64, String> {
+        let entry = self
+            .entry(lun, number)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} has no partition {number}", lun.display()))?;
+        if let Some(i) = self.luns.iter().position(|(p, _)| p == lun) {
+            self.san
+                .expose(&Self::device(i, number), lun, entry.offset, entry.size);
+        }
+        Ok(entry.size)
+    }
+
+    fn partition_bytes(&self, lun: &Path, number: u32) -> io::Result<Option<u64>> {
+        Ok(self.entry(lun, number)?.map(|e| e.size))
+    }
+}
+
+/// The node's kernel: the fake one's mounts, with what only the SAN knows
+/// filled in. A mount of a volume takes a slot in its filesystem (so the
+/// slot map the controller and growth read says who has it mounted), and
+/// statfs answers with the size the filesystem has on the SAN.
+struct SanKernel {
+    san: Arc<FakeSan>,
+    kernel: FakeKernel,
+    node_number: u32,
+}
+
+impl Mounter for SanKernel {
+    fn mount_ocfs2<'a>(
+        &'a self,
+        device: &'a Path,
+        target: &'a Path,
+        options: &'a [String],
+    ) -> BoxFuture<'a, Result<(), Ocfs2Error>> {
+        Box::pin(async move {
+            self.kernel.mount_ocfs2(device, target, options).await?;
+            if let Some(fs) = self.san.filesystem_on(device) {
+                self.san.set_mounted(fs.uuid, &[self.node_number]);
+            }
+            Ok(())
+        })
+    }
+
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        self.kernel.bind(source, target, read_only)
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        let source = self.kernel.mount_at(target)?.map(|m| m.source);
+        self.kernel.unmount(target)?;
+        let Some(source) = source else {
+            return Ok(());
+        };
+        let still = self.kernel.mounts()?.iter().any(|m| m.source == source);
+        if let (false, Some(fs)) = (still, self.san.filesystem_on(Path::new(&source))) {
+            self.san.set_mounted(fs.uuid, &[]);
+        }
+        Ok(())
+    }
+}
+
+impl MountTable for SanKernel {
+    fn mounts(&self) -> io::Result<Vec<MountEntry>> {
+        self.kernel.mounts()
+    }
+
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
+        self.kernel.mount_at(path)
+    }
+
+    fn fs_bytes(&self, path: &Path) -> io::Result<u64> {
+        let m = self
+            .kernel
+            .mount_at(path)?
+            .ok_or_else(|| io::Error::other(format!("nothing is mounted at {}", path.display())))?;
+        self.san
+            .filesystem_on(Path::new(&m.source))
+            .map(|fs| fs.bytes)
+            .ok_or_else(|| io::Error::other(format!("{} holds no filesystem", m.source)))
+    }
+}
+
+/// A node of the controller's cluster, local heartbeat, on the SAN's LUN,
+/// and its kernel.
+fn node_on(san: &Arc<FakeSan>, disk: SparseIo, dir: &Path) -> (Arc<NodeVolumes>, Arc<SanKernel>) {
+    let kernel = Arc::new(SanKernel {
+        san: san.clone(),
+        kernel: FakeKernel::default(),
+        node_number: 1,
+    });
+    let cfg = NodeConfig {
+        node_id: "sanity-node".into(),
+        node_number: 1,
+        cluster_name: CLUSTER.into(),
+        heartbeat: HeartbeatMode::Local,
+        luns: vec![PathBuf::from(LUN)],
+        dlm_mount: dir.join("dlm"),
+    };
+    let effects = NodeEffects {
+        mounter: kernel.clone(),
+        mount_table: kernel.clone(),
+        records: Arc::new(MemRecords::default()),
+        locator: Arc::new(SanLocator {
+            san: san.clone(),
+            luns: vec![(PathBuf::from(LUN), Arc::new(disk))],
+        }),
+        inspector: Arc::new(san.tools()),
+        tools: san.tools(),
+    };
+    let volumes = Arc::new(NodeVolumes::with_effects(cfg, effects));
+    volumes.set_ready(None);
+    (volumes, kernel)
+}
+
+fn sanity_binary() -> PathBuf {
+    let cache = std::env::var_os("OCFS2_CSI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME or OCFS2_CSI_CACHE");
+            Path::new(&home).join(".cache/ocfs2-csi")
+        });
+    cache.join("bin/csi-sanity")
+}
+
+/// One test case of the junit report.
+#[derive(Debug)]
+struct Case {
+    name: String,
+    outcome: Outcome,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#xA;", "\n")
+        .replace("&#x9;", "\t")
+        .replace("&amp;", "&")
+}
+
+/// The value of attribute `name` in the tag text `tag`.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[at..].find('"')?;
+    Some(unescape(&tag[at..at + len]))
+}
+
+/// The test cases of a ginkgo junit report (just what we read of it).
+fn junit_cases(xml: &str) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for chunk in xml.split("<testcase ").skip(1) {
+        let chunk = chunk.split("</testcase>").next().unwrap_or(chunk);
+        let head = &chunk[..chunk.find('>').unwrap_or(chunk.len())];
+        let name = attribute(&format!(" {head}"), "name")
+            .unwrap_or_default()
+            .replace("[It] ", "");
+        let child = |tag: &str| {
+            chunk
+                .find(&format!("<{tag}"))
+                .map(|at| &chunk[at..at + chunk[at..].find('>').unwrap_or(0)])
+        };
+        let message = |tag: &str| attribute(tag, "message").unwrap_or_default();
+        let outcome = if let Some(f) = child("failure").or_else(|| child("error")) {
+            Outcome::Failed(message(f))
+        } else if let Some(s) = child("skipped") {
+            Outcome::Skipped(message(s).replace("skipped - ", ""))
+        } else if attribute(&format!(" {head}"), "status").as_deref() == Some("pending") {
+            Outcome::Skipped("marked pending in csi-sanity itself".into())
+        } else {
+            Outcome::Passed
+        };
+        cases.push(Case { name, outcome });
+    }
+    cases
+}
+
+/// What one csi-sanity run reported.
+struct Report {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    /// Skipped cases by the reason given.
+    skipped: BTreeMap<String, Vec<String>>,
+    took: Duration,
+}
+
+impl Report {
+    fn skipped_count(&self) -> usize {
+        self.skipped.values().map(Vec::len).sum()
+    }
+
+    fn print(&self, what: &str) {
+        println!(
+            "csi-sanity ({what}): {} passed, {} failed, {} skipped in {:.2} s",
+            self.passed.len(),
+            self.failed.len(),
+            self.skipped_count(),
+            self.took.as_secs_f64()
+        );
+        for (why, names) in &self.skipped {
+            let note = match why.as_str() {
+                "pending" => " (marked pending in csi-sanity itself)",
+                w if w.starts_with("Controller Service not provided") => {
+                    " (the node plugin's Identity names no Controller Service, in the lab \
+                     too; run below against one endpoint)"
+                }
+                _ => "",
+            };
+            println!("  {} skipped: {why}{note}", names.len());
+            for name in names {
+                println!("      - {name}");
+            }
+        }
+        for f in &self.failed {
+            println!("  FAILED {f}");
+        }
+    }
+}
+
+/// Runs the real csi-sanity against `node` and `controller` (sockets),
+/// with `extra` arguments; fails on any failed case.
+async fn csi_sanity(dir: &Path, node: &Path, controller: &Path, extra: &[&str]) -> Report {
+    let sanity = sanity_binary();
+    assert!(
+        sanity.is_file(),
+        "{} is missing: run scripts/deps.sh to build csi-sanity (this test runs the real one)",
+        sanity.display()
+    );
+    // StorageClass parameters: the node runs local heartbeat, so its
+    // volumes must be made for it.
+    let params = dir.join("parameters.yaml");
+    std::fs::write(&params, "heartbeat: local\n").unwrap();
+    let junit = dir.join("junit.xml");
+    let _ = std::fs::remove_file(&junit);
+    let started = Instant::now();
+    let run = tokio::process::Command::new(&sanity)
+        .arg("-csi.endpoint")
+        .arg(format!("unix://{}", node.display()))
+        .arg("-csi.controllerendpoint")
+        .arg(format!("unix://{}", controller.display()))
+        .arg("-csi.mountdir")
+        .arg(dir.join("mnt"))
+        .arg("-csi.stagingdir")
+        .arg(dir.join("stage"))
+        .arg("-csi.testvolumeparameters")
+        .arg(&params)
+        // The sizes the lab's run uses.
+        .args(["-csi.testvolumesize", "1073741824"])
+        .args(["-csi.testvolumeexpandsize", "2147483648"])
+        .arg("-csi.junitfile")
+        .arg(&junit)
+        .arg("-ginkgo.no-color")
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SUITE_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("csi-sanity still running after {SUITE_LIMIT:?}"))
+        .expect("running csi-sanity");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let xml = std::fs::read_to_string(&junit).unwrap_or_else(|e| {
+        panic!(
+            "no junit report ({e}); csi-sanity said:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let mut report = Report {
+        passed: Vec::new(),
+        failed: Vec::new(),
+        skipped: BTreeMap::new(),
+        took,
+    };
+    for case in junit_cases(&xml) {
+        match case.outcome {
+            Outcome::Passed => report.passed.push(case.name),
+            Outcome::Failed(why) => report.failed.push(format!("{}: {why}", case.name)),
+            Outcome::Skipped(why) => report.skipped.entry(why).or_default().push(case.name),
+        }
+    }
+    if !report.failed.is_empty() || !out.status.success() {
+        report.print("failed run");
+        let tail: Vec<&str> = stdout.lines().rev().take(120).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "csi-sanity: {} failed (exit {:?}); its output's end:\n{}",
+            report.failed.len(),
+            out.status.code(),
+            tail.join("\n")
+        );
+    }
+    report
+}
+
+/// Node Service's two whole-lifecycle specs. csi-sanity runs them only
+/// when the NODE endpoint's Identity names a Controller Service, which a
+/// node plugin of a split deployment (ours, in the lab too) does not.
+const LIFECYCLE: [&str; 2] = [
+    "Node Service should work",
+    "Node Service should be idempotent",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csi_sanity_whole_suite_against_the_fakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let (controller_sock, node_sock, all_sock) = (
+        dir.join("controller.sock"),
+        dir.join("node.sock"),
+        dir.join("all.sock"),
+    );
+
+    let san = FakeSan::new();
+    let disk = SparseIo::new(512, LUN_BYTES);
+    let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
+    let controller = Arc::new(san.volumes(vec![lun]));
+    let (node, kernel) = node_on(&san, disk.clone(), &dir);
+    let served = [
+        serve_controller(&controller_sock, controller.clone()),
+        serve_node(&node_sock, node.clone()),
+        serve_all(&all_sock, controller, node),
+    ];
+    // All listen before csi-sanity starts (it does not wait).
+    for socket in [&controller_sock, &node_sock, &all_sock] {
+        unix_channel(socket).await;
+    }
+
+    // 1. As deployed (and as the lab runs it): the whole suite, the node
+    // plugin and the controller plugin on their own sockets.
+    let split = csi_sanity(&dir, &node_sock, &controller_sock, &[]).await;
+    split.print("whole suite, split plugins");
+    // 2. The lifecycle specs the split run skips, against one endpoint
+    // serving every service.
+    let focus = format!("-ginkgo.focus=({})$", LIFECYCLE.join("|"));
+    let whole = csi_sanity(&dir, &all_sock, &all_sock, &[&focus]).await;
+    println!(
+        "csi-sanity (one endpoint, lifecycle specs): {} passed in {:.2} s",
+        whole.passed.len(),
+        whole.took.as_secs_f64()
+    );
+    for served in served {
+        served.stop().await;
+    }
+
+    assert!(
+        split.passed.len() >= 40,
+        "too few passed: {:?}",
+        split.passed
+    );
+    for name in LIFECYCLE {
+        assert!(
+            whole.passed.iter().any(|p| p == name),
+            "{name} did not pass on one endpoint: {:?}",
+            whole.passed
+        );
+    }
+    // Nothing left behind: no volume on the LUN, a valid table, no mount.
+    let table = gpt::read(&disk)
+        .expect("a valid table after csi-sanity")
+        .gpt;
+    let left: Vec<_> = table
+        .partitions
+        .iter()
+        .filter_map(|p| volume_entry(p, table.sector_size))
+        .collect();
+    assert!(left.is_empty(), "csi-sanity left volumes: {left:?}");
+    assert_eq!(kernel.kernel.table(), vec![], "csi-sanity left mounts");
+    assert_eq!(san.violations(), Vec::<String>::new());
+    // NodeExpandVolume grew a filesystem (its partition grown first).
+    assert!(san.count("tunefs.ocfs2 -S") >= 1, "{:?}", san.commands());
+}
+
+#[test]
+fn junit_cases_are_read() {
+    let xml = r#"<testsuites><testsuite name="CSI Driver Test Suite">
+<testcase name="[It] Node Service should work" classname="x" status="passed" time="0.1"></testcase>
+<testcase name="[It] Controller Service a &amp; b" classname="x" status="skipped" time="0">
+<skipped message="skipped - ControllerPublishVolume not supported"></skipped></testcase>
+<testcase name="[It] c" status="failed"><failure message="Expected &lt;x&gt;" type="failed">...</failure></testcase>
+</testsuite></testsuites>"#;
+    let cases = junit_cases(xml);
+    assert_eq!(cases.len(), 3);
+    assert_eq!(cases[0].name, "Node Service should work");
+    assert_eq!(cases[0].outcome, Outcome::Passed);
+    assert_eq!(cases[1].name, "Controller Service a & b");
+    assert_eq!(
+        cases[1].outcome,
+        Outcome::Skipped("ControllerPublishVolume not supported".into())
+    );
+    assert_eq!(cases[2].outcome, Outcome::Failed("Expected <x>".into()));
+}
