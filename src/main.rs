@@ -12,7 +12,7 @@ use ocfs2_csi::csi::controller_server::ControllerServer;
 use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::region::LoopDevices;
-use ocfs2_csi::identity::IdentityService;
+use ocfs2_csi::identity::{validate_driver_name, IdentityService};
 use ocfs2_csi::k8s::KubeMembers;
 use ocfs2_csi::node::records::Records;
 use ocfs2_csi::node::startup::Startup;
@@ -176,21 +176,6 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate_driver_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    anyhow::ensure!(
-        ok,
-        "driver name {name:?} must be a DNS-style name of at most 63 characters"
-    );
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -205,24 +190,14 @@ async fn main() -> anyhow::Result<()> {
 fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
     for lun in luns {
         let report = ocfs2_csi::disk::partition_sync::sync(lun)?;
-        println!(
-            "{}: added {:?}, resized {:?}, deleted {:?}",
-            lun.display(),
-            report.added.iter().map(|p| p.number).collect::<Vec<_>>(),
-            report
-                .resized
-                .iter()
-                .map(|c| c.number())
-                .collect::<Vec<_>>(),
-            report.deleted.iter().map(|p| p.number).collect::<Vec<_>>()
-        );
+        println!("{}: {report}", lun.display());
     }
     Ok(())
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(&args.common.log)?;
-    validate_driver_name(&args.common.driver_name)?;
+    validate_driver_name(&args.common.driver_name).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!args.node_id.is_empty(), "--node-id must not be empty");
     let timeouts = Timeouts {
         dead_threshold: args.dead_threshold,
@@ -334,7 +309,7 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args.common.log)?;
-    validate_driver_name(&args.common.driver_name)?;
+    validate_driver_name(&args.common.driver_name).map_err(anyhow::Error::msg)?;
     validate_cluster_name(&args.pool.cluster_name).map_err(anyhow::Error::msg)?;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());

@@ -121,6 +121,19 @@ pub struct SyncReport {
     pub deleted: Vec<KernelPartition>,
 }
 
+/// `added [2, 3], resized [4], deleted []`: partition numbers.
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let added: Vec<u32> = self.added.iter().map(|p| p.number).collect();
+        let resized: Vec<u32> = self.resized.iter().map(Change::number).collect();
+        let deleted: Vec<u32> = self.deleted.iter().map(|p| p.number).collect();
+        write!(
+            f,
+            "added {added:?}, resized {resized:?}, deleted {deleted:?}"
+        )
+    }
+}
+
 impl SyncReport {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.resized.is_empty() && self.deleted.is_empty()
@@ -484,6 +497,21 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn report_names_partition_numbers() {
+        let report = SyncReport {
+            added: vec![w(2, 1, 1), w(3, 2, 1)],
+            resized: vec![Change::Resize {
+                number: 4,
+                start_bytes: 0,
+                from: 1,
+                to: 2,
+            }],
+            deleted: vec![],
+        };
+        assert_eq!(report.to_string(), "added [2, 3], resized [4], deleted []");
+    }
 
     fn w(number: u32, start_mib: u64, size_mib: u64) -> WantedPartition {
         WantedPartition {

@@ -11,6 +11,25 @@ use tonic::{Request, Response, Status};
 
 pub use crate::server::Readiness;
 
+/// A CSI driver name: DNS-style, at most 63 characters (the CSI spec's
+/// rule); the error says what is wrong.
+pub fn validate_driver_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "driver name {name:?} must be a DNS-style name of at most 63 characters"
+        ))
+    }
+}
+
 pub struct IdentityService {
     driver_name: String,
     controller: bool,
@@ -83,5 +102,21 @@ impl Identity for IdentityService {
         Ok(Response::new(ProbeResponse {
             ready: Some(self.readiness.is_ready()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_driver_name;
+
+    #[test]
+    fn driver_names_are_dns_style() {
+        for good in ["ocfs2.csi.dev", "a", "x-1.y"] {
+            assert_eq!(validate_driver_name(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "-a", "a.", "a_b", "a b", long.as_str()] {
+            assert!(validate_driver_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! writes nothing and restarts nothing.
 
 use super::volumes::NodeVolumes;
+use crate::backoff::Backoff;
 use crate::cluster::{
     self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
     KernelPaths, MembershipSource,
@@ -37,6 +38,9 @@ pub struct Startup {
     pub poll: Duration,
 }
 
+/// Pauses between tries to join (a LUN or a member may show up late).
+const JOIN_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(12));
+
 /// Why joining stopped for good (anything else is retried).
 #[derive(Debug, thiserror::Error)]
 #[error("refusing to join: {0}")]
@@ -47,19 +51,21 @@ impl Startup {
     /// plugin ready, then follows the membership source until the process
     /// ends. Returns only on a conflict that must not be overridden.
     pub async fn run(self) -> Fatal {
-        let mut attempt = 0u32;
-        loop {
-            match self.join_once().await {
-                Ok(()) => break,
-                Err(JoinError::Fatal(e)) => return Fatal(e),
-                Err(JoinError::Retry(why)) => {
-                    attempt += 1;
-                    let wait = Duration::from_secs(u64::from(attempt.min(6)) * 2);
-                    tracing::error!(error = %why, retry_in_s = wait.as_secs(), "cannot join the o2cb cluster yet");
-                    self.volumes.set_ready(Some(why));
-                    tokio::time::sleep(wait).await;
+        let joined = JOIN_BACKOFF
+            .retry("cannot join the o2cb cluster yet", |_| async {
+                match self.join_once().await {
+                    Ok(()) => Ok(Ok(())),
+                    // Not retried: the outer Ok ends the retries.
+                    Err(JoinError::Fatal(e)) => Ok(Err(Fatal(e))),
+                    Err(JoinError::Retry(why)) => {
+                        self.volumes.set_ready(Some(why.clone()));
+                        Err(why)
+                    }
                 }
-            }
+            })
+            .await;
+        if let Err(fatal) = joined {
+            return fatal;
         }
         self.volumes.set_ready(None);
         tracing::info!(cluster = %self.cluster.name, node = %self.node_name, "node ready");
