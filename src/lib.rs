@@ -14,8 +14,9 @@ pub mod k8s;
 pub mod mountinfo;
 pub mod node;
 pub mod ocfs2;
+#[cfg(test)]
+mod sanity;
 pub mod server;
 pub mod tools;
 pub mod vmdisk;
 pub mod volume;
-#[cfg(test)] mod sanity;

@@ -495,7 +495,12 @@ mod tests {
         assert_eq!(run(&args(&path, LockKind::Flock, WAIT, &["true"])), 0);
         assert_eq!(run(&args(&path, LockKind::Flock, WAIT, &["false"])), 1);
         assert_eq!(
-            run(&args(&path, LockKind::Flock, WAIT, &["sh", "-c", "exit 42"])),
+            run(&args(
+                &path,
+                LockKind::Flock,
+                WAIT,
+                &["sh", "-c", "exit 42"]
+            )),
             42
         );
         // Killed by a signal: 128 + signal, as shells report it.
