@@ -77,6 +77,13 @@ scripts/image-base.sh --host-apt "$work/apt"
   cat "$work/apt/acquire.conf"
 } >"$work/apt/apt.conf"
 
+# Both runs of buildah bud below build from one snapshot of the sources:
+# an edit between them would miss the first run's layer cache, and the
+# second run (which has no toolchain mounted) would then fail to compile.
+ctx=$work/context
+mkdir -p "$ctx"
+cp -a Dockerfile .dockerignore Cargo.toml Cargo.lock build.rs proto src testkit "$ctx/"
+
 revision=$(git rev-parse --short=12 HEAD 2>/dev/null || true)
 if [ -n "$revision" ] && ! git diff --quiet HEAD -- Cargo.toml Cargo.lock build.rs proto src; then
   revision+=-dirty
@@ -97,7 +104,7 @@ bud() {
     --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$revision" \
     --build-arg SOURCE="$source" \
-    -f Dockerfile "$@" . >>"$work/build.log" 2>&1 || {
+    -f "$ctx/Dockerfile" "$@" "$ctx" >>"$work/build.log" 2>&1 || {
     tail -n 60 "$work/build.log" | mask >&2
     echo "image: buildah bud failed" >&2
     exit 1
