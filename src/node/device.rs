@@ -5,7 +5,7 @@
 //!
 //! Blocking (O_DIRECT reads, ioctls): run on `spawn_blocking`.
 
-use crate::disk::gpt;
+use crate::disk::gpt::{self, Gpt};
 use crate::disk::kernel_partitions::{block_device_name, kernel_partitions, partition_device_name};
 use crate::disk::lun_io::LunFile;
 use crate::disk::partition_sync::{self, SyncError};
@@ -98,26 +98,9 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
                 continue;
             }
         };
-        if table.disk_guid != id.lun {
-            continue;
+        if let Some(entry) = volume_in(&table, lun, id)? {
+            return sync_and_check(lun, entry);
         }
-        let partition = table
-            .find_by_guid(&id.partition)
-            .ok_or(LocateError::NoPartition {
-                lun: lun.clone(),
-                partition: id.partition,
-            })?;
-        let entry = volume_entry(partition, table.sector_size).ok_or(LocateError::NotAVolume {
-            lun: lun.clone(),
-            number: partition.number,
-        })?;
-        if entry.state == State::Pending {
-            return Err(LocateError::Pending {
-                lun: lun.clone(),
-                partition: id.partition,
-            });
-        }
-        return sync_and_check(lun, entry);
     }
     Err(LocateError::NoLun {
         disk: id.lun,
@@ -132,6 +115,36 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
             unreadable.join("; ")
         },
     })
+}
+
+/// The volume `id` in `table`, read from `lun`: None when the table is
+/// another LUN's; an error when it is this LUN's but the volume is not there,
+/// not a volume, or still being created.
+pub fn volume_in(
+    table: &Gpt,
+    lun: &Path,
+    id: &VolumeId,
+) -> Result<Option<VolumeEntry>, LocateError> {
+    if table.disk_guid != id.lun {
+        return Ok(None);
+    }
+    let partition = table
+        .find_by_guid(&id.partition)
+        .ok_or(LocateError::NoPartition {
+            lun: lun.to_path_buf(),
+            partition: id.partition,
+        })?;
+    let entry = volume_entry(partition, table.sector_size).ok_or(LocateError::NotAVolume {
+        lun: lun.to_path_buf(),
+        number: partition.number,
+    })?;
+    if entry.state == State::Pending {
+        return Err(LocateError::Pending {
+            lun: lun.to_path_buf(),
+            partition: id.partition,
+        });
+    }
+    Ok(Some(entry))
 }
 
 /// Applies the table to the kernel; other partitions that cannot follow

@@ -18,13 +18,13 @@ use crate::controller::testing::{FakeSan, CLUSTER};
 use crate::disk::gpt;
 use crate::disk::lun_io::{BlockIo, SparseIo};
 use crate::mountinfo::MountEntry;
-use crate::node::device::{LocateError, Located, Locator};
+use crate::node::device::{volume_in, LocateError, Located, Locator};
 use crate::node::mounts::{MountTable, Mounter};
 use crate::node::testing::{FakeKernel, MemRecords};
 use crate::node::{NodeConfig, NodeEffects, NodeVolumes};
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Error;
-use crate::volume::entry::{volume_entry, State, VolumeEntry};
+use crate::volume::entry::{volume_entry, VolumeEntry};
 use crate::volume::id::VolumeId;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -76,26 +76,9 @@ impl Locator for SanLocator {
                     source: io::Error::other(e),
                 })?
                 .gpt;
-            if table.disk_guid != id.lun {
+            let Some(entry) = volume_in(&table, lun, id)? else {
                 continue;
-            }
-            let partition = table
-                .find_by_guid(&id.partition)
-                .ok_or(LocateError::NoPartition {
-                    lun: lun.clone(),
-                    partition: id.partition,
-                })?;
-            let entry =
-                volume_entry(partition, table.sector_size).ok_or(LocateError::NotAVolume {
-                    lun: lun.clone(),
-                    number: partition.number,
-                })?;
-            if entry.state == State::Pending {
-                return Err(LocateError::Pending {
-                    lun: lun.clone(),
-                    partition: id.partition,
-                });
-            }
+            };
             let device = Self::device(i, entry.number);
             self.san.expose(&device, lun, entry.offset, entry.size);
             return Ok(Located {
