@@ -15,11 +15,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// The repository root (where scripts/ lives).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 /// The per-user cache of pinned external builds, outside the clone: the
 /// same rule as scripts/cache.sh.
 pub fn user_cache() -> PathBuf {
@@ -44,7 +39,7 @@ pub fn bin_dir() -> PathBuf {
 /// second. Panics with the script's output if it fails.
 pub fn ensure_tools() -> Duration {
     let start = Instant::now();
-    let out = Command::new(repo_root().join("scripts/kube-tools.sh"))
+    let out = Command::new(super::repo_root().join("scripts/kube-tools.sh"))
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/kube-tools.sh");
@@ -87,7 +82,7 @@ impl Kube {
             .tempdir()
             .expect("tempdir");
         let start = Instant::now();
-        let out = Command::new(repo_root().join("scripts/kube-up.sh"))
+        let out = Command::new(super::repo_root().join("scripts/kube-up.sh"))
             .arg(dir.path())
             // The watchdog tears the control plane down if this test process
             // dies without running Drop.
@@ -146,7 +141,7 @@ impl Kube {
             .env("HELM_CACHE_HOME", self.path().join("helm-cache"))
             .env("HELM_CONFIG_HOME", self.path().join("helm-config"))
             .env("HELM_DATA_HOME", self.path().join("helm-data"))
-            .current_dir(repo_root())
+            .current_dir(super::repo_root())
             .output()
             .expect("run helm");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -333,7 +328,7 @@ impl Drop for Kube {
                 let _ = Command::new("kill").arg(pid.to_string()).status();
             }
         }
-        let _ = Command::new(repo_root().join("scripts/kube-down.sh"))
+        let _ = Command::new(super::repo_root().join("scripts/kube-down.sh"))
             .arg(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -54,11 +54,6 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The repository root (where e2e/ lives).
-pub fn repo() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 impl Lab {
     /// Boots `nodes` guests with a fresh sparse LUN of `lun_size` (like
     /// "16G"); `name` keeps labs of different tests apart.
@@ -69,7 +64,7 @@ impl Lab {
     /// Like `up`; with `api_port`, the guests reach that port of the lab
     /// namespace's loopback as 10.0.2.100:6443 (see `relay_into`).
     pub fn up_with_api(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>) -> Lab {
-        let repo = repo();
+        let repo = super::repo_root();
         let state = repo.join(".cache/lab").join(name);
         let lab = Lab {
             nodes,

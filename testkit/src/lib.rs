@@ -21,6 +21,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// The repository root (where scripts/ and e2e/ live).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ lives in the repository")
+        .to_path_buf()
+}
+
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
 
