@@ -28,7 +28,8 @@ die() {
 }
 
 lab_param() {
-	for w in $(cat /proc/cmdline); do
+	read -r cmdline </proc/cmdline
+	for w in $cmdline; do
 		case "$w" in "$1="*) echo "${w#*=}"; return 0 ;; esac
 	done
 	return 1
@@ -76,7 +77,7 @@ ready() {
 clean_up() {
 	(
 		sync
-		for m in $(awk '$3 == "ocfs2" { print $2 }' /proc/mounts); do
+		awk '$3 == "ocfs2" { print $2 }' /proc/mounts | while read -r m; do
 			umount "$m" || umount -l "$m"
 		done
 		for c in /sys/kernel/config/cluster/*; do
@@ -144,10 +145,10 @@ boot() {
 	done
 	[ -n "$priv" ] || die "private NIC (MAC 52:54:00:77:00:xx) not found"
 	[ -n "$ctl" ] || die "control NIC (MAC 52:54:00:77:01:xx) not found"
-	ip link set "$priv" name labpriv && ip link set "$ctl" name labctl &&
-		ip link set labpriv name eth0 && ip link set labctl name eth1 || die "NIC rename failed"
-	ip addr add "$addr" dev eth0 && ip link set eth0 up || die "eth0 $addr failed"
-	ip addr add 10.0.2.15/24 dev eth1 && ip link set eth1 up || die "eth1 failed"
+	{ ip link set "$priv" name labpriv && ip link set "$ctl" name labctl &&
+		ip link set labpriv name eth0 && ip link set labctl name eth1; } || die "NIC rename failed"
+	{ ip addr add "$addr" dev eth0 && ip link set eth0 up; } || die "eth0 $addr failed"
+	{ ip addr add 10.0.2.15/24 dev eth1 && ip link set eth1 up; } || die "eth1 failed"
 
 	cat >/etc/passwd <<-'EOF'
 		root:x:0:0:root:/root:/bin/sh
