@@ -8,6 +8,8 @@
 #                           devices, csi-sanity on the host, the chart, the image
 #   scripts/tier.sh lab     QEMU scenarios on real OCFS2 kernels
 #   scripts/tier.sh kube    tests against a real kube-apiserver
+#   scripts/tier.sh deps    make deps (what every tier installs or builds;
+#                           minutes on a fresh machine, a second once cached)
 #   scripts/tier.sh --table print the recorded times
 #   scripts/tier.sh --reset forget them (make test starts with this)
 #
@@ -77,6 +79,9 @@ shellcheck_all() {
 }
 
 case ${1:-} in
+  deps)
+    timed deps "install and build what the tiers need" make --no-print-directory deps
+    ;;
   check)
     every_test_file_has_a_tier
     timed check fmt "$CARGO" fmt --all --check
@@ -122,7 +127,7 @@ case ${1:-} in
       }' "$TIMES"
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
