@@ -178,6 +178,16 @@ struct Stage {
 }
 
 impl Stage {
+    /// A new 1 GiB volume in `mode` (the plugins' mode), measured.
+    fn of_new_volume(rt: &Rt, lab: &Lab, controller: &Controller, mode: &str) -> Stage {
+        let (name, params, rounds): (_, &[(&str, &str)], _) = match mode {
+            "local" => ("bench-stage-local", &[("heartbeat", "local")], LOCAL_STAGES),
+            _ => ("bench-stage", &[], GLOBAL_STAGES),
+        };
+        let v = create(rt, controller, name, GIB, params);
+        Stage::measure(rt, lab, &v, rounds)
+    }
+
     fn measure(rt: &Rt, lab: &Lab, v: &Volume, rounds: usize) -> Stage {
         let stage = stage_latencies(rt, lab, v, rounds);
         Stage {
@@ -1048,20 +1058,12 @@ fn main() {
     if only_stage {
         step("global heartbeat lab, stage latency");
         let (lab, controller) = cluster(&rt, "bench-global", "global");
-        let v = create(&rt, &controller, "bench-stage", GIB, &[]);
-        let global_stage = Stage::measure(&rt, &lab, &v, GLOBAL_STAGES);
+        let global_stage = Stage::of_new_volume(&rt, &lab, &controller, "global");
         drop(controller);
         drop(lab);
         step("local heartbeat lab, stage latency");
         let (lab, controller) = cluster(&rt, "bench-local", "local");
-        let v = create(
-            &rt,
-            &controller,
-            "bench-stage-local",
-            GIB,
-            &[("heartbeat", "local")],
-        );
-        let local_stage = Stage::measure(&rt, &lab, &v, LOCAL_STAGES);
+        let local_stage = Stage::of_new_volume(&rt, &lab, &controller, "local");
         drop(controller);
         drop(lab);
         report_stage(&mut report, &global_stage, &local_stage);
@@ -1072,8 +1074,7 @@ fn main() {
 
     step("global heartbeat lab");
     let (lab, controller) = cluster(&rt, "bench-global", "global");
-    let v = create(&rt, &controller, "bench-stage", GIB, &[]);
-    let global_stage = Stage::measure(&rt, &lab, &v, GLOBAL_STAGES);
+    let global_stage = Stage::of_new_volume(&rt, &lab, &controller, "global");
     step("growth by nodes mounted");
     let growth = growth_by_nodes(&rt, &lab, &controller);
     step("throughput, OCFS2 vs raw");
@@ -1087,14 +1088,7 @@ fn main() {
 
     step("local heartbeat lab");
     let (lab, controller) = cluster(&rt, "bench-local", "local");
-    let v = create(
-        &rt,
-        &controller,
-        "bench-stage-local",
-        GIB,
-        &[("heartbeat", "local")],
-    );
-    let local_stage = Stage::measure(&rt, &lab, &v, LOCAL_STAGES);
+    let local_stage = Stage::of_new_volume(&rt, &lab, &controller, "local");
     step("heartbeat I/O, local");
     let (local_hb, local_note) = heartbeat_io(&rt, &lab, &controller, "local");
     drop(controller);
