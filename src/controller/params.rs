@@ -4,7 +4,8 @@
 use crate::csi::volume_capability::{access_mode::Mode, AccessType};
 use crate::csi::VolumeCapability;
 use crate::ocfs2::layout::{
-    HeartbeatMode, DEFAULT_SLOTS, KIB, MAX_JOURNAL, MAX_SLOTS, MIB, MIN_JOURNAL,
+    check_journal_total, HeartbeatMode, DEFAULT_SLOTS, KIB, MAX_JOURNAL, MAX_SLOTS, MIB,
+    MIN_JOURNAL,
 };
 use crate::ocfs2::tools::ALLOWED_FEATURES;
 use std::collections::HashMap;
@@ -106,6 +107,14 @@ impl VolumeParams {
             if c < b {
                 return Err(format!("clusterSize {c} is smaller than blockSize {b}"));
             }
+        }
+        // mkfs writes every journal in full: too many too big ones and it
+        // would be killed at its time limit, and the create retried, again
+        // and again. Only an explicit journalSize can get there (the
+        // default journals of 255 slots fit; `Layout::check` checks the
+        // journal size chosen by volume size as well).
+        if let Some(journal) = p.journal_size {
+            check_journal_total(p.slots, journal)?;
         }
         Ok(p)
     }
@@ -266,6 +275,41 @@ mod tests {
             assert!(err.contains(k), "{k}={v}: {err}");
         }
         assert!(VolumeParams::parse(&map(&[("blockSize", "4K"), ("clusterSize", "4K")])).is_ok());
+    }
+
+    #[test]
+    fn journals_mkfs_cannot_write_in_time_are_refused() {
+        let parse = |slots: &str, journal: &str| {
+            VolumeParams::parse(&map(&[("nodeSlots", slots), ("journalSize", journal)]))
+        };
+        // Up to the limit (19200Mi of journals in all), any combination.
+        assert!(parse("16", "1Gi").is_ok());
+        assert!(parse("150", "128Mi").is_ok());
+        assert!(parse("255", "64Mi").is_ok());
+        // The largest journal with the default 16 slots fits too.
+        assert!(VolumeParams::parse(&map(&[("journalSize", "1Gi")])).is_ok());
+        for (slots, journal, product) in [
+            ("151", "128Mi", "19328Mi"),
+            ("32", "1Gi", "32768Mi"),
+            ("255", "1Gi", "261120Mi"),
+        ] {
+            let err = parse(slots, journal).unwrap_err();
+            for part in [
+                format!("nodeSlots {slots}"),
+                "journalSize".to_string(),
+                format!("= {product} of journals"),
+                "19200Mi".to_string(),
+                "600 s limit".to_string(),
+            ] {
+                assert!(
+                    err.contains(&part),
+                    "{slots} x {journal}: {part:?} not in {err}"
+                );
+            }
+        }
+        // 18 slots of 1 GiB fit, 19 do not.
+        assert!(parse("18", "1Gi").is_ok());
+        assert!(parse("19", "1Gi").unwrap_err().contains("19456Mi"));
     }
 
     fn cap(access: AccessType, mode: Mode) -> VolumeCapability {

@@ -9,6 +9,7 @@
 //! mkfs runs over a matrix of sizes and slot counts.
 
 use std::fmt;
+use std::time::Duration;
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -63,6 +64,22 @@ pub const MAX_SLOTS: u32 = 255;
 pub const MIN_JOURNAL: u64 = 4 * MIB;
 pub const MAX_JOURNAL: u64 = GIB;
 
+/// How long one mkfs.ocfs2 may run before it is killed.
+pub const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
+/// The write rate (bytes per second) mkfs is planned for: a slow SAN, with
+/// room to spare. mkfs zeroes every slot's journal in full (libocfs2's
+/// `ocfs2_format_journal`: uncached 1 MiB writes, one after the other), so
+/// its time grows with slots x journal size; one 1 GbE iSCSI path alone
+/// carries about 110 MiB/s.
+pub const MKFS_SLOWEST_WRITE: u64 = 32 * MIB;
+/// The most journal bytes (all slots together) one mkfs may be asked to
+/// write: what [`MKFS_SLOWEST_WRITE`] gets through in [`MKFS_TIMEOUT`],
+/// 18.75 GiB. Every default geometry stays under it (255 slots of the
+/// largest default journal, 64 MiB, are 15.9 GiB). More would have mkfs
+/// killed at the limit, the create retried and killed again, on the
+/// shared LUN, forever; such a StorageClass is refused instead.
+pub const MAX_JOURNAL_TOTAL: u64 = MKFS_TIMEOUT.as_secs() * MKFS_SLOWEST_WRITE;
+
 impl Layout {
     /// The geometry for a volume of about `bytes`, with the caller's
     /// overrides (StorageClass parameters) taking precedence.
@@ -84,7 +101,8 @@ impl Layout {
         }
     }
 
-    /// Why mkfs.ocfs2 would refuse this geometry, if it would.
+    /// Why mkfs.ocfs2 would refuse this geometry, or could not format it
+    /// within [`MKFS_TIMEOUT`], if so.
     pub fn check(&self) -> Result<(), String> {
         let min = min_journal(self.cluster_size);
         if self.journal_size < min {
@@ -94,7 +112,7 @@ impl Layout {
                 self.journal_size, self.cluster_size, min
             ));
         }
-        Ok(())
+        check_journal_total(self.slots, round_up(self.journal_size, self.cluster_size))
     }
 
     /// Bytes of a partition of `partition_bytes` that the filesystem keeps for
@@ -134,6 +152,26 @@ impl Layout {
         }
         lo * MIB
     }
+}
+
+/// Why mkfs.ocfs2 could not write `slots` journals of `journal_size` each
+/// within [`MKFS_TIMEOUT`] (more than [`MAX_JOURNAL_TOTAL`]), if so. The
+/// message names both StorageClass parameters, their product and the limit.
+pub fn check_journal_total(slots: u32, journal_size: u64) -> Result<(), String> {
+    let journals = u64::from(slots).saturating_mul(journal_size);
+    if journals <= MAX_JOURNAL_TOTAL {
+        return Ok(());
+    }
+    Err(format!(
+        "nodeSlots {slots} x journalSize {}Mi = {}Mi of journals, more than the {}Mi \
+         mkfs.ocfs2 can write within its {} s limit (it zeroes every journal in full; \
+         planned for a LUN that writes {} MiB/s): lower nodeSlots or journalSize",
+        journal_size / MIB,
+        journals / MIB,
+        MAX_JOURNAL_TOTAL / MIB,
+        MKFS_TIMEOUT.as_secs(),
+        MKFS_SLOWEST_WRITE / MIB,
+    ))
 }
 
 /// 4 KiB clusters keep small files cheap; big volumes (VM images) get larger
@@ -220,6 +258,53 @@ mod tests {
         assert!(Layout::for_size(2 * TIB, 16, None, None, None)
             .check()
             .is_ok());
+    }
+
+    #[test]
+    fn journals_mkfs_cannot_write_in_time_are_refused() {
+        // The limit is the timeout times the planned write rate: 18.75 GiB.
+        assert_eq!(MAX_JOURNAL_TOTAL, 19200 * MIB);
+        let explicit =
+            |slots, journal| Layout::for_size(100 * GIB, slots, None, None, Some(journal));
+        // The largest that fit: 16 slots of the largest journal allowed, and
+        // 150 slots of 128 MiB (exactly the limit).
+        assert!(explicit(16, MAX_JOURNAL).check().is_ok());
+        assert!(explicit(150, 128 * MIB).check().is_ok());
+        for (slots, journal, product) in [
+            (151, 128 * MIB, "19328Mi"),
+            (32, GIB, "32768Mi"),
+            (255, 256 * MIB, "65280Mi"),
+            (MAX_SLOTS, MAX_JOURNAL, "261120Mi"),
+        ] {
+            let err = explicit(slots, journal).check().unwrap_err();
+            // Which parameters, their product, the limit and why.
+            for part in [
+                format!("nodeSlots {slots}"),
+                format!("journalSize {}Mi", journal / MIB),
+                format!("= {product} of journals"),
+                "19200Mi".to_string(),
+                "600 s".to_string(),
+            ] {
+                assert!(
+                    err.contains(&part),
+                    "{slots} x {journal}: {part:?} not in {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_default_geometry_formats_in_time() {
+        // Whatever the size, cluster size and slots, the defaults never hit
+        // the mkfs limit: only an explicit journalSize can.
+        for bytes in [GIB, 10 * GIB, 100 * GIB, 2 * TIB, 64 * TIB] {
+            for cluster in [None, Some(4 * KIB), Some(64 * KIB), Some(MIB)] {
+                for slots in [1, DEFAULT_SLOTS, 128, MAX_SLOTS] {
+                    let l = Layout::for_size(bytes, slots, None, cluster, None);
+                    assert!(l.check().is_ok(), "{l:?}: {:?}", l.check());
+                }
+            }
+        }
     }
 
     #[test]
