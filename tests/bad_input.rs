@@ -156,6 +156,18 @@ fn bad_capabilities() -> Vec<(&'static str, Vec<VolumeCapability>, &'static str)
             vec![mode_cap(mount_fs(&"o".repeat(HUGE)), Some(MNMW))],
             "fs_type",
         ),
+        // Volumes are always mounted nodev,nosuid; asking otherwise is an
+        // error at create, not a surprise at mount.
+        (
+            "mount flag suid",
+            vec![mount_flags(&["noatime", "suid"])],
+            "nodev,nosuid",
+        ),
+        (
+            "mount flag dev",
+            vec![mount_flags(&["dev"])],
+            "nodev,nosuid",
+        ),
     ]
 }
 
@@ -246,6 +258,16 @@ fn bad_parameters(tag: &str, foreign_lun: &Path) -> Vec<(String, HashMap<String,
         "lun of a LUN not in the pool".into(),
         one("lun", foreign_lun.to_str().unwrap()),
         "lun".into(),
+    ));
+    // Journals mkfs could not write within its time limit: refused before
+    // any partition is made, instead of mkfs killed and retried forever.
+    out.push((
+        "nodeSlots 255 x journalSize 1Gi".into(),
+        HashMap::from([
+            ("nodeSlots".to_string(), "255".to_string()),
+            ("journalSize".to_string(), "1Gi".to_string()),
+        ]),
+        "nodeSlots".into(),
     ));
     out.push((
         "three good values and nodeSlots x".into(),
@@ -1036,6 +1058,9 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
         format!("$(touch /tmp/pwned-{tag}-vf)"),
         "noatime;reboot".to_string(),
         "f".repeat(HUGE),
+        // Volumes are always mounted nodev,nosuid.
+        "suid".to_string(),
+        "dev".to_string(),
     ] {
         unconfirmed.push((
             format!("mount flag {}", short(&flag)),

@@ -86,25 +86,32 @@ impl Mounter for SystemMounter {
         Box::pin(self.tools.mount(device, target, options))
     }
 
-    /// A bind mount takes MS_RDONLY only on a remount, so read-only is a
-    /// second call.
+    /// A bind mount takes its flags only on a remount, so every bind is two
+    /// calls. The remount sets the per-mount flags anew (the kernel keeps
+    /// only the atime ones), so it names all that must hold: `nodev` and
+    /// `nosuid` always, as on the staging mount (`FORCED_MOUNT_OPTIONS`;
+    /// this also covers a staging mount adopted from an older plugin
+    /// without them), `noexec` and read-only when the source has them, and
+    /// read-only when asked for.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        let inherited = inherited_flags(source)?;
         Mount::builder()
             .fstype(NO_TYPE)
             .flags(MountFlags::BIND)
             .mount(source, target)?;
+        let mut flags = MountFlags::BIND | MountFlags::REMOUNT | inherited | FORCED;
         if read_only {
-            let flags = MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY;
-            // An empty source is passed to the kernel as NULL.
-            if let Err(e) = Mount::builder()
-                .fstype(NO_TYPE)
-                .flags(flags)
-                .mount("", target)
-            {
-                // Never leave a writable mount where a read-only one was asked for.
-                let _ = self.unmount(target);
-                return Err(e);
-            }
+            flags |= MountFlags::RDONLY;
+        }
+        // An empty source is passed to the kernel as NULL.
+        if let Err(e) = Mount::builder()
+            .fstype(NO_TYPE)
+            .flags(flags)
+            .mount("", target)
+        {
+            // Never leave a mount without the flags asked for.
+            let _ = self.unmount(target);
+            return Err(e);
         }
         Ok(())
     }
@@ -112,6 +119,24 @@ impl Mounter for SystemMounter {
     fn unmount(&self, target: &Path) -> io::Result<()> {
         sys_mount::unmount(target, UnmountFlags::empty())
     }
+}
+
+/// What every published mount gets: `ocfs2::tools::FORCED_MOUNT_OPTIONS`
+/// as mount(2) flags.
+const FORCED: MountFlags = MountFlags::NODEV.union(MountFlags::NOSUID);
+
+/// The per-mount flags of the mount at `source` that a bind of it keeps.
+fn inherited_flags(source: &Path) -> io::Result<MountFlags> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let have = statvfs(source).map_err(io::Error::from)?.flags();
+    let mut flags = MountFlags::empty();
+    if have.contains(FsFlags::ST_NOEXEC) {
+        flags |= MountFlags::NOEXEC;
+    }
+    if have.contains(FsFlags::ST_RDONLY) {
+        flags |= MountFlags::RDONLY;
+    }
+    Ok(flags)
 }
 
 /// The mount table of this process's mount namespace.
@@ -145,7 +170,7 @@ mod tests {
     /// namespace of one thread, so nothing reaches the host's mounts. Needs
     /// CAP_SYS_ADMIN; skipped without it. (mount.ocfs2 needs o2cb: the lab.)
     #[test]
-    fn real_binds_read_only_and_unmount_in_a_private_namespace() {
+    fn real_binds_nodev_nosuid_read_only_and_unmount_in_a_private_namespace() {
         use nix::mount::{mount, MsFlags};
         std::thread::spawn(|| {
             // This thread only: its file system context is its own.
@@ -161,8 +186,10 @@ mod tests {
             for d in [&src, &ro, &rw] {
                 std::fs::create_dir(d).unwrap();
             }
-            let none = MsFlags::empty();
-            mount(Some("tmpfs"), &src, Some("tmpfs"), none, None::<&str>).unwrap();
+            // A source with noexec but without nodev,nosuid (a staging
+            // mount from an older plugin, say).
+            let noexec = MsFlags::MS_NOEXEC;
+            mount(Some("tmpfs"), &src, Some("tmpfs"), noexec, None::<&str>).unwrap();
             let m = SystemMounter::new(Ocfs2Tools::new(Arc::new(SystemRunner)));
             m.bind(&src, &ro, true).unwrap();
             m.bind(&src, &rw, false).unwrap();
@@ -170,6 +197,20 @@ mod tests {
             let at = |p: &Path| table.iter().rfind(|e| e.mount_point == p).cloned();
             let (s, r, w) = (at(&src).unwrap(), at(&ro).unwrap(), at(&rw).unwrap());
             assert!(r.read_only() && !w.read_only() && !s.read_only());
+            let has = |e: &MountEntry, o: &str| e.options.iter().any(|x| x == o);
+            assert!(!has(&s, "nodev") && !has(&s, "nosuid"), "{:?}", s.options);
+            for e in [&r, &w] {
+                // Forced on every publish, and the source's noexec kept
+                // (a bind remount would drop it otherwise).
+                for o in ["nodev", "nosuid", "noexec"] {
+                    assert!(
+                        has(e, o),
+                        "{}: {o} missing in {:?}",
+                        e.mount_point.display(),
+                        e.options
+                    );
+                }
+            }
             assert_eq!(r.device, s.device, "a bind shares its source's device");
             std::fs::write(rw.join("f"), "x").unwrap();
             assert_eq!(std::fs::read(src.join("f")).unwrap(), b"x");

@@ -1,15 +1,15 @@
 //! The OCFS2 tools, as argument vectors, and parsers for what they print.
 
-use super::layout::{HeartbeatMode, Layout};
+use super::layout::{HeartbeatMode, Layout, MKFS_TIMEOUT};
 use crate::tools::{Cmd, Runner, ToolError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// mkfs writes every journal; a large volume with many slots takes a while
-/// on slow storage.
-const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
+// mkfs writes every journal; a large volume with many slots takes a while
+// on slow storage. Its limit, MKFS_TIMEOUT, lives with the layout, which
+// refuses geometries that could not be formatted within it.
 const DEBUGFS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Filesystem features a StorageClass may turn on or off (`name` or
@@ -128,12 +128,27 @@ pub fn grow_args(device: &Path) -> Cmd {
         .arg(device.as_os_str())
 }
 
+/// Mount options every volume gets, whatever the request says: a volume is
+/// shared by pods on many nodes, and a device node or a set-user-ID program
+/// that one pod leaves on it must not become a way out of another pod's
+/// container. They come last on mount.ocfs2's command line, where they win
+/// over anything before them (its options apply left to right);
+/// `volume::mount_options` refuses `dev` and `suid` besides.
+pub const FORCED_MOUNT_OPTIONS: &[&str] = &["nodev", "nosuid"];
+
 pub fn mount_args(device: &Path, target: &Path, options: &[String]) -> Cmd {
-    let mut cmd = Cmd::new("mount.ocfs2", MOUNT_TIMEOUT).arg("-n");
-    if !options.is_empty() {
-        cmd = cmd.arg("-o").arg(options.join(","));
-    }
-    cmd.arg(device.as_os_str()).arg(target.as_os_str())
+    let options: Vec<&str> = options
+        .iter()
+        .map(String::as_str)
+        .filter(|o| !FORCED_MOUNT_OPTIONS.contains(o))
+        .chain(FORCED_MOUNT_OPTIONS.iter().copied())
+        .collect();
+    Cmd::new("mount.ocfs2", MOUNT_TIMEOUT)
+        .arg("-n")
+        .arg("-o")
+        .arg(options.join(","))
+        .arg(device.as_os_str())
+        .arg(target.as_os_str())
 }
 
 /// The OCFS2 tools over a [`Runner`].
@@ -394,5 +409,36 @@ mod tests {
         assert!(args.contains(&"size=8192K".to_string()));
         assert!(args.contains(&"--fs-features=norefcount".to_string()));
         assert_eq!(args.last().unwrap(), "/dev/loop3");
+    }
+
+    fn mount_line(options: &[&str]) -> Vec<String> {
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        mount_args(Path::new("/dev/sdb2"), Path::new("/stage"), &options)
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_mount_is_nodev_nosuid() {
+        assert_eq!(
+            mount_line(&[]),
+            ["-n", "-o", "nodev,nosuid", "/dev/sdb2", "/stage"]
+        );
+        // The caller's options first, ours last (they win), none twice.
+        assert_eq!(
+            mount_line(&["noatime", "nosuid", "data=writeback", "nodev"]),
+            [
+                "-n",
+                "-o",
+                "noatime,data=writeback,nodev,nosuid",
+                "/dev/sdb2",
+                "/stage"
+            ]
+        );
+        // Even options that slipped past validation cannot undo them.
+        let args = mount_line(&["suid", "dev"]);
+        assert!(args[2].ends_with(",nodev,nosuid"), "{args:?}");
     }
 }

@@ -2,6 +2,8 @@
 //! wherever they come from: a StorageClass's `mountOptions` (the controller
 //! checks them at create) or a capability's mount flags (the node, at stage).
 
+use crate::ocfs2::tools::FORCED_MOUNT_OPTIONS;
+
 /// A mount flag that is not allowed, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("mount flag {flag:?} is not allowed: {why}")]
@@ -59,6 +61,12 @@ const OURS: &[&str] = &[
     "bind",
 ];
 
+/// The opposites of what every volume is mounted with
+/// (`ocfs2::tools::FORCED_MOUNT_OPTIONS`: `nodev,nosuid`). Refused rather
+/// than silently overridden, so that a StorageClass asking for them learns
+/// at create time that it will not get them.
+const UNDOES_FORCED: &[&str] = &["dev", "suid"];
+
 /// Validates the CO's mount flags (each may itself be comma-separated) and
 /// returns them as single options, in order, without duplicates.
 pub fn mount_options(flags: &[String]) -> Result<Vec<String>, MountFlagError> {
@@ -75,6 +83,13 @@ pub fn mount_options(flags: &[String]) -> Result<Vec<String>, MountFlagError> {
             Some((k, v)) => (k, Some(v)),
             None => (option, None),
         };
+        if UNDOES_FORCED.contains(&key) {
+            return Err(bad(format!(
+                "volumes are always mounted {} (a filesystem shared by pods on many \
+                 nodes must not honour device nodes or set-user-ID programs)",
+                FORCED_MOUNT_OPTIONS.join(",")
+            )));
+        }
         if OURS.contains(&key) {
             return Err(bad(
                 "the driver sets it (read-only is asked for with the readonly field)".into(),
@@ -128,6 +143,22 @@ mod tests {
             let err = mount_options(&[bad.into()]).unwrap_err();
             assert!(
                 err.flag == bad.chars().take(100).collect::<String>(),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn nodev_nosuid_cannot_be_undone() {
+        // Asking for what is forced anyway is fine.
+        assert_eq!(
+            mount_options(&["nodev,nosuid".into()]).unwrap(),
+            ["nodev", "nosuid"]
+        );
+        for bad in ["dev", "suid", "noatime,suid", "dev=1"] {
+            let err = mount_options(&[bad.into()]).unwrap_err();
+            assert!(
+                err.why.contains("always mounted nodev,nosuid"),
                 "{bad}: {err}"
             );
         }
