@@ -18,13 +18,13 @@ use crate::backoff::Backoff;
 use crate::cluster::{live_nodes, Member, MembershipError, MembershipSource};
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeAddress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,8 +60,10 @@ pub enum KubeError {
         holder: Option<String>,
         me: String,
     },
-    #[error("node {0} has no InternalIP address in the API")]
-    NoAddress(String),
+    #[error("node {node} has no InternalIP address in the API (its addresses: {addresses}); o2net needs the node's IPv4 InternalIP")]
+    NoAddress { node: String, addresses: String },
+    #[error("node {node} has only IPv6 InternalIP addresses ({addresses}), and o2cb's network (o2net) speaks IPv4 only: this node cannot join the cluster until it has an IPv4 InternalIP (dual-stack)")]
+    Ipv6Only { node: String, addresses: String },
 }
 
 /// The lease name of `number`: DNS-label safe whatever the cluster name.
@@ -354,17 +356,49 @@ impl KubeMembers {
         Ok(released)
     }
 
-    /// The node's InternalIP as the API has it.
+    /// The node's IPv4 InternalIP as the API has it: see [`o2net_address`].
     pub async fn node_address(&self, node: &str) -> Result<Ipv4Addr, KubeError> {
         let n = self.nodes.get(node).await?;
-        n.status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| a.address.parse().ok())
-            .ok_or_else(|| KubeError::NoAddress(node.to_string()))
+        let addresses = n.status.and_then(|s| s.addresses).unwrap_or_default();
+        o2net_address(node, &addresses)
     }
+}
+
+/// The address o2net uses for `node`: its first IPv4 InternalIP (the
+/// kubelet lists its primary address first). o2net speaks IPv4 only, so on
+/// a dual-stack node the IPv6 InternalIPs are passed over, whichever comes
+/// first, and a node with IPv6 ones only is refused saying so.
+pub fn o2net_address(node: &str, addresses: &[NodeAddress]) -> Result<Ipv4Addr, KubeError> {
+    let internal: Vec<&str> = addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.trim())
+        .collect();
+    if let Some(v4) = internal.iter().find_map(|a| a.parse::<Ipv4Addr>().ok()) {
+        return Ok(v4);
+    }
+    let listed = |all: &mut dyn Iterator<Item = String>| {
+        let list: Vec<String> = all.take(8).collect();
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    if internal.iter().any(|a| a.parse::<Ipv6Addr>().is_ok()) {
+        return Err(KubeError::Ipv6Only {
+            node: node.to_string(),
+            addresses: listed(&mut internal.iter().map(|a| a.to_string())),
+        });
+    }
+    Err(KubeError::NoAddress {
+        node: node.to_string(),
+        addresses: listed(
+            &mut addresses
+                .iter()
+                .map(|a| format!("{} {}", a.type_, a.address)),
+        ),
+    })
 }
 
 fn holder(lease: &Lease) -> Option<&str> {
@@ -436,6 +470,64 @@ mod tests {
         ));
         assert!(!releasable(Some(old), now, 3, &none, true, dead));
         assert!(releasable(None, now, 3, &none, false, dead));
+    }
+
+    fn addresses(list: &[(&str, &str)]) -> Vec<NodeAddress> {
+        list.iter()
+            .map(|(t, a)| NodeAddress {
+                type_: t.to_string(),
+                address: a.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn o2net_address_is_the_ipv4_internal_ip() {
+        let v4 = |list| o2net_address("n1", &addresses(list)).unwrap();
+        assert_eq!(
+            v4(&[("InternalIP", "10.0.0.7")]),
+            Ipv4Addr::new(10, 0, 0, 7)
+        );
+        // Dual-stack with IPv6 first (an IPv6-primary cluster): the IPv4
+        // one, never the IPv6 one.
+        assert_eq!(
+            v4(&[
+                ("Hostname", "n1"),
+                ("InternalIP", "fd00:10::7"),
+                ("ExternalIP", "192.0.2.7"),
+                ("InternalIP", "10.0.0.7"),
+            ]),
+            Ipv4Addr::new(10, 0, 0, 7)
+        );
+        // The first IPv4 InternalIP when there are several.
+        assert_eq!(
+            v4(&[("InternalIP", "10.0.0.7"), ("InternalIP", "10.1.0.7")]),
+            Ipv4Addr::new(10, 0, 0, 7)
+        );
+    }
+
+    #[test]
+    fn ipv6_only_and_addressless_nodes_are_refused_clearly() {
+        let err = o2net_address(
+            "n6",
+            &addresses(&[
+                ("InternalIP", "fd00:10::6"),
+                ("InternalIP", "2001:db8::6"),
+                ("ExternalIP", "192.0.2.6"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, KubeError::Ipv6Only { .. }), "{err:?}");
+        let text = err.to_string();
+        for part in ["n6", "fd00:10::6, 2001:db8::6", "IPv4 only"] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        // An ExternalIP is not what the members reach each other on.
+        let err = o2net_address("n0", &addresses(&[("ExternalIP", "192.0.2.9")])).unwrap_err();
+        assert!(matches!(err, KubeError::NoAddress { .. }), "{err:?}");
+        assert!(err.to_string().contains("ExternalIP 192.0.2.9"), "{err}");
+        let err = o2net_address("n0", &[]).unwrap_err();
+        assert!(err.to_string().contains("addresses: none"), "{err}");
     }
 
     #[test]
