@@ -434,8 +434,32 @@ fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
     let _ = up.join();
 }
 
+impl Lab {
+    /// What a failed test needs from the guests before they go: whether each
+    /// node plugin still runs, its log's tail and the kernel's; also kept in
+    /// the state folder as node-N.failure.log.
+    fn report_guests(&self) {
+        for node in 1..=self.nodes {
+            let (_, out) = self.exec(
+                node,
+                "if [ -f /tmp/node.pid ]; then \
+                   if kill -0 \"$(cat /tmp/node.pid)\" 2>/dev/null; then echo 'node plugin: running'; \
+                   else echo 'node plugin: NOT running'; fi; fi; \
+                 echo '--- /tmp/node.log (tail)'; tail -n 40 /tmp/node.log 2>/dev/null; \
+                 echo '--- dmesg (tail)'; dmesg | tail -n 25; free -m",
+            );
+            let file = self.state.join(format!("node-{node}.failure.log"));
+            let _ = std::fs::write(&file, &out);
+            println!("lab: --- node{node} at the failure ---\n{out}");
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report_guests();
+        }
         let out = self.script().arg("down").output();
         if let Ok(out) = out {
             if !out.status.success() {
