@@ -405,10 +405,20 @@ fn holder(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref()
 }
 
-/// Label values allow 63 of [A-Za-z0-9._-]; o2cb cluster names (at most 16
-/// of [A-Za-z0-9_-]... ) fit as they are.
-fn label_value(cluster: &str) -> String {
-    cluster.chars().take(63).collect()
+/// The cluster's label value. Label values allow 63 of [A-Za-z0-9._-] but
+/// must begin and end with a letter or digit, while o2cb cluster names (at
+/// most 16 of [A-Za-z0-9_-]) may begin or end with '_' or '-': those are
+/// trimmed (the API server refused the list selector of such a cluster, so
+/// its plugins never got a number). Names that begin and end with a letter
+/// or digit, the only ones that worked before, keep their value. Two names
+/// that differ only there share a value, as they already share their Lease
+/// names (`lease_name`).
+pub fn label_value(cluster: &str) -> String {
+    cluster
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take(63)
+        .collect()
 }
 
 impl MembershipSource for KubeMembers {
@@ -442,6 +452,23 @@ mod tests {
     fn lease_names_are_dns_labels() {
         assert_eq!(lease_name("testclu", 7), "ocfs2-testclu-n7");
         assert_eq!(lease_name("My_Clu", 254), "ocfs2-my-clu-n254");
+    }
+
+    #[test]
+    fn label_values_are_valid_for_every_cluster_name() {
+        assert_eq!(label_value("ocfs2csi"), "ocfs2csi");
+        assert_eq!(label_value("My_Clu-1"), "My_Clu-1");
+        assert_eq!(label_value("_Rbac_Clu-"), "Rbac_Clu");
+        assert_eq!(label_value("-_-"), "");
+        // The API server's rule: empty, or alphanumeric at both ends.
+        for name in ["a", "_a", "a-", "--a_b--", "0123456789abcdef"] {
+            let v = label_value(name);
+            let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+            assert!(
+                ends_ok(v.chars().next()) && ends_ok(v.chars().last()),
+                "{name} -> {v}"
+            );
+        }
     }
 
     #[test]
