@@ -25,9 +25,12 @@ render() {
 # Before `kubectl apply -f` it, edit in:
 #   - OCFS2_CSI_LUNS (both workloads): the shared LUNs' stable device paths,
 #     comma-separated; nothing starts without them;
-#   - every image: prefix the Kubernetes project's public image registry (for
-#     the sig-storage sidecars) or your own mirror, and the driver image's
-#     location. Helm users set `luns` and `imageRegistry` instead.
+#   - the driver image's location (it is named without a registry), and a
+#     mirror for the sig-storage sidecars if the nodes cannot pull from
+#     registry.k8s.io. Helm users set `luns`, `image.registry` and
+#     `imageRegistry` instead.
+# Then label the nodes that see the LUNs (`kubectl label node NODE
+# ocfs2.csi.dev/san=true`): the controller and the node plugins run only there.
 EOF
   "$HELM" template ocfs2-csi deploy/helm/ocfs2-csi --namespace kube-system --skip-tests
 }

@@ -34,12 +34,13 @@ helm.sh/chart: {{ include "ocfs2-csi.chart" .root }}
 
 {{/*
 An image reference: REGISTRY/REPOSITORY:TAG, where REGISTRY is the image's
-own registry, else .Values.imageRegistry, and is left out when both are
-empty. TAG defaults to the chart's appVersion.
-Call with (dict "root" $ "image" .Values.image).
+own registry, else .Values.imageRegistry (a mirror of everything), else the
+image's home ("home", e.g. .Values.sidecars.registry), and is left out when
+all are empty. TAG defaults to the chart's appVersion.
+Call with (dict "root" $ "image" .Values.image [ "home" REGISTRY ]).
 */}}
 {{- define "ocfs2-csi.image" -}}
-{{- $registry := .image.registry | default .root.Values.imageRegistry | trimSuffix "/" -}}
+{{- $registry := .image.registry | default .root.Values.imageRegistry | default (.home | default "") | trimSuffix "/" -}}
 {{- $tag := .image.tag | default .root.Chart.AppVersion | toString -}}
 {{- if $registry -}}
 {{- printf "%s/%s:%s" $registry .image.repository $tag -}}
@@ -73,4 +74,31 @@ Call with (dict "root" $ "image" .Values.image).
 {{- range .Values.membership.static }}
 {{ .name }} {{ .number | int }} {{ .address }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The nodeSelector of a workload that opens the LUNs: .Values.sanNodeLabel
+(unless its key is empty) and the workload's own selector ("own"), which
+wins for the same key. YAML of a map, "{}" when empty.
+Call with (dict "root" $ "own" .Values.node.nodeSelector).
+*/}}
+{{- define "ocfs2-csi.nodeSelector" -}}
+{{- $selector := dict -}}
+{{- with .root.Values.sanNodeLabel -}}
+{{- if .key -}}
+{{- $_ := set $selector .key (toString .value) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (merge (deepCopy (.own | default dict)) $selector) -}}
+{{- end -}}
+
+{{/*
+The name of the membership Lease of o2cb node NUMBER, as the node plugin
+makes it (src/k8s/members.rs, lease_name): the cluster name lowercased,
+'_' turned into '-', leading and trailing '-' trimmed.
+Call with (list $ NUMBER).
+*/}}
+{{- define "ocfs2-csi.leaseName" -}}
+{{- $root := index . 0 -}}
+{{- printf "ocfs2-%s-n%d" ($root.Values.clusterName | lower | replace "_" "-" | trimAll "-") (index . 1 | int) -}}
 {{- end -}}
