@@ -8,8 +8,12 @@
 #      published schemas (kubernetes-validate)
 #   4. deploy/manifests/ocfs2-csi.yaml equals a fresh render
 #   5. the `helm test` manifest renders
-#   6. images: no registry host by default; the configured one everywhere
-#      when set
+#   6. images: by default the sidecars from the Kubernetes project's
+#      registry and no registry host for the others; the configured mirror
+#      everywhere when set
+#   7. placement and RBAC on a real cluster: both workloads only on nodes
+#      with the SAN label, the node health port off the common ones, the
+#      node Role limited to the 255 membership Leases, no status.hostIP
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -114,20 +118,27 @@ test_renders() {
 check "helm template --show-only $TEST_TEMPLATE (RWX claim and pod, both test hooks)" test_renders
 
 # --- 6. image references ------------------------------------------------------
-# Default values must name no registry host: an image's first path component
-# holding a '.' or ':' (or being localhost) is a host.
+# Default values: the sig-storage sidecars from their public home, so that
+# a default install pulls them; every other image names no registry host
+# (an image's first path component holding a '.' or ':', or being
+# localhost, is a host).
 images() { sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$1" | sort -u; }
-no_registry_host() {
-  local bad=0 img
+default_images() {
+  local bad=0 img sidecars=0
   for img in $(images "$1"); do
     echo "$img"
-    case "${img%%/*}" in
-      *.*|*:*|localhost) [ "$img" != "${img%%/*}" ] && bad=1 ;;
+    case "$img" in
+      registry.k8s.io/sig-storage/*) sidecars=$((sidecars + 1)) ;;
+      */sig-storage/*|sig-storage/*) bad=1 ;;
+      *) case "${img%%/*}" in
+           *.*|*:*|localhost) [ "$img" != "${img%%/*}" ] && bad=1 ;;
+         esac ;;
     esac
   done
-  [ $bad = 0 ] && [ -n "$(images "$1")" ]
+  [ $bad = 0 ] && [ $sidecars = 4 ]
 }
-check "default images name no registry host" no_registry_host "$TMP/default-${KUBE_VERSIONS[-1]}.yaml"
+check "default images: the 4 sidecars from registry.k8s.io/sig-storage, no other registry host" \
+  default_images "$TMP/default-${KUBE_VERSIONS[-1]}.yaml"
 all_from_mirror() {
   local img ok=0
   for img in $(images "$1"); do
@@ -138,6 +149,62 @@ all_from_mirror() {
 }
 check "imageRegistry (or an image's own registry) prefixes every image" \
   all_from_mirror "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"
+
+# --- 7. placement and RBAC ---------------------------------------------------
+# One object (KIND NAME) of a rendered file, as YAML.
+object() { # file kind name
+  awk -v k="kind: $2" -v n="  name: $3" '
+    /^---/ { if (hit) exit; doc = ""; kind = 0; name = 0; next }
+    { doc = doc $0 "\n" }
+    $0 == k { kind = 1 }
+    $0 == n { name = 1 }
+    kind && name { hit = 1 }
+    END { if (hit) printf "%s", doc }' "$1"
+}
+DEFAULT="$TMP/default-${KUBE_VERSIONS[-1]}.yaml"
+on_san_nodes() {
+  local kind name kind_name
+  for kind_name in "DaemonSet ocfs2-csi-node" "Deployment ocfs2-csi-controller"; do
+    read -r kind name <<<"$kind_name"
+    object "$DEFAULT" "$kind" "$name" > "$TMP/obj"
+    grep -A1 '^      nodeSelector:$' "$TMP/obj" > "$TMP/sel" || true
+    grep -qx '        ocfs2.csi.dev/san: "true"' "$TMP/sel" ||
+      { echo "$kind $name: no nodeSelector ocfs2.csi.dev/san"; return 1; }
+    echo "$kind $name: nodeSelector ocfs2.csi.dev/san=true"
+  done
+}
+check "node plugins and controller only on nodes labelled ocfs2.csi.dev/san=true" on_san_nodes
+health_port() {
+  local port
+  port=$(object "$DEFAULT" DaemonSet ocfs2-csi-node | sed -n 's/^ *- --http-endpoint=:\([0-9]*\)$/\1/p')
+  echo "node livenessprobe port: $port"
+  case "$port" in
+    ''|9100|9808|9809|10248|10249|10250|10255|10256|7777) return 1 ;;
+  esac
+  [ "$port" -lt 30000 ]
+}
+check "node health port clear of kubelet, kube-proxy, node-exporter, livenessprobe defaults" health_port
+node_rbac() {
+  object "$DEFAULT" Role ocfs2-csi-node-membership > "$TMP/role"
+  object "$DEFAULT" ClusterRole ocfs2-csi-node > "$TMP/crole"
+  cat "$TMP/role" "$TMP/crole"
+  grep -h 'verbs:' "$TMP/role" "$TMP/crole" > "$TMP/verbs"
+  [ "$(grep -c '^      - ocfs2-ocfs2csi-n[0-9]*$' "$TMP/role")" = 255 ] &&
+    grep -qx '      - ocfs2-ocfs2csi-n0' "$TMP/role" &&
+    grep -qx '      - ocfs2-ocfs2csi-n254' "$TMP/role" &&
+    ! grep -Eq 'watch|patch|\*' "$TMP/verbs" &&
+    [ "$(grep -c 'verbs:' "$TMP/crole")" = 1 ] && grep -q 'verbs: \["get"\]' "$TMP/crole"
+}
+check "node RBAC: Nodes get; Leases list, create, and get/update/delete of the 255 membership Leases only" node_rbac
+no_host_ip() { ! grep -n 'fieldPath: status.hostIP' "$DEFAULT" "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"; }
+check "no status.hostIP (the o2net address is the Node's IPv4 InternalIP)" no_host_ip
+static_no_node_api() {
+  local ci="$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"
+  object "$ci" DaemonSet ocfs2-csi-node > "$TMP/obj"
+  ! grep -q 'name: ocfs2-csi-node-membership' "$ci" &&
+    grep -qx '      automountServiceAccountToken: false' "$TMP/obj"
+}
+check "static membership: no node RBAC, no token in the node pods" static_no_node_api
 
 echo "chart-check: took $(( $(date +%s) - start ))s"
 echo "chart-check: $passed passed, $failed failed"
