@@ -136,7 +136,7 @@ if [ "$INIT" = controller ]; then
 	[ -x "$BIN" ] || fail "$BIN not built (cargo build --bins)"
 	size=$(stat -c %s "$STATE/lun.raw")
 	fallocate -p -o 0 -l "$size" "$STATE/lun.raw" # all zero, still sparse
-	"$BIN" controller --lun "$STATE/lun.raw" --endpoint "unix://$TMP/ctrl.sock" \
+	"$BIN" controller --lun "$STATE/lun.raw" --init-lun "$STATE/lun.raw" --endpoint "unix://$TMP/ctrl.sock" \
 		--cluster-name "$CLUSTER" >"$TMP/ctrl.log" 2>&1 &
 	CTRL_PID=$!
 	for _ in $(seq 300); do

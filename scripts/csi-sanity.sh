@@ -23,7 +23,7 @@ trap cleanup EXIT
 
 truncate -s 200G "$work/lun.raw"
 "$BIN" controller --endpoint "unix://$work/controller.sock" --lun "$work/lun.raw" \
-  --cluster-name sanity >"$work/controller.log" 2>&1 &
+  --init-lun "$work/lun.raw" --cluster-name sanity >"$work/controller.log" 2>&1 &
 pids+=($!)
 echo "sanity-node 0 127.0.0.1" >"$work/members"
 "$BIN" node --endpoint "unix://$work/node.sock" --node-id sanity-node --lun "$work/lun.raw" \

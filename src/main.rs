@@ -6,7 +6,7 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
-use ocfs2_csi::controller::pool::open_all;
+use ocfs2_csi::controller::pool::{named_in, open_all};
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
 use ocfs2_csi::csi::identity_server::IdentityServer;
@@ -55,6 +55,13 @@ enum Mode {
         #[arg(long = "lun", required = true)]
         luns: Vec<PathBuf>,
     },
+    /// List what a LUN holds at every 1 MiB boundary (OCFS2 volumes with
+    /// their names, sectors and UUIDs; other signatures), to rebuild a
+    /// partition table that was zeroed. Reads only.
+    ScanLun {
+        #[arg(long)]
+        lun: PathBuf,
+    },
     /// Run a command (a VM's hypervisor) holding an exclusive lock on its
     /// disk image; exits 75 when another holder, maybe on another node, has it.
     DiskLock(ocfs2_csi::vmdisk::DiskLockArgs),
@@ -97,6 +104,12 @@ struct ControllerArgs {
     common: CommonArgs,
     #[command(flatten)]
     pool: PoolArgs,
+    /// A LUN of --lun that this controller may initialise (write a new
+    /// partition table on) when it finds it blank (repeatable). Without it
+    /// a blank LUN is refused: zeroed table copies look blank too. Even
+    /// named, a LUN is first scanned and refused if anything is found.
+    #[arg(long = "init-lun", env = "OCFS2_CSI_INIT_LUNS", value_delimiter = ',')]
+    init_luns: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -183,8 +196,25 @@ async fn main() -> anyhow::Result<()> {
         Mode::Controller(args) => run_controller(args).await,
         Mode::Node(args) => run_node(args).await,
         Mode::SyncPartitions { luns } => sync_partitions(&luns),
+        Mode::ScanLun { lun } => scan_lun(&lun),
         Mode::DiskLock(args) => std::process::exit(ocfs2_csi::vmdisk::main(args)),
     }
+}
+
+fn scan_lun(lun: &std::path::Path) -> anyhow::Result<()> {
+    use ocfs2_csi::controller::scan;
+    let io = ocfs2_csi::disk::lun_io::LunFile::open_read_only(lun)
+        .with_context(|| format!("opening {}", lun.display()))?;
+    let findings = scan::scan(&io, &mut |done, total| {
+        eprintln!(
+            "scan-lun: {}% of {}",
+            done * 100 / total.max(1),
+            lun.display()
+        );
+    })
+    .with_context(|| format!("reading {}", lun.display()))?;
+    print!("{}", scan::report(&io, &findings));
+    Ok(())
 }
 
 fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
@@ -321,13 +351,24 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     ));
 
     // Serve at once (Probe says "not ready"), open the LUNs behind it.
+    if let Some(stray) = args
+        .init_luns
+        .iter()
+        .find(|i| !named_in(i, &args.pool.luns))
+    {
+        anyhow::bail!(
+            "--init-lun {} is not one of the --lun paths",
+            stray.display()
+        );
+    }
     let opener = {
         let volumes = volumes.clone();
         let (luns, cluster) = (args.pool.luns.clone(), args.pool.cluster_name.clone());
+        let init = args.init_luns.clone();
         tokio::spawn(async move {
             let opened = LUN_BACKOFF
                 .retry("cannot open the LUNs", |_| async {
-                    open_all(&luns, &cluster, &tools, regions.as_ref())
+                    open_all(&luns, &init, &cluster, &tools, regions.as_ref())
                         .await
                         .inspect_err(|e| volumes.set_not_ready(format!("{e:#}")))
                 })

@@ -191,18 +191,18 @@ async fn refuses_luns_it_did_not_make() {
     );
     assert!(ok, "{out}");
     let before = table_bytes(&lun);
-    let port_log = dir.path().join("foreign.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"))
-        .args(["controller", "--endpoint", "tcp://127.0.0.1:0", "--lun"])
-        .arg(&lun)
-        .stderr(std::fs::File::create(&port_log).unwrap())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let log = std::fs::read_to_string(&port_log).unwrap();
-    assert!(log.contains("GPT that ocfs2-csi did not make"), "{log}");
+    let lun_arg = lun.to_str().unwrap();
+    // Named in --init-lun even: a LUN holding a table of others is refused.
+    let mut ctl = Controller::spawn_with(
+        std::slice::from_ref(&lun),
+        dir.path(),
+        &["--init-lun", lun_arg],
+    );
+    ctl.wait_log(
+        "GPT that ocfs2-csi did not make",
+        std::time::Duration::from_secs(60),
+    );
+    ctl.kill();
     assert_eq!(table_bytes(&lun), before, "a refused LUN was modified");
 }
 

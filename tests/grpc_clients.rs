@@ -150,6 +150,8 @@ fn python_grpcio_with_default_options_over_the_unix_socket() {
         .args(["--driver-name", "ocfs2.example.org", "--log", "debug"])
         .arg("--lun")
         .arg(&lun)
+        .arg("--init-lun")
+        .arg(&lun)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

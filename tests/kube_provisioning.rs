@@ -55,6 +55,8 @@ fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
             .arg(format!("unix://{}", sock.display()))
             .arg("--lun")
             .arg(&lun)
+            .arg("--init-lun")
+            .arg(&lun)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -146,6 +146,8 @@ async fn not_ready_while_a_lun_is_refused() {
         ])
         .arg("--lun")
         .arg(&lun)
+        .arg("--init-lun")
+        .arg(&lun)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

@@ -3,6 +3,7 @@
 //! - `pool`: opening and initialising LUNs
 //! - `volumes`: the work of each RPC, free of gRPC
 //! - `service`: the gRPC glue
+//! - `scan`: what a LUN holds when its table is gone (`scan-lun`, read-only)
 //! - `params`, `error`: the pieces they share
 //!
 //! What the node shares with it (volume IDs, the GPT entry format, mount
@@ -11,6 +12,7 @@
 pub mod error;
 pub mod params;
 pub mod pool;
+pub mod scan;
 pub mod service;
 #[cfg(test)]
 pub mod testing;

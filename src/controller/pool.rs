@@ -1,15 +1,19 @@
 //! The storage pool: the shared LUNs this controller carves volumes from.
 //!
-//! On first use a blank LUN gets a GPT with room for 256 entries and a
-//! heartbeat partition formatted for o2cb global heartbeat. A LUN holding
-//! anything else (an MBR, a filesystem, a GPT that is not ours) is refused
-//! and left untouched.
+//! A blank LUN named in --init-lun gets a GPT with room for 256 entries and
+//! a heartbeat partition formatted for o2cb global heartbeat, after a scan
+//! of every place a volume could start finds nothing there: "blank" only
+//! says the first and last MiB are zero, which is also what a LUN whose
+//! table copies were zapped looks like. A LUN holding anything else (an
+//! MBR, a filesystem, a GPT that is not ours) is refused and left untouched.
 
 use super::error::LunError;
 use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::{BlockIo, LunFile};
 use crate::disk::region::{with_region, RegionDevices};
+use crate::disk::signatures::{self, Found};
+use crate::ocfs2::superblock;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::volume::entry::{ALIGN, HEARTBEAT_BYTES, HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
 use std::path::{Path, PathBuf};
@@ -54,6 +58,17 @@ pub enum OpenError {
         found: String,
         ours: String,
     },
+    #[error(
+        "{path} holds no partition table; ocfs2-csi initialises a LUN only when it is named \
+             in --init-lun (chart value initLuns): name it there if it may be set up from scratch"
+    )]
+    NotOptedIn { path: String },
+    #[error(
+        "{path}: refusing to initialise: its first and last MiB are zero (no partition table) \
+             but it holds {found}. A LUN whose table was zeroed still holds its volumes; \
+             `ocfs2-csi scan-lun --lun {path}` lists them (read-only) so the table can be rebuilt"
+    )]
+    NotBlank { path: String, found: String },
     #[error("{path} is the same LUN (disk GUID {guid}) as another --lun")]
     SameLun { path: String, guid: Uuid },
     #[error(transparent)]
@@ -64,10 +79,18 @@ pub enum OpenError {
 /// path that queues I/O while down would otherwise hold the open forever).
 const OPEN_WAIT: Duration = Duration::from_secs(60);
 
+/// Whether `path` is one of `init` (the --init-lun paths), also when
+/// one of them names it through a symbolic link (/dev/disk/by-id/...).
+pub fn named_in(path: &Path, init: &[PathBuf]) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    init.iter().any(|i| i == path || real(i) == real(path))
+}
+
 /// Opens every LUN of `paths` (`open_lun`), refusing one LUN listed twice
-/// under two paths.
+/// under two paths. Only LUNs named in `init` may be initialised.
 pub async fn open_all(
     paths: &[PathBuf],
+    init: &[PathBuf],
     cluster_name: &str,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
@@ -87,7 +110,16 @@ pub async fn open_all(
                 lun: name.clone(),
                 source,
             })?;
-        let lun = open_lun(path, Arc::new(io), cluster_name, tools, regions).await?;
+        let may_initialise = named_in(path, init);
+        let lun = open_lun(
+            path,
+            Arc::new(io),
+            may_initialise,
+            cluster_name,
+            tools,
+            regions,
+        )
+        .await?;
         tracing::info!(lun = %name, disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
         if luns.iter().any(|l| l.disk_guid == lun.disk_guid) {
             return Err(OpenError::SameLun {
@@ -175,11 +207,13 @@ impl Lun {
     }
 }
 
-/// Opens one LUN: initialises it if blank, repairs a table copy a crash left
-/// stale, and makes sure its heartbeat device is formatted.
+/// Opens one LUN: initialises it if blank (and `may_initialise`), repairs a
+/// table copy a crash left stale, and makes sure its heartbeat device is
+/// formatted.
 pub async fn open_lun(
     path: &Path,
     io: Arc<dyn BlockIo>,
+    may_initialise: bool,
     cluster_name: &str,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
@@ -217,6 +251,16 @@ pub async fn open_lun(
     };
     let table = match probed.map_err(table_err)? {
         Contents::Blank => {
+            if !may_initialise {
+                return Err(OpenError::NotOptedIn { path: name });
+            }
+            let found = scan_blank(&name, io.clone()).await?;
+            if !found.is_empty() {
+                return Err(OpenError::NotBlank {
+                    path: name,
+                    found: describe(&found),
+                });
+            }
             let table = initial_table(io.as_ref());
             write(table.clone()).await?;
             tracing::info!(lun = %name, disk_guid = %table.disk_guid, "initialised blank LUN");
@@ -261,6 +305,55 @@ pub async fn open_lun(
         lock: tokio::sync::Mutex::new(()),
         table_io: Arc::new(std::sync::Mutex::new(())),
     })
+}
+
+/// At most this many finds make a LUN's refusal (one is enough to refuse;
+/// a few tell the operator what kind of LUN it is).
+const REFUSAL_FINDS: usize = 3;
+
+/// Scans a blank-looking LUN for signatures wherever a partition of ours
+/// (or another tool's, at 1 MiB alignment) could start, on a blocking
+/// thread, logging its progress. Large LUNs take a while (one small read
+/// per MiB); it happens once, before a LUN is first initialised.
+async fn scan_blank(name: &str, io: Arc<dyn BlockIo>) -> Result<Vec<Found>, LunError> {
+    let size = io.size_bytes();
+    // A minute, plus ten per TiB: the slowest SAN we would still call working.
+    let limit = Duration::from_secs(60 + 600 * size.div_ceil(1 << 40));
+    tracing::info!(lun = %name, bytes = size, "scanning the blank LUN for signatures before initialising it");
+    let lun = name.to_string();
+    let found = run_blocking(limit, move || {
+        let mut progress = |done: u64, total: u64| {
+            tracing::info!(lun = %lun, percent = done * 100 / total.max(1), "scanning for signatures");
+        };
+        signatures::scan(io.as_ref(), ALIGN, size.saturating_sub(ALIGN), ALIGN, REFUSAL_FINDS, &mut progress)
+    })
+    .await
+    .map_err(|source| LunError::Stalled {
+        lun: name.to_string(),
+        what: "scanning for signatures",
+        source,
+    })?
+    .map_err(|source| LunError::Io {
+        lun: name.to_string(),
+        source,
+    })?;
+    Ok(found)
+}
+
+/// "OCFS2 filesystem at 1 MiB (label "x", UUID y), ..." for a refusal.
+fn describe(found: &[Found]) -> String {
+    let each = found.iter().map(|f| {
+        let mut text = format!("{} at {} MiB", f.what, f.offset >> 20);
+        if let Some(sb) = superblock::decode(&f.head) {
+            text += &format!(" (label {:?}, UUID {})", sb.label, sb.uuid);
+        }
+        text
+    });
+    let mut text = each.collect::<Vec<_>>().join(", ");
+    if found.len() >= REFUSAL_FINDS {
+        text += " and possibly more";
+    }
+    text
 }
 
 fn initial_table(io: &dyn BlockIo) -> Gpt {
@@ -346,11 +439,20 @@ mod tests {
         }
         let tools = san.tools();
 
-        let one = open_all(std::slice::from_ref(&lun), "c", &tools, san.as_ref())
+        let init = [lun.clone()];
+        let one = open_all(std::slice::from_ref(&lun), &init, "c", &tools, san.as_ref())
             .await
             .unwrap();
         assert_eq!(one.len(), 1);
-        match open_all(&[lun.clone(), alias.clone()], "c", &tools, san.as_ref()).await {
+        match open_all(
+            &[lun.clone(), alias.clone()],
+            &init,
+            "c",
+            &tools,
+            san.as_ref(),
+        )
+        .await
+        {
             Err(OpenError::SameLun { path, guid }) => {
                 assert_eq!(path, alias.display().to_string());
                 assert_eq!(guid, one[0].disk_guid);

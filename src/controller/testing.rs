@@ -232,7 +232,7 @@ impl FakeSan {
     pub async fn open_lun(self: &Arc<Self>, path: &str, io: Arc<dyn BlockIo>) -> Arc<Lun> {
         let path = Path::new(path);
         self.add_lun(path, io.clone());
-        let lun = open_lun(path, io, CLUSTER, &self.tools(), self.as_ref())
+        let lun = open_lun(path, io, true, CLUSTER, &self.tools(), self.as_ref())
             .await
             .unwrap_or_else(|e| panic!("opening fake LUN {}: {e}", path.display()));
         Arc::new(lun)

@@ -11,6 +11,7 @@ use std::io;
 use uuid::Uuid;
 
 use super::lun_io::BlockIo;
+use super::signatures::{at, identify, is_zero};
 
 /// Entries in the tables we create.
 pub const ENTRY_COUNT: u32 = 256;
@@ -647,74 +648,6 @@ pub fn write(io: &dyn BlockIo, gpt: &Gpt) -> Result<(), GptError> {
 
 // ---------------------------------------------------------------------------
 // Probing
-
-fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
-}
-
-fn at(b: &[u8], offset: usize, magic: &[u8]) -> bool {
-    b.get(offset..offset + magic.len()) == Some(magic)
-}
-
-/// Recognises filesystems and volume formats that start in the first MiB.
-fn identify(head: &[u8]) -> Option<String> {
-    let found = |s: &str| Some(s.to_string());
-    if at(head, 0, b"XFSB") {
-        return found("XFS filesystem");
-    }
-    if at(head, 0, b"LUKS\xba\xbe") {
-        return found("LUKS encrypted volume");
-    }
-    // LVM2 puts its label in one of the first four 512-byte sectors.
-    if (0..4).any(|s| at(head, s * 512, b"LABELONE")) {
-        return found("LVM2 physical volume");
-    }
-    // OCFS2's superblock is block 2 of the filesystem's own block size.
-    if [512, 1024, 2048, 4096]
-        .iter()
-        .any(|bs| at(head, 2 * bs, b"OCFSV2"))
-    {
-        return found("OCFS2 filesystem");
-    }
-    if at(head, 4086, b"SWAPSPACE2") || at(head, 4086, b"SWAP-SPACE") {
-        return found("swap space");
-    }
-    if head.len() >= 2048 && at(head, 1080, &[0x53, 0xEF]) {
-        return found(ext_kind(&head[1024..2048]));
-    }
-    if at(head, 65536 + 64, b"_BHRfS_M") {
-        return found("btrfs filesystem");
-    }
-    if at(head, 510, &[0x55, 0xAA]) {
-        if at(head, 3, b"NTFS    ") {
-            return found("NTFS filesystem");
-        }
-        if at(head, 3, b"EXFAT   ") {
-            return found("exFAT filesystem");
-        }
-        if at(head, 54, b"FAT1") || at(head, 82, b"FAT32") {
-            return found("FAT filesystem");
-        }
-    }
-    None
-}
-
-/// Tells ext2/3/4 apart by feature flags in the superblock.
-fn ext_kind(sb: &[u8]) -> &'static str {
-    let compat = le_u32(sb, 0x5C);
-    let incompat = le_u32(sb, 0x60);
-    let ro_compat = le_u32(sb, 0x64);
-    // extents | 64bit | flex_bg; huge_file | gdt_csum | dir_nlink |
-    // extra_isize | metadata_csum
-    if incompat & (0x40 | 0x80 | 0x200) != 0 || ro_compat & (0x8 | 0x10 | 0x20 | 0x40 | 0x400) != 0
-    {
-        "ext4 filesystem"
-    } else if compat & 0x4 != 0 {
-        "ext3 filesystem"
-    } else {
-        "ext2 filesystem"
-    }
-}
 
 /// Says what the device holds, so callers only claim blank LUNs and only
 /// parse GPTs. Returns `Err(Corrupt)` when a GPT signature is present but

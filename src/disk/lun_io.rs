@@ -138,18 +138,28 @@ impl LunFile {
         Self::open_mode(path, true)
     }
 
+    /// Opens `path` for reading only (with `O_DIRECT` where it works): a
+    /// look at a LUN that must not change it; writes fail with EBADF.
+    pub fn open_read_only(path: &Path) -> io::Result<LunFile> {
+        Self::open_with(path, true, false)
+    }
+
     fn open_mode(path: &Path, try_direct: bool) -> io::Result<LunFile> {
+        Self::open_with(path, try_direct, true)
+    }
+
+    fn open_with(path: &Path, try_direct: bool, write: bool) -> io::Result<LunFile> {
         let mut direct = try_direct;
         let file = if try_direct {
-            match Self::open_file(path, libc::O_DIRECT) {
+            match Self::open_file(path, libc::O_DIRECT, write) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     direct = false;
-                    Self::open_file(path, 0)?
+                    Self::open_file(path, 0, write)?
                 }
                 other => other?,
             }
         } else {
-            Self::open_file(path, 0)?
+            Self::open_file(path, 0, write)?
         };
         let file_type = file.metadata()?.file_type();
         let (block_device, sector_size, size_bytes) = if file_type.is_block_device() {
@@ -190,10 +200,10 @@ impl LunFile {
         })
     }
 
-    fn open_file(path: &Path, flags: libc::c_int) -> io::Result<File> {
+    fn open_file(path: &Path, flags: libc::c_int, write: bool) -> io::Result<File> {
         OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .custom_flags(flags)
             .open(path)
     }

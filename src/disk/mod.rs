@@ -1,6 +1,7 @@
 //! The shared disk: sector I/O on a LUN, its GUID partition table, and the
 //! kernel devices through which a partition's byte range is reached, and
-//! keeping this host's kernel partitions in step with the table.
+//! keeping this host's kernel partitions in step with the table; what a
+//! device holds, by its signatures.
 
 pub mod blocking;
 pub mod gpt;
@@ -8,3 +9,4 @@ pub mod kernel_partitions;
 pub mod lun_io;
 pub mod partition_sync;
 pub mod region;
+pub mod signatures;

@@ -2,6 +2,7 @@
 //! arguments of its tools, and what they tell about a filesystem on disk.
 
 pub mod layout;
+pub mod superblock;
 pub mod tools;
 
 pub use layout::{HeartbeatMode, Layout};

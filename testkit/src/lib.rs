@@ -76,19 +76,29 @@ pub fn sparse_lun(dir: &Path, name: &str, bytes: u64) -> PathBuf {
 }
 
 impl Controller {
-    /// Starts the controller on `luns` and waits until it is ready.
+    /// Starts the controller on `luns` (each named in --init-lun: the
+    /// tests' LUNs are new files) and waits until it is ready.
     pub async fn start(luns: &[PathBuf], log_dir: &Path) -> Controller {
+        let mut extra = Vec::new();
+        for l in luns {
+            extra.push("--init-lun");
+            extra.push(l.to_str().expect("UTF-8 LUN path"));
+        }
+        let c = Controller::spawn_with(luns, log_dir, &extra);
+        c.wait_ready().await;
+        c
+    }
+
+    /// Starts the controller on `luns` with `extra` arguments and does not
+    /// wait for it to be ready: for a controller expected to refuse.
+    pub fn spawn_with(luns: &[PathBuf], log_dir: &Path, extra: &[&str]) -> Controller {
         let port = free_port();
         let endpoint = format!("tcp://127.0.0.1:{port}");
         let log = log_dir.join(format!("controller-{port}.log"));
         let mut cmd = Command::new(binary());
-        cmd.arg("controller")
-            .arg("--endpoint")
-            .arg(&endpoint)
-            .arg("--cluster-name")
-            .arg("testclu")
-            .arg("--log")
-            .arg("debug");
+        cmd.args(["controller", "--endpoint", &endpoint])
+            .args(["--cluster-name", "testclu", "--log", "debug"])
+            .args(extra);
         for l in luns {
             cmd.arg("--lun").arg(l);
         }
@@ -98,14 +108,30 @@ impl Controller {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start ocfs2-csi");
-        let c = Controller {
+        Controller {
             child,
             endpoint,
             log,
             luns: luns.to_vec(),
-        };
-        c.wait_ready().await;
-        c
+        }
+    }
+
+    /// Waits until the log holds `text` (the process may have exited);
+    /// panics with the log after `limit`.
+    pub fn wait_log(&mut self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log_text();
+            if log.contains(text) {
+                return log;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "controller log lacks {text:?} (exit: {exited:?}); log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self) -> String {

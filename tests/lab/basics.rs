@@ -483,7 +483,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         &format!(
             "mkdir -p /tmp/sanity /run/csi
              ocfs2-csi controller --endpoint unix:///run/csi/controller.sock --lun /dev/vda \
-               --cluster-name {CLUSTER} >/tmp/controller.log 2>&1 &
+               --init-lun /dev/vda --cluster-name {CLUSTER} >/tmp/controller.log 2>&1 &
              echo $! > /tmp/controller.pid
              for i in $(seq 300); do grep -q 'all LUNs open; ready' /tmp/controller.log && break; sleep 0.2; done
              csi-sanity -csi.endpoint 127.0.0.1:10000 \
