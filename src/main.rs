@@ -7,6 +7,7 @@ use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
 use ocfs2_csi::controller::pool::{named_in, open_all};
+use ocfs2_csi::controller::writer::{Writer, WriterConfig};
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
 use ocfs2_csi::csi::identity_server::IdentityServer;
@@ -110,6 +111,12 @@ struct ControllerArgs {
     /// named, a LUN is first scanned and refused if anything is found.
     #[arg(long = "init-lun", env = "OCFS2_CSI_INIT_LUNS", value_delimiter = ',')]
     init_luns: Vec<PathBuf>,
+    /// The writer lease time in seconds: a controller that stops renewing
+    /// its lease on a LUN for this long is taken over by another (the
+    /// failover time when a controller dies without releasing it). Short
+    /// leases suit tests; on a SAN keep it well above its worst I/O stall.
+    #[arg(long, env = "OCFS2_CSI_WRITER_LEASE_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    writer_lease_secs: u64,
 }
 
 #[derive(Args)]
@@ -361,6 +368,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             stray.display()
         );
     }
+    let writer = WriterConfig {
+        lease: Duration::from_secs(args.writer_lease_secs),
+        owner_name: owner_name(),
+    };
+    // The writer leases, once the LUNs are open: released on shutdown so a
+    // standby controller takes over at once.
+    let (writers_tx, writers_rx) = tokio::sync::oneshot::channel::<Vec<Arc<Writer>>>();
     let opener = {
         let volumes = volumes.clone();
         let (luns, cluster) = (args.pool.luns.clone(), args.pool.cluster_name.clone());
@@ -368,13 +382,17 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let opened = LUN_BACKOFF
                 .retry("cannot open the LUNs", |_| async {
-                    open_all(&luns, &init, &cluster, &tools, regions.as_ref())
+                    open_all(&luns, &init, &writer, &cluster, &tools, regions.as_ref())
                         .await
                         .inspect_err(|e| volumes.set_not_ready(format!("{e:#}")))
                 })
                 .await;
-            tracing::info!(luns = opened.len(), "all LUNs open; ready");
-            volumes.set_luns(opened);
+            for w in &opened.writers {
+                tokio::spawn(w.clone().run());
+            }
+            let _ = writers_tx.send(opened.writers);
+            tracing::info!(luns = opened.luns.len(), "all LUNs open; ready");
+            volumes.set_luns(opened.luns);
         })
     };
 
@@ -385,6 +403,24 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .add_service(ControllerServer::new(ControllerService::new(volumes)));
     let result = server::serve(router, &args.common.endpoint, server::shutdown_signal()).await;
     opener.abort();
+    if let Ok(writers) = writers_rx.await {
+        for w in writers {
+            w.release().await;
+        }
+    }
     result?;
     Ok(())
+}
+
+/// Who this controller is, in its writer leases: the pod (or host) name and
+/// the process ID.
+fn owner_name() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+            Some(name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("{host} pid {}", std::process::id())
 }

@@ -22,6 +22,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const ROUNDS: usize = 20;
+/// The writer lease of these controllers: each restart after a SIGKILL
+/// waits it out (nothing was released), so it is as short as allowed.
+const CRASH_LEASE: &[&str] = &["--writer-lease-secs", "1"];
 const LUN_BYTES: u64 = 64 * GIB;
 const SIZES_MIB: [u64; 4] = [256, 384, 512, 1024];
 /// Kills fall uniformly in 0..this. A batch of 256 MiB-1 GiB volumes is done
@@ -226,7 +229,7 @@ async fn kills_during_creates_and_deletes_converge() {
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", LUN_BYTES);
-    let mut ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    let mut ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;
     let test_started = Instant::now();
 
     let mut live: BTreeMap<String, Vol> = BTreeMap::new();
@@ -311,7 +314,7 @@ async fn kills_during_creates_and_deletes_converge() {
         // Restart and retry every call of the batch, answered or not: a
         // retry of a finished one must be a no-op.
         let restarted = Instant::now();
-        ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+        ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;
         assert_eq!(
             loops_on(&lun),
             Vec::<String>::new(),

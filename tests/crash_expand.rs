@@ -40,6 +40,9 @@ use tonic::Code;
 
 /// Rounds that must cut a growing expand; at most twice as many are run.
 const ROUNDS: usize = 20;
+/// The writer lease of these controllers: each restart after a SIGKILL
+/// waits it out (nothing was released), so it is as short as allowed.
+const CRASH_LEASE: &[&str] = &["--writer-lease-secs", "1"];
 const LUN_BYTES: u64 = 64 * GIB;
 const START_MIB: u64 = 256;
 /// Free space left after each volume, in GiB; the last volume has the rest
@@ -443,7 +446,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", LUN_BYTES);
-    let mut ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    let mut ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;
     let test_started = Instant::now();
     let mut vols = make_volumes(&mut ctl.client().await, &lun).await;
     assert_gpt_valid(&lun);
@@ -498,7 +501,9 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
 
         // Restart; finish every chain from its first unanswered step.
         let restarted = Instant::now();
-        ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+        ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;
+        // The killed one released nothing: its lease runs out first.
+        ctl.wait_writer().await;
         assert_gpt_valid(&lun);
         let client = ctl.client().await;
         let mut retries = JoinSet::new();

@@ -6,6 +6,7 @@
 use ocfs2_csi_testkit as common;
 
 use common::*;
+use ocfs2_csi::controller::writer::Stamp;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -112,5 +113,249 @@ async fn a_blank_lun_needs_the_opt_in() {
 
     let ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
     assert!(ctl.log_text().contains("initialised blank LUN"));
+    assert_gpt_valid(&lun);
+}
+
+/// What a test controller's RPCs came to.
+#[derive(Default, Debug)]
+struct Acked {
+    /// name -> (volume id, capacity) of every acknowledged create/expand.
+    volumes: std::collections::HashMap<String, (String, u64)>,
+    /// (name, volume id) of every acknowledged delete.
+    deleted: Vec<(String, String)>,
+    /// Refusals with a retryable code (the standby's answer).
+    retryable: usize,
+}
+
+/// `creates` creates of `prefix-N` on `ctl`, all at once; then an expand of
+/// every even one and a delete of every third. Anything but success or a
+/// retryable refusal fails the test.
+async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
+    let retryable =
+        |s: &tonic::Status| matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted);
+    let mut tasks = Vec::new();
+    for i in 0..creates {
+        let mut c = ctl.client().await;
+        let name = format!("{prefix}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let mut r = create_request(&name, 64 * MIB);
+            r.parameters.insert("nodeSlots".into(), "2".into());
+            let mut out: Vec<Result<(String, String, u64), tonic::Status>> = Vec::new();
+            let v = match c.create_volume(r).await {
+                Ok(v) => v.into_inner().volume.unwrap(),
+                Err(s) => return vec![Err(s)],
+            };
+            out.push(Ok((
+                "create".into(),
+                v.volume_id.clone(),
+                v.capacity_bytes as u64,
+            )));
+            if i % 2 == 0 {
+                match c
+                    .controller_expand_volume(expand_request(&v.volume_id, 128 * MIB))
+                    .await
+                {
+                    Ok(r) => out.push(Ok((
+                        "expand".into(),
+                        v.volume_id.clone(),
+                        r.into_inner().capacity_bytes as u64,
+                    ))),
+                    Err(s) => out.push(Err(s)),
+                }
+            }
+            if i % 3 == 0 {
+                match c.delete_volume(delete_request(&v.volume_id)).await {
+                    Ok(_) => out.push(Ok(("delete".into(), v.volume_id.clone(), 0))),
+                    Err(s) => out.push(Err(s)),
+                }
+            }
+            out
+        }));
+    }
+    let mut acked = Acked::default();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let name = format!("{prefix}-{i}");
+        for r in t.await.unwrap() {
+            match r {
+                Ok((what, id, bytes)) => match what.as_str() {
+                    "delete" => {
+                        acked.volumes.remove(&name);
+                        acked.deleted.push((name.clone(), id));
+                    }
+                    _ => {
+                        acked.volumes.insert(name.clone(), (id, bytes));
+                    }
+                },
+                Err(s) if retryable(&s) => acked.retryable += 1,
+                // Growth in place needs free space right after the volume;
+                // a neighbour made at the same time may hold it (issue 13).
+                Err(s) if s.code() == tonic::Code::OutOfRange => {}
+                Err(s) => panic!("{name}: not a retryable refusal: {s:?}"),
+            }
+        }
+    }
+    acked
+}
+
+/// The hazard: two controller processes on one LUN (a replacement pod
+/// while the old one still runs). Each table change is read-modify-write
+/// of the whole table, so one's stale write wiped the other's entries and
+/// volumes acknowledged as created vanished or held the other's
+/// filesystem. Now one of them is the LUN's writer and the other refuses
+/// with a retryable code; every acknowledged volume is on the LUN, at its
+/// acknowledged size, holding its own filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controllers_on_one_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    let lun = sparse_lun(dir.path(), "lun.raw", 8 * GIB);
+    let a = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    let b = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    let (got_a, got_b) = tokio::join!(workload(&a, "pvc-a", 10), workload(&b, "pvc-b", 10));
+    println!(
+        "two controllers: a acknowledged {} volumes ({} retryable refusals), b {} ({})",
+        got_a.volumes.len(),
+        got_a.retryable,
+        got_b.volumes.len(),
+        got_b.retryable
+    );
+    assert_gpt_valid(&lun);
+    let parts = partitions(&lun);
+    let on_disk = std::fs::File::open(&lun).unwrap();
+    for (name, (id, bytes)) in got_a.volumes.iter().chain(got_b.volumes.iter()) {
+        let guid = id.rsplit(':').next().unwrap();
+        let p = parts
+            .iter()
+            .find(|p| p.guid.eq_ignore_ascii_case(guid))
+            .unwrap_or_else(|| panic!("{name} was acknowledged but is not in the table"));
+        let size = (p.last - p.first + 1) * 512;
+        assert!(
+            size >= *bytes,
+            "{name}: partition of {size} bytes, acknowledged {bytes}"
+        );
+        let mut head = vec![0u8; 16384];
+        std::os::unix::fs::FileExt::read_exact_at(&on_disk, &mut head, p.first * 512).unwrap();
+        let sb = ocfs2_csi::ocfs2::superblock::decode(&head)
+            .unwrap_or_else(|| panic!("{name}: no OCFS2 filesystem at its start"));
+        assert_eq!(&sb.label, name, "{name} holds another volume's filesystem");
+    }
+    // Every table write carries the writer's identity and generation: the
+    // last one is the lease holder's.
+    let (held, stamp) = writer_on_disk(&lun);
+    assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
+    println!(
+        "table stamp {stamp:?}, written by {} (generation {})",
+        held.owner_name, held.generation
+    );
+    for (name, id) in got_a.deleted.iter().chain(got_b.deleted.iter()) {
+        let guid = id.rsplit(':').next().unwrap();
+        assert!(
+            !parts.iter().any(|p| p.guid.eq_ignore_ascii_case(guid)),
+            "{name} was acknowledged as deleted but is still in the table"
+        );
+    }
+}
+
+/// The writer lease and the table's stamp as they are on the LUN.
+fn writer_on_disk(lun: &Path) -> (ocfs2_csi::disk::lease::Lease, Stamp) {
+    use ocfs2_csi::disk::{gpt, lease, lun_io::LunFile};
+    let io = LunFile::open_read_only(lun).unwrap();
+    let held = lease::read(&io).unwrap().expect("a writer lease");
+    let table = gpt::read(&io).unwrap().gpt;
+    let name = &table.partition(1).unwrap().name;
+    let stamp = Stamp::parse(name).unwrap_or_else(|| panic!("no stamp in {name:?}"));
+    (held, stamp)
+}
+
+fn stamped_by(held: &ocfs2_csi::disk::lease::Lease, stamp: &Stamp) -> bool {
+    stamp.writer == u32::from_be_bytes(held.owner.as_bytes()[..4].try_into().unwrap())
+        && u64::from(stamp.generation) == held.generation
+}
+
+/// Creates `name` on `ctl` until it succeeds (Unavailable while it is not
+/// the writer); returns how long that took.
+async fn create_until_served(ctl: &Controller, name: &str) -> Duration {
+    let t = std::time::Instant::now();
+    let mut c = ctl.client().await;
+    loop {
+        let mut r = create_request(name, 64 * MIB);
+        r.parameters.insert("nodeSlots".into(), "2".into());
+        match c.create_volume(r).await {
+            Ok(_) => return t.elapsed(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => panic!("{name}: {s:?}"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{name} never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The writer is cut off (SIGSTOP: a paused pod, a node that lost the
+/// SAN's attention): the standby takes over after the lease time, and the
+/// old writer, back again, writes nothing. Then the failover times: the
+/// writer killed (no release), and stopped cleanly (released at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_writer_cannot_write_after_a_takeover() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const LEASE: &str = "3";
+    let dir = tempfile::tempdir().unwrap();
+    let lun = sparse_lun(dir.path(), "lun.raw", 4 * GIB);
+    let args = ["--writer-lease-secs", LEASE];
+    let mut a = Controller::start_with(std::slice::from_ref(&lun), dir.path(), &args).await;
+    let mut b = Controller::start_with(std::slice::from_ref(&lun), dir.path(), &args).await;
+    create_until_served(&a, "pvc-by-a").await;
+    let (held, stamp) = writer_on_disk(&lun);
+    assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
+    assert_eq!(held.generation, 1);
+
+    let a_pid = Pid::from_raw(a.child.id() as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    let took = create_until_served(&b, "pvc-by-b").await;
+    println!("writer stopped (SIGSTOP): the standby served CreateVolume after {took:.1?} (lease {LEASE} s)");
+    let (held, stamp) = writer_on_disk(&lun);
+    assert_eq!(held.generation, 2);
+    assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
+    let table_before = std::fs::read(&lun).unwrap()[..MIB as usize].to_vec();
+
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    let mut c = a.client().await;
+    let mut r = create_request("pvc-a-late", 64 * MIB);
+    r.parameters.insert("nodeSlots".into(), "2".into());
+    let late = c.create_volume(r).await.expect_err("the old writer wrote");
+    assert_eq!(late.code(), tonic::Code::Unavailable, "{late:?}");
+    println!("old writer back: {}", late.message());
+    let (held_after, _) = writer_on_disk(&lun);
+    assert_eq!(
+        held_after.owner, held.owner,
+        "the old writer took the lease back"
+    );
+    let now = std::fs::read(&lun).unwrap()[..MIB as usize].to_vec();
+    // Only the lease sector moved (b's renewals), not the table.
+    let lease_at = ocfs2_csi::disk::lease::LEASE_OFFSET as usize;
+    assert_eq!(now[..lease_at], table_before[..lease_at]);
+    assert!(!partitions(&lun).iter().any(|p| p
+        .guid
+        .eq_ignore_ascii_case(&ocfs2_csi::volume::id::partition_guid("pvc-a-late").to_string())));
+
+    // b killed without releasing: a serves after the lease time.
+    b.kill();
+    let took = create_until_served(&a, "pvc-after-kill").await;
+    println!("writer killed (SIGKILL): the standby served CreateVolume after {took:.1?} (lease {LEASE} s)");
+    // a stopped cleanly: it releases, and a new controller serves at once.
+    kill(a_pid, Signal::SIGTERM).unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        a.log_text().contains("released the writer lease"),
+        "{}",
+        a.log_text()
+    );
+    let c2 = Controller::start_with(std::slice::from_ref(&lun), dir.path(), &args).await;
+    let took = create_until_served(&c2, "pvc-after-release").await;
+    println!(
+        "writer stopped cleanly (SIGTERM): a new controller served CreateVolume after {took:.1?}"
+    );
     assert_gpt_valid(&lun);
 }

@@ -7,8 +7,12 @@
 //! CSI spec asks for: an operation already in flight for the same volume
 //! (Aborted) and a controller that has not opened its LUNs yet
 //! (Unavailable); and one that is not finished: LUN I/O that did not answer
-//! within its bound and may still land (DeadlineExceeded).
+//! within its bound and may still land (DeadlineExceeded). A controller
+//! that is not (or no longer) its LUN's writer answers Unavailable: another
+//! controller serves the change, or this one after taking over; a table
+//! that changed between the read and the write of a change, Aborted.
 
+use super::writer::WriterError;
 use crate::disk::blocking::Stalled;
 use crate::disk::gpt::GptError;
 use crate::ocfs2::tools::Ocfs2Error;
@@ -43,6 +47,21 @@ pub enum LunError {
         #[source]
         source: Stalled,
     },
+    #[error("{lun}: {source}")]
+    Writer {
+        lun: String,
+        #[source]
+        source: WriterError,
+    },
+    #[error(
+        "the partition table of {lun} changed between this change's read and its write \
+             (another writer's stamp {found:?}, expected {expected:?}); nothing was written"
+    )]
+    TableChanged {
+        lun: String,
+        expected: String,
+        found: String,
+    },
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error(transparent)]
@@ -53,7 +72,8 @@ impl LunError {
     fn code(&self) -> Code {
         match self {
             LunError::NotReady(_) => Code::Unavailable,
-            LunError::InFlight(_) => Code::Aborted,
+            LunError::InFlight(_) | LunError::TableChanged { .. } => Code::Aborted,
+            LunError::Writer { .. } => Code::Unavailable,
             // Not finished: the I/O may still land, and the retry then
             // finds its result (the work stays in flight meanwhile).
             LunError::Stalled { .. } => Code::DeadlineExceeded,
@@ -221,6 +241,21 @@ mod tests {
         vec![
             (LunError::NotReady("opening".into()), true),
             (LunError::InFlight("v".into()), true),
+            (
+                LunError::Writer {
+                    lun: "l".into(),
+                    source: WriterError::NotWriter(None),
+                },
+                true,
+            ),
+            (
+                LunError::TableChanged {
+                    lun: "l".into(),
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+                true,
+            ),
             (
                 LunError::Stalled {
                     lun: "l".into(),

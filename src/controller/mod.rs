@@ -3,6 +3,7 @@
 //! - `pool`: opening and initialising LUNs
 //! - `volumes`: the work of each RPC, free of gRPC
 //! - `service`: the gRPC glue
+//! - `writer`: the LUN's writer lease (one writer per partition table)
 //! - `scan`: what a LUN holds when its table is gone (`scan-lun`, read-only)
 //! - `params`, `error`: the pieces they share
 //!
@@ -17,6 +18,7 @@ pub mod service;
 #[cfg(test)]
 pub mod testing;
 pub mod volumes;
+pub mod writer;
 
 pub use service::ControllerService;
 pub use volumes::Volumes;

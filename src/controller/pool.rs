@@ -8,6 +8,7 @@
 //! MBR, a filesystem, a GPT that is not ours) is refused and left untouched.
 
 use super::error::LunError;
+use super::writer::{Stamp, TableWriter, Writer, WriterConfig};
 use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::{BlockIo, LunFile};
@@ -27,10 +28,12 @@ use uuid::Uuid;
 /// no later table I/O of this process can slip in between.
 pub const TABLE_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One shared LUN. Its partition table is changed only with `lock` held.
+/// One shared LUN. Its partition table is changed only with `lock` held,
+/// and only while this process holds the LUN's writer lease (`writer`).
 pub struct Lun {
     pub path: PathBuf,
     pub io: Arc<dyn BlockIo>,
+    pub writer: Arc<dyn TableWriter>,
     pub disk_guid: Uuid,
     /// UUID of the heartbeat filesystem nodes start global heartbeat on.
     pub heartbeat_uuid: Uuid,
@@ -86,16 +89,25 @@ pub fn named_in(path: &Path, init: &[PathBuf]) -> bool {
     init.iter().any(|i| i == path || real(i) == real(path))
 }
 
+/// The LUNs `open_all` opened, and their writer leases, which the caller
+/// runs (`Writer::run`) and releases on shutdown.
+pub struct Opened {
+    pub luns: Vec<Arc<Lun>>,
+    pub writers: Vec<Arc<Writer>>,
+}
+
 /// Opens every LUN of `paths` (`open_lun`), refusing one LUN listed twice
 /// under two paths. Only LUNs named in `init` may be initialised.
 pub async fn open_all(
     paths: &[PathBuf],
     init: &[PathBuf],
+    writer: &WriterConfig,
     cluster_name: &str,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
-) -> Result<Vec<Arc<Lun>>, OpenError> {
+) -> Result<Opened, OpenError> {
     let mut luns: Vec<Arc<Lun>> = Vec::new();
+    let mut writers = Vec::new();
     for path in paths {
         let name = path.display().to_string();
         let p = path.clone();
@@ -111,10 +123,13 @@ pub async fn open_all(
                 source,
             })?;
         let may_initialise = named_in(path, init);
+        let io: Arc<dyn BlockIo> = Arc::new(io);
+        let lease = Writer::new(io.clone(), name.clone(), writer.clone());
         let lun = open_lun(
             path,
-            Arc::new(io),
+            io,
             may_initialise,
+            lease.clone(),
             cluster_name,
             tools,
             regions,
@@ -128,8 +143,9 @@ pub async fn open_all(
             });
         }
         luns.push(Arc::new(lun));
+        writers.push(lease);
     }
-    Ok(luns)
+    Ok(Opened { luns, writers })
 }
 
 impl Lun {
@@ -175,10 +191,31 @@ impl Lun {
         })
     }
 
-    /// Writes both copies, on a blocking thread; see `gpt::write` for why a
-    /// crash at any point leaves a valid table.
+    /// Writes `table`, a change of the table read before it, if this
+    /// process is still the LUN's writer and the table on disk is still the
+    /// one it was made from (compare, then write); stamps it with the
+    /// writer's identity and generation; afterwards makes sure the lease
+    /// was not lost meanwhile, so a write that raced a takeover is never
+    /// acknowledged. See `gpt::write` for why a crash at any point leaves a
+    /// valid table.
     pub async fn write_table(&self, table: &Gpt) -> Result<(), LunError> {
-        let (io, table_io, table) = (self.io.clone(), self.table_io.clone(), table.clone());
+        let writer_err = |source| LunError::Writer {
+            lun: self.name(),
+            source,
+        };
+        let stamp = self.writer.check().await.map_err(writer_err)?;
+        let on_disk = self.read_table().await?;
+        let (expected, found) = (stamp_of(table), stamp_of(&on_disk));
+        if expected != found {
+            return Err(LunError::TableChanged {
+                lun: self.name(),
+                expected,
+                found,
+            });
+        }
+        let mut table = table.clone();
+        set_stamp(&mut table, &stamp);
+        let (io, table_io) = (self.io.clone(), self.table_io.clone());
         run_blocking(TABLE_IO_TIMEOUT, move || {
             let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
             gpt::write(io.as_ref(), &table)
@@ -188,7 +225,8 @@ impl Lun {
         .map_err(|source| LunError::Table {
             lun: self.name(),
             source,
-        })
+        })?;
+        self.writer.confirm(stamp).await.map_err(writer_err)
     }
 
     pub fn stalled(&self, what: &'static str, stalled: crate::disk::blocking::Stalled) -> LunError {
@@ -214,6 +252,7 @@ pub async fn open_lun(
     path: &Path,
     io: Arc<dyn BlockIo>,
     may_initialise: bool,
+    writer: Arc<dyn TableWriter>,
     cluster_name: &str,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
@@ -240,9 +279,24 @@ pub async fn open_lun(
     let probed = run_blocking(TABLE_IO_TIMEOUT, move || gpt::probe(probe_io.as_ref()))
         .await
         .map_err(stalled("probing what the LUN holds"))?;
-    let write = |table: Gpt| {
-        let io = io.clone();
+    // Writes at start-up (a new table, a repaired copy) need the lease too;
+    // a live writer elsewhere does them itself, and this open is retried.
+    let write = |mut table: Gpt| {
+        let (io, writer) = (io.clone(), writer.clone());
+        let name = name.clone();
         async move {
+            writer
+                .take_if_free()
+                .await
+                .map_err(|source| LunError::Writer {
+                    lun: name.clone(),
+                    source,
+                })?;
+            let stamp = writer.check().await.map_err(|source| LunError::Writer {
+                lun: name.clone(),
+                source,
+            })?;
+            set_stamp(&mut table, &stamp);
             run_blocking(TABLE_IO_TIMEOUT, move || gpt::write(io.as_ref(), &table))
                 .await
                 .map_err(stalled("writing the partition table"))?
@@ -295,16 +349,43 @@ pub async fn open_lun(
         .partition(HEARTBEAT_NUMBER)
         .cloned()
         .expect("heartbeat partition checked above");
-    let heartbeat_uuid =
-        ensure_heartbeat(path, &hb, table.sector_size, cluster_name, tools, regions).await?;
+    let heartbeat_uuid = ensure_heartbeat(
+        path,
+        &hb,
+        table.sector_size,
+        cluster_name,
+        writer.as_ref(),
+        tools,
+        regions,
+    )
+    .await?;
     Ok(Lun {
         path: path.to_path_buf(),
         io,
+        writer,
         disk_guid: table.disk_guid,
         heartbeat_uuid,
         lock: tokio::sync::Mutex::new(()),
         table_io: Arc::new(std::sync::Mutex::new(())),
     })
+}
+
+/// The writer stamp a table carries: its heartbeat partition's name.
+fn stamp_of(table: &Gpt) -> String {
+    table
+        .partition(HEARTBEAT_NUMBER)
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}
+
+fn set_stamp(table: &mut Gpt, stamp: &Stamp) {
+    if let Some(p) = table
+        .partitions
+        .iter_mut()
+        .find(|p| p.number == HEARTBEAT_NUMBER)
+    {
+        p.name = stamp.name();
+    }
 }
 
 /// At most this many finds make a LUN's refusal (one is enough to refuse;
@@ -381,6 +462,7 @@ async fn ensure_heartbeat(
     hb: &Partition,
     sector_size: u64,
     cluster_name: &str,
+    writer: &dyn TableWriter,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
 ) -> Result<Uuid, OpenError> {
@@ -390,6 +472,14 @@ async fn ensure_heartbeat(
         let info = match tools.inspect(&dev).await.map_err(LunError::from)? {
             Some(info) => info,
             None => {
+                // Formatting is a write like the table's: the writer does it.
+                writer
+                    .take_if_free()
+                    .await
+                    .map_err(|source| LunError::Writer {
+                        lun: lun.display().to_string(),
+                        source,
+                    })?;
                 let uuid = Uuid::new_v4();
                 tools
                     .mkfs_heartbeat(cluster_name, uuid, &dev)
@@ -421,7 +511,7 @@ async fn ensure_heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::testing::FakeSan;
+    use crate::controller::testing::{test_writer, FakeSan};
 
     #[tokio::test]
     async fn one_lun_under_two_paths_is_refused() {
@@ -440,13 +530,22 @@ mod tests {
         let tools = san.tools();
 
         let init = [lun.clone()];
-        let one = open_all(std::slice::from_ref(&lun), &init, "c", &tools, san.as_ref())
-            .await
-            .unwrap();
+        let one = open_all(
+            std::slice::from_ref(&lun),
+            &init,
+            &test_writer(),
+            "c",
+            &tools,
+            san.as_ref(),
+        )
+        .await
+        .unwrap();
+        let one = one.luns;
         assert_eq!(one.len(), 1);
         match open_all(
             &[lun.clone(), alias.clone()],
             &init,
+            &test_writer(),
             "c",
             &tools,
             san.as_ref(),
@@ -458,7 +557,7 @@ mod tests {
                 assert_eq!(guid, one[0].disk_guid);
             }
             Err(other) => panic!("expected SameLun, got {other}"),
-            Ok(luns) => panic!("opened {} LUNs", luns.len()),
+            Ok(opened) => panic!("opened {} LUNs", opened.luns.len()),
         }
     }
 }

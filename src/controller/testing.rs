@@ -17,6 +17,7 @@
 
 use super::pool::{open_lun, Lun};
 use super::volumes::Volumes;
+use super::writer::{SoleWriter, WriterConfig};
 use crate::disk::lun_io::BlockIo;
 use crate::disk::region::{Region, RegionDevices};
 use crate::ocfs2::tools::Ocfs2Tools;
@@ -227,14 +228,23 @@ impl FakeSan {
         read_super(io.as_ref(), offset)
     }
 
-    /// Opens (initialising if blank) a LUN through these fakes, as the
+    /// Opens (initialising if blank, and taking its writer lease) a LUN
+    /// through these fakes, as the
     /// controller does at start-up.
     pub async fn open_lun(self: &Arc<Self>, path: &str, io: Arc<dyn BlockIo>) -> Arc<Lun> {
         let path = Path::new(path);
         self.add_lun(path, io.clone());
-        let lun = open_lun(path, io, true, CLUSTER, &self.tools(), self.as_ref())
-            .await
-            .unwrap_or_else(|e| panic!("opening fake LUN {}: {e}", path.display()));
+        let lun = open_lun(
+            path,
+            io,
+            true,
+            Arc::new(SoleWriter::default()),
+            CLUSTER,
+            &self.tools(),
+            self.as_ref(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("opening fake LUN {}: {e}", path.display()));
         Arc::new(lun)
     }
 
@@ -528,6 +538,15 @@ impl RegionDevices for FakeSan {
             state.regions.retain(|_, at| at.lun != lun);
             Ok(before - state.regions.len())
         })
+    }
+}
+
+/// The writer lease settings of the in-process tests: one controller per
+/// fake LUN, so a lease that outlasts any test.
+pub fn test_writer() -> WriterConfig {
+    WriterConfig {
+        lease: std::time::Duration::from_secs(3600),
+        owner_name: "in-process test".into(),
     }
 }
 

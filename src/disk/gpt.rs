@@ -10,6 +10,7 @@ use std::io;
 
 use uuid::Uuid;
 
+use super::lease::{Lease, LEASE_OFFSET};
 use super::lun_io::BlockIo;
 use super::signatures::{at, identify, is_zero};
 
@@ -658,6 +659,14 @@ pub fn probe(io: &dyn BlockIo) -> Result<Contents, GptError> {
     let span = PROBE_SPAN.min(size) / ss * ss;
     let mut head = vec![0u8; span as usize];
     io.read_at(0, &mut head)?;
+    // Our writer lease alone (a crash between taking it and writing the
+    // first table) does not make a LUN less blank.
+    let lease_at = LEASE_OFFSET as usize..(LEASE_OFFSET + ss) as usize;
+    if let Some(sector) = head.get_mut(lease_at) {
+        if matches!(Lease::decode(sector), Ok(Some(_))) {
+            sector.fill(0);
+        }
+    }
     let tail_start = size - span;
     let mut tail = vec![0u8; span as usize];
     io.read_at(tail_start, &mut tail)?;

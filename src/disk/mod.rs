@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod gpt;
 pub mod kernel_partitions;
+pub mod lease;
 pub mod lun_io;
 pub mod partition_sync;
 pub mod region;

@@ -79,12 +79,17 @@ impl Controller {
     /// Starts the controller on `luns` (each named in --init-lun: the
     /// tests' LUNs are new files) and waits until it is ready.
     pub async fn start(luns: &[PathBuf], log_dir: &Path) -> Controller {
-        let mut extra = Vec::new();
+        Controller::start_with(luns, log_dir, &[]).await
+    }
+
+    /// `start` with `extra` arguments.
+    pub async fn start_with(luns: &[PathBuf], log_dir: &Path, extra: &[&str]) -> Controller {
+        let mut args: Vec<&str> = extra.to_vec();
         for l in luns {
-            extra.push("--init-lun");
-            extra.push(l.to_str().expect("UTF-8 LUN path"));
+            args.push("--init-lun");
+            args.push(l.to_str().expect("UTF-8 LUN path"));
         }
-        let c = Controller::spawn_with(luns, log_dir, &extra);
+        let c = Controller::spawn_with(luns, log_dir, &args);
         c.wait_ready().await;
         c
     }
@@ -161,9 +166,60 @@ impl Controller {
         ControllerClient::connect(self.url()).await.unwrap()
     }
 
+    /// Waits until this controller holds the writer lease of every LUN
+    /// (after a crash of the previous one, the lease time must pass first).
+    pub async fn wait_writer(&self) {
+        use ocfs2_csi::disk::{lease, lun_io::LunFile};
+        let me = format!(" pid {}", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for lun in &self.luns {
+            loop {
+                let io = LunFile::open_read_only(lun).unwrap();
+                match lease::read(&io) {
+                    // Renewed once: past the claim's settle pause, when it
+                    // is not the writer yet.
+                    Ok(Some(l)) if l.owner_name.ends_with(&me) && !l.released && l.counter > 0 => {
+                        break
+                    }
+                    _ => {}
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never became the writer of {}; log:\n{}",
+                    self.endpoint,
+                    lun.display(),
+                    self.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Kills it at once (SIGKILL): a crash, nothing released.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops it as Kubernetes stops a pod: SIGTERM (it releases its
+    /// writer leases, so the next controller on these LUNs serves at once),
+    /// then SIGKILL if it has not exited within 30 s.
+    pub fn stop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
     }
 
     pub fn log_text(&self) -> String {
@@ -173,7 +229,7 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 

@@ -1,0 +1,168 @@
+//! The LUN's writer lease: one sector in the gap between the GPT's entry
+//! array and the first partition (which starts at 1 MiB), saying which
+//! controller process may change the partition table, since when (its
+//! generation) and that it is still alive (a counter it advances).
+//!
+//! It is a delta lease in sanlock's sense: nobody compares clocks. A
+//! contender that sees the same owner, generation and counter for longer
+//! than the owner's declared lease time takes the lease over with the next
+//! generation; the owner stops writing the table well before that time has
+//! passed since its last renewal. The protocol lives in `controller::writer`; this
+//! module only encodes, decodes, reads and writes the sector.
+
+use super::lun_io::BlockIo;
+use std::io;
+use uuid::Uuid;
+
+/// Byte offset of the lease sector: past the GPT's 256 entries for either
+/// sector size (they end by 34 KiB with 512-byte sectors, 40 KiB with
+/// 4 KiB ones) and below the first partition at 1 MiB. 4 KiB-aligned, so it
+/// is one sector of any logical sector size.
+pub const LEASE_OFFSET: u64 = 768 << 10;
+
+// Past 256 entries of 128 bytes after the header for either sector size,
+// a whole sector of either, and below 1 MiB, where partitions start.
+const _: () = assert!(
+    2 * 4096 + 256 * 128 <= LEASE_OFFSET
+        && LEASE_OFFSET.is_multiple_of(4096)
+        && LEASE_OFFSET + 4096 <= 1 << 20
+);
+
+const MAGIC: &[u8; 12] = b"OCFS2CSIWRTL";
+const VERSION: u32 = 1;
+/// Bytes covered by the CRC (everything before it).
+const BODY: usize = 120;
+const NAME_BYTES: usize = 64;
+
+/// What the lease sector says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The holding process (a random UUID per controller process).
+    pub owner: Uuid,
+    /// Raised by one at each takeover; every table write carries it.
+    pub generation: u64,
+    /// Advanced by the owner at each renewal: the heartbeat contenders watch.
+    pub counter: u64,
+    /// How long contenders must see the counter stand still before they
+    /// may take over, in milliseconds (the owner's setting).
+    pub lease_ms: u32,
+    /// Given up on purpose (a clean shutdown, a handover): contenders may
+    /// take it at once.
+    pub released: bool,
+    /// Who the owner is, for people: host or pod name and PID.
+    pub owner_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the writer lease sector at byte {LEASE_OFFSET} is not ours (bad magic or version)")]
+    Foreign,
+    #[error("the writer lease sector at byte {LEASE_OFFSET} fails its CRC (torn write?)")]
+    Crc,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl Lease {
+    /// The sector's bytes (one logical sector of `sector_size`).
+    pub fn encode(&self, sector_size: u64) -> Vec<u8> {
+        let mut s = vec![0u8; sector_size as usize];
+        s[0..12].copy_from_slice(MAGIC);
+        s[12..16].copy_from_slice(&VERSION.to_le_bytes());
+        s[16..32].copy_from_slice(self.owner.as_bytes());
+        s[32..40].copy_from_slice(&self.generation.to_le_bytes());
+        s[40..48].copy_from_slice(&self.counter.to_le_bytes());
+        s[48..52].copy_from_slice(&self.lease_ms.to_le_bytes());
+        s[52..56].copy_from_slice(&u32::from(self.released).to_le_bytes());
+        let name = self.owner_name.as_bytes();
+        let n = name.len().min(NAME_BYTES);
+        s[56..56 + n].copy_from_slice(&name[..n]);
+        let crc = crc32fast::hash(&s[..BODY]);
+        s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
+        s
+    }
+
+    /// None for an all-zero sector (no lease was ever written).
+    pub fn decode(s: &[u8]) -> Result<Option<Lease>, LeaseError> {
+        if s.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+        if s.len() < BODY + 4 || &s[0..12] != MAGIC || u32_at(12) != VERSION {
+            return Err(LeaseError::Foreign);
+        }
+        if crc32fast::hash(&s[..BODY]) != u32_at(BODY) {
+            return Err(LeaseError::Crc);
+        }
+        let name = &s[56..56 + NAME_BYTES];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
+        Ok(Some(Lease {
+            owner: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
+            generation: u64_at(32),
+            counter: u64_at(40),
+            lease_ms: u32_at(48),
+            released: u32_at(52) & 1 != 0,
+            owner_name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        }))
+    }
+}
+
+/// Reads the lease sector with the device's own I/O (direct on a LUN:
+/// another host writes it).
+pub fn read(io: &dyn BlockIo) -> Result<Option<Lease>, LeaseError> {
+    let mut s = vec![0u8; io.sector_size() as usize];
+    io.read_at(LEASE_OFFSET, &mut s)?;
+    Lease::decode(&s)
+}
+
+/// Writes the lease sector and makes it durable: one sector, which the
+/// storage writes whole or not at all.
+pub fn write(io: &dyn BlockIo, lease: &Lease) -> Result<(), LeaseError> {
+    io.write_at(LEASE_OFFSET, &lease.encode(io.sector_size()))?;
+    io.sync()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lun_io::MemIo;
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            owner: Uuid::from_u128(0x1234),
+            generation: 7,
+            counter: 99,
+            lease_ms: 20_000,
+            released: false,
+            owner_name: "ocfs2-csi-controller-5d8f pid 1".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_on_both_sector_sizes() {
+        for ss in [512, 4096] {
+            let io = MemIo::new(ss, 2 << 20);
+            assert_eq!(read(&io).unwrap(), None);
+            write(&io, &lease()).unwrap();
+            assert_eq!(read(&io).unwrap(), Some(lease()));
+            let released = Lease {
+                released: true,
+                ..lease()
+            };
+            write(&io, &released).unwrap();
+            assert_eq!(read(&io).unwrap(), Some(released));
+        }
+    }
+
+    #[test]
+    fn a_torn_or_foreign_sector_is_an_error_not_a_free_lease() {
+        let mut s = lease().encode(512);
+        s[40] ^= 1;
+        assert!(matches!(Lease::decode(&s), Err(LeaseError::Crc)));
+        let mut s = lease().encode(512);
+        s[0] = b'X';
+        assert!(matches!(Lease::decode(&s), Err(LeaseError::Foreign)));
+    }
+}
