@@ -142,6 +142,10 @@ pub async fn open_all(
                 guid: lun.disk_guid,
             });
         }
+        // A free or released lease is taken before the LUN counts as open,
+        // so a controller that follows a cleanly stopped one serves changes
+        // from its first call; a held one is watched from here on.
+        lease.step().await;
         luns.push(Arc::new(lun));
         writers.push(lease);
     }

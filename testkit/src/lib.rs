@@ -435,13 +435,16 @@ pub fn volume_partitions(lun: &Path) -> Vec<Part> {
 }
 
 /// Bytes of the GPT areas (both copies) — to prove a rejected call changed
-/// nothing on disk.
+/// nothing on disk. The writer lease sector is left out (zeroed): its
+/// holder renews it every few seconds, whatever the calls do.
 pub fn table_bytes(lun: &Path) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(lun).unwrap();
     let len = f.metadata().unwrap().len();
     let mut head = vec![0u8; 4 * MIB as usize];
     f.read_exact(&mut head).unwrap();
+    let lease = ocfs2_csi::disk::lease::LEASE_OFFSET as usize;
+    head[lease..lease + 4096].fill(0);
     let mut tail = vec![0u8; MIB as usize];
     f.seek(SeekFrom::Start(len - MIB)).unwrap();
     f.read_exact(&mut tail).unwrap();
