@@ -20,7 +20,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -309,18 +310,32 @@ pub fn run(args: &DiskLockArgs) -> i32 {
         lock.path.display(),
         program.to_string_lossy()
     );
-    // The lock's descriptor is close-on-exec: the command does not inherit
-    // it, so the lock lives exactly as long as this process, which outlives
-    // the command.
-    let code = run_command(program, rest);
+    // The command inherits the lock's descriptor: both locks (flock and
+    // OFD) belong to the open file, so the lock lives while either process
+    // does. This process killed (SIGKILL, OOM) while the command (a QEMU)
+    // runs on must not free the image for another node.
+    let code = run_command(program, rest, lock.file().as_raw_fd());
     drop(lock);
     code
 }
 
-/// Runs the command (no shell), forwards SIGTERM/SIGINT/SIGHUP to it, and
-/// returns its exit code (128 + signal when a signal ended it).
-fn run_command(program: &OsString, args: &[OsString]) -> i32 {
-    let mut child = match Command::new(program).args(args).spawn() {
+/// Runs the command (no shell) with `inherit` left open across exec,
+/// forwards SIGTERM/SIGINT/SIGHUP to it, and returns its exit code (128 +
+/// signal when a signal ended it).
+fn run_command(program: &OsString, args: &[OsString], inherit: RawFd) -> i32 {
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which
+    // is async-signal-safe, on a descriptor this process owns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(inherit, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!(

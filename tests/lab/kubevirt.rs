@@ -208,6 +208,62 @@ fn disk_lock_between_processes_on_host() {
     posix_holder.wait().unwrap();
 }
 
+/// Issue 12 (8): the wrapper SIGKILLed (an OOM kill, a crashed launcher)
+/// while its command runs on. Before, the lock's descriptor was
+/// close-on-exec, so the lock died with the wrapper and a second VM could
+/// start on the image; now the command holds it until it ends.
+#[test]
+fn disk_lock_outlives_a_killed_wrapper_on_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let img = image.to_str().unwrap();
+    let pidfile = dir.path().join("cmd.pid");
+    let bin = binary();
+    let attempt = || {
+        Command::new(&bin)
+            .args(["disk-lock", img, "--", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+    let mut wrapper = Command::new(&bin)
+        .args(["disk-lock", img, "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the command started", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
+    });
+    let cmd: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    assert_eq!(
+        attempt(),
+        Some(EXIT_HELD),
+        "the lock died with its wrapper while the command ran on"
+    );
+    println!("host: wrapper SIGKILLed, its command still holds the lock");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cmd),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the lock freed once the command ended",
+        Duration::from_secs(30),
+        || attempt() == Some(0),
+    );
+}
+
 /// The KubeVirt scenarios on node1 and node2 of `lab`, whose node plugins
 /// already run (an earlier scenario formed the cluster); leaves no volume.
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
