@@ -111,17 +111,7 @@ pub async fn open_all(
     for path in paths {
         let name = path.display().to_string();
         let p = path.clone();
-        let io = run_blocking(OPEN_WAIT, move || LunFile::open(&p))
-            .await
-            .map_err(|source| LunError::Stalled {
-                lun: name.clone(),
-                what: "opening",
-                source,
-            })?
-            .map_err(|source| LunError::Io {
-                lun: name.clone(),
-                source,
-            })?;
+        let io = lun_io(&name, "opening", OPEN_WAIT, move || LunFile::open(&p)).await?;
         let may_initialise = named_in(path, init);
         let io: Arc<dyn BlockIo> = Arc::new(io);
         let lease = Writer::new(io.clone(), name.clone(), writer.clone());
@@ -406,23 +396,34 @@ async fn scan_blank(name: &str, io: Arc<dyn BlockIo>) -> Result<Vec<Found>, LunE
     let limit = Duration::from_secs(60 + 600 * size.div_ceil(1 << 40));
     tracing::info!(lun = %name, bytes = size, "scanning the blank LUN for signatures before initialising it");
     let lun = name.to_string();
-    let found = run_blocking(limit, move || {
+    lun_io(name, "scanning for signatures", limit, move || {
         let mut progress = |done: u64, total: u64| {
             tracing::info!(lun = %lun, percent = done * 100 / total.max(1), "scanning for signatures");
         };
         signatures::scan(io.as_ref(), ALIGN, size.saturating_sub(ALIGN), ALIGN, REFUSAL_FINDS, &mut progress)
     })
     .await
-    .map_err(|source| LunError::Stalled {
-        lun: name.to_string(),
-        what: "scanning for signatures",
-        source,
-    })?
-    .map_err(|source| LunError::Io {
-        lun: name.to_string(),
-        source,
-    })?;
-    Ok(found)
+}
+
+/// Runs LUN I/O on a blocking thread for at most `limit`; a stall and an
+/// I/O error become the LUN's errors, naming `what` was being done.
+async fn lun_io<T: Send + 'static>(
+    lun: &str,
+    what: &'static str,
+    limit: Duration,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, LunError> {
+    run_blocking(limit, work)
+        .await
+        .map_err(|source| LunError::Stalled {
+            lun: lun.to_string(),
+            what,
+            source,
+        })?
+        .map_err(|source| LunError::Io {
+            lun: lun.to_string(),
+            source,
+        })
 }
 
 /// "OCFS2 filesystem at 1 MiB (label "x", UUID y), ..." for a refusal.
