@@ -492,14 +492,19 @@ impl Writer {
     /// Gives the lease up on a clean shutdown, so a standby takes over at
     /// once instead of after the lease time.
     pub async fn release(&self) {
-        let Some(generation) = self.generation() else {
-            return;
+        let (generation, counter) = {
+            let mut state = self.state();
+            let State::Held {
+                generation,
+                counter,
+                ..
+            } = *state
+            else {
+                return;
+            };
+            *state = State::Standby { seen: None };
+            (generation, counter)
         };
-        let counter = match &*self.state() {
-            State::Held { counter, .. } => *counter,
-            State::Standby { .. } => return,
-        };
-        *self.state() = State::Standby { seen: None };
         if self.confirm(generation).await.is_ok() {
             match self.write(self.mine(generation, counter + 1, true)).await {
                 Ok(()) => tracing::info!(lun = %self.lun, generation, "released the writer lease"),
