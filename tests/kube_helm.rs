@@ -136,16 +136,7 @@ fn node_may(kube: &Kube, verb: &str, group: &str, resource: &str, ns: &str, name
 /// A client that is the node plugin: the node ServiceAccount's own token
 /// (TokenRequest), so the chart's RBAC is all it has.
 async fn node_client(kube: &Kube) -> kube::Client {
-    let reply = kube.request_ok(
-        "POST",
-        &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/ocfs2-csi-node/token"),
-        Some(&serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600}
-        })),
-    );
-    let token = reply["status"]["token"].as_str().expect("a token");
+    let token = kube.service_account_token(NAMESPACE, "ocfs2-csi-node");
     let path = kube.path().join("node-kubeconfig");
     std::fs::write(
         &path,

@@ -181,6 +181,24 @@ impl Kube {
         value
     }
 
+    /// A token of ServiceAccount `name` in `namespace` (the TokenRequest
+    /// API, valid for an hour): a client with that account's RBAC only.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let reply = self.request_ok(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"),
+            Some(&serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600}
+            })),
+        );
+        reply["status"]["token"]
+            .as_str()
+            .expect("token in the TokenRequest reply")
+            .to_string()
+    }
+
     /// Plain-text GET of an API server path such as /readyz?verbose.
     pub fn get_text(&self, path: &str) -> (u16, String) {
         self.curl("GET", &format!("{}{}", self.server, path), None)

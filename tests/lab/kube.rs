@@ -51,21 +51,9 @@ async fn leases(kube: &Kube) -> BTreeMap<String, (u8, String)> {
         .collect()
 }
 
-/// A token of the chart's node ServiceAccount, from the TokenRequest API.
+/// A token of the chart's node ServiceAccount.
 fn node_token(kube: &Kube) -> String {
-    let reply = kube.request_ok(
-        "POST",
-        &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/ocfs2-csi-node/token"),
-        Some(&serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600}
-        })),
-    );
-    reply["status"]["token"]
-        .as_str()
-        .expect("token in the TokenRequest reply")
-        .to_string()
+    kube.service_account_token(NAMESPACE, "ocfs2-csi-node")
 }
 
 fn guest_kubeconfig(token: &str) -> String {
