@@ -16,7 +16,7 @@ use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{validate_driver_name, IdentityService};
 use ocfs2_csi::k8s::KubeMembers;
 use ocfs2_csi::node::records::Records;
-use ocfs2_csi::node::startup::Startup;
+use ocfs2_csi::node::startup::{DiskSlots, Startup};
 use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
 use ocfs2_csi::ocfs2::layout::HeartbeatMode;
 use ocfs2_csi::ocfs2::{validate_cluster_name, Ocfs2Tools};
@@ -279,6 +279,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         volumes: volumes.clone(),
         poll: Duration::from_secs(args.members_poll.max(1)),
     };
+    let ready = volumes.clone();
     let identity = IdentityService::new(common.driver_name, false, volumes.clone());
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer)
@@ -289,7 +290,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     tokio::select! {
         served = server::serve(router, &common.endpoint, server::shutdown_signal()) => served?,
         fatal = startup.run() => return Err(fatal.into()),
-        lost = keepalive => return Err(lost),
+        // The kernel heartbeats on with the number (it cannot stop under
+        // mounted volumes); a claim of it elsewhere sees the slot advance.
+        lost = keepalive => {
+            ready.set_ready(Some(lost.to_string()));
+            tracing::error!(error = %lost, "stopping: this node no longer holds its o2cb node number");
+            return Err(lost);
+        }
     }
     Ok(())
 }
@@ -327,7 +334,17 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
                 Some(a) => a,
                 None => km.node_address(&args.node_id).await?,
             };
-            let number = km.claim_until_won(&args.node_id, address).await;
+            // Never a number whose heartbeat slot still advances on a LUN.
+            let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
+            let slots = DiskSlots {
+                cluster: args.pool.cluster_name.clone(),
+                node_name: args.node_id.clone(),
+                luns: args.pool.luns.clone(),
+                tools: Ocfs2Tools::new(runner.clone()),
+                runner,
+                paths: KernelPaths::default(),
+            };
+            let number = km.claim_until_won(&args.node_id, address, &slots).await;
             tracing::info!(node = %args.node_id, number, %address, "o2cb node number from the Kubernetes API");
             let keepalive = km.clone().keep_alive(
                 args.node_id.clone(),

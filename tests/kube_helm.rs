@@ -9,6 +9,7 @@
 use ocfs2_csi_testkit as common;
 
 use common::kube::Kube;
+use ocfs2_csi::cluster::SlotsInUse;
 use ocfs2_csi::k8s::members::lease_name;
 use ocfs2_csi::k8s::KubeMembers;
 use std::collections::BTreeSet;
@@ -183,14 +184,21 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         let km = KubeMembers::new(client.clone(), NAMESPACE, CLUSTER, 7777);
         let address = km.node_address("san-1").await.expect("Nodes get");
         assert_eq!(address, Ipv4Addr::new(192, 168, 77, 11));
-        let me = km.claim("san-1", address).await.expect("Leases list, create");
+        let me = km
+            .claim("san-1", address, &SlotsInUse::default())
+            .await
+            .expect("Leases list, create");
         km.renew("san-1", me, Some(address))
             .await
             .expect("Leases get, update");
         // A member whose Node is gone: its number is released (Nodes get
         // answers 404, Leases delete).
         let gone = km
-            .claim("san-gone", Ipv4Addr::new(192, 168, 77, 99))
+            .claim(
+                "san-gone",
+                Ipv4Addr::new(192, 168, 77, 99),
+                &SlotsInUse::default(),
+            )
             .await
             .expect("a second claim");
         let released = km

@@ -3,12 +3,13 @@
 //! plugins, each its own process, race for numbers and get 20 distinct
 //! ones; SIGKILLed and started again, each keeps its number; a departed
 //! node's number is released only when it is not heartbeating, and whoever
-//! held it learns it is gone.
+//! held it learns it is gone; a Lease deleted under its holder is a lost
+//! number, and a number whose heartbeat slot advances is never claimed.
 
 use ocfs2_csi_testkit as common;
 
 use common::kube::Kube;
-use ocfs2_csi::cluster::MembershipSource;
+use ocfs2_csi::cluster::{MembershipSource, SlotsInUse};
 use ocfs2_csi::k8s::{KubeError, KubeMembers};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: u8 = 20;
+
+/// No simulated node heartbeats on a disk.
+fn silent() -> SlotsInUse {
+    SlotsInUse::default()
+}
 
 async fn client(kube: &Kube) -> kube::Client {
     client_from(&kube.kubeconfig).await
@@ -77,7 +83,7 @@ fn plugin_process() {
             "testclu",
             7777,
         );
-        let number = km.claim(node, address).await.expect("claim");
+        let number = km.claim(node, address, &silent()).await.expect("claim");
         println!("CLAIMED {number}");
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -158,7 +164,7 @@ fn node_numbers_through_the_api() {
         }
         // Another cluster's numbers are separate.
         let other = KubeMembers::new(client(&kube).await, "default", "otherclu", 7777);
-        assert_eq!(other.claim("sim-node-00", address(0)).await.unwrap(), 0);
+        assert_eq!(other.claim("sim-node-00", address(0), &silent()).await.unwrap(), 0);
         assert_eq!(other.members().await.unwrap().len(), 1);
 
         // None of the simulated nodes has a Node object, so each number is
@@ -177,7 +183,7 @@ fn node_numbers_through_the_api() {
             .unwrap();
         assert!(kept.is_empty(), "{kept:?}");
         // The freed number goes to the next node that claims...
-        assert_eq!(km.claim("sim-node-new", address(99)).await.unwrap(), gone);
+        assert_eq!(km.claim("sim-node-new", address(99), &silent()).await.unwrap(), gone);
         // ...and the old holder is told, so it stops instead of sharing it.
         match km.renew("sim-node-05", gone, None).await {
             Err(KubeError::Lost { holder, .. }) => {
@@ -188,5 +194,32 @@ fn node_numbers_through_the_api() {
         println!(
             "kube: departed number {gone} released only when silent; its old holder is refused"
         );
+
+        // The API loses a Lease under its holder: its next renewal says the
+        // number is lost (not a passing error to retry)...
+        let victim = first["sim-node-07"];
+        kube.request_ok(
+            "DELETE",
+            &format!(
+                "/apis/coordination.k8s.io/v1/namespaces/default/leases/{}",
+                ocfs2_csi::k8s::members::lease_name("testclu", victim)
+            ),
+            None,
+        );
+        match km.renew("sim-node-07", victim, None).await {
+            Err(KubeError::Lost { holder: None, .. }) => {}
+            other => panic!("expected Lost with no holder, got {other:?}"),
+        }
+        // ...and while its heartbeat slot advances, a newcomer passes it over.
+        let on_disk = SlotsInUse {
+            mine: None,
+            busy: BTreeMap::from([(victim, "region R".to_string())]),
+        };
+        let late = km
+            .claim("sim-node-late", address(98), &on_disk)
+            .await
+            .unwrap();
+        assert_eq!(late, NODES, "number {victim} still heartbeats");
+        println!("kube: a deleted Lease is a lost number; its advancing slot is not claimed ({late} instead)");
     });
 }

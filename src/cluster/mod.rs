@@ -17,6 +17,7 @@ pub mod heartbeat;
 pub mod kernel;
 pub mod membership;
 pub mod plan;
+pub mod slots;
 pub mod state;
 
 #[cfg(test)]
@@ -32,4 +33,5 @@ pub use heartbeat::{
 pub use kernel::{ensure_prerequisites, KernelPaths};
 pub use membership::{parse_members, Member, MembershipError, MembershipSource, StaticMembers};
 pub use plan::{plan_join, ClusterOrigin, JoinPlan, JoinReport, KeptAlive, Step};
+pub use slots::{HeartbeatSlots, SlotsInUse};
 pub use state::{CurrentCluster, CurrentNode};

@@ -11,10 +11,19 @@
 //! A number is released (its Lease deleted) only when all of these hold: its
 //! holder's Node object is gone, the number does not heartbeat, and the
 //! Lease was not renewed for longer than o2cb needs to declare a node dead.
+//! Releasing needs a live set read from the kernel in which this node is
+//! live itself: a set that could not be read, or a node that does not
+//! heartbeat yet, says nothing about the others.
+//!
 //! A node that still writes heartbeat keeps its number, whatever the API
-//! says.
+//! says: a claim passes over every number whose heartbeat slot advances on
+//! disk ([`HeartbeatSlots`]), Lease or not; a node whose kernel already
+//! runs with a number claims that one and no other. A renewal that finds
+//! our Lease deleted or another node's is a lost number ([`KubeError::Lost`]):
+//! the plugin stops, saying so.
 
 use crate::backoff::Backoff;
+use crate::cluster::slots::{HeartbeatSlots, SlotsInUse};
 use crate::cluster::{live_nodes, Member, MembershipError, MembershipSource};
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -54,16 +63,103 @@ pub enum KubeError {
     Full(String),
     #[error("could not claim a node number after {0} attempts (too many nodes racing?)")]
     Contention(usize),
-    #[error("Lease {lease} now belongs to {holder:?}, not to this node ({me}): our number was released while we ran; refusing to go on with it")]
+    /// Our Lease names another holder, or is gone (`holder` None): the
+    /// number may be someone else's now.
+    #[error("{}", lost_message(lease, holder.as_deref(), me))]
     Lost {
         lease: String,
         holder: Option<String>,
         me: String,
     },
+    #[error("this node's kernel already runs as o2cb node number {number}, but Lease {lease} names {holder}, not this node ({me}): two nodes claim one number; refusing to take another one (that needs this node out of the cluster: unmount its volumes and reboot it)")]
+    MineHeld {
+        number: u8,
+        lease: String,
+        holder: String,
+        me: String,
+    },
+    #[error("cannot tell which o2cb node numbers heartbeat on disk, so none is claimed: {0}")]
+    Slots(String),
     #[error("node {node} has no InternalIP address in the API (its addresses: {addresses}); o2net needs the node's IPv4 InternalIP")]
     NoAddress { node: String, addresses: String },
     #[error("node {node} has only IPv6 InternalIP addresses ({addresses}), and o2cb's network (o2net) speaks IPv4 only: this node cannot join the cluster until it has an IPv4 InternalIP (dual-stack)")]
     Ipv6Only { node: String, addresses: String },
+}
+
+fn lost_message(lease: &str, holder: Option<&str>, me: &str) -> String {
+    match holder {
+        Some(holder) => format!(
+            "o2cb node number lost: Lease {lease} now belongs to {holder}, not to this node ({me}); \
+             our number was released while we ran; refusing to go on with it"
+        ),
+        None => format!(
+            "o2cb node number lost: Lease {lease} was deleted while this node ({me}) held it, so \
+             another node may claim the number; refusing to go on with it (a restarted plugin \
+             claims it again while this node's kernel still heartbeats with it)"
+        ),
+    }
+}
+
+/// What a node without a Lease claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Claim `number`; `passed_over` are lower numbers no Lease holds that
+    /// still heartbeat (another node runs with them).
+    Number { number: u8, passed_over: Vec<u8> },
+    /// Every number is held or heartbeats.
+    Full,
+    /// This node's kernel runs as `number`, and another node's Lease holds it.
+    MineHeld { number: u8, holder: String },
+}
+
+/// The number a node without a Lease claims, given the Leases' numbers and
+/// their holders: the one its kernel already runs as, else the lowest one
+/// that no Lease holds and no heartbeat slot uses.
+pub fn choose_number(holders: &BTreeMap<u8, String>, in_use: &SlotsInUse) -> Choice {
+    if let Some(mine) = in_use.mine {
+        return match holders.get(&mine) {
+            Some(holder) => Choice::MineHeld {
+                number: mine,
+                holder: holder.clone(),
+            },
+            None => Choice::Number {
+                number: mine,
+                passed_over: Vec::new(),
+            },
+        };
+    }
+    let mut passed_over = Vec::new();
+    for n in 0..=crate::cluster::membership::MAX_NODE_NUMBER {
+        if holders.contains_key(&n) {
+            continue;
+        }
+        if in_use.busy.contains_key(&n) {
+            passed_over.push(n);
+            continue;
+        }
+        return Choice::Number {
+            number: n,
+            passed_over,
+        };
+    }
+    Choice::Full
+}
+
+/// The live set a release round may use: only one read from the kernel in
+/// which this node (`number`) is live itself; otherwise why the round is
+/// skipped. An unreadable set is not an empty one, and a node that does not
+/// heartbeat yet cannot see who else does.
+pub fn release_gate<E: std::fmt::Display>(
+    read: Result<BTreeSet<u8>, E>,
+    number: u8,
+) -> Result<BTreeSet<u8>, String> {
+    match read {
+        Err(e) => Err(format!("the live set cannot be read ({e})")),
+        Ok(live) if !live.contains(&number) => Err(format!(
+            "this node (number {number}) is not live itself yet (live: {live:?})"
+        )),
+        Ok(live) => Ok(live),
+    }
 }
 
 /// The lease name of `number`: DNS-label safe whatever the cluster name.
@@ -79,11 +175,6 @@ pub fn lease_name(cluster: &str, number: u8) -> String {
         })
         .collect();
     format!("ocfs2-{}-n{number}", safe.trim_matches('-'))
-}
-
-/// The lowest number not in `taken`.
-pub fn lowest_free(taken: &BTreeSet<u8>) -> Option<u8> {
-    (0..=crate::cluster::membership::MAX_NODE_NUMBER).find(|n| !taken.contains(n))
 }
 
 /// What one Lease says, if it is one of ours and well formed.
@@ -153,9 +244,17 @@ impl KubeMembers {
         Ok(self.leases.list(&self.selector()).await?.items)
     }
 
-    /// This node's number: the one it already holds, else the lowest free
-    /// one, won against any other node claiming at the same time.
-    pub async fn claim(&self, node: &str, address: Ipv4Addr) -> Result<u8, KubeError> {
+    /// This node's number: the one it already holds, else the one its
+    /// kernel already runs as, else the lowest one no Lease holds and no
+    /// heartbeat slot uses ([`choose_number`]), won against any other node
+    /// claiming at the same time.
+    pub async fn claim(
+        &self,
+        node: &str,
+        address: Ipv4Addr,
+        slots: &dyn HeartbeatSlots,
+    ) -> Result<u8, KubeError> {
+        let mut in_use: Option<SlotsInUse> = None;
         for attempt in 0..CLAIM_ATTEMPTS {
             let leases = self.ours().await?;
             if let Some(lease) = leases.iter().find(|l| holder(l) == Some(node)) {
@@ -170,12 +269,61 @@ impl KubeMembers {
                     return Ok(number);
                 }
             }
-            let taken: BTreeSet<u8> = leases
+            let holders: BTreeMap<u8, String> = leases
                 .iter()
-                .filter_map(|l| l.metadata.labels.as_ref()?.get(LABEL_NUMBER)?.parse().ok())
+                .filter_map(|l| {
+                    let n = l
+                        .metadata
+                        .labels
+                        .as_ref()?
+                        .get(LABEL_NUMBER)?
+                        .parse()
+                        .ok()?;
+                    Some((n, holder(l).unwrap_or("nobody").to_string()))
+                })
                 .collect();
-            let number =
-                lowest_free(&taken).ok_or_else(|| KubeError::Full(self.cluster.clone()))?;
+            // Read once per claim (it watches the disk for a few seconds): a
+            // node that starts heartbeating later has claimed its number
+            // through a Lease first, which the next listing shows.
+            if in_use.is_none() {
+                in_use = Some(slots.in_use().await.map_err(KubeError::Slots)?);
+            }
+            let in_use = in_use.as_ref().expect("read above");
+            let number = match choose_number(&holders, in_use) {
+                Choice::Full => return Err(KubeError::Full(self.cluster.clone())),
+                Choice::MineHeld { number, holder } => {
+                    return Err(KubeError::MineHeld {
+                        number,
+                        lease: lease_name(&self.cluster, number),
+                        holder,
+                        me: node.to_string(),
+                    })
+                }
+                Choice::Number {
+                    number,
+                    passed_over,
+                } => {
+                    for n in passed_over {
+                        let seen = in_use.busy.get(&n).map_or("", String::as_str);
+                        tracing::warn!(
+                            node,
+                            number = n,
+                            seen,
+                            "o2cb node number {n} still heartbeats on disk though no Lease holds it: \
+                             another node runs with it; not claiming it"
+                        );
+                    }
+                    if in_use.mine == Some(number) {
+                        tracing::info!(
+                            node,
+                            number,
+                            "this node's kernel already runs as o2cb node number {number} and no \
+                             Lease holds it: claiming it again"
+                        );
+                    }
+                    number
+                }
+            };
             match self
                 .leases
                 .create(&PostParams::default(), &self.lease(node, number, address))
@@ -200,18 +348,25 @@ impl KubeMembers {
 
     /// [`claim`](Self::claim), retried until the API grants a number: a
     /// node without one cannot join, so there is nothing else to do.
-    pub async fn claim_until_won(&self, node: &str, address: Ipv4Addr) -> u8 {
+    pub async fn claim_until_won(
+        &self,
+        node: &str,
+        address: Ipv4Addr,
+        slots: &dyn HeartbeatSlots,
+    ) -> u8 {
         CLAIM_BACKOFF
             .retry("cannot claim an o2cb node number yet", |_| {
-                self.claim(node, address)
+                self.claim(node, address, slots)
             })
             .await
     }
 
     /// Renews our Lease and releases departed members' numbers (those that
-    /// no longer heartbeat, as `debugfs` shows) every [`KEEPALIVE_PERIOD`],
-    /// for as long as the number is ours; returns why it is not any more.
-    /// Other failures are logged and retried at the next period.
+    /// no longer heartbeat, as `debugfs` shows, in a round where this node
+    /// is live itself: [`release_gate`]) every [`KEEPALIVE_PERIOD`], for as
+    /// long as the number is ours; returns why it is not any more (our
+    /// Lease deleted or taken). Other failures are logged and retried at
+    /// the next period.
     pub async fn keep_alive(
         self,
         me: String,
@@ -226,7 +381,13 @@ impl KubeMembers {
                 Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
                 Ok(()) => {}
             }
-            let live = live_nodes(&debugfs).unwrap_or_default();
+            let live = match release_gate(live_nodes(&debugfs), number) {
+                Ok(live) => live,
+                Err(why) => {
+                    tracing::info!("not releasing departed members' numbers this round: {why}");
+                    continue;
+                }
+            };
             if let Err(e) = self
                 .release_stale(&me, &live, hold_time(dead_threshold))
                 .await
@@ -259,7 +420,9 @@ impl KubeMembers {
     }
 
     /// Marks our Lease alive (and updates the address when given). Fails
-    /// with `Lost` when the Lease now names another holder.
+    /// with `Lost` when the Lease now names another holder or is gone (a
+    /// 404 is not a passing failure: the number may be another node's by
+    /// the next try).
     pub async fn renew(
         &self,
         node: &str,
@@ -267,15 +430,20 @@ impl KubeMembers {
         address: Option<Ipv4Addr>,
     ) -> Result<(), KubeError> {
         let name = lease_name(&self.cluster, number);
+        let lost = |holder: Option<String>| KubeError::Lost {
+            lease: name.clone(),
+            holder,
+            me: node.to_string(),
+        };
         loop {
-            let mut lease = self.leases.get(&name).await?;
+            let mut lease = match self.leases.get(&name).await {
+                Ok(lease) => lease,
+                Err(e) if is_not_found(&e) => return Err(lost(None)),
+                Err(e) => return Err(e.into()),
+            };
             let holder = holder(&lease).map(str::to_string);
             if holder.as_deref() != Some(node) {
-                return Err(KubeError::Lost {
-                    lease: name,
-                    holder,
-                    me: node.to_string(),
-                });
+                return Err(lost(holder));
             }
             if let Some(address) = address {
                 lease
@@ -295,6 +463,7 @@ impl KubeMembers {
             {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) if is_not_found(&e) => return Err(lost(None)),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -401,6 +570,10 @@ pub fn o2net_address(node: &str, addresses: &[NodeAddress]) -> Result<Ipv4Addr, 
     })
 }
 
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(e) if e.code == 404)
+}
+
 fn holder(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref()
 }
@@ -471,11 +644,111 @@ mod tests {
         }
     }
 
+    fn holders(numbers: &[u8]) -> BTreeMap<u8, String> {
+        numbers.iter().map(|&n| (n, format!("node-{n}"))).collect()
+    }
+
+    fn busy(numbers: &[u8]) -> SlotsInUse {
+        SlotsInUse {
+            mine: None,
+            busy: numbers
+                .iter()
+                .map(|&n| (n, "heartbeat region R on /dev/vda1".to_string()))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn lowest_free_number() {
-        assert_eq!(lowest_free(&BTreeSet::new()), Some(0));
-        assert_eq!(lowest_free(&BTreeSet::from([0, 1, 3])), Some(2));
-        assert_eq!(lowest_free(&(0..=254).collect()), None);
+    fn the_lowest_number_nobody_holds_or_heartbeats_with() {
+        let number = |held: &[u8], used: &[u8]| match choose_number(&holders(held), &busy(used)) {
+            Choice::Number { number, .. } => Some(number),
+            _ => None,
+        };
+        assert_eq!(number(&[], &[]), Some(0));
+        assert_eq!(number(&[0, 1, 3], &[]), Some(2));
+        assert_eq!(
+            choose_number(&holders(&(0..=254).collect::<Vec<_>>()), &busy(&[])),
+            Choice::Full
+        );
+        // A number whose Lease is gone but whose slot still advances is
+        // passed over, and said so.
+        assert_eq!(
+            choose_number(&holders(&[1, 3]), &busy(&[0, 1, 2])),
+            Choice::Number {
+                number: 4,
+                passed_over: vec![0, 2]
+            }
+        );
+        let all: Vec<u8> = (0..=254).collect();
+        assert_eq!(
+            choose_number(&holders(&[0]), &busy(&all[1..])),
+            Choice::Full
+        );
+    }
+
+    #[test]
+    fn a_node_whose_kernel_runs_a_number_claims_that_one() {
+        // Its own heartbeat makes its slot advance: that is not another
+        // node, and no other number would let it join.
+        let mine = SlotsInUse {
+            mine: Some(2),
+            ..busy(&[0, 2])
+        };
+        assert_eq!(
+            choose_number(&holders(&[1]), &mine),
+            Choice::Number {
+                number: 2,
+                passed_over: vec![]
+            }
+        );
+        assert_eq!(
+            choose_number(&holders(&[1, 2]), &mine),
+            Choice::MineHeld {
+                number: 2,
+                holder: "node-2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn release_needs_a_live_set_read_with_this_node_in_it() {
+        let read = |v: &[u8]| Ok::<_, String>(v.iter().copied().collect::<BTreeSet<u8>>());
+        assert_eq!(release_gate(read(&[0, 2]), 2), Ok(BTreeSet::from([0, 2])));
+        // Not live yet (joining, heartbeat not started): an empty or partial
+        // set would make every other member look departed.
+        assert!(release_gate(read(&[]), 2)
+            .unwrap_err()
+            .contains("not live itself"));
+        assert!(release_gate(read(&[0]), 2).is_err());
+        let failed = release_gate(Err::<BTreeSet<u8>, _>("EIO"), 2).unwrap_err();
+        assert!(failed.contains("cannot be read (EIO)"), "{failed}");
+    }
+
+    #[test]
+    fn a_deleted_lease_is_a_lost_number() {
+        let gone = KubeError::Lost {
+            lease: "ocfs2-testclu-n0".into(),
+            holder: None,
+            me: "node1".into(),
+        }
+        .to_string();
+        assert!(
+            gone.contains("Lease ocfs2-testclu-n0 was deleted while this node (node1) held it"),
+            "{gone}"
+        );
+        let taken = KubeError::Lost {
+            lease: "ocfs2-testclu-n0".into(),
+            holder: Some("node3".into()),
+            me: "node1".into(),
+        }
+        .to_string();
+        assert!(taken.contains("now belongs to node3"), "{taken}");
+        let api = |code: u16| {
+            kube::Error::Api(kube::core::Status::failure("", "").with_code(code).boxed())
+        };
+        assert!(is_not_found(&api(404)));
+        assert!(!is_not_found(&api(409)));
+        assert!(!is_not_found(&api(503)));
     }
 
     #[test]

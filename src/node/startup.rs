@@ -8,6 +8,7 @@
 
 use super::volumes::NodeVolumes;
 use crate::backoff::Backoff;
+use crate::cluster::slots::{self, HeartbeatSlots, SlotRegion, SlotsInUse};
 use crate::cluster::{
     self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
     KernelPaths, MembershipSource,
@@ -20,6 +21,7 @@ use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::Runner;
 use crate::volume::entry::{HEARTBEAT_NUMBER, TYPE_HEARTBEAT};
+use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,7 +134,7 @@ impl Startup {
         );
         let report = tokio::task::spawn_blocking(move || {
             // Nodes that heartbeat are never removed, whatever the source says.
-            let live = cluster::live_nodes(&debugfs).unwrap_or_default();
+            let live = live_or_everyone(cluster::live_nodes(&debugfs));
             configfs.join(&cfg, &name, &members, &live)
         })
         .await
@@ -218,6 +220,107 @@ impl Startup {
     }
 }
 
+/// The live set to plan a join with: the kernel's, or every number when it
+/// cannot be read, so that a round that does not know who heartbeats
+/// removes or changes nobody (an unreadable set is not an empty one).
+fn live_or_everyone(read: Result<BTreeSet<u8>, ClusterError>) -> BTreeSet<u8> {
+    read.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read which o2cb members heartbeat: removing or changing no member this round");
+        (0..=cluster::membership::MAX_NODE_NUMBER).collect()
+    })
+}
+
+/// The o2cb numbers in use around this node, for a claim to avoid
+/// (`k8s::members`): the number this node's kernel already runs as (a
+/// restarted plugin), else every number whose slot advances in the
+/// heartbeat region of any LUN, read from the disk, plus this kernel's live
+/// set when it runs the cluster. Read before joining, so it finds the
+/// heartbeat partitions itself.
+pub struct DiskSlots {
+    pub cluster: String,
+    pub node_name: String,
+    pub luns: Vec<PathBuf>,
+    pub runner: Arc<dyn Runner>,
+    pub tools: Ocfs2Tools,
+    pub paths: KernelPaths,
+}
+
+impl DiskSlots {
+    /// This node's number if its kernel already runs the cluster with it.
+    fn kernel_number(&self) -> Result<Option<u8>, String> {
+        let current = match ConfigFs::new(&self.paths.configfs).current() {
+            Ok(current) => current,
+            // configfs or the node manager not there yet: no cluster runs.
+            Err(ClusterError::Missing { .. }) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        Ok(current.filter(|c| c.name == self.cluster).and_then(|c| {
+            c.nodes
+                .iter()
+                .find(|n| n.local && n.name == self.node_name && n.is_complete())
+                .map(|n| n.number)
+        }))
+    }
+
+    async fn in_use(&self) -> Result<SlotsInUse, String> {
+        if let Some(mine) = self.kernel_number()? {
+            return Ok(SlotsInUse {
+                mine: Some(mine),
+                busy: Default::default(),
+            });
+        }
+        let mut busy = std::collections::BTreeMap::new();
+        let runs = ConfigFs::new(&self.paths.configfs)
+            .current()
+            .ok()
+            .flatten()
+            .is_some();
+        if runs {
+            let live = cluster::live_nodes(&self.paths.debugfs).map_err(|e| e.to_string())?;
+            for n in live {
+                busy.insert(n, "this node's kernel sees it live".to_string());
+            }
+        }
+        let mut regions = Vec::new();
+        for lun in &self.luns {
+            let device = heartbeat_device(lun).await.map_err(|e| e.to_string())?;
+            let info = self
+                .tools
+                .inspect(&device)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{} holds no heartbeat filesystem", device.display()))?;
+            let g = cluster::geometry(self.runner.as_ref(), &device)
+                .await
+                .map_err(|e| e.to_string())?;
+            regions.push(SlotRegion {
+                name: format!(
+                    "heartbeat region {} on {}",
+                    cluster::region_name(&info.uuid),
+                    device.display()
+                ),
+                device,
+                offset: g.start_block * u64::from(g.block_bytes),
+                block_bytes: g.block_bytes,
+            });
+        }
+        let seen = tokio::task::spawn_blocking(move || slots::advancing(&regions, slots::WATCH))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the heartbeat slots: {e}"))?;
+        for (n, region) in seen {
+            busy.entry(n).or_insert(region);
+        }
+        Ok(SlotsInUse { mine: None, busy })
+    }
+}
+
+impl HeartbeatSlots for DiskSlots {
+    fn in_use(&self) -> BoxFuture<'_, Result<SlotsInUse, String>> {
+        Box::pin(DiskSlots::in_use(self))
+    }
+}
+
 /// Node numbers that stopped heartbeating and those that started, between
 /// two readings of the live set.
 fn heartbeat_changes(before: &BTreeSet<u8>, now: &BTreeSet<u8>) -> (Vec<u8>, Vec<u8>) {
@@ -264,6 +367,15 @@ enum JoinError {
     Retry(String),
 }
 
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Fatal(e) => e.fmt(f),
+            JoinError::Retry(why) => f.write_str(why),
+        }
+    }
+}
+
 impl From<ClusterError> for JoinError {
     fn from(e: ClusterError) -> JoinError {
         if e.is_conflict() {
@@ -277,6 +389,52 @@ impl From<ClusterError> for JoinError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_live_set_removes_nobody() {
+        use crate::cluster::{plan_join, CurrentCluster, CurrentNode, Member, Timeouts};
+        let cfg = ClusterConfig {
+            name: "lab".into(),
+            heartbeat: HeartbeatMode::Global,
+            timeouts: Timeouts::default(),
+            port: 7777,
+        };
+        let node = |name: &str, number: u8, local: bool| CurrentNode {
+            name: name.into(),
+            number,
+            address: std::net::Ipv4Addr::new(10, 0, 0, number + 1),
+            port: 7777,
+            local,
+        };
+        let current = CurrentCluster {
+            name: "lab".into(),
+            heartbeat: HeartbeatMode::Global,
+            timeouts: Timeouts::default(),
+            nodes: vec![node("a", 0, true), node("b", 1, false)],
+        };
+        // The source lost b (an API that answered with fewer Leases).
+        let members = [Member {
+            name: "a".into(),
+            number: 0,
+            address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            port: 7777,
+        }];
+        let failed = Err(ClusterError::Config("EIO".into()));
+        let plan = plan_join(
+            &cfg,
+            "a",
+            &members,
+            Some(&current),
+            &live_or_everyone(failed),
+        )
+        .unwrap();
+        assert!(plan.report.removed.is_empty(), "{:?}", plan.report);
+        assert!(plan.steps.is_empty(), "{:?}", plan.steps);
+        // Read, and b not in it: b goes.
+        let read = Ok(BTreeSet::from([0]));
+        let plan = plan_join(&cfg, "a", &members, Some(&current), &live_or_everyone(read)).unwrap();
+        assert_eq!(plan.report.removed, ["b"]);
+    }
 
     #[test]
     fn heartbeat_changes_name_lost_and_returning_members() {

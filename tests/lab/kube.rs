@@ -15,7 +15,7 @@
 use crate::common::kube::Kube;
 use crate::common::lab::*;
 use crate::common::*;
-use ocfs2_csi::cluster::MembershipSource;
+use ocfs2_csi::cluster::{MembershipSource, SlotsInUse};
 use ocfs2_csi::k8s::KubeMembers;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -130,6 +130,124 @@ impl ApiMembership {
             &format!("--membership kubernetes --namespace {NAMESPACE}"),
         );
     }
+}
+
+fn delete_lease(kube: &Kube, number: u8) {
+    kube.request_ok(
+        "DELETE",
+        &format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{}",
+            ocfs2_csi::k8s::members::lease_name(CLUSTER, number)
+        ),
+        None,
+    );
+}
+
+/// Whether guest `node`'s plugin process still runs (not a zombie).
+fn plugin_running(lab: &Lab, node: usize) -> bool {
+    let (code, _) = lab.exec(
+        node,
+        "p=$(cat /tmp/node.pid) && [ -d /proc/$p ] && ! grep -q '^State:[[:space:]]*Z' /proc/$p/status",
+    );
+    code == 0
+}
+
+/// What guest `node`'s kernel logged about another node writing its
+/// heartbeat slot (o2hb_check_own_slot), if anything.
+fn slot_collisions(lab: &Lab, node: usize) -> String {
+    lab.exec(
+        node,
+        "dmesg | grep -E 'heartbeating on device|mismatch on device' | tail -n 3",
+    )
+    .1
+}
+
+/// The API loses two Leases (issue 12): node1's under its running plugin,
+/// and node3's while node3 is down. node1's plugin must say its number is
+/// lost and stop; node3, booted again, must not take node1's number while
+/// node1's heartbeat slot still advances on the LUN (it takes its own old
+/// one, whose slot stands still); node1's plugin restarted takes its number
+/// back. Leaves the Leases as `claimed` and node3 booted, its plugin ready.
+fn lost_leases(
+    lab: &Lab,
+    kube: &Kube,
+    api: &ApiMembership,
+    claimed: &BTreeMap<String, (u8, String)>,
+    rt: &tokio::runtime::Runtime,
+) {
+    let t = Instant::now();
+    let (n1, n3) = (claimed["node1"].0, claimed["node3"].0);
+    let mut problems: Vec<String> = Vec::new();
+    let mut problem = |p: String| {
+        println!("kube-lab: PROBLEM: {p}");
+        problems.push(p);
+    };
+    delete_lease(kube, n1);
+    delete_lease(kube, n3);
+    // node1 renews every 10 s: it finds its Lease gone at the next renewal.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while plugin_running(lab, 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log1 = lab.exec(1, "tail -n 5 /tmp/node.log").1;
+    if plugin_running(lab, 1) {
+        problem(format!(
+            "node1's plugin still runs 40 s after its Lease was deleted; its log ends:\n{log1}"
+        ));
+    } else if !log1.contains("was deleted while this node") {
+        problem(format!(
+            "node1's plugin stopped without saying its Lease is gone:\n{log1}"
+        ));
+    } else {
+        println!(
+            "kube-lab: node1's plugin stopped {:.1} s after its Lease was deleted",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // node3 comes back with no Lease: the lowest free number in the API is
+    // node1's, whose slot still advances.
+    api.start_plugin(lab, 3);
+    rt.block_on(lab.wait_node_ready(3, Duration::from_secs(180)));
+    let got = rt.block_on(leases(kube)).get("node3").map(|l| l.0);
+    let running = configfs_members(lab, 3).get("node3").map(|m| m.0);
+    if got != Some(n3) || running != Some(n3) {
+        problem(format!(
+            "node3 claimed {got:?} and runs as {running:?}; node1 heartbeats as {n1}, node3's old number {n3} is free"
+        ));
+    }
+    let skip = format!("o2cb node number {n1} still heartbeats on disk");
+    let (_, skipped) = lab.exec(3, &format!("grep '{skip}' /tmp/node.log"));
+    if !skipped.contains(&skip) {
+        problem(format!("node3 never logged {skip:?}"));
+    }
+    for node in [1, 3] {
+        let seen = slot_collisions(lab, node);
+        if !seen.trim().is_empty() {
+            problem(format!(
+                "node{node}'s kernel saw its slot written by another node: {seen}"
+            ));
+        }
+    }
+    // node1's plugin again: its kernel runs as n1, nobody holds it.
+    if !plugin_running(lab, 1) {
+        api.start_plugin(lab, 1);
+        rt.block_on(lab.wait_node_ready(1, Duration::from_secs(120)));
+    }
+    let now = rt.block_on(leases(kube));
+    if &now != claimed {
+        problem(format!("Leases {now:?}, were {claimed:?}"));
+    }
+    // node3 joined while node1 had no Lease: it adds node1 at its next poll.
+    wait_until(
+        "node3's configfs to list node1 again",
+        Duration::from_secs(60),
+        || &configfs_members(lab, 3) == claimed,
+    );
+    assert!(problems.is_empty(), "lost Leases: {problems:#?}");
+    println!(
+        "kube-lab: two Leases lost: node1 stopped and took its number back, node3 kept off node1's advancing slot, in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// spec.renewTime of the Lease of o2cb number `number`.
@@ -374,7 +492,13 @@ pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembershi
         .block_on(async {
             admin_members(kube)
                 .await
-                .claim("node4", "192.168.77.14".parse().unwrap())
+                .claim(
+                    "node4",
+                    "192.168.77.14".parse().unwrap(),
+                    // The host heartbeats nowhere; the Leases alone hold
+                    // the newcomer off node3's number.
+                    &SlotsInUse::default(),
+                )
                 .await
         })
         .expect("a newcomer claims a number");
@@ -382,19 +506,11 @@ pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembershi
         !claimed.values().any(|(n, _)| *n == newcomer),
         "newcomer got {newcomer}, a number in use: {claimed:?}"
     );
-    kube.request_ok(
-        "DELETE",
-        &format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{}",
-            ocfs2_csi::k8s::members::lease_name(CLUSTER, newcomer)
-        ),
-        None,
-    );
+    delete_lease(kube, newcomer);
     println!("kube-lab: node3's number kept while it is gone; a newcomer got {newcomer}");
     let t = Instant::now();
     lab.start_again(3);
-    api.start_plugin(lab, 3);
-    rt.block_on(lab.wait_node_ready(3, Duration::from_secs(180)));
+    lost_leases(lab, kube, &api, &claimed, rt);
     assert_eq!(
         rt.block_on(leases(kube)),
         claimed,
