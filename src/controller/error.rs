@@ -104,6 +104,10 @@ pub enum CreateError {
     },
     #[error("no free partition number left on any usable LUN (at most {max} volumes per LUN)")]
     NoPartitionNumber { max: u32 },
+    /// A DeleteVolume of the same name has begun (its entry is Deleting);
+    /// once it has finished, a retry creates the volume anew.
+    #[error("volume {0} is being deleted; retry once the delete has finished")]
+    BeingDeleted(String),
     #[error(transparent)]
     Lun(#[from] LunError),
 }
@@ -177,6 +181,7 @@ impl RpcError for CreateError {
             CreateError::NoSpace { .. } | CreateError::NoPartitionNumber { .. } => {
                 Code::ResourceExhausted
             }
+            CreateError::BeingDeleted(_) => Code::Aborted,
             CreateError::Lun(e) => e.code(),
         }
     }
@@ -328,6 +333,7 @@ mod tests {
             false,
         );
         push(&CreateError::NoPartitionNumber { max: 254 }, false);
+        push(&CreateError::BeingDeleted("x".into()), true);
         push(&DeleteError::InvalidArgument("x".into()), false);
         push(
             &DeleteError::Mounted {

@@ -137,6 +137,8 @@ struct State {
     fail_next: Vec<&'static str>,
     /// Things real tools or kernels would have made a disaster of.
     violations: Vec<String>,
+    /// Run after the next slot map reads, one each (see `after_slotmap`).
+    slotmap_hooks: std::collections::VecDeque<Box<dyn FnOnce() + Send>>,
 }
 
 /// Region devices and OCFS2 tools played on in-memory LUNs.
@@ -248,9 +250,17 @@ impl FakeSan {
         Arc::new(lun)
     }
 
-    /// A controller's `Volumes` over these fakes, ready with `luns`.
+    /// Runs `hook` right after the next slot map read not yet hooked has
+    /// been answered (a node mounting just after DeleteVolume looked).
+    pub fn after_slotmap(&self, hook: impl FnOnce() + Send + 'static) {
+        self.state().slotmap_hooks.push_back(Box::new(hook));
+    }
+
+    /// A controller's `Volumes` over these fakes, ready with `luns`. No
+    /// node here takes seconds to mount: DeleteVolume waits 20 ms for one.
     pub fn volumes(self: &Arc<Self>, luns: Vec<Arc<Lun>>) -> Volumes {
-        let volumes = Volumes::new(self.tools(), self.clone(), CLUSTER.to_string());
+        let volumes = Volumes::new(self.tools(), self.clone(), CLUSTER.to_string())
+            .with_delete_grace(std::time::Duration::from_millis(20));
         volumes.set_luns(luns);
         volumes
     }
@@ -447,6 +457,10 @@ impl FakeSan {
                 let mut out = String::from("\tSlot#   Node#\n");
                 for (slot, node) in nodes.unwrap_or_default().iter().enumerate() {
                     out.push_str(&format!("\t{slot:>6}  {node:>6}\n"));
+                }
+                let hook = self.state().slotmap_hooks.pop_front();
+                if let Some(hook) = hook {
+                    hook();
                 }
                 ok(out)
             }

@@ -68,6 +68,21 @@ pub struct Volumes {
     regions: Arc<dyn RegionDevices>,
     cluster_name: String,
     inflight: InFlight,
+    /// Tests: DeleteVolume's wait instead of [`delete_grace`].
+    delete_grace: Option<Duration>,
+}
+
+/// How long DeleteVolume waits between marking an entry Deleting and its
+/// last look at the slot map (see `delete`): the longest a node's stage may
+/// take from its last look at the entry to holding a slot in the slot map.
+/// mount.ocfs2 takes 0.2-0.3 s with global heartbeat (measured in TCG
+/// guests) and about 10 s with local heartbeat, which starts the volume's
+/// heartbeat before it joins; each with room to spare.
+pub fn delete_grace(heartbeat: HeartbeatMode) -> Duration {
+    match heartbeat {
+        HeartbeatMode::Global => Duration::from_secs(3),
+        HeartbeatMode::Local => Duration::from_secs(20),
+    }
 }
 
 /// Ready once every LUN is open.
@@ -86,7 +101,14 @@ impl Volumes {
             regions,
             cluster_name,
             inflight: InFlight::default(),
+            delete_grace: None,
         }
+    }
+
+    /// Tests with fakes: a shorter wait in DeleteVolume (see `delete`).
+    pub fn with_delete_grace(mut self, grace: Duration) -> Self {
+        self.delete_grace = Some(grace);
+        self
     }
 
     /// Called once every LUN is open; until then RPCs answer Unavailable.
@@ -199,6 +221,9 @@ impl Volumes {
                     name: name.to_string(),
                     why: format!("partition {} with its GUID is not a volume", p.number),
                 })?;
+            if existing.state == State::Deleting {
+                return Err(CreateError::BeingDeleted(name.to_string()));
+            }
             let mismatch = compatibility(
                 &existing,
                 &accounted,
@@ -403,6 +428,32 @@ impl Volumes {
         Ok(())
     }
 
+    /// DeleteVolume. A node may be staging the volume right now: the
+    /// kubelet gives up on a NodeStage long before the node does (its waits
+    /// add up to minutes), so "not in the slot map" alone proves nothing
+    /// about the next second. The entry is therefore first marked Deleting,
+    /// which every node checks before it mounts and again right after
+    /// (`node::volumes::stage`, unmounting a volume found Deleting or gone):
+    ///
+    /// 1. slot map not empty: refuse, nothing changed;
+    /// 2. write the entry Deleting (one table write, under the writer lease);
+    /// 3. wait [`delete_grace`]: a node that read Ready before step 2 mounts
+    ///    within it (its last check is right before mount.ocfs2, and the
+    ///    mount takes its slot early; measured 0.3 s with global heartbeat,
+    ///    10 s with local), a node that reads after step 2 refuses;
+    /// 4. read the slot map again. A node there mounted during the window:
+    ///    if it read the entry after mounting it saw Deleting and unmounts,
+    ///    if before, it stays. Either way nothing is wiped: the entry goes
+    ///    back to Ready and the delete is refused (a retry decides again);
+    /// 5. otherwise every node that could mount it is past its post-mount
+    ///    check, which saw Deleting, or never mounts: wipe, then drop.
+    ///
+    /// What stays open: a mount that takes longer than the grace from its
+    /// node's last check to taking its slot (a DLM recovery in progress);
+    /// that node unmounts once its mount returns, but its filesystem was
+    /// wiped under it meanwhile. A retry after a crash finds the entry
+    /// Deleting and runs the same steps from 1 (a volume whose signature is
+    /// already gone has nothing a node could mount, and skips the wait).
     pub async fn delete(&self, volume_id: &str) -> Result<(), DeleteError> {
         if volume_id.is_empty() {
             return Err(DeleteError::InvalidArgument(
@@ -434,26 +485,49 @@ impl Volumes {
                 p.number
             )));
         };
-        let tools = &self.tools;
-        let nodes = with_region(
-            self.regions.as_ref(),
-            &lun.path,
-            e.offset,
-            e.size,
-            |dev| async move {
-                match tools.inspect(&dev).await.map_err(LunError::from)? {
-                    // Wiped by an interrupted delete, or mkfs never ran.
-                    None => Ok(Vec::new()),
-                    Some(_) => tools.mounted_nodes(&dev).await.map_err(LunError::from),
-                }
-            },
-        )
-        .await?;
+        let Some(nodes) = self.mounted_nodes(lun, &e).await? else {
+            // No filesystem (wiped by an interrupted delete, or mkfs never
+            // ran): nothing a node could mount.
+            self.wipe_and_remove(lun, &e, &guard).await?;
+            tracing::info!(volume_id, partition = e.number, "volume deleted");
+            return Ok(());
+        };
         if !nodes.is_empty() {
+            if e.state == State::Deleting {
+                // An interrupted delete that found a node mounted.
+                self.set_state(lun, &e, State::Ready).await?;
+            }
             return Err(DeleteError::Mounted {
                 volume: volume_id.to_string(),
                 nodes,
             });
+        }
+        // A pending entry was never stageable: no node can be mid-stage.
+        let stageable = e.state != State::Pending;
+        if e.state != State::Deleting {
+            self.set_state(lun, &e, State::Deleting).await?;
+        }
+        if stageable {
+            let grace = self.delete_grace.unwrap_or(delete_grace(e.heartbeat));
+            tracing::info!(
+                volume_id,
+                grace_ms = grace.as_millis() as u64,
+                "marked deleting; waiting for stages that began before to show"
+            );
+            tokio::time::sleep(grace).await;
+            let nodes = self.mounted_nodes(lun, &e).await?.unwrap_or_default();
+            if !nodes.is_empty() {
+                tracing::warn!(
+                    volume_id,
+                    ?nodes,
+                    "a stage mounted the volume while it was being deleted; it stays"
+                );
+                self.set_state(lun, &e, State::Ready).await?;
+                return Err(DeleteError::Mounted {
+                    volume: volume_id.to_string(),
+                    nodes,
+                });
+            }
         }
         self.wipe_and_remove(lun, &e, &guard).await?;
         tracing::info!(
@@ -463,6 +537,50 @@ impl Volumes {
             "volume deleted"
         );
         Ok(())
+    }
+
+    /// The o2cb nodes in the volume's slot map, or None when the region
+    /// holds no filesystem.
+    async fn mounted_nodes(
+        &self,
+        lun: &Lun,
+        e: &VolumeEntry,
+    ) -> Result<Option<Vec<u32>>, LunError> {
+        let tools = &self.tools;
+        with_region(
+            self.regions.as_ref(),
+            &lun.path,
+            e.offset,
+            e.size,
+            |dev| async move {
+                match tools.inspect(&dev).await.map_err(LunError::from)? {
+                    None => Ok(None),
+                    Some(_) => Ok(Some(
+                        tools.mounted_nodes(&dev).await.map_err(LunError::from)?,
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Rewrites the type of `e`'s entry to `state` (same place, same GUID).
+    async fn set_state(&self, lun: &Lun, e: &VolumeEntry, state: State) -> Result<(), LunError> {
+        let _locked = lun.lock().await;
+        let mut table = lun.read_table().await?;
+        let p = table
+            .partitions
+            .iter_mut()
+            .find(|p| p.unique_guid == e.guid && p.number == e.number)
+            .ok_or_else(|| {
+                LunError::NotReady(format!("partition {} vanished during delete", e.number))
+            })?;
+        let wanted = entry::type_guid(state, e.heartbeat);
+        if p.type_guid == wanted {
+            return Ok(());
+        }
+        p.type_guid = wanted;
+        lun.write_table(&table).await
     }
 
     pub async fn expand(
@@ -501,7 +619,9 @@ impl Volumes {
             .find_by_guid(&id.partition)
             .ok_or_else(not_found)?
             .clone();
-        let e = volume_entry(&p, ss).ok_or_else(not_found)?;
+        let e = volume_entry(&p, ss)
+            .filter(|e| e.state != State::Deleting)
+            .ok_or_else(not_found)?;
         if e.state == State::Pending {
             return Err(ExpandError::NotCreated(volume_id.to_string()));
         }

@@ -37,6 +37,8 @@ pub enum LocateError {
     NotAVolume { lun: PathBuf, number: u32 },
     #[error("volume {partition} on {lun} is still being created (pending); retry")]
     Pending { lun: PathBuf, partition: uuid::Uuid },
+    #[error("volume {partition} on {lun} is being deleted; not staging it")]
+    Deleting { lun: PathBuf, partition: uuid::Uuid },
     #[error(transparent)]
     Sync(#[from] SyncError),
     #[error("{lun}: kernel partition {number} is {kernel:?} (start, bytes), the table says {table:?} after syncing")]
@@ -119,7 +121,7 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
 
 /// The volume `id` in `table`, read from `lun`: None when the table is
 /// another LUN's; an error when it is this LUN's but the volume is not there,
-/// not a volume, or still being created.
+/// not a volume, still being created or being deleted.
 pub fn volume_in(
     table: &Gpt,
     lun: &Path,
@@ -138,11 +140,20 @@ pub fn volume_in(
         lun: lun.to_path_buf(),
         number: partition.number,
     })?;
-    if entry.state == State::Pending {
-        return Err(LocateError::Pending {
-            lun: lun.to_path_buf(),
-            partition: id.partition,
-        });
+    match entry.state {
+        State::Ready => {}
+        State::Pending => {
+            return Err(LocateError::Pending {
+                lun: lun.to_path_buf(),
+                partition: id.partition,
+            })
+        }
+        State::Deleting => {
+            return Err(LocateError::Deleting {
+                lun: lun.to_path_buf(),
+                partition: id.partition,
+            })
+        }
     }
     Ok(Some(entry))
 }

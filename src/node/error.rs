@@ -115,7 +115,9 @@ impl RpcError for NodeError {
             }
             NodeError::Locate(e) => match e {
                 LocateError::NoLun { .. } | LocateError::NoPartition { .. } => Code::NotFound,
-                LocateError::NotAVolume { .. } => Code::FailedPrecondition,
+                LocateError::NotAVolume { .. } | LocateError::Deleting { .. } => {
+                    Code::FailedPrecondition
+                }
                 LocateError::Pending { .. } => Code::Unavailable,
                 LocateError::Sync(_) | LocateError::Mismatch { .. } | LocateError::Io { .. } => {
                     Code::Internal

@@ -336,6 +336,13 @@ impl FakeLocator {
         }
     }
 
+    /// The controller rewrote the volume's entry to `state`.
+    pub(crate) fn set_state(&self, partition: &Uuid, state: State) {
+        if let Some(v) = lock(&self.volumes).get_mut(partition) {
+            v.located.entry.state = state;
+        }
+    }
+
     fn by_number(&self, lun: &Path, number: u32) -> Option<FakeVolume> {
         lock(&self.volumes)
             .values()
@@ -359,6 +366,12 @@ impl Locator for FakeLocator {
             Some(v) if v.located.lun == lun && !v.vanished => {
                 if v.located.entry.state == State::Pending {
                     return Err(LocateError::Pending {
+                        lun,
+                        partition: id.partition,
+                    });
+                }
+                if v.located.entry.state == State::Deleting {
+                    return Err(LocateError::Deleting {
                         lun,
                         partition: id.partition,
                     });

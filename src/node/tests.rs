@@ -549,3 +549,69 @@ async fn a_second_call_while_a_stage_runs_is_aborted() {
     stage(&node, &vol, &staging, &[]).await.unwrap();
     assert_eq!(node.kernel.ocfs2_mounts(), 2);
 }
+
+/// Issue 12: a delete marks the entry Deleting while a stage is inside
+/// mount.ocfs2 (the stage read Ready before). The stage must not end with
+/// the volume mounted: it looks at the entry again after mounting and
+/// unmounts.
+#[tokio::test]
+async fn a_volume_marked_deleting_during_the_mount_is_unmounted_again() {
+    let node = std::sync::Arc::new(FakeNode::local_heartbeat());
+    let vol = node.add_volume("pvc-race", GIB);
+    let staging = node.path("stage");
+    let (started, go) = node.kernel.hold_next_mount();
+    let staging_task = tokio::spawn({
+        let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
+        async move { stage(&node, &vol, &staging, &[]).await }
+    });
+    started.await.unwrap();
+    node.locator
+        .set_state(&vol.id.partition, crate::volume::entry::State::Deleting);
+    go.send(()).unwrap();
+    let result = staging_task.await.unwrap();
+    assert_eq!(
+        mounted(&node),
+        0,
+        "a volume being deleted stays mounted; the stage answered {result:?}"
+    );
+    assert_eq!(code(result), Code::FailedPrecondition);
+    assert_eq!(node.records.len(), 0, "a stage record left behind");
+    // And a stage that starts now is refused before it mounts anything.
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &[]).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(mounted(&node), 0);
+}
+
+/// OCFS2 mounts in the fake mount table now.
+fn mounted(node: &FakeNode) -> usize {
+    node.kernel
+        .table()
+        .iter()
+        .filter(|m| m.fs_type == "ocfs2")
+        .count()
+}
+
+/// The same with the entry gone altogether (the delete finished).
+#[tokio::test]
+async fn a_volume_deleted_during_the_mount_is_unmounted_again() {
+    let node = std::sync::Arc::new(FakeNode::local_heartbeat());
+    let vol = node.add_volume("pvc-race", GIB);
+    let staging = node.path("stage");
+    let (started, go) = node.kernel.hold_next_mount();
+    let staging_task = tokio::spawn({
+        let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
+        async move { stage(&node, &vol, &staging, &[]).await }
+    });
+    started.await.unwrap();
+    node.locator.vanish(&vol.id.partition);
+    go.send(()).unwrap();
+    let result = staging_task.await.unwrap();
+    assert_eq!(
+        mounted(&node),
+        0,
+        "a deleted volume stays mounted; the stage answered {result:?}"
+    );
+    assert_eq!(code(result), Code::NotFound);
+}

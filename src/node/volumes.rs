@@ -10,7 +10,7 @@
 //! volume's in-flight guard, so a retry meanwhile is answered at once
 //! (Aborted) instead of piling a second call onto the stuck one.
 
-use super::device::{GptLocator, Located, Locator};
+use super::device::{GptLocator, LocateError, Located, Locator};
 use super::dlm::{Domain, Mode};
 use super::error::NodeError;
 use super::filesystem::Inspector;
@@ -439,16 +439,42 @@ impl NodeVolumes {
         // Recorded before mounting: a crash right after the mount still
         // leaves what Unstage needs.
         self.put_record(record.clone()).await?;
+        let undo = |e: NodeError| async {
+            let _ = self.remove_record(id.partition).await;
+            if created {
+                let _ = std::fs::remove_dir(&staging);
+            }
+            e
+        };
+        // A DeleteVolume marks the entry Deleting, waits, then wipes if no
+        // node shows in the slot map (`controller::volumes::delete`). So:
+        // look at the entry right before mounting (the controller's wait
+        // covers from here to our slot in the slot map), and again after
+        // mounting: one that is Deleting (or gone) now may be wiped at any
+        // moment, so it is unmounted again.
+        if let Err(e) = self.still_ours(id, &located).await {
+            return Err(undo(e).await);
+        }
         if let Err(e) = self
             .mounter
             .mount_ocfs2(&located.device, &staging, &options)
             .await
         {
-            let _ = self.remove_record(id.partition).await;
-            if created {
-                let _ = std::fs::remove_dir(&staging);
+            return Err(undo(e.into()).await);
+        }
+        if let Err(e) = self.still_ours(id, &located).await {
+            tracing::warn!(volume = %id, staging = %staging.display(), error = %e, "the volume is being deleted; unmounting it again");
+            if let Err(u) = self
+                .unmount(&staging)
+                .await
+                .and_then(|r| r.map_err(io(format!("unmounting {}", staging.display()))))
+            {
+                // The record stays for Unstage (and the controller's slot
+                // map check sees this node).
+                tracing::error!(staging = %staging.display(), error = %u, "could not unmount a volume being deleted");
+                return Err(e);
             }
-            return Err(e.into());
+            return Err(undo(e).await);
         }
         tracing::info!(device = %located.device.display(), staging = %staging.display(), ?options, "volume staged");
         if global {
@@ -458,6 +484,18 @@ impl NodeVolumes {
                 let _ = self.remove_record(id.partition).await;
                 return Err(e);
             }
+        }
+        Ok(())
+    }
+
+    /// The volume's entry is still Ready at the place `located` found it.
+    async fn still_ours(&self, id: VolumeId, located: &Located) -> Result<(), NodeError> {
+        let now = self.locate(id).await?;
+        if (now.entry.offset, now.entry.number) != (located.entry.offset, located.entry.number) {
+            return Err(NodeError::Locate(LocateError::NoPartition {
+                lun: located.lun.clone(),
+                partition: id.partition,
+            }));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //!
 //! - The partition type says what the partition is: the LUN's heartbeat
 //!   device, or a volume with global or local heartbeat, still being created
-//!   (mkfs not confirmed) or ready.
+//!   (mkfs not confirmed), ready, or being deleted.
 //! - The type-specific attribute bits 48-63 hold the volume's geometry
 //!   (slots, cluster size, journal size), so its usable capacity can be
 //!   computed from the table alone, the same way it was when it was made.
@@ -19,6 +19,8 @@ pub const TYPE_PENDING_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f637
 pub const TYPE_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a3");
 pub const TYPE_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a4");
 pub const TYPE_PENDING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a5");
+pub const TYPE_DELETING_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a6");
+pub const TYPE_DELETING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a7");
 
 /// Partition 1 is the heartbeat device; volumes use 2..=MAX_PARTITION.
 pub const HEARTBEAT_NUMBER: u32 = 1;
@@ -37,6 +39,11 @@ pub enum State {
     /// with the same name) or DeleteVolume touch it.
     Pending,
     Ready,
+    /// DeleteVolume has begun: nodes refuse to stage it, and unmount it
+    /// again when they find it so right after mounting. Only DeleteVolume
+    /// (a retry finishes the work) touches it; a CreateVolume of its name
+    /// is told to retry.
+    Deleting,
 }
 
 /// A volume as read from its GPT entry.
@@ -115,20 +122,26 @@ pub fn volume_partition(
     heartbeat: HeartbeatMode,
     layout: &Layout,
 ) -> Partition {
-    let type_guid = match (state, heartbeat) {
-        (State::Pending, HeartbeatMode::Global) => TYPE_PENDING_GLOBAL,
-        (State::Pending, HeartbeatMode::Local) => TYPE_PENDING_LOCAL,
-        (State::Ready, HeartbeatMode::Global) => TYPE_GLOBAL,
-        (State::Ready, HeartbeatMode::Local) => TYPE_LOCAL,
-    };
     Partition {
         number: at.number,
-        type_guid,
+        type_guid: type_guid(state, heartbeat),
         unique_guid: guid,
         first_lba: at.first_lba,
         last_lba: at.last_lba,
         attributes: attributes(layout),
         name: gpt_name(name),
+    }
+}
+
+/// The partition type of a volume in `state` with `heartbeat`.
+pub fn type_guid(state: State, heartbeat: HeartbeatMode) -> Uuid {
+    match (state, heartbeat) {
+        (State::Pending, HeartbeatMode::Global) => TYPE_PENDING_GLOBAL,
+        (State::Pending, HeartbeatMode::Local) => TYPE_PENDING_LOCAL,
+        (State::Ready, HeartbeatMode::Global) => TYPE_GLOBAL,
+        (State::Ready, HeartbeatMode::Local) => TYPE_LOCAL,
+        (State::Deleting, HeartbeatMode::Global) => TYPE_DELETING_GLOBAL,
+        (State::Deleting, HeartbeatMode::Local) => TYPE_DELETING_LOCAL,
     }
 }
 
@@ -139,6 +152,8 @@ pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
         TYPE_PENDING_LOCAL => (State::Pending, HeartbeatMode::Local),
         TYPE_GLOBAL => (State::Ready, HeartbeatMode::Global),
         TYPE_LOCAL => (State::Ready, HeartbeatMode::Local),
+        TYPE_DELETING_GLOBAL => (State::Deleting, HeartbeatMode::Global),
+        TYPE_DELETING_LOCAL => (State::Deleting, HeartbeatMode::Local),
         _ => return None,
     };
     Some(VolumeEntry {
@@ -204,17 +219,21 @@ mod tests {
     }
 
     #[test]
-    fn pending_keeps_its_heartbeat_mode() {
+    fn every_state_keeps_its_heartbeat_mode() {
         let l = Layout::for_size(MIB, 2, None, None, None);
-        for hb in [HeartbeatMode::Global, HeartbeatMode::Local] {
-            let at = Placement {
-                number: 2,
-                first_lba: 1,
-                last_lba: 2,
-            };
-            let p = volume_partition(at, Uuid::nil(), "n", State::Pending, hb, &l);
-            let e = volume_entry(&p, 512).unwrap();
-            assert_eq!((e.state, e.heartbeat), (State::Pending, hb));
+        let mut types = std::collections::HashSet::new();
+        for state in [State::Pending, State::Ready, State::Deleting] {
+            for hb in [HeartbeatMode::Global, HeartbeatMode::Local] {
+                let at = Placement {
+                    number: 2,
+                    first_lba: 1,
+                    last_lba: 2,
+                };
+                let p = volume_partition(at, Uuid::nil(), "n", state, hb, &l);
+                assert!(types.insert(p.type_guid), "{state:?} {hb:?}");
+                let e = volume_entry(&p, 512).unwrap();
+                assert_eq!((e.state, e.heartbeat), (state, hb));
+            }
         }
     }
 

@@ -711,4 +711,149 @@ mod in_process {
             Code::Unavailable
         );
     }
+
+    // -----------------------------------------------------------------
+    // Issue 12: a stage racing a delete. The fake node plays what a real
+    // one does: it mounts (takes a slot) right after DeleteVolume read the
+    // slot map, having read the entry Ready before.
+
+    fn entry_state(p: &Pool) -> Option<State> {
+        volume_entries(&p.disk).first().map(|e| e.state)
+    }
+
+    /// The node's post-mount look saw Ready (it looked before the mark):
+    /// it stays mounted, so the delete must neither wipe nor drop.
+    #[tokio::test]
+    async fn a_stage_mounting_right_after_the_slot_map_read_is_not_wiped() {
+        let p = pool().await;
+        let info = create(&p.volumes, "pvc-race", 100 * MIB).await.unwrap();
+        let offset = volume_entries(&p.disk)[0].offset;
+        let fs = filesystem_uuid("pvc-race");
+        let san = p.san.clone();
+        p.san.after_slotmap(move || san.set_mounted(fs, &[3]));
+        let result = p.volumes.delete(&info.id.to_string()).await;
+        let wiped = p.san.filesystem_at(Path::new(LUN), offset).is_none();
+        assert!(
+            !wiped,
+            "the filesystem node 3 mounted was wiped under it; delete answered {result:?}, \
+             entry now {:?}",
+            entry_state(&p)
+        );
+        assert_eq!(code(result), Code::FailedPrecondition);
+        assert_eq!(entry_state(&p), Some(State::Ready), "the delete is undone");
+        assert_eq!(
+            p.volumes.get(&info.id.to_string()).await.unwrap().id,
+            info.id
+        );
+        // Once node 3 unstages, the delete goes through.
+        p.san.set_mounted(fs, &[]);
+        p.volumes.delete(&info.id.to_string()).await.unwrap();
+        assert!(volume_entries(&p.disk).is_empty());
+        assert!(p.san.filesystem_at(Path::new(LUN), offset).is_none());
+    }
+
+    /// The node's post-mount look saw Deleting: it unmounts, and the delete
+    /// (which waits for exactly such stages) wipes only after that.
+    #[tokio::test]
+    async fn a_stage_that_sees_deleting_after_mounting_lets_go_before_the_wipe() {
+        let p = pool().await;
+        let volumes = p
+            .san
+            .volumes(vec![p.lun.clone()])
+            .with_delete_grace(Duration::from_millis(300));
+        let info = create(&volumes, "pvc-race", 100 * MIB).await.unwrap();
+        let offset = volumes_offset(&p);
+        let fs = filesystem_uuid("pvc-race");
+        let san = p.san.clone();
+        let disk = p.disk.clone();
+        let (unmounted_tx, unmounted_rx) = tokio::sync::oneshot::channel();
+        p.san.after_slotmap(move || {
+            san.set_mounted(fs, &[3]);
+            std::thread::spawn(move || {
+                // The node's post-mount look, as soon as the mark is there.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while volume_entries(&disk).first().map(|e| e.state) != Some(State::Deleting) {
+                    assert!(std::time::Instant::now() < deadline, "never marked");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                assert!(san.filesystem_at(Path::new(LUN), offset).is_some());
+                san.set_mounted(fs, &[]);
+                let _ = unmounted_tx.send(());
+            });
+        });
+        volumes.delete(&info.id.to_string()).await.unwrap();
+        unmounted_rx.await.unwrap();
+        assert!(volume_entries(&p.disk).is_empty());
+        assert!(p.san.filesystem_at(Path::new(LUN), offset).is_none());
+    }
+
+    fn volumes_offset(p: &Pool) -> u64 {
+        volume_entries(&p.disk)[0].offset
+    }
+
+    /// While the delete runs, the entry is Deleting: a CreateVolume of the
+    /// name is told to retry, lookups find nothing; afterwards the name can
+    /// be made anew.
+    #[tokio::test]
+    async fn a_volume_being_deleted_is_not_created_or_found() {
+        let p = pool().await;
+        let volumes = Arc::new(
+            p.san
+                .volumes(vec![p.lun.clone()])
+                .with_delete_grace(Duration::from_millis(300)),
+        );
+        let id = create(&volumes, "pvc-d", 100 * MIB)
+            .await
+            .unwrap()
+            .id
+            .to_string();
+        let deleting = tokio::spawn({
+            let (volumes, id) = (volumes.clone(), id.clone());
+            async move { volumes.delete(&id).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while entry_state(&p) != Some(State::Deleting) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never marked Deleting"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            code(create(&volumes, "pvc-d", 100 * MIB).await),
+            Code::Aborted
+        );
+        assert_eq!(code(volumes.get(&id).await), Code::NotFound);
+        assert!(volumes.list(0, "").await.unwrap().0.is_empty());
+        deleting.await.unwrap().unwrap();
+        create(&volumes, "pvc-d", 100 * MIB).await.unwrap();
+    }
+
+    /// A controller that stopped with the entry Deleting: the retry
+    /// finishes it, or (a node has it mounted) undoes the mark.
+    #[tokio::test]
+    async fn an_interrupted_delete_resumes_from_deleting() {
+        let p = pool().await;
+        let mark = |state: State| {
+            let mut t = table(&p.disk);
+            let e = volume_entry(&t.partitions[1], 512).unwrap();
+            t.partitions[1].type_guid = entry::type_guid(state, e.heartbeat);
+            t
+        };
+        let id = create(&p.volumes, "pvc-i", 100 * MIB)
+            .await
+            .unwrap()
+            .id
+            .to_string();
+        p.lun.write_table(&mark(State::Deleting)).await.unwrap();
+        assert_eq!(entry_state(&p), Some(State::Deleting));
+        p.san.set_mounted(filesystem_uuid("pvc-i"), &[1]);
+        assert_eq!(code(p.volumes.delete(&id).await), Code::FailedPrecondition);
+        assert_eq!(entry_state(&p), Some(State::Ready));
+        p.lun.write_table(&mark(State::Deleting)).await.unwrap();
+        p.san.set_mounted(filesystem_uuid("pvc-i"), &[]);
+        p.volumes.delete(&id).await.unwrap();
+        assert!(volume_entries(&p.disk).is_empty());
+        p.volumes.delete(&id).await.unwrap();
+    }
 }
