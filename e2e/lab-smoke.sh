@@ -137,7 +137,7 @@ if [ "$INIT" = controller ]; then
 	size=$(stat -c %s "$STATE/lun.raw")
 	fallocate -p -o 0 -l "$size" "$STATE/lun.raw" # all zero, still sparse
 	"$BIN" controller --lun "$STATE/lun.raw" --init-lun "$STATE/lun.raw" --endpoint "unix://$TMP/ctrl.sock" \
-		--cluster-name "$CLUSTER" >"$TMP/ctrl.log" 2>&1 &
+		--cluster-name "$CLUSTER" --cluster-id "$CLUSTER-id" >"$TMP/ctrl.log" 2>&1 &
 	CTRL_PID=$!
 	for _ in $(seq 300); do
 		grep -q "all LUNs open" "$TMP/ctrl.log" && break

@@ -70,7 +70,7 @@ fn cluster(rt: &Rt, name: &str, mode: &str) -> (Lab, Controller) {
             node,
             &format!(
                 "mkdir -p /var/lib/ocfs2-csi && ocfs2-csi node --endpoint tcp://0.0.0.0:10000 \
-                   --node-id node{node} --cluster-name {CLUSTER} --heartbeat {mode} \
+                   --node-id node{node} --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id --heartbeat {mode} \
                    --members-file /etc/ocfs2-csi/members --lun /dev/vda \
                    --state-dir /var/lib/ocfs2-csi >>/tmp/node.log 2>&1 </dev/null &
                  echo $! > /tmp/node.pid"
@@ -779,7 +779,7 @@ fn node_loss(rt: &Rt) -> Vec<Loss> {
             3,
             &format!(
                 "mkdir -p /var/lib/ocfs2-csi && ocfs2-csi node --endpoint tcp://0.0.0.0:10000 \
-                   --node-id node3 --cluster-name {CLUSTER} --heartbeat global \
+                   --node-id node3 --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id --heartbeat global \
                    --members-file /etc/ocfs2-csi/members --lun /dev/vda \
                    --state-dir /var/lib/ocfs2-csi >>/tmp/node.log 2>&1 </dev/null &"
             ),

@@ -23,11 +23,11 @@ trap cleanup EXIT
 
 truncate -s 200G "$work/lun.raw"
 "$BIN" controller --endpoint "unix://$work/controller.sock" --lun "$work/lun.raw" \
-  --init-lun "$work/lun.raw" --cluster-name sanity >"$work/controller.log" 2>&1 &
+  --init-lun "$work/lun.raw" --cluster-name sanity --cluster-id sanity-id >"$work/controller.log" 2>&1 &
 pids+=($!)
 echo "sanity-node 0 127.0.0.1" >"$work/members"
 "$BIN" node --endpoint "unix://$work/node.sock" --node-id sanity-node --lun "$work/lun.raw" \
-  --members-file "$work/members" --state-dir "$work/node-state" >"$work/node.log" 2>&1 &
+  --members-file "$work/members" --cluster-name sanity --cluster-id sanity-id --state-dir "$work/node-state" >"$work/node.log" 2>&1 &
 pids+=($!)
 # Serving starts at once; the controller is ready (Probe says so, and its
 # log) only once the LUN is initialised. csi-sanity does not wait for Probe.

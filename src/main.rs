@@ -6,7 +6,7 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
-use ocfs2_csi::controller::pool::{named_in, open_all};
+use ocfs2_csi::controller::pool::{named_in, open_all, ClusterIdentity};
 use ocfs2_csi::controller::writer::{Writer, WriterConfig};
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
@@ -97,6 +97,34 @@ struct PoolArgs {
     /// The o2cb cluster name (stamped into every filesystem).
     #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
     cluster_name: String,
+    /// This installation's cluster ID, unique to it: stamped on every LUN
+    /// when it is initialised, and a LUN stamped with another is refused,
+    /// because the o2cb cluster name is the same default in every
+    /// installation. Default: the UID of the kube-system namespace, read
+    /// from the Kubernetes API.
+    #[arg(long, env = "OCFS2_CSI_CLUSTER_ID", value_parser = parse_cluster_id)]
+    cluster_id: Option<String>,
+}
+
+fn parse_cluster_id(id: &str) -> Result<String, String> {
+    ocfs2_csi::disk::ownership::validate_cluster_id(id).map(|()| id.to_string())
+}
+
+impl PoolArgs {
+    /// --cluster-id, else the Kubernetes cluster's own UID.
+    async fn cluster_id(&self) -> anyhow::Result<String> {
+        if let Some(id) = &self.cluster_id {
+            return Ok(id.clone());
+        }
+        let client = kube::Client::try_default().await.context(
+            "no --cluster-id given, and the Kubernetes API (which would give one) is unreachable",
+        )?;
+        let id = ocfs2_csi::k8s::cluster_id::cluster_uid(client)
+            .await
+            .context("no --cluster-id given, and the Kubernetes API cannot give one")?;
+        tracing::info!(cluster_id = %id, "cluster ID: the kube-system namespace's UID");
+        Ok(id)
+    }
 }
 
 #[derive(Args)]
@@ -249,6 +277,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         port: args.o2cb_port,
     };
     cluster.validate()?;
+    let cluster_id = args.pool.cluster_id().await?;
     let (members, number, keepalive) = membership(&args).await?;
     let common = args.common;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
@@ -270,6 +299,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     ));
     let startup = Startup {
         cluster,
+        cluster_id,
         node_name: args.node_id,
         members,
         runner,
@@ -365,6 +395,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args.common.log)?;
     validate_driver_name(&args.common.driver_name).map_err(anyhow::Error::msg)?;
     validate_cluster_name(&args.pool.cluster_name).map_err(anyhow::Error::msg)?;
+    let cluster_id = args.pool.cluster_id().await?;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());
     let regions = Arc::new(LoopDevices::new(runner));
@@ -394,7 +425,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let (writers_tx, writers_rx) = tokio::sync::oneshot::channel::<Vec<Arc<Writer>>>();
     let opener = {
         let volumes = volumes.clone();
-        let (luns, cluster) = (args.pool.luns.clone(), args.pool.cluster_name.clone());
+        let luns = args.pool.luns.clone();
+        let cluster = ClusterIdentity {
+            id: cluster_id,
+            name: args.pool.cluster_name.clone(),
+        };
         let init = args.init_luns.clone();
         tokio::spawn(async move {
             let opened = LUN_BACKOFF

@@ -148,6 +148,7 @@ fn python_grpcio_with_default_options_over_the_unix_socket() {
         .arg("--endpoint")
         .arg(format!("unix://{}", sock.display()))
         .args(["--driver-name", "ocfs2.example.org", "--log", "debug"])
+        .args(["--cluster-id", "grpc-clients"])
         .arg("--lun")
         .arg(&lun)
         .arg("--init-lun")

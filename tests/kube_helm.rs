@@ -183,6 +183,11 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         let client = node_client(kube).await;
         let km = KubeMembers::new(client.clone(), NAMESPACE, CLUSTER, 7777);
         let address = km.node_address("san-1").await.expect("Nodes get");
+        // The cluster ID when clusterId is unset: kube-system's UID.
+        let id = ocfs2_csi::k8s::cluster_id::cluster_uid(client.clone())
+            .await
+            .expect("Namespaces get kube-system");
+        assert_eq!(id.len(), 36, "{id}");
         assert_eq!(address, Ipv4Addr::new(192, 168, 77, 11));
         let me = km
             .claim("san-1", address, &SlotsInUse::default())
@@ -219,6 +224,7 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
     let ours = |n| lease_name(CLUSTER, n);
     for (verb, group, resource, ns, name) in [
         ("get", "", "nodes", "", "san-1"),
+        ("get", "", "namespaces", "", "kube-system"),
         ("list", "coordination.k8s.io", "leases", NAMESPACE, ""),
         ("create", "coordination.k8s.io", "leases", NAMESPACE, ""),
         ("get", "coordination.k8s.io", "leases", NAMESPACE, &ours(0)),
@@ -247,6 +253,8 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         ("watch", "", "nodes", "", ""),
         ("update", "", "nodes", "", "san-1"),
         ("patch", "", "nodes", "", "san-1"),
+        ("get", "", "namespaces", "", "default"),
+        ("list", "", "namespaces", "", ""),
         ("watch", "coordination.k8s.io", "leases", NAMESPACE, ""),
         (
             "patch",

@@ -5,7 +5,8 @@
 //! A ReadWriteMany PVC is provisioned and bound; `kubectl patch pvc` to a
 //! larger size ends with the PV's capacity updated by ControllerExpandVolume
 //! (the filesystem part waits for a node); deleting the PVC with
-//! reclaimPolicy Delete removes the partition.
+//! reclaimPolicy Delete removes the partition. The controller is given no
+//! cluster ID: it stamps the LUN with the kube-system namespace's UID.
 
 use ocfs2_csi_testkit as common;
 
@@ -51,6 +52,8 @@ fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
     let _controller = Killed(
         Command::new(binary())
             .args(["controller", "--cluster-name", "testclu", "--log", "debug"])
+            .env("KUBECONFIG", &kube.kubeconfig)
+            .env_remove("OCFS2_CSI_CLUSTER_ID")
             .arg("--endpoint")
             .arg(format!("unix://{}", sock.display()))
             .arg("--lun")
@@ -73,6 +76,17 @@ fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
                 .then_some(())
         },
     );
+    let (code, ns) = kube.get_text("/api/v1/namespaces/kube-system");
+    assert_eq!(code, 200, "{ns}");
+    let ns: serde_json::Value = serde_json::from_str(&ns).unwrap();
+    let uid = ns["metadata"]["uid"]
+        .as_str()
+        .expect("kube-system has a UID");
+    let io = ocfs2_csi::disk::lun_io::LunFile::open_read_only(&lun).unwrap();
+    let stamp = ocfs2_csi::disk::ownership::read(&io)
+        .unwrap()
+        .expect("the LUN carries an ownership stamp");
+    assert_eq!(stamp.cluster_id, uid, "the stamp is the cluster's own UID");
     let common = ["--timeout=120s", "--leader-election=false", "-v=4"];
     let _provisioner = Killed(kube.start_sidecar(
         "csi-provisioner",

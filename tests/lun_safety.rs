@@ -116,6 +116,64 @@ async fn a_blank_lun_needs_the_opt_in() {
     assert_gpt_valid(&lun);
 }
 
+/// Issue 12, point 2: a LUN belongs to one cluster. Another installation
+/// (the same default o2cb cluster name, another cluster ID) given the LUN
+/// refuses it, naming both, and writes nothing; a LUN initialised before
+/// stamps existed is stamped by the first controller that opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_of_another_cluster_is_refused() {
+    use ocfs2_csi::disk::{lun_io::LunFile, ownership};
+    let dir = tempfile::tempdir().unwrap();
+    let lun = sparse_lun(dir.path(), "lun.raw", GIB);
+    let stamp = || ownership::read(&LunFile::open_read_only(&lun).unwrap()).unwrap();
+    let table = || {
+        let io = LunFile::open_read_only(&lun).unwrap();
+        ocfs2_csi::disk::gpt::read(&io).unwrap().gpt
+    };
+    {
+        let mut ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+        let mut r = create_request("pvc-ours", 128 * MIB);
+        r.parameters.insert("nodeSlots".into(), "2".into());
+        ctl.client().await.create_volume(r).await.unwrap();
+        ctl.stop();
+    }
+    let ours = stamp().expect("an initialised LUN carries a stamp");
+    assert_eq!(ours.cluster_id, CLUSTER_ID);
+    let made = table();
+    assert_eq!(ours.disk_guid, made.disk_guid);
+    let before = digest(&lun);
+
+    let mut other = Controller::spawn_with(
+        std::slice::from_ref(&lun),
+        dir.path(),
+        &["--cluster-id", "another-installation"],
+    );
+    let log = other.wait_log("belongs to another cluster", SAY);
+    assert!(
+        log.contains(&format!("{CLUSTER_ID:?}")) && log.contains("\"another-installation\""),
+        "the refusal names both clusters: {log}"
+    );
+    other.kill();
+    assert_eq!(
+        digest(&lun),
+        before,
+        "a LUN of another cluster was written to"
+    );
+
+    // A LUN from before stamps: adopted, and stamped, by the first opener.
+    zero(&lun, ownership::OWNERSHIP_OFFSET, 4096);
+    let mut ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    assert!(
+        ctl.log_text()
+            .contains("stamped a LUN initialised before ownership stamps existed"),
+        "{}",
+        ctl.log_text()
+    );
+    ctl.stop();
+    assert_eq!(stamp().map(|s| s.cluster_id).as_deref(), Some(CLUSTER_ID));
+    assert_eq!(table(), made, "adopting changed the table");
+}
+
 /// What a test controller's RPCs came to.
 #[derive(Default, Debug)]
 struct Acked {

@@ -56,6 +56,7 @@ async fn unix_socket_identity_and_sigterm() {
         .env("NODE_ID", "node-a")
         .env("OCFS2_CSI_DRIVER_NAME", "ocfs2.example.org")
         .env("OCFS2_CSI_LUNS", &lun)
+        .env("OCFS2_CSI_CLUSTER_ID", "server-test")
         .env("OCFS2_CSI_MEMBERS_FILE", &members)
         .env("OCFS2_CSI_STATE_DIR", dir.path().join("state"))
         .stdin(Stdio::null())
@@ -143,6 +144,8 @@ async fn not_ready_while_a_lun_is_refused() {
             "controller",
             "--endpoint",
             &format!("tcp://127.0.0.1:{port}"),
+            "--cluster-id",
+            "server-test",
         ])
         .arg("--lun")
         .arg(&lun)

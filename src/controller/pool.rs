@@ -12,6 +12,7 @@ use super::writer::{Stamp, TableWriter, Writer, WriterConfig};
 use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::{BlockIo, LunFile};
+use crate::disk::ownership::{self, Ownership, OwnershipError};
 use crate::disk::region::{with_region, RegionDevices};
 use crate::disk::signatures::{self, Found};
 use crate::ocfs2::superblock;
@@ -72,6 +73,16 @@ pub enum OpenError {
              `ocfs2-csi scan-lun --lun {path}` lists them (read-only) so the table can be rebuilt"
     )]
     NotBlank { path: String, found: String },
+    #[error(
+        "{path} belongs to another cluster: its ownership stamp names {found}, but this \
+             controller runs cluster ID {ours:?}. A LUN zoned to two clusters is corrupted by \
+             both; remove it from --lun, or fix the zoning"
+    )]
+    OtherOwner {
+        path: String,
+        found: String,
+        ours: String,
+    },
     #[error("{path} is the same LUN (disk GUID {guid}) as another --lun")]
     SameLun { path: String, guid: Uuid },
     #[error(transparent)]
@@ -89,6 +100,14 @@ pub fn named_in(path: &Path, init: &[PathBuf]) -> bool {
     init.iter().any(|i| i == path || real(i) == real(path))
 }
 
+/// Whose LUNs these are: the installation's cluster ID, stamped on every
+/// LUN, and the o2cb cluster name, stamped into every filesystem.
+#[derive(Clone, Debug)]
+pub struct ClusterIdentity {
+    pub id: String,
+    pub name: String,
+}
+
 /// The LUNs `open_all` opened, and their writer leases, which the caller
 /// runs (`Writer::run`) and releases on shutdown.
 pub struct Opened {
@@ -102,7 +121,7 @@ pub async fn open_all(
     paths: &[PathBuf],
     init: &[PathBuf],
     writer: &WriterConfig,
-    cluster_name: &str,
+    cluster: &ClusterIdentity,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
 ) -> Result<Opened, OpenError> {
@@ -120,7 +139,7 @@ pub async fn open_all(
             io,
             may_initialise,
             lease.clone(),
-            cluster_name,
+            cluster,
             tools,
             regions,
         )
@@ -247,7 +266,7 @@ pub async fn open_lun(
     io: Arc<dyn BlockIo>,
     may_initialise: bool,
     writer: Arc<dyn TableWriter>,
-    cluster_name: &str,
+    cluster: &ClusterIdentity,
     tools: &Ocfs2Tools,
     regions: &dyn RegionDevices,
 ) -> Result<Lun, OpenError> {
@@ -269,6 +288,24 @@ pub async fn open_lun(
             source,
         }
     };
+    // Another cluster's LUN is refused before anything else is read or
+    // written (a blank-looking one too: its stamp survived a zeroed table).
+    let stamp_io = io.clone();
+    let stamped = run_blocking(TABLE_IO_TIMEOUT, move || ownership::read(stamp_io.as_ref()))
+        .await
+        .map_err(stalled("reading the ownership stamp"))?;
+    let stamped = match stamped {
+        Ok(found) => found,
+        Err(OwnershipError::Io(source)) => return Err(LunError::Io { lun: name, source }.into()),
+        Err(e) => return Err(foreign(&e.to_string())),
+    };
+    if let Some(o) = stamped.as_ref().filter(|o| o.cluster_id != cluster.id) {
+        return Err(OpenError::OtherOwner {
+            path: name,
+            found: o.describe(),
+            ours: cluster.id.clone(),
+        });
+    }
     let probe_io = io.clone();
     let probed = run_blocking(TABLE_IO_TIMEOUT, move || gpt::probe(probe_io.as_ref()))
         .await
@@ -297,6 +334,40 @@ pub async fn open_lun(
                 .map_err(table_err)
         }
     };
+    let stamp = |disk_guid: Uuid| {
+        let (io, writer) = (io.clone(), writer.clone());
+        let name = name.clone();
+        let owner = Ownership {
+            cluster_id: cluster.id.clone(),
+            cluster_name: cluster.name.clone(),
+            disk_guid,
+            stamped_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            stamped_by: writer.who(),
+        };
+        async move {
+            let writer_err = |source| LunError::Writer {
+                lun: name.clone(),
+                source,
+            };
+            writer.take_if_free().await.map_err(writer_err)?;
+            let checked = writer.check().await.map_err(writer_err)?;
+            run_blocking(TABLE_IO_TIMEOUT, move || {
+                ownership::write(io.as_ref(), &owner)
+            })
+            .await
+            .map_err(stalled("writing the ownership stamp"))?
+            .map_err(|e| LunError::Io {
+                lun: name.clone(),
+                source: match e {
+                    OwnershipError::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                },
+            })?;
+            writer.confirm(checked).await.map_err(writer_err)
+        }
+    };
     let table = match probed.map_err(table_err)? {
         Contents::Blank => {
             if !may_initialise {
@@ -310,6 +381,9 @@ pub async fn open_lun(
                 });
             }
             let table = initial_table(io.as_ref());
+            // The stamp first: a crash before the table leaves a LUN that
+            // is blank but for our own stamp, initialised again next time.
+            stamp(table.disk_guid).await?;
             write(table.clone()).await?;
             tracing::info!(lun = %name, disk_guid = %table.disk_guid, "initialised blank LUN");
             table
@@ -336,6 +410,24 @@ pub async fn open_lun(
                 );
                 write(table.clone()).await?;
             }
+            match &stamped {
+                Some(o) if o.disk_guid != table.disk_guid => {
+                    return Err(foreign(&format!(
+                        "an ownership stamp made for another partition table (disk GUID {}, \
+                         the table's is {})",
+                        o.disk_guid, table.disk_guid
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    stamp(table.disk_guid).await?;
+                    tracing::warn!(
+                        lun = %name,
+                        cluster_id = %cluster.id,
+                        "stamped a LUN initialised before ownership stamps existed as this cluster's"
+                    );
+                }
+            }
             table
         }
     };
@@ -347,7 +439,7 @@ pub async fn open_lun(
         path,
         &hb,
         table.sector_size,
-        cluster_name,
+        &cluster.name,
         writer.as_ref(),
         tools,
         regions,
@@ -516,7 +608,7 @@ async fn ensure_heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::testing::{test_writer, FakeSan};
+    use crate::controller::testing::{test_cluster, test_writer, FakeSan};
 
     #[tokio::test]
     async fn one_lun_under_two_paths_is_refused() {
@@ -539,7 +631,7 @@ mod tests {
             std::slice::from_ref(&lun),
             &init,
             &test_writer(),
-            "c",
+            &test_cluster(),
             &tools,
             san.as_ref(),
         )
@@ -551,7 +643,7 @@ mod tests {
             &[lun.clone(), alias.clone()],
             &init,
             &test_writer(),
-            "c",
+            &test_cluster(),
             &tools,
             san.as_ref(),
         )

@@ -61,6 +61,20 @@ pub fn report(io: &dyn BlockIo, findings: &[Finding]) -> String {
         io.size_bytes(),
         ss
     );
+    // Whose LUN it is, when the stamp survived: the cluster to rebuild for.
+    match crate::disk::ownership::read(io) {
+        Ok(Some(o)) => {
+            let _ = writeln!(
+                out,
+                "# owner cluster_id={} cluster={} disk_guid={} stamped_by={:?} stamped_at={}",
+                o.cluster_id, o.cluster_name, o.disk_guid, o.stamped_by, o.stamped_at
+            );
+        }
+        Ok(None) => out.push_str("# owner none (no ownership stamp)\n"),
+        Err(e) => {
+            let _ = writeln!(out, "# owner unreadable: {e}");
+        }
+    }
     for f in findings {
         let first = f.found.offset / ss;
         let table = f

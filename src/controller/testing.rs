@@ -15,7 +15,7 @@
 //! tools must see the bytes behind a region device (`disk`), and the layers
 //! below the controller may not import each other.
 
-use super::pool::{open_lun, Lun};
+use super::pool::{open_lun, ClusterIdentity, Lun};
 use super::volumes::Volumes;
 use super::writer::{SoleWriter, WriterConfig};
 use crate::disk::lun_io::BlockIo;
@@ -31,6 +31,14 @@ use uuid::Uuid;
 
 /// The o2cb cluster the fakes' volumes belong to.
 pub const CLUSTER: &str = "fakelab";
+
+/// The cluster the fake LUNs are stamped for.
+pub fn test_cluster() -> ClusterIdentity {
+    ClusterIdentity {
+        id: "fake-cluster-id".into(),
+        name: CLUSTER.into(),
+    }
+}
 
 /// Where in a region the fake superblock sits (OCFS2's is in block 2).
 const SUPER_OFFSET: u64 = 8192;
@@ -241,7 +249,7 @@ impl FakeSan {
             io,
             true,
             Arc::new(SoleWriter::default()),
-            CLUSTER,
+            &test_cluster(),
             &self.tools(),
             self.as_ref(),
         )

@@ -105,6 +105,8 @@ pub trait TableWriter: Send + Sync {
     fn check(&self) -> BoxFuture<'_, Result<Stamp, WriterError>>;
     /// Right after a table write stamped `stamp`: still the writer.
     fn confirm(&self, stamp: Stamp) -> BoxFuture<'_, Result<(), WriterError>>;
+    /// Who this writer is, for people (pod or host name and PID).
+    fn who(&self) -> String;
 }
 
 impl TableWriter for Writer {
@@ -121,6 +123,9 @@ impl TableWriter for Writer {
                 _ => Err(WriterError::NotWriter(None)),
             }
         })
+    }
+    fn who(&self) -> String {
+        self.cfg.owner_name.clone()
     }
 }
 
@@ -147,6 +152,9 @@ impl TableWriter for SoleWriter {
     }
     fn confirm(&self, _: Stamp) -> BoxFuture<'_, Result<(), WriterError>> {
         Box::pin(async { Ok(()) })
+    }
+    fn who(&self) -> String {
+        "in-process test".into()
     }
 }
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::lease::{Lease, LEASE_OFFSET};
 use super::lun_io::BlockIo;
+use super::ownership::{Ownership, OWNERSHIP_OFFSET};
 use super::signatures::{at, identify, is_zero};
 
 /// Entries in the tables we create.
@@ -659,11 +660,18 @@ pub fn probe(io: &dyn BlockIo) -> Result<Contents, GptError> {
     let span = PROBE_SPAN.min(size) / ss * ss;
     let mut head = vec![0u8; span as usize];
     io.read_at(0, &mut head)?;
-    // Our writer lease alone (a crash between taking it and writing the
-    // first table) does not make a LUN less blank.
+    // Our writer lease or ownership stamp alone (a crash between writing
+    // them and the first table) does not make a LUN less blank; the caller
+    // reads the stamp itself.
     let lease_at = LEASE_OFFSET as usize..(LEASE_OFFSET + ss) as usize;
     if let Some(sector) = head.get_mut(lease_at) {
         if matches!(Lease::decode(sector), Ok(Some(_))) {
+            sector.fill(0);
+        }
+    }
+    let stamp_at = OWNERSHIP_OFFSET as usize..(OWNERSHIP_OFFSET + ss) as usize;
+    if let Some(sector) = head.get_mut(stamp_at) {
+        if matches!(Ownership::decode(sector), Ok(Some(_))) {
             sector.fill(0);
         }
     }
@@ -1078,6 +1086,17 @@ mod tests {
         let len = 16 * MIB;
         assert_eq!(probe_str(&MemIo::new(512, len)), "blank");
         assert_eq!(probe_str(&MemIo::new(4096, 64 * 1024)), "blank");
+        // Our own ownership stamp alone (a crash before the first table).
+        let stamped = MemIo::new(512, len);
+        let stamp = crate::disk::ownership::Ownership {
+            cluster_id: "c".into(),
+            cluster_name: "n".into(),
+            disk_guid: Uuid::nil(),
+            stamped_at: 0,
+            stamped_by: "t".into(),
+        };
+        crate::disk::ownership::write(&stamped, &stamp).unwrap();
+        assert_eq!(probe_str(&stamped), "blank");
 
         for ss in [512, 4096] {
             let io = MemIo::new(ss, len);

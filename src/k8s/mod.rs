@@ -1,6 +1,8 @@
 //! The Kubernetes API, for what must be shared across nodes without a
-//! static file: o2cb node numbers and member addresses.
+//! static file: o2cb node numbers and member addresses, and the cluster's
+//! own identity.
 
+pub mod cluster_id;
 pub mod members;
 
 pub use members::{KubeError, KubeMembers};

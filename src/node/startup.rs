@@ -6,6 +6,7 @@
 //! Everything here adopts what the kernel already runs: a restarted plugin
 //! writes nothing and restarts nothing.
 
+use super::lun_owner::{self, OwnerProblem};
 use super::volumes::NodeVolumes;
 use crate::backoff::Backoff;
 use crate::cluster::slots::{self, HeartbeatSlots, SlotRegion, SlotsInUse};
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 
 pub struct Startup {
     pub cluster: ClusterConfig,
+    /// The installation's cluster ID: every LUN must carry it (lun_owner).
+    pub cluster_id: String,
     pub node_name: String,
     pub members: Arc<dyn MembershipSource>,
     pub runner: Arc<dyn Runner>,
@@ -88,6 +91,15 @@ impl Startup {
 
     async fn join_once(&self) -> Result<(), JoinError> {
         let t = Instant::now();
+        // Before anything is written to configfs or the LUNs.
+        for lun in &self.luns {
+            lun_owner::check(lun, &self.cluster_id)
+                .await
+                .map_err(|problem| match problem {
+                    OwnerProblem::Refused(why) => JoinError::Fatal(ClusterError::Config(why)),
+                    OwnerProblem::NotYet(why) => JoinError::Retry(why),
+                })?;
+        }
         let done = cluster::ensure_prerequisites(self.runner.as_ref(), &self.paths)
             .await
             .map_err(JoinError::from)?;
@@ -192,6 +204,17 @@ impl Startup {
                     device.display()
                 ))
             })?;
+        // Another o2cb cluster's heartbeat device would make this node a
+        // member of that cluster's disk heartbeat under a name it never had.
+        if info.cluster_name.as_deref() != Some(self.cluster.name.as_str()) {
+            return Err(JoinError::Fatal(ClusterError::Config(format!(
+                "{}: the heartbeat device belongs to o2cb cluster {:?}, but this node runs {:?}; \
+                 refusing to heartbeat on it",
+                device.display(),
+                info.cluster_name.unwrap_or_default(),
+                self.cluster.name
+            ))));
+        }
         let region = cluster::region_name(&info.uuid);
         let configfs = ConfigFs::new(&self.paths.configfs);
         // A restarted plugin finds it running: no need to read the geometry.

@@ -233,7 +233,7 @@ impl Lab {
                 "mkdir -p /var/lib/ocfs2-csi && \
                  if [ -f /root/kubeconfig ]; then export KUBECONFIG=/root/kubeconfig; fi && \
                  ocfs2-csi node --endpoint tcp://0.0.0.0:10000 --node-id node{node} \
-                   --cluster-name {cluster} {membership} \
+                   --cluster-name {cluster} --cluster-id {cluster}-id {membership} \
                    --dead-threshold {} --idle-timeout-ms {} \
                    --keepalive-delay-ms {} --reconnect-delay-ms {} \
                    --lun /dev/vda --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \

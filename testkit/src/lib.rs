@@ -31,6 +31,8 @@ pub fn repo_root() -> PathBuf {
 
 pub const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
+/// The cluster ID of the test controller (o2cb cluster "testclu").
+pub const CLUSTER_ID: &str = "testclu-id";
 
 pub struct Controller {
     pub child: Child,
@@ -104,6 +106,11 @@ impl Controller {
         cmd.args(["controller", "--endpoint", &endpoint])
             .args(["--cluster-name", "testclu", "--log", "debug"])
             .args(extra);
+        // The lab's cluster ID (testkit::lab's nodes run `{cluster}-id`),
+        // unless the test plays another installation.
+        if !extra.contains(&"--cluster-id") {
+            cmd.args(["--cluster-id", CLUSTER_ID]);
+        }
         for l in luns {
             cmd.arg("--lun").arg(l);
         }

@@ -208,6 +208,28 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let before = [1, 2].map(|node| mount_ids(lab, node, &shared));
     let t = Instant::now();
     lab.write_members(&[1, 2, 3]);
+    // Issue 12, point 2: a node of another installation (same o2cb cluster
+    // name, another cluster ID) refuses the LUN before it writes anything.
+    let foreign = lab.must(
+        3,
+        &format!(
+            "timeout 120 ocfs2-csi node --endpoint tcp://127.0.0.1:10009 --node-id node3 \
+               --cluster-name {CLUSTER} --cluster-id another-installation \
+               --members-file /etc/ocfs2-csi/members --lun /dev/vda \
+               --state-dir /tmp/foreign-state 2>&1; echo rc=$?; \
+             ls /sys/kernel/config/cluster 2>/dev/null | wc -w"
+        ),
+    );
+    assert!(
+        foreign.contains("belongs to another cluster")
+            && foreign.contains("another-installation")
+            && foreign.contains(&format!("{CLUSTER}-id"))
+            && foreign
+                .lines()
+                .any(|l| l.starts_with("rc=") && l != "rc=0" && l != "rc=124")
+            && foreign.trim_end().ends_with('0'),
+        "a node of another cluster was not refused, or wrote configfs:\n{foreign}"
+    );
     lab.start_node_plugin(3, CLUSTER);
     rt.block_on(lab.wait_node_ready(3, Duration::from_secs(120)));
     for node in [1, 2] {
@@ -483,7 +505,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         &format!(
             "mkdir -p /tmp/sanity /run/csi
              ocfs2-csi controller --endpoint unix:///run/csi/controller.sock --lun /dev/vda \
-               --init-lun /dev/vda --cluster-name {CLUSTER} >/tmp/controller.log 2>&1 &
+               --init-lun /dev/vda --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id \
+               >/tmp/controller.log 2>&1 &
              echo $! > /tmp/controller.pid
              for i in $(seq 300); do grep -q 'all LUNs open; ready' /tmp/controller.log && break; sleep 0.2; done
              csi-sanity -csi.endpoint 127.0.0.1:10000 \
