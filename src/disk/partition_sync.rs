@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crate::disk::gpt::{self, GptError};
 use crate::disk::kernel_partitions::{
@@ -226,9 +226,44 @@ fn join(failures: &[PartitionFailure]) -> String {
         .join("; ")
 }
 
-/// Two syncs of one disk at once would plan from the same state and trip
-/// over each other's changes; a sync takes milliseconds, so one at a time.
-static SYNC_LOCK: Mutex<()> = Mutex::new(());
+/// The partition-sync lock. Two syncs of one disk at once would plan from
+/// the same state and trip over each other's changes; a sync takes
+/// milliseconds, so one at a time. A grower also holds it (see [`hold`])
+/// from its last look at its kernel partition's size to the end of
+/// `tunefs.ocfs2 -S`, so no sync of this process resizes the partition
+/// under the grow.
+static SYNC_LOCK: SyncLock = SyncLock {
+    held: Mutex::new(false),
+    free: Condvar::new(),
+};
+
+struct SyncLock {
+    held: Mutex<bool>,
+    free: Condvar,
+}
+
+/// The partition-sync lock, held until dropped; it may cross threads (and
+/// `.await`s), unlike a `MutexGuard`.
+#[must_use = "the lock is released when this is dropped"]
+pub struct SyncHold(());
+
+impl Drop for SyncHold {
+    fn drop(&mut self) {
+        *SYNC_LOCK.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        SYNC_LOCK.free.notify_one();
+    }
+}
+
+/// Takes the partition-sync lock, waiting while a sync (or another holder)
+/// has it. Blocking: call it from a blocking thread.
+pub fn hold() -> SyncHold {
+    let mut held = SYNC_LOCK.held.lock().unwrap_or_else(|p| p.into_inner());
+    while *held {
+        held = SYNC_LOCK.free.wait(held).unwrap_or_else(|p| p.into_inner());
+    }
+    *held = true;
+    SyncHold(())
+}
 
 /// Makes the kernel's partitions of the whole disk `disk` match its GPT.
 ///
@@ -236,7 +271,7 @@ static SYNC_LOCK: Mutex<()> = Mutex::new(());
 /// async code. Partitions in use are neither deleted, moved nor shrunk; they
 /// are named in `SyncError::Incomplete` after everything else is applied.
 pub fn sync(disk: &Path) -> Result<SyncReport, SyncError> {
-    let _serial = SYNC_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = hold();
     let path = || disk.to_path_buf();
     let lun = LunFile::open(disk).map_err(|source| SyncError::Open {
         disk: path(),
@@ -494,6 +529,26 @@ impl Applier<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sync_lock_is_held_across_threads_until_dropped() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let held = super::hold();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _mine = super::hold();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a second holder got the lock while it was held"
+        );
+        // Released from another thread than the one that took it.
+        std::thread::spawn(move || drop(held)).join().unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+    }
+
     use super::*;
 
     const MIB: u64 = 1 << 20;

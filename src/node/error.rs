@@ -62,6 +62,11 @@ pub enum NodeError {
         what: String,
         after: std::time::Duration,
     },
+    /// Between the confirmation and tunefs, this node's kernel partition
+    /// changed size (the table grew again): a grow now would pass what the
+    /// other nodes confirmed.
+    #[error("this node's partition is {kernel:?} bytes now, not the {confirmed} every node confirmed; not growing (retry confirms again)")]
+    SizeMoved { confirmed: u64, kernel: Option<u64> },
     #[error("the filesystem's on-disk size ({on_disk} bytes) still differs from the mounted size ({live} bytes): its last grow is not written home yet; retry")]
     Unsettled { on_disk: u64, live: u64 },
     #[error(transparent)]
@@ -106,6 +111,7 @@ impl RpcError for NodeError {
             NodeError::NotReady(_)
             | NodeError::Unconfirmed(_)
             | NodeError::Unsettled { .. }
+            | NodeError::SizeMoved { .. }
             | NodeError::Stalled { .. } => Code::Unavailable,
             NodeError::OutOfRange { .. } => Code::OutOfRange,
             NodeError::InFlight => Code::Aborted,

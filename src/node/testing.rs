@@ -42,6 +42,8 @@ struct KernelState {
     busy: HashSet<PathBuf>,
     /// The next OCFS2 mount says it has started, then waits to be let go.
     held: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
+    /// What statfs says every OCFS2 filesystem holds (see `set_fs_bytes`).
+    fs_bytes: Option<u64>,
 }
 
 /// This node's mounts: the fake mounter changes the table it answers with.
@@ -74,6 +76,11 @@ impl FakeKernel {
         let (go_tx, go_rx) = oneshot::channel();
         lock(&self.state).held = Some((started_tx, go_rx));
         (started_rx, go_tx)
+    }
+
+    /// statfs of a mounted volume reports `bytes` (else the real statfs).
+    pub(crate) fn set_fs_bytes(&self, bytes: u64) {
+        lock(&self.state).fs_bytes = Some(bytes);
     }
 
     /// Unmounting `path` fails with EBUSY (something holds it open).
@@ -235,6 +242,17 @@ impl MountTable for FakeKernel {
     }
 
     /// As the real one: nothing is mounted on a path that does not exist.
+    fn fs_bytes(&self, path: &Path) -> io::Result<u64> {
+        match lock(&self.state).fs_bytes {
+            Some(bytes) => Ok(bytes),
+            None => {
+                let s = nix::sys::statvfs::statvfs(path)
+                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+                Ok(s.blocks() as u64 * s.fragment_size() as u64)
+            }
+        }
+    }
+
     fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
         if !path.exists() {
             return Ok(None);
@@ -333,6 +351,13 @@ impl FakeLocator {
     pub(crate) fn vanish(&self, partition: &Uuid) {
         if let Some(v) = lock(&self.volumes).get_mut(partition) {
             v.vanished = true;
+        }
+    }
+
+    /// A partition sync resized this node's kernel partition of the volume.
+    pub(crate) fn set_kernel_bytes(&self, partition: &Uuid, bytes: u64) {
+        if let Some(v) = lock(&self.volumes).get_mut(partition) {
+            v.located.kernel_bytes = bytes;
         }
     }
 
@@ -464,6 +489,11 @@ impl FakeNode {
     /// controller puts in its volume IDs: then [`FakeNode::add_volume`]
     /// with the CreateVolume name yields the ID CreateVolume returned).
     pub(crate) fn local_heartbeat_on(disk: Uuid) -> FakeNode {
+        FakeNode::local_heartbeat_with(disk, Arc::new(NoTools))
+    }
+
+    /// The same, running the OCFS2 tools through `tools`.
+    pub(crate) fn local_heartbeat_with(disk: Uuid, tools: Arc<dyn Runner>) -> FakeNode {
         let tmp = tempfile::tempdir().expect("a temporary folder");
         let dir = tmp.path().canonicalize().expect("a canonical path");
         let lun = (disk, PathBuf::from("/dev/disk/by-id/fake-lun0"));
@@ -486,7 +516,7 @@ impl FakeNode {
             records: records.clone(),
             locator: locator.clone(),
             inspector: inspector.clone(),
-            tools: Ocfs2Tools::new(Arc::new(NoTools)),
+            tools: Ocfs2Tools::new(tools),
         };
         let volumes = Arc::new(NodeVolumes::with_effects(cfg, effects));
         volumes.set_ready(None);

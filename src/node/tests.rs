@@ -615,3 +615,103 @@ async fn a_volume_deleted_during_the_mount_is_unmounted_again() {
     );
     assert_eq!(code(result), Code::NotFound);
 }
+
+/// The OCFS2 tools of one staged volume for a grow: the slot map holds
+/// only this node, the filesystem is `fs_bytes`; the bitmap read (the last
+/// look before tunefs) can let a partition sync grow the kernel partition
+/// (the table grew again); tunefs records the kernel size it grew to.
+struct GrowTools {
+    node: std::sync::OnceLock<(std::sync::Arc<super::testing::FakeLocator>, FakeVolume)>,
+    fs_bytes: u64,
+    sync_grows_to: std::sync::Mutex<Option<u64>>,
+    tunefs_saw: std::sync::Mutex<Vec<Option<u64>>>,
+}
+
+impl crate::tools::Runner for GrowTools {
+    fn run<'a>(
+        &'a self,
+        cmd: &'a crate::tools::Cmd,
+    ) -> futures::future::BoxFuture<'a, Result<crate::tools::ToolOutput, crate::tools::ToolError>>
+    {
+        use super::device::Locator;
+        let (locator, vol) = self.node.get().expect("set after the node is made");
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let stdout = match (cmd.program, args.get(1).map(String::as_str)) {
+            ("debugfs.ocfs2", Some("slotmap")) => "\tSlot#   Node#\n\t     0       1\n".into(),
+            ("debugfs.ocfs2", Some("stats")) => format!(
+                "\tMax Node Slots: 4\n\tBlock Size Bits: 12   Cluster Size Bits: 12\n\
+                 \tLabel: pvc-a\n\tUUID: {}\n\tCluster stack: o2cb\n\tCluster name: {}\n\
+                 \tCluster flags: 0\n",
+                vol.fs.uuid.simple(),
+                vol.fs.cluster_name.clone().unwrap_or_default()
+            ),
+            ("debugfs.ocfs2", Some("stat //global_bitmap")) => {
+                if let Some(bytes) = self.sync_grows_to.lock().unwrap().take() {
+                    locator.set_kernel_bytes(&vol.id.partition, bytes);
+                }
+                format!(
+                    "\tBitmap Total: {}   Used: 10   Free: 0\n",
+                    self.fs_bytes / 4096
+                )
+            }
+            ("tunefs.ocfs2", _) => {
+                let kernel = locator
+                    .partition_bytes(&vol.located.lun, vol.located.entry.number)
+                    .unwrap();
+                self.tunefs_saw.lock().unwrap().push(kernel);
+                String::new()
+            }
+            other => panic!("unexpected tool {other:?}: {args:?}"),
+        };
+        Box::pin(std::future::ready(Ok(crate::tools::ToolOutput {
+            code: Some(0),
+            stdout,
+            stderr: String::new(),
+        })))
+    }
+}
+
+/// Issue 12, point 6: the filesystem grows to exactly the size confirmed.
+/// Here the kernel partition grows again (a sync after a second
+/// ControllerExpand) between the confirmation and tunefs: tunefs would grow
+/// the filesystem past what the other nodes confirmed. The grow must not
+/// run; a retry confirms the new size.
+#[tokio::test]
+async fn a_partition_resized_after_the_confirmation_is_not_grown_into() {
+    let tools = std::sync::Arc::new(GrowTools {
+        node: std::sync::OnceLock::new(),
+        fs_bytes: GIB / 2,
+        sync_grows_to: std::sync::Mutex::new(None),
+        tunefs_saw: std::sync::Mutex::new(Vec::new()),
+    });
+    let node = FakeNode::local_heartbeat_with(uuid::Uuid::new_v4(), tools.clone());
+    let vol = node.add_volume("pvc-a", GIB);
+    let _ = tools.node.set((node.locator.clone(), vol.clone()));
+    let staging = node.path("stage");
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    node.kernel.set_fs_bytes(GIB / 2);
+    let confirmed = vol.located.entry.size;
+    *tools.sync_grows_to.lock().unwrap() = Some(confirmed + 64 * (1 << 20));
+    let result = node
+        .volumes
+        .expand(&vol.id.to_string(), s(&staging), None, None)
+        .await;
+    let saw = tools.tunefs_saw.lock().unwrap().clone();
+    assert!(
+        saw.iter().all(|k| *k == Some(confirmed)),
+        "tunefs grew the filesystem to a {saw:?}-byte partition; every node confirmed \
+         {confirmed} (expand answered {result:?})"
+    );
+    assert_eq!(code(result), Code::Unavailable);
+    // With nothing moving, the grow runs, to the confirmed size.
+    node.locator.set_kernel_bytes(&vol.id.partition, confirmed);
+    node.volumes
+        .expand(&vol.id.to_string(), s(&staging), None, None)
+        .await
+        .unwrap();
+    assert_eq!(*tools.tunefs_saw.lock().unwrap(), [Some(confirmed)]);
+}

@@ -19,6 +19,7 @@ use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
 use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
 use crate::csi::{volume_capability, CapacityRange, VolumeCapability};
+use crate::disk::partition_sync::{self, SyncHold};
 use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
@@ -817,6 +818,11 @@ impl NodeVolumes {
         }
         let (fs_bytes, cluster) = self.settled_size(&located.device, &path).await?;
         if fs_bytes + cluster <= located.entry.size {
+            // tunefs grows to this node's kernel partition, which must be
+            // exactly what every node confirmed: held from here to the end
+            // of tunefs, no partition sync of this plugin (another stage's,
+            // a size report's) can grow it further meanwhile.
+            let _sync_held = self.confirmed_size(&located).await?;
             let started = std::time::Instant::now();
             self.tools.grow(&located.device).await?;
             let after = self.mounted_bytes(&path).await?;
@@ -832,6 +838,35 @@ impl NodeVolumes {
         }
         tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its partition");
         Ok(fs_bytes)
+    }
+
+    /// Takes the partition-sync lock and checks, under it, that the
+    /// kernel's size of the volume's partition is still the one confirmed
+    /// (`located`'s, which every other node reported at least).
+    async fn confirmed_size(&self, located: &Located) -> Result<SyncHold, NodeError> {
+        let held = bounded(
+            "waiting for the partition-sync lock",
+            READ_WAIT,
+            partition_sync::hold,
+        )
+        .await?;
+        let (locator, lun, number) = (
+            self.locator.clone(),
+            located.lun.clone(),
+            located.entry.number,
+        );
+        let kernel = bounded("reading partitions", READ_WAIT, move || {
+            locator.partition_bytes(&lun, number)
+        })
+        .await?
+        .map_err(io("reading the kernel's partition size"))?;
+        if kernel != Some(located.entry.size) {
+            return Err(NodeError::SizeMoved {
+                confirmed: located.entry.size,
+                kernel,
+            });
+        }
+        Ok(held)
     }
 
     /// The filesystem's size once the disk agrees with the kernel, and its
