@@ -14,6 +14,7 @@
 #   7. placement and RBAC on a real cluster: both workloads only on nodes
 #      with the SAN label, the node health port off the common ones, the
 #      node Role limited to the 255 membership Leases, no status.hostIP
+#   8. the controller: 2 replicas by default, spread, rolled one at a time
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -184,6 +185,18 @@ health_port() {
   [ "$port" -lt 30000 ]
 }
 check "node health port clear of kubelet, kube-proxy, node-exporter, livenessprobe defaults" health_port
+controller_replicas() {
+  object "$DEFAULT" Deployment ocfs2-csi-controller > "$TMP/ctl"
+  grep -qx '  replicas: 2' "$TMP/ctl" || { echo "default replicas not 2"; return 1; }
+  if ! grep -qx '    type: RollingUpdate' "$TMP/ctl" || ! grep -qx '      maxSurge: 0' "$TMP/ctl"; then
+    echo "not a one-at-a-time rolling update"; return 1
+  fi
+  grep -q 'podAntiAffinity:' "$TMP/ctl" || { echo "no anti-affinity by default"; return 1; }
+  # The schema allows 0 to 3 replicas.
+  "$HELM" template "$CHART" --set controller.replicas=3 > /dev/null &&
+    ! "$HELM" template "$CHART" --set controller.replicas=4 > /dev/null 2>&1
+}
+check "controller: 2 replicas on different nodes by default, rolled one at a time; the schema allows 0-3" controller_replicas
 node_rbac() {
   object "$DEFAULT" Role ocfs2-csi-node-membership > "$TMP/role"
   object "$DEFAULT" ClusterRole ocfs2-csi-node > "$TMP/crole"

@@ -256,25 +256,41 @@ async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
 }
 
 /// The hazard: two controller processes on one LUN (a replacement pod
-/// while the old one still runs). Each table change is read-modify-write
-/// of the whole table, so one's stale write wiped the other's entries and
-/// volumes acknowledged as created vanished or held the other's
-/// filesystem. Now one of them is the LUN's writer and the other refuses
-/// with a retryable code; every acknowledged volume is on the LUN, at its
-/// acknowledged size, holding its own filesystem.
+/// while the old one still runs, or the chart's two replicas). Each table
+/// change is read-modify-write of the whole table, so one's stale write
+/// wiped the other's entries and volumes acknowledged as created vanished
+/// or held the other's filesystem. Now one of them at a time is the LUN's
+/// writer: a call sent to the other waits for the writer to hand the lease
+/// over (when idle) or is refused with a retryable code; every
+/// acknowledged volume is on the LUN, at its acknowledged size, holding its
+/// own filesystem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_controllers_on_one_lun() {
     let dir = tempfile::tempdir().unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", 8 * GIB);
-    let a = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
-    let b = Controller::start(std::slice::from_ref(&lun), dir.path()).await;
+    let args = ["--writer-lease-secs", "5"];
+    let a = Controller::start_with(std::slice::from_ref(&lun), dir.path(), &args).await;
+    let b = Controller::start_with(std::slice::from_ref(&lun), dir.path(), &args).await;
     let (got_a, got_b) = tokio::join!(workload(&a, "pvc-a", 10), workload(&b, "pvc-b", 10));
+    let handovers = |c: &Controller| {
+        c.log_text()
+            .matches("handing the writer lease over")
+            .count()
+    };
     println!(
-        "two controllers: a acknowledged {} volumes ({} retryable refusals), b {} ({})",
+        "two controllers: a acknowledged {} volumes ({} retryable refusals, handed over {} times), \
+         b {} ({}, {})",
         got_a.volumes.len(),
         got_a.retryable,
+        handovers(&a),
         got_b.volumes.len(),
-        got_b.retryable
+        got_b.retryable,
+        handovers(&b)
+    );
+    assert!(
+        !got_b.volumes.is_empty() || !got_b.deleted.is_empty(),
+        "the standby served nothing: {}",
+        b.log_text()
     );
     assert_gpt_valid(&lun);
     let parts = partitions(&lun);
@@ -350,10 +366,20 @@ async fn create_until_served(ctl: &Controller, name: &str) -> Duration {
     }
 }
 
-/// The writer is cut off (SIGSTOP: a paused pod, a node that lost the
-/// SAN's attention): the standby takes over after the lease time, and the
-/// old writer, back again, writes nothing. Then the failover times: the
-/// writer killed (no release), and stopped cleanly (released at once).
+/// Whether a volume named `name` is in the LUN's table.
+fn in_table(lun: &Path, name: &str) -> bool {
+    let guid = ocfs2_csi::volume::id::partition_guid(name).to_string();
+    partitions(lun)
+        .iter()
+        .any(|p| p.guid.eq_ignore_ascii_case(&guid))
+}
+
+/// Failover and handover: a change sent to the standby while the writer is
+/// idle (served after a handover); the writer cut off (SIGSTOP: a paused
+/// pod, a node that lost the SAN's attention): the standby takes over after
+/// the lease time, and the old writer, back again, never writes with its
+/// old generation nor loses what was written meanwhile; the writer killed
+/// (no release); the writer stopped cleanly (released at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_writer_cannot_write_after_a_takeover() {
     use nix::sys::signal::{kill, Signal};
@@ -369,40 +395,68 @@ async fn a_cut_off_writer_cannot_write_after_a_takeover() {
     assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
     assert_eq!(held.generation, 1);
 
-    let a_pid = Pid::from_raw(a.child.id() as i32);
-    kill(a_pid, Signal::SIGSTOP).unwrap();
+    // The sidecar leads in b's pod: b asks, the idle writer a hands over.
     let took = create_until_served(&b, "pvc-by-b").await;
-    println!("writer stopped (SIGSTOP): the standby served CreateVolume after {took:.1?} (lease {LEASE} s)");
+    println!("a change sent to the standby: served after a handover in {took:.1?}");
     let (held, stamp) = writer_on_disk(&lun);
     assert_eq!(held.generation, 2);
     assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
-    let table_before = std::fs::read(&lun).unwrap()[..MIB as usize].to_vec();
+    assert!(a
+        .log_text()
+        .contains("handing the writer lease over on request"));
 
-    kill(a_pid, Signal::SIGCONT).unwrap();
-    let mut c = a.client().await;
-    let mut r = create_request("pvc-a-late", 64 * MIB);
+    let b_pid = Pid::from_raw(b.child.id() as i32);
+    kill(b_pid, Signal::SIGSTOP).unwrap();
+    let took = create_until_served(&a, "pvc-a-2").await;
+    println!("writer stopped (SIGSTOP): the standby served CreateVolume after {took:.1?} (lease {LEASE} s)");
+    let (held, stamp) = writer_on_disk(&lun);
+    assert_eq!(held.generation, 3);
+    assert!(stamped_by(&held, &stamp), "{held:?} {stamp:?}");
+
+    // b comes back believing it holds generation 2. Its change is refused
+    // (its lease is stale) or served after a proper handover at a later
+    // generation; either way built on the table as it is now.
+    kill(b_pid, Signal::SIGCONT).unwrap();
+    let mut c = b.client().await;
+    let mut r = create_request("pvc-b-late", 64 * MIB);
     r.parameters.insert("nodeSlots".into(), "2".into());
-    let late = c.create_volume(r).await.expect_err("the old writer wrote");
-    assert_eq!(late.code(), tonic::Code::Unavailable, "{late:?}");
-    println!("old writer back: {}", late.message());
-    let (held_after, _) = writer_on_disk(&lun);
-    assert_eq!(
-        held_after.owner, held.owner,
-        "the old writer took the lease back"
-    );
-    let now = std::fs::read(&lun).unwrap()[..MIB as usize].to_vec();
-    // Only the lease sector moved (b's renewals), not the table.
-    let lease_at = ocfs2_csi::disk::lease::LEASE_OFFSET as usize;
-    assert_eq!(now[..lease_at], table_before[..lease_at]);
-    assert!(!partitions(&lun).iter().any(|p| p
-        .guid
-        .eq_ignore_ascii_case(&ocfs2_csi::volume::id::partition_guid("pvc-a-late").to_string())));
+    let late = c.create_volume(r).await;
+    let (held_after, stamp_after) = writer_on_disk(&lun);
+    match &late {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(!in_table(&lun, "pvc-b-late"));
+            println!("old writer back: refused: {}", s.message());
+        }
+        Ok(_) => {
+            assert!(held_after.generation > 3, "{held_after:?}");
+            assert!(stamped_by(&held_after, &stamp_after));
+            println!(
+                "old writer back: served after a handover (generation {})",
+                held_after.generation
+            );
+        }
+    }
+    for name in ["pvc-by-a", "pvc-by-b", "pvc-a-2"] {
+        assert!(in_table(&lun, name), "{name} lost");
+    }
 
-    // b killed without releasing: a serves after the lease time.
+    // b is the writer (asked for it), then killed without releasing: a
+    // serves after the lease time.
+    create_until_served(&b, "pvc-b-3").await;
+    let b_holds = writer_on_disk(&lun).0;
+    assert!(
+        b_holds
+            .owner_name
+            .ends_with(&format!(" pid {}", b.child.id())),
+        "{b_holds:?}"
+    );
     b.kill();
     let took = create_until_served(&a, "pvc-after-kill").await;
     println!("writer killed (SIGKILL): the standby served CreateVolume after {took:.1?} (lease {LEASE} s)");
+    assert!(writer_on_disk(&lun).0.generation > b_holds.generation);
     // a stopped cleanly: it releases, and a new controller serves at once.
+    let a_pid = Pid::from_raw(a.child.id() as i32);
     kill(a_pid, Signal::SIGTERM).unwrap();
     a.child.wait().unwrap();
     assert!(
@@ -415,5 +469,15 @@ async fn a_cut_off_writer_cannot_write_after_a_takeover() {
     println!(
         "writer stopped cleanly (SIGTERM): a new controller served CreateVolume after {took:.1?}"
     );
+    for name in [
+        "pvc-by-a",
+        "pvc-by-b",
+        "pvc-a-2",
+        "pvc-b-3",
+        "pvc-after-kill",
+        "pvc-after-release",
+    ] {
+        assert!(in_table(&lun, name), "{name} lost");
+    }
     assert_gpt_valid(&lun);
 }

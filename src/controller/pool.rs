@@ -38,7 +38,6 @@ pub struct Lun {
     pub disk_guid: Uuid,
     /// UUID of the heartbeat filesystem nodes start global heartbeat on.
     pub heartbeat_uuid: Uuid,
-    lock: tokio::sync::Mutex<()>,
     /// Orders table reads against writes in this process: a read between a
     /// write's entries and its header would see a CRC mismatch. Held only
     /// for the I/O itself, by the blocking thread doing it.
@@ -176,9 +175,10 @@ impl Lun {
         self.path.display().to_string()
     }
 
-    /// Serialises partition-table changes on this LUN.
+    /// Serialises partition-table changes on this LUN (and keeps the
+    /// writer lease from being handed over meanwhile).
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
+        self.writer.changes().lock().await
     }
 
     /// The table as it is on disk now (direct I/O: another host may have
@@ -451,7 +451,6 @@ pub async fn open_lun(
         writer,
         disk_guid: table.disk_guid,
         heartbeat_uuid,
-        lock: tokio::sync::Mutex::new(()),
         table_io: Arc::new(std::sync::Mutex::new(())),
     })
 }

@@ -16,6 +16,13 @@
 //!   (compare, then write) and right after it checks it still holds it, so
 //!   a change made while it lost the lease is never acknowledged.
 //!
+//! - Several controllers may run (the chart runs two). The provisioner
+//!   and resizer sidecars elect their leaders on their own, so a change may
+//!   reach a standby: it writes a handover request (`disk::lease::Request`)
+//!   and waits; the holder, once idle for `idle()`, releases the lease for
+//!   that standby only, which takes it at once. A holder that dies is still
+//!   taken over only after its lease time.
+//!
 //! What it cannot do without SCSI COMPARE AND WRITE or fencing: a write
 //! that the storage holds back (queued on a path that is down) for longer
 //! than the lease time may land after another writer took over. The table
@@ -23,7 +30,7 @@
 //! which then refuses to build on it.
 
 use crate::disk::blocking::run_blocking;
-use crate::disk::lease::{self, Lease, LeaseError};
+use crate::disk::lease::{self, Lease, LeaseError, Request};
 use crate::disk::lun_io::BlockIo;
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +62,16 @@ impl WriterConfig {
     /// than another contender's read-then-write.
     fn settle(&self) -> Duration {
         (self.lease / 10).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    }
+    /// How long a holder must have made no table change before it hands
+    /// the lease over on request.
+    fn idle(&self) -> Duration {
+        self.settle() * 2
+    }
+    /// How often a holder looks for handover requests (and a standby
+    /// watches the lease).
+    fn tick(&self) -> Duration {
+        self.renew_every().min(Duration::from_secs(1))
     }
     fn lease_ms(&self) -> u32 {
         u32::try_from(self.lease.as_millis()).unwrap_or(u32::MAX)
@@ -107,6 +124,9 @@ pub trait TableWriter: Send + Sync {
     fn confirm(&self, stamp: Stamp) -> BoxFuture<'_, Result<(), WriterError>>;
     /// Who this writer is, for people (pod or host name and PID).
     fn who(&self) -> String;
+    /// Held by whoever changes the table (read, change, write): the lease
+    /// is handed over only while nobody in this process holds it.
+    fn changes(&self) -> &tokio::sync::Mutex<()>;
 }
 
 impl TableWriter for Writer {
@@ -127,6 +147,9 @@ impl TableWriter for Writer {
     fn who(&self) -> String {
         self.cfg.owner_name.clone()
     }
+    fn changes(&self) -> &tokio::sync::Mutex<()> {
+        &self.changes
+    }
 }
 
 /// The only writer there is: for in-process tests, where one fake LUN
@@ -134,6 +157,7 @@ impl TableWriter for Writer {
 #[derive(Default)]
 pub struct SoleWriter {
     seq: AtomicU64,
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl TableWriter for SoleWriter {
@@ -155,6 +179,9 @@ impl TableWriter for SoleWriter {
     }
     fn who(&self) -> String {
         "in-process test".into()
+    }
+    fn changes(&self) -> &tokio::sync::Mutex<()> {
+        &self.changes
     }
 }
 
@@ -215,6 +242,16 @@ pub struct Writer {
     cfg: WriterConfig,
     state: Mutex<State>,
     seq: AtomicU64,
+    /// When this process last began or ended a table write (`check`,
+    /// `confirm`): a holder busy with changes does not hand over.
+    last_use: Mutex<Option<Instant>>,
+    /// The handover request answered last (requester, nonce).
+    answered: Mutex<Option<(Uuid, u64)>>,
+    /// This process's request counter.
+    nonce: AtomicU64,
+    /// See [`TableWriter::changes`].
+    changes: tokio::sync::Mutex<()>,
+    contending: tokio::sync::Mutex<()>,
 }
 
 impl Writer {
@@ -232,6 +269,11 @@ impl Writer {
             cfg,
             state: Mutex::new(State::Standby { seen: None }),
             seq: AtomicU64::new(0),
+            last_use: Mutex::new(None),
+            answered: Mutex::new(None),
+            nonce: AtomicU64::new(0),
+            changes: tokio::sync::Mutex::new(()),
+            contending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -268,8 +310,20 @@ impl Writer {
             counter,
             lease_ms: self.cfg.lease_ms(),
             released,
+            handed_to: Uuid::nil(),
             owner_name: self.cfg.owner_name.clone(),
         }
+    }
+
+    fn used_now(&self) {
+        *self.last_use.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn idle(&self) -> bool {
+        self.last_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= self.cfg.idle())
     }
 
     /// One step of the protocol: renew when holding, otherwise watch and
@@ -331,6 +385,13 @@ impl Writer {
     }
 
     async fn contend(&self) -> bool {
+        // The loop and a waiting change may both contend: one at a time, or
+        // the second would take this process's fresh claim as an earlier
+        // one and claim again.
+        let _one = self.contending.lock().await;
+        if self.is_writer() {
+            return true;
+        }
         let on_disk = match self.read().await {
             Ok(l) => l,
             Err(e) => {
@@ -348,7 +409,9 @@ impl Writer {
                 None => (true, None),
                 // Released, or this process's own (an earlier try at opening
                 // the LUN claimed it): taken at once, with the next generation.
-                Some(l) if l.released || l.owner == self.me => (true, Some(l)),
+                Some(l) if l.free_for(&self.me) || (l.owner == self.me && !l.released) => {
+                    (true, Some(l))
+                }
                 Some(l) => {
                     // The takeover clock restarts whenever the holder moves.
                     let since = match seen {
@@ -397,7 +460,11 @@ impl Writer {
                     lun = %self.lun,
                     generation,
                     previous = %previous.as_ref().map_or("nobody".to_string(), |p| format!(
-                        "{}{}", p.owner_name, if p.released { " (released)" } else { " (stopped renewing)" }
+                        "{}{}", p.owner_name, match (p.released, p.handed_to == self.me) {
+                            (true, true) => " (handed over on request)",
+                            (true, false) => " (released)",
+                            (false, _) => " (stopped renewing)",
+                        }
                     )),
                     "this controller is now the LUN's writer"
                 );
@@ -418,16 +485,108 @@ impl Writer {
         }
     }
 
-    /// Runs the protocol until the process ends.
+    /// Runs the protocol until the process ends: renews (or watches) the
+    /// lease, and while holding it answers handover requests when idle.
     pub async fn run(self: Arc<Self>) {
+        let mut next_step = Instant::now();
         loop {
-            let holding = self.step().await;
-            let pause = if holding {
-                self.cfg.renew_every()
-            } else {
-                self.cfg.renew_every().min(Duration::from_secs(1))
-            };
-            tokio::time::sleep(pause).await;
+            if Instant::now() >= next_step {
+                let holding = self.step().await;
+                next_step = Instant::now()
+                    + if holding {
+                        self.cfg.renew_every()
+                    } else {
+                        self.cfg.tick()
+                    };
+            }
+            if self.is_writer() {
+                self.answer_request().await;
+            }
+            tokio::time::sleep(self.cfg.tick()).await;
+        }
+    }
+
+    /// Hands the lease to a standby that asked for it, if this holder is
+    /// idle; a busy one answers at a later tick.
+    async fn answer_request(&self) {
+        let Some(generation) = self.generation() else {
+            return;
+        };
+        let io = self.io.clone();
+        let limit = self.cfg.fresh_for();
+        let request = match run_blocking(limit, move || lease::read_request(io.as_ref())).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(lun = %self.lun, error = %e, "cannot read the handover request sector");
+                return;
+            }
+            Err(_) => return,
+        };
+        let asked = (request.requester, request.nonce);
+        let answered = *self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        if request.requester == self.me
+            || request.generation != generation
+            || answered == Some(asked)
+        {
+            return;
+        }
+        // No change of this process may be between its compare and its
+        // write while the lease changes hands: held until given up.
+        let Ok(_no_change) = self.changes.try_lock() else {
+            return;
+        };
+        if !self.idle() {
+            return;
+        }
+        *self.answered.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
+        tracing::info!(
+            lun = %self.lun,
+            requester = %request.requester_name,
+            generation,
+            "handing the writer lease over on request (this controller is idle)"
+        );
+        self.give_up(request.requester).await;
+    }
+
+    /// A standby asked for a change: asks the holder to hand the lease
+    /// over and waits for it, up to one lease time. Taken at once when it
+    /// is free.
+    async fn request_handover(&self) -> Result<(), WriterError> {
+        let deadline = Instant::now() + self.cfg.lease;
+        let mut asked_generation = None;
+        loop {
+            if self.contend().await {
+                return Ok(());
+            }
+            let holder = self.read().await?;
+            match &holder {
+                Some(l) if !l.free_for(&self.me) && asked_generation != Some(l.generation) => {
+                    let request = Request {
+                        requester: self.me,
+                        generation: l.generation,
+                        nonce: self.nonce.fetch_add(1, Ordering::Relaxed) + 1,
+                        requester_name: self.cfg.owner_name.clone(),
+                    };
+                    let io = self.io.clone();
+                    let limit = self.cfg.fresh_for();
+                    run_blocking(limit, move || lease::write_request(io.as_ref(), &request))
+                        .await
+                        .map_err(|_| WriterError::Stalled(limit))??;
+                    tracing::info!(
+                        lun = %self.lun,
+                        holder = %l.owner_name,
+                        generation = l.generation,
+                        "asked the LUN's writer to hand its lease over for a change sent here"
+                    );
+                    asked_generation = Some(l.generation);
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(WriterError::NotWriter(holder));
+            }
+            tokio::time::sleep(self.cfg.settle().min(Duration::from_millis(200))).await;
         }
     }
 
@@ -452,6 +611,11 @@ impl Writer {
     /// process holds the lease, has renewed it recently and the sector
     /// still names it.
     pub async fn check(&self) -> Result<Stamp, WriterError> {
+        self.used_now();
+        if !self.is_writer() {
+            self.request_handover().await?;
+            self.used_now();
+        }
         let (generation, renewed) = match &*self.state() {
             State::Held {
                 generation,
@@ -477,6 +641,7 @@ impl Writer {
     /// After a table write (or before it): the sector still names this
     /// process with `generation`. On a loss, stands by.
     pub async fn confirm(&self, generation: u64) -> Result<(), WriterError> {
+        self.used_now();
         match self.read().await? {
             Some(l) if l.owner == self.me && l.generation == generation && !l.released => Ok(()),
             other => {
@@ -500,6 +665,11 @@ impl Writer {
     /// Gives the lease up on a clean shutdown, so a standby takes over at
     /// once instead of after the lease time.
     pub async fn release(&self) {
+        self.give_up(Uuid::nil()).await
+    }
+
+    /// Releases the lease for `to` (nil: for anyone).
+    async fn give_up(&self, to: Uuid) {
         let (generation, counter) = {
             let mut state = self.state();
             let State::Held {
@@ -514,7 +684,11 @@ impl Writer {
             (generation, counter)
         };
         if self.confirm(generation).await.is_ok() {
-            match self.write(self.mine(generation, counter + 1, true)).await {
+            let released = Lease {
+                handed_to: to,
+                ..self.mine(generation, counter + 1, true)
+            };
+            match self.write(released).await {
                 Ok(()) => tracing::info!(lun = %self.lun, generation, "released the writer lease"),
                 Err(e) => {
                     tracing::warn!(lun = %self.lun, error = %e, "cannot release the writer lease")
@@ -558,7 +732,20 @@ mod tests {
         a.take_if_free().await.unwrap();
         assert!(!b.step().await);
         assert!(a.check().await.is_ok());
-        assert!(b.check().await.is_err());
+        // b is sent a change: it asks a, which (stepping by hand here)
+        // never answers, and keeps renewing: b gives up after a lease time.
+        let renewing = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                loop {
+                    a.step().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        assert!(matches!(b.check().await, Err(WriterError::NotWriter(Some(l))) if l.owner == a.me));
+        renewing.abort();
+        let _ = renewing.await;
 
         // a keeps renewing: b cannot take over (it sees the counter move).
         for _ in 0..5 {
@@ -592,8 +779,82 @@ mod tests {
         let b = Writer::with_owner(io.clone(), "lun".into(), cfg("b", 20_000), Uuid::new_v4());
         a.take_if_free().await.unwrap();
         a.release().await;
-        assert!(a.check().await.is_err());
+        assert!(!a.is_writer());
+        let started = Instant::now();
         b.take_if_free().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
         assert!(b.check().await.is_ok());
+    }
+
+    /// Two controllers, each running its loop, the chart's way: a change
+    /// sent to the standby is served by it once the idle holder hands the
+    /// lease over, well before a lease time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_holder_hands_over_on_request() {
+        let io: Arc<dyn BlockIo> = Arc::new(MemIo::new(512, 2 << 20));
+        let a = Writer::with_owner(io.clone(), "lun".into(), cfg("a", 20_000), Uuid::new_v4());
+        let b = Writer::with_owner(io.clone(), "lun".into(), cfg("b", 20_000), Uuid::new_v4());
+        a.take_if_free().await.unwrap();
+        let loops = [tokio::spawn(a.clone().run()), tokio::spawn(b.clone().run())];
+        let started = Instant::now();
+        let stamp = b.check().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(stamp.generation, 2);
+        assert!(!a.is_writer());
+        let on_disk = lease::read(io.as_ref()).unwrap().unwrap();
+        assert_eq!((on_disk.owner, on_disk.generation), (b.me, 2));
+        // And back: a is sent a change next.
+        let stamp = a.check().await.unwrap();
+        assert_eq!(stamp.generation, 3);
+        assert!(!b.is_writer());
+        for l in loops {
+            l.abort();
+        }
+    }
+
+    /// A holder in the middle of a change (its compare done, its write to
+    /// come) never hands over: the standby's call is refused after a lease
+    /// time, retryably, and the holder's write goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_in_a_change_does_not_hand_over() {
+        let io: Arc<dyn BlockIo> = Arc::new(MemIo::new(512, 2 << 20));
+        let a = Writer::with_owner(io.clone(), "lun".into(), cfg("a", 1500), Uuid::new_v4());
+        let b = Writer::with_owner(io.clone(), "lun".into(), cfg("b", 1500), Uuid::new_v4());
+        a.take_if_free().await.unwrap();
+        let changing = a.changes.lock().await;
+        let stamp = a.check().await.unwrap();
+        let loops = [tokio::spawn(a.clone().run()), tokio::spawn(b.clone().run())];
+        let refused = b.check().await;
+        assert!(
+            matches!(refused, Err(WriterError::NotWriter(Some(ref l))) if l.owner == a.me),
+            "{refused:?}"
+        );
+        assert!(a.is_writer());
+        a.confirm(stamp.generation.into()).await.unwrap();
+        drop(changing);
+        for l in loops {
+            l.abort();
+        }
+    }
+
+    /// A lease handed to one standby is not free for others, nor for the
+    /// holder that handed it over.
+    #[tokio::test]
+    async fn a_lease_handed_to_one_standby_is_not_free_for_others() {
+        let io: Arc<dyn BlockIo> = Arc::new(MemIo::new(512, 2 << 20));
+        let a = Writer::with_owner(io.clone(), "lun".into(), cfg("a", 20_000), Uuid::new_v4());
+        let c = Writer::with_owner(io.clone(), "lun".into(), cfg("c", 20_000), Uuid::new_v4());
+        let b_id = Uuid::new_v4();
+        a.take_if_free().await.unwrap();
+        a.give_up(b_id).await;
+        let handed = lease::read(io.as_ref()).unwrap().unwrap();
+        assert!(handed.released && handed.handed_to == b_id);
+        assert!(!a.step().await);
+        assert!(!c.step().await);
+        assert!(handed.free_for(&b_id) && !handed.free_for(&a.me) && !handed.free_for(&c.me));
     }
 }

@@ -10,7 +10,7 @@ use std::io;
 
 use uuid::Uuid;
 
-use super::lease::{Lease, LEASE_OFFSET};
+use super::lease::{Lease, Request, LEASE_OFFSET, REQUEST_OFFSET};
 use super::lun_io::BlockIo;
 use super::ownership::{Ownership, OWNERSHIP_OFFSET};
 use super::signatures::{at, identify, is_zero};
@@ -660,12 +660,18 @@ pub fn probe(io: &dyn BlockIo) -> Result<Contents, GptError> {
     let span = PROBE_SPAN.min(size) / ss * ss;
     let mut head = vec![0u8; span as usize];
     io.read_at(0, &mut head)?;
-    // Our writer lease or ownership stamp alone (a crash between writing
-    // them and the first table) does not make a LUN less blank; the caller
+    // Our writer lease, a handover request or ownership stamp alone (a
+    // crash between writing them and the first table) does not make a LUN less blank; the caller
     // reads the stamp itself.
     let lease_at = LEASE_OFFSET as usize..(LEASE_OFFSET + ss) as usize;
     if let Some(sector) = head.get_mut(lease_at) {
         if matches!(Lease::decode(sector), Ok(Some(_))) {
+            sector.fill(0);
+        }
+    }
+    let request_at = REQUEST_OFFSET as usize..(REQUEST_OFFSET + ss) as usize;
+    if let Some(sector) = head.get_mut(request_at) {
+        if matches!(Request::decode(sector), Ok(Some(_))) {
             sector.fill(0);
         }
     }

@@ -29,10 +29,14 @@ const _: () = assert!(
 );
 
 const MAGIC: &[u8; 12] = b"OCFS2CSIWRTL";
-const VERSION: u32 = 1;
+/// Version 2 added `handed_to` in the name's last 16 bytes; version 1
+/// sectors (a 64-byte name, nobody handed to) still read.
+const VERSION: u32 = 2;
 /// Bytes covered by the CRC (everything before it).
 const BODY: usize = 120;
-const NAME_BYTES: usize = 64;
+const NAME_BYTES: usize = 48;
+const NAME_BYTES_V1: usize = 64;
+const HANDED_TO: usize = 56 + NAME_BYTES;
 
 /// What the lease sector says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub struct Lease {
     /// Given up on purpose (a clean shutdown, a handover): contenders may
     /// take it at once.
     pub released: bool,
+    /// Released for this process only (a handover on its request); nil
+    /// for anyone. Others wait the lease time, as for a silent holder.
+    pub handed_to: Uuid,
     /// Who the owner is, for people: host or pod name and PID.
     pub owner_name: String,
 }
@@ -77,9 +84,15 @@ impl Lease {
         let name = self.owner_name.as_bytes();
         let n = name.len().min(NAME_BYTES);
         s[56..56 + n].copy_from_slice(&name[..n]);
+        s[HANDED_TO..HANDED_TO + 16].copy_from_slice(self.handed_to.as_bytes());
         let crc = crc32fast::hash(&s[..BODY]);
         s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
         s
+    }
+
+    /// Whether `me` may take it at once: released for anyone, or for `me`.
+    pub fn free_for(&self, me: &Uuid) -> bool {
+        self.released && (self.handed_to.is_nil() || self.handed_to == *me)
     }
 
     /// None for an all-zero sector (no lease was ever written).
@@ -89,15 +102,23 @@ impl Lease {
         }
         let u32_at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-        if s.len() < BODY + 4 || &s[0..12] != MAGIC || u32_at(12) != VERSION {
+        if s.len() < BODY + 4 || &s[0..12] != MAGIC || !matches!(u32_at(12), 1 | VERSION) {
             return Err(LeaseError::Foreign);
         }
         if crc32fast::hash(&s[..BODY]) != u32_at(BODY) {
             return Err(LeaseError::Crc);
         }
-        let name = &s[56..56 + NAME_BYTES];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
+        let (name_bytes, handed_to) = match u32_at(12) {
+            1 => (NAME_BYTES_V1, Uuid::nil()),
+            _ => (
+                NAME_BYTES,
+                Uuid::from_slice(&s[HANDED_TO..HANDED_TO + 16]).expect("16 bytes"),
+            ),
+        };
+        let name = &s[56..56 + name_bytes];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name_bytes);
         Ok(Some(Lease {
+            handed_to,
             owner: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
             generation: u64_at(32),
             counter: u64_at(40),
@@ -124,6 +145,83 @@ pub fn write(io: &dyn BlockIo, lease: &Lease) -> Result<(), LeaseError> {
     Ok(())
 }
 
+/// Byte offset of the handover request sector, right after the lease's:
+/// a standby controller that was asked for a change writes it, and the
+/// holder, when idle, releases the lease for it (`controller::writer`).
+/// Only requesters write it, so it never races the holder's renewals.
+pub const REQUEST_OFFSET: u64 = LEASE_OFFSET + 4096;
+
+const _: () = assert!(REQUEST_OFFSET + 4096 <= 1 << 20);
+
+const REQUEST_MAGIC: &[u8; 12] = b"OCFS2CSIWRTQ";
+const REQUEST_VERSION: u32 = 1;
+
+/// A standby's request for the lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The requesting process (its lease owner UUID).
+    pub requester: Uuid,
+    /// The holder's generation it asks to give up: a request about an
+    /// earlier holder means nothing to a later one.
+    pub generation: u64,
+    /// Raised by the requester at each request, so the holder answers each
+    /// once.
+    pub nonce: u64,
+    pub requester_name: String,
+}
+
+impl Request {
+    pub fn encode(&self, sector_size: u64) -> Vec<u8> {
+        let mut s = vec![0u8; sector_size as usize];
+        s[0..12].copy_from_slice(REQUEST_MAGIC);
+        s[12..16].copy_from_slice(&REQUEST_VERSION.to_le_bytes());
+        s[16..32].copy_from_slice(self.requester.as_bytes());
+        s[32..40].copy_from_slice(&self.generation.to_le_bytes());
+        s[40..48].copy_from_slice(&self.nonce.to_le_bytes());
+        let name = self.requester_name.as_bytes();
+        let n = name.len().min(NAME_BYTES_V1);
+        s[56..56 + n].copy_from_slice(&name[..n]);
+        let crc = crc32fast::hash(&s[..BODY]);
+        s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
+        s
+    }
+
+    /// None for an all-zero sector (never requested).
+    pub fn decode(s: &[u8]) -> Result<Option<Request>, LeaseError> {
+        if s.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+        if s.len() < BODY + 4 || &s[0..12] != REQUEST_MAGIC || u32_at(12) != REQUEST_VERSION {
+            return Err(LeaseError::Foreign);
+        }
+        if crc32fast::hash(&s[..BODY]) != u32_at(BODY) {
+            return Err(LeaseError::Crc);
+        }
+        let name = &s[56..56 + NAME_BYTES_V1];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES_V1);
+        Ok(Some(Request {
+            requester: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
+            generation: u64_at(32),
+            nonce: u64_at(40),
+            requester_name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        }))
+    }
+}
+
+pub fn read_request(io: &dyn BlockIo) -> Result<Option<Request>, LeaseError> {
+    let mut s = vec![0u8; io.sector_size() as usize];
+    io.read_at(REQUEST_OFFSET, &mut s)?;
+    Request::decode(&s)
+}
+
+pub fn write_request(io: &dyn BlockIo, request: &Request) -> Result<(), LeaseError> {
+    io.write_at(REQUEST_OFFSET, &request.encode(io.sector_size()))?;
+    io.sync()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::lun_io::MemIo;
@@ -136,6 +234,7 @@ mod tests {
             counter: 99,
             lease_ms: 20_000,
             released: false,
+            handed_to: Uuid::nil(),
             owner_name: "ocfs2-csi-controller-5d8f pid 1".into(),
         }
     }
@@ -154,6 +253,29 @@ mod tests {
             write(&io, &released).unwrap();
             assert_eq!(read(&io).unwrap(), Some(released));
         }
+    }
+
+    #[test]
+    fn requests_round_trip_apart_from_the_lease() {
+        let io = MemIo::new(512, 2 << 20);
+        assert_eq!(read_request(&io).unwrap(), None);
+        let r = Request {
+            requester: Uuid::from_u128(9),
+            generation: 3,
+            nonce: 4,
+            requester_name: "standby pid 2".into(),
+        };
+        write(&io, &lease()).unwrap();
+        write_request(&io, &r).unwrap();
+        assert_eq!(read_request(&io).unwrap(), Some(r));
+        assert_eq!(read(&io).unwrap(), Some(lease()));
+        assert!(matches!(
+            Lease::decode(&lease().encode(512)[..]).map(|_| ()),
+            Ok(())
+        ));
+        let mut s = vec![0u8; 512];
+        io.read_at(REQUEST_OFFSET, &mut s).unwrap();
+        assert!(Lease::decode(&s).is_err(), "a request is not a lease");
     }
 
     #[test]
