@@ -9,8 +9,9 @@
 //! - `lab_default_timeouts`: o2cb's default timeouts, members from a file.
 //!   The basic scenarios first (they form the cluster, two guests then a
 //!   third joining, so they need guests nobody joined yet), then 40
-//!   volumes on all three. Each scenario leaves the plugins running and no
-//!   volume or mount behind, and the next one checks that it finds it so.
+//!   volumes on all three, then 50 stages racing deletes. Each scenario
+//!   leaves the plugins running and no volume or mount behind, and the
+//!   next one checks that it finds it so.
 //!   Nothing here loses a node, so the production timeouts cost nothing
 //!   and are what these scenarios run on.
 //! - `lab_short_timeouts`: short o2cb timeouts (`SHORT`), membership from a
@@ -34,6 +35,8 @@ mod failure;
 mod kube;
 #[path = "lab/kubevirt.rs"]
 mod kubevirt;
+#[path = "lab/races.rs"]
+mod races;
 #[path = "lab/scale.rs"]
 mod scale;
 
@@ -68,6 +71,7 @@ fn lab_default_timeouts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     scenario("basics", || basics::run(&lab, &rt));
     scenario("scale-40-volumes", || scale::run(&lab, &rt));
+    scenario("stage-delete-races", || races::run(&lab, &rt));
 }
 
 #[test]
