@@ -40,6 +40,8 @@ pub const DOMAIN: &str = "ocfs2csi";
 /// progress) and for each node's answer.
 pub const VOLUME_WAIT: Duration = Duration::from_secs(90);
 pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long staging waits for its size reporter's first report.
+const FIRST_REPORT_WAIT: Duration = Duration::from_secs(60);
 
 const VALUE_PREFIX: &str = "ocfs2csi-size ";
 
@@ -113,10 +115,19 @@ impl Reporters {
             stop_rx,
             first_tx,
         ));
-        match first_rx.await {
-            Ok(result) => result,
-            Err(_) => Err("the size reporter ended before its first report".into()),
+        // Bounded: the size lock is ours alone but for a grower's short
+        // read, so a first report that takes longer means the DLM is stuck.
+        let result = match tokio::time::timeout(FIRST_REPORT_WAIT, first_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the size reporter ended before its first report".into()),
+            Err(_) => Err(format!(
+                "no first size report within {FIRST_REPORT_WAIT:?} (its lock was not granted)"
+            )),
+        };
+        if result.is_err() {
+            self.stop(&guid);
         }
+        result
     }
 
     pub fn stop(&self, guid: &Uuid) {
@@ -224,8 +235,9 @@ pub async fn reported_size(
     guid: &Uuid,
     node: u8,
 ) -> Result<Option<u64>, DlmError> {
+    // Queued: the reporter resyncs and lets go when asked (its AST).
     let lock = domain
-        .lock(&size_lock(guid, node), Mode::Shared, ANSWER_WAIT)
+        .lock_queued(&size_lock(guid, node), Mode::Shared, ANSWER_WAIT)
         .await?;
     Ok(decode_size(lock.read_value()?))
 }
