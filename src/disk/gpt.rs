@@ -565,6 +565,17 @@ pub fn read(io: &dyn BlockIo) -> Result<ReadOutcome, GptError> {
     }
 }
 
+/// [`read`], then [`Gpt::validate`]: for a table this driver made and is
+/// about to compute offsets from. Every entry is checked (inside the
+/// usable range, first before last, no overlap, no duplicate number)
+/// before anyone multiplies an LBA: another host, an older version or a
+/// stray tool may have written it.
+pub fn read_valid(io: &dyn BlockIo) -> Result<ReadOutcome, GptError> {
+    let outcome = read(io)?;
+    outcome.gpt.validate()?;
+    Ok(outcome)
+}
+
 // ---------------------------------------------------------------------------
 // Writing
 
@@ -771,6 +782,40 @@ mod tests {
 
     fn mem(ss: u64, total: u64) -> MemIo {
         MemIo::new(ss, ss * total)
+    }
+
+    /// A CRC-valid table whose entry 1 ends at LBA u64::MAX (another writer
+    /// got it wrong): `read` reports it, `read_valid` refuses it before
+    /// anyone computes a size or an offset from it.
+    #[test]
+    fn entries_are_checked_before_any_arithmetic() {
+        let io = mem(512, 131072);
+        let mut g = Gpt::new(512, 131072, guid(9));
+        g.partitions.push(part(1, 2048, 4095, "a"));
+        write(&io, &g).unwrap();
+        let es = entry_sectors(g.entry_count, 512);
+        let last = g.total_sectors - 1;
+        for (header_lba, entries_lba) in [(1, 2), (last, last - es)] {
+            let mut entries = vec![0u8; (es * 512) as usize];
+            io.read_at(entries_lba * 512, &mut entries).unwrap();
+            entries[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+            io.write_at(entries_lba * 512, &entries).unwrap();
+            let crc = crc32fast::hash(&entries[..g.entry_count as usize * ENTRY_SIZE as usize]);
+            let mut h = vec![0u8; 512];
+            io.read_at(header_lba * 512, &mut h).unwrap();
+            h[88..92].copy_from_slice(&crc.to_le_bytes());
+            h[16..20].fill(0);
+            let header_crc = crc32fast::hash(&h[..92]);
+            h[16..20].copy_from_slice(&header_crc.to_le_bytes());
+            io.write_at(header_lba * 512, &h).unwrap();
+        }
+        let found = read(&io).unwrap();
+        assert_eq!(found.gpt.partition(1).unwrap().last_lba, u64::MAX);
+        assert!(found.primary_valid && found.backup_valid);
+        match read_valid(&io) {
+            Err(GptError::Invalid(m)) => assert!(m.contains("outside usable range"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
     for lun in luns {
         let table = match LunFile::open(lun)
             .map_err(|e| e.to_string())
-            .and_then(|io| gpt::read(&io).map_err(|e| e.to_string()))
+            .and_then(|io| gpt::read_valid(&io).map_err(|e| e.to_string()))
         {
             Ok(outcome) => outcome.gpt,
             Err(e) => {

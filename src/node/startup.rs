@@ -359,7 +359,7 @@ async fn heartbeat_device(lun: &Path) -> Result<PathBuf, JoinError> {
     tokio::task::spawn_blocking(move || {
         let table = LunFile::open(&lun)
             .map_err(|e| e.to_string())
-            .and_then(|io| gpt::read(&io).map_err(|e| e.to_string()))
+            .and_then(|io| gpt::read_valid(&io).map_err(|e| e.to_string()))
             .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
             .gpt;
         match table.partition(HEARTBEAT_NUMBER) {
