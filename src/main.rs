@@ -6,7 +6,7 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
-use ocfs2_csi::controller::pool::{named_in, open_all, ClusterIdentity};
+use ocfs2_csi::controller::pool::{named_in, open_one, ClusterIdentity};
 use ocfs2_csi::controller::writer::{Writer, WriterConfig};
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
@@ -420,33 +420,50 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease: Duration::from_secs(args.writer_lease_secs),
         owner_name: owner_name(),
     };
-    // The writer leases, once the LUNs are open: released on shutdown so a
+    // The writer leases of the open LUNs: released on shutdown so a
     // standby controller takes over at once.
-    let (writers_tx, writers_rx) = tokio::sync::oneshot::channel::<Vec<Arc<Writer>>>();
-    let opener = {
-        let volumes = volumes.clone();
-        let luns = args.pool.luns.clone();
-        let cluster = ClusterIdentity {
-            id: cluster_id,
-            name: args.pool.cluster_name.clone(),
-        };
-        let init = args.init_luns.clone();
-        tokio::spawn(async move {
-            let opened = LUN_BACKOFF
-                .retry("cannot open the LUNs", |_| async {
-                    open_all(&luns, &init, &writer, &cluster, &tools, regions.as_ref())
-                        .await
-                        .inspect_err(|e| volumes.set_not_ready(format!("{e:#}")))
-                })
-                .await;
-            for w in &opened.writers {
-                tokio::spawn(w.clone().run());
-            }
-            let _ = writers_tx.send(opened.writers);
-            tracing::info!(luns = opened.luns.len(), "all LUNs open; ready");
-            volumes.set_luns(opened.luns);
+    let writers: Arc<std::sync::Mutex<Vec<Arc<Writer>>>> = Arc::default();
+    let cluster = Arc::new(ClusterIdentity {
+        id: cluster_id,
+        name: args.pool.cluster_name.clone(),
+    });
+    // Each LUN opens on its own: one that cannot be opened (a path down, a
+    // LUN of another cluster) leaves the others serving; it is retried.
+    volumes.expect_luns(&args.pool.luns);
+    let openers: Vec<_> = args
+        .pool
+        .luns
+        .iter()
+        .map(|path| {
+            let (volumes, writers, cluster) = (volumes.clone(), writers.clone(), cluster.clone());
+            let (path, init, writer) = (path.clone(), args.init_luns.clone(), writer.clone());
+            let (tools, regions) = (tools.clone(), regions.clone());
+            tokio::spawn(async move {
+                let what = format!("cannot open LUN {}", path.display());
+                let (lun, lease) = LUN_BACKOFF
+                    .retry(&what, |_| async {
+                        open_one(&path, &init, &writer, &cluster, &tools, regions.as_ref())
+                            .await
+                            .inspect_err(|e| volumes.lun_failed(&path, format!("{e:#}")))
+                    })
+                    .await;
+                if let Err(e) = volumes.lun_opened(lun) {
+                    tracing::error!(lun = %path.display(), error = %e, "not using this LUN");
+                    return;
+                }
+                lease.step().await;
+                tokio::spawn(lease.clone().run());
+                writers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(lease);
+                tracing::info!(lun = %path.display(), "LUN open; serving it");
+                if volumes.all_open() {
+                    tracing::info!("all LUNs open; ready");
+                }
+            })
         })
-    };
+        .collect();
 
     let identity = IdentityService::new(args.common.driver_name, true, volumes.clone());
     let router = tonic::transport::Server::builder()
@@ -454,11 +471,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(ControllerService::new(volumes)));
     let result = server::serve(router, &args.common.endpoint, server::shutdown_signal()).await;
-    opener.abort();
-    if let Ok(writers) = writers_rx.await {
-        for w in writers {
-            w.release().await;
-        }
+    for opener in openers {
+        opener.abort();
+    }
+    let held: Vec<Arc<Writer>> = writers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for w in held {
+        w.release().await;
     }
     result?;
     Ok(())

@@ -160,6 +160,40 @@ async fn a_lun_of_another_cluster_is_refused() {
         "a LUN of another cluster was written to"
     );
 
+    // One refused LUN does not take the others down: the other
+    // installation, given its own LUN too, serves that one; a create free
+    // to pick any LUN (which must look for an earlier try on every one)
+    // is refused retryably, naming the LUN it cannot open.
+    let theirs = sparse_lun(dir.path(), "theirs.raw", GIB);
+    let other = Controller::start_with(
+        &[theirs.clone(), lun.clone()],
+        dir.path(),
+        &["--cluster-id", "another-installation"],
+    )
+    .await;
+    let mut c = other.client().await;
+    let mut pinned = create_request("pvc-theirs", 128 * MIB);
+    pinned.parameters.insert("nodeSlots".into(), "2".into());
+    pinned
+        .parameters
+        .insert("lun".into(), theirs.display().to_string());
+    c.create_volume(pinned).await.unwrap();
+    let mut any = create_request("pvc-anywhere", 128 * MIB);
+    any.parameters.insert("nodeSlots".into(), "2".into());
+    let refused = c.create_volume(any).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains(&lun.display().to_string())
+            && refused.message().contains("belongs to another cluster"),
+        "{refused:?}"
+    );
+    drop(other);
+    assert_eq!(
+        digest(&lun),
+        before,
+        "a LUN of another cluster was written to"
+    );
+
     // A LUN from before stamps: adopted, and stamped, by the first opener.
     zero(&lun, ownership::OWNERSHIP_OFFSET, 4096);
     let mut ctl = Controller::start(std::slice::from_ref(&lun), dir.path()).await;

@@ -14,6 +14,7 @@ use crate::disk::gpt::{self, Contents, Gpt, GptError, Partition};
 use crate::disk::lun_io::{BlockIo, LunFile};
 use crate::disk::ownership::{self, Ownership, OwnershipError};
 use crate::disk::region::{with_region, RegionDevices};
+use crate::disk::reopen::Reopening;
 use crate::disk::signatures::{self, Found};
 use crate::ocfs2::superblock;
 use crate::ocfs2::tools::Ocfs2Tools;
@@ -114,7 +115,7 @@ pub struct Opened {
     pub writers: Vec<Arc<Writer>>,
 }
 
-/// Opens every LUN of `paths` (`open_lun`), refusing one LUN listed twice
+/// Opens every LUN of `paths` (`open_one`), refusing one LUN listed twice
 /// under two paths. Only LUNs named in `init` may be initialised.
 pub async fn open_all(
     paths: &[PathBuf],
@@ -127,37 +128,69 @@ pub async fn open_all(
     let mut luns: Vec<Arc<Lun>> = Vec::new();
     let mut writers = Vec::new();
     for path in paths {
-        let name = path.display().to_string();
-        let p = path.clone();
-        let io = lun_io(&name, "opening", OPEN_WAIT, move || LunFile::open(&p)).await?;
-        let may_initialise = named_in(path, init);
-        let io: Arc<dyn BlockIo> = Arc::new(io);
-        let lease = Writer::new(io.clone(), name.clone(), writer.clone());
-        let lun = open_lun(
-            path,
-            io,
-            may_initialise,
-            lease.clone(),
-            cluster,
-            tools,
-            regions,
-        )
-        .await?;
-        tracing::info!(lun = %name, disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
-        if luns.iter().any(|l| l.disk_guid == lun.disk_guid) {
-            return Err(OpenError::SameLun {
-                path: name,
-                guid: lun.disk_guid,
-            });
+        let (lun, lease) = open_one(path, init, writer, cluster, tools, regions).await?;
+        if let Some(same) = luns.iter().find(|l| l.disk_guid == lun.disk_guid) {
+            return Err(same_lun(same, &lun));
         }
         // A free or released lease is taken before the LUN counts as open,
         // so a controller that follows a cleanly stopped one serves changes
         // from its first call; a held one is watched from here on.
         lease.step().await;
-        luns.push(Arc::new(lun));
+        luns.push(lun);
         writers.push(lease);
     }
     Ok(Opened { luns, writers })
+}
+
+/// The error for `second`, the same LUN as the open `first` under another
+/// path.
+pub fn same_lun(first: &Lun, second: &Lun) -> OpenError {
+    OpenError::SameLun {
+        path: second.name(),
+        guid: first.disk_guid,
+    }
+}
+
+/// Opens the LUN at `path` (`open_lun`) with its writer lease, which the
+/// caller steps once (`Writer::step`: takes a free lease) when it keeps the
+/// LUN, then runs (`Writer::run`) and releases on shutdown. It may be
+/// initialised only when named in `init`.
+pub async fn open_one(
+    path: &Path,
+    init: &[PathBuf],
+    writer: &WriterConfig,
+    cluster: &ClusterIdentity,
+    tools: &Ocfs2Tools,
+    regions: &dyn RegionDevices,
+) -> Result<(Arc<Lun>, Arc<Writer>), OpenError> {
+    let name = path.display().to_string();
+    let p = path.to_path_buf();
+    // Through its path again when the device goes (an iSCSI re-login).
+    let reopening = Arc::new(
+        lun_io(&name, "opening", OPEN_WAIT, move || {
+            Reopening::open(
+                &p,
+                Box::new(|p| Ok(Arc::new(LunFile::open(p)?) as Arc<dyn BlockIo>)),
+            )
+        })
+        .await?,
+    );
+    let may_initialise = named_in(path, init);
+    let io: Arc<dyn BlockIo> = reopening.clone();
+    let lease = Writer::new(io.clone(), name.clone(), writer.clone());
+    let lun = open_lun(
+        path,
+        io,
+        may_initialise,
+        lease.clone(),
+        cluster,
+        tools,
+        regions,
+    )
+    .await?;
+    reopening.expect_disk_guid(lun.disk_guid);
+    tracing::info!(lun = %name, disk_guid = %lun.disk_guid, heartbeat = %lun.heartbeat_uuid, "LUN open");
+    Ok((Arc::new(lun), lease))
 }
 
 impl Lun {
@@ -187,12 +220,12 @@ impl Lun {
         let (io, table_io) = (self.io.clone(), self.table_io.clone());
         let read = run_blocking(TABLE_IO_TIMEOUT, move || {
             let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
-            let mut read = gpt::read(io.as_ref());
+            let mut read = gpt::read_valid(io.as_ref());
             if let Err(GptError::Corrupt(_)) = read {
                 // Another host may be halfway through a write; a moment
                 // later one copy is whole again.
                 std::thread::sleep(Duration::from_millis(20));
-                read = gpt::read(io.as_ref());
+                read = gpt::read_valid(io.as_ref());
             }
             read
         })
@@ -392,6 +425,8 @@ pub async fn open_lun(
         Contents::Other(what) => return Err(foreign(&what)),
         Contents::Gpt(read) => {
             let mut table = read.gpt;
+            // Entries checked before any arithmetic on them.
+            table.validate().map_err(table_err)?;
             match table.partition(HEARTBEAT_NUMBER) {
                 Some(p) if p.type_guid == TYPE_HEARTBEAT => {}
                 _ => return Err(foreign("a GPT that ocfs2-csi did not make")),

@@ -19,7 +19,8 @@ use crate::volume::entry::{
 };
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Size of a volume when the request names none.
@@ -61,9 +62,9 @@ pub struct Capacity {
 }
 
 pub struct Volumes {
-    luns: OnceLock<Vec<Arc<Lun>>>,
-    /// Why the LUNs are not open yet, for the Unavailable message.
-    not_ready: std::sync::Mutex<String>,
+    /// Every configured LUN in --lun order: open, or why not (yet). Each is
+    /// opened on its own, so one bad LUN does not stop the others.
+    luns: RwLock<Vec<LunSlot>>,
     tools: Ocfs2Tools,
     regions: Arc<dyn RegionDevices>,
     cluster_name: String,
@@ -85,18 +86,38 @@ pub fn delete_grace(heartbeat: HeartbeatMode) -> Duration {
     }
 }
 
-/// Ready once every LUN is open.
+/// One configured LUN.
+struct LunSlot {
+    path: PathBuf,
+    state: Result<Arc<Lun>, String>,
+    /// A first try at opening it ended (either way).
+    tried: bool,
+}
+
+/// Ready once every LUN had its first try at opening and one of them is
+/// open and answering: the others are retried behind. Not ready while
+/// every open LUN fails its I/O (the liveness probe then restarts the
+/// controller, which opens everything afresh).
 impl Readiness for Volumes {
     fn is_ready(&self) -> bool {
-        self.luns.get().is_some()
+        let slots = self.slots();
+        slots.iter().all(|s| s.tried)
+            && slots.iter().any(|s| {
+                s.state.as_ref().is_ok_and(|lun| match lun.io.failing() {
+                    None => true,
+                    Some(why) => {
+                        tracing::warn!(lun = %lun.name(), why, "LUN failing");
+                        false
+                    }
+                })
+            })
     }
 }
 
 impl Volumes {
     pub fn new(tools: Ocfs2Tools, regions: Arc<dyn RegionDevices>, cluster_name: String) -> Self {
         Volumes {
-            luns: OnceLock::new(),
-            not_ready: std::sync::Mutex::new("the shared LUNs are still being opened".into()),
+            luns: RwLock::new(Vec::new()),
             tools,
             regions,
             cluster_name,
@@ -111,29 +132,128 @@ impl Volumes {
         self
     }
 
-    /// Called once every LUN is open; until then RPCs answer Unavailable.
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<LunSlot>> {
+        self.luns.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The LUNs to expect (--lun), none open yet.
+    pub fn expect_luns(&self, paths: &[PathBuf]) {
+        *self.luns.write().unwrap_or_else(|p| p.into_inner()) = paths
+            .iter()
+            .map(|path| LunSlot {
+                path: path.clone(),
+                state: Err("still being opened".into()),
+                tried: false,
+            })
+            .collect();
+    }
+
+    /// Every LUN open at once (tests).
     pub fn set_luns(&self, luns: Vec<Arc<Lun>>) {
-        let _ = self.luns.set(luns);
+        *self.luns.write().unwrap_or_else(|p| p.into_inner()) = luns
+            .into_iter()
+            .map(|l| LunSlot {
+                path: l.path.clone(),
+                state: Ok(l),
+                tried: true,
+            })
+            .collect();
     }
 
-    /// Records why opening the LUNs failed (the opener retries).
-    pub fn set_not_ready(&self, why: String) {
-        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    /// `lun` opened; refused when it is an open LUN under another path.
+    pub fn lun_opened(&self, lun: Arc<Lun>) -> Result<(), super::pool::OpenError> {
+        let mut slots = self.luns.write().unwrap_or_else(|p| p.into_inner());
+        let same = slots
+            .iter()
+            .filter_map(|s| s.state.as_ref().ok())
+            .find(|l| l.disk_guid == lun.disk_guid && l.path != lun.path)
+            .map(|first| super::pool::same_lun(first, &lun));
+        let state = match &same {
+            Some(e) => Err(e.to_string()),
+            None => Ok(lun.clone()),
+        };
+        match slots.iter_mut().find(|s| s.path == lun.path) {
+            Some(slot) => (slot.state, slot.tried) = (state, true),
+            None => slots.push(LunSlot {
+                path: lun.path.clone(),
+                state,
+                tried: true,
+            }),
+        }
+        same.map_or(Ok(()), Err)
     }
 
-    fn luns(&self) -> Result<&[Arc<Lun>], LunError> {
-        self.luns.get().map(Vec::as_slice).ok_or_else(|| {
-            LunError::NotReady(
-                self.not_ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            )
-        })
+    /// Opening `path` failed (its opener retries), or it stopped working.
+    pub fn lun_failed(&self, path: &Path, why: String) {
+        let mut slots = self.luns.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.iter_mut().find(|s| s.path == path) {
+            (slot.state, slot.tried) = (Err(why), true);
+        }
     }
 
-    fn lun_by_guid(&self, guid: &uuid::Uuid) -> Result<Option<&Arc<Lun>>, LunError> {
-        Ok(self.luns()?.iter().find(|l| l.disk_guid == *guid))
+    /// Whether every configured LUN is open.
+    pub fn all_open(&self) -> bool {
+        self.missing().is_none()
+    }
+
+    /// The LUNs not open, with why, or None when every LUN is open.
+    fn missing(&self) -> Option<String> {
+        let missing: Vec<String> = self
+            .slots()
+            .iter()
+            .filter_map(|s| {
+                s.state
+                    .as_ref()
+                    .err()
+                    .map(|why| format!("{}: {why}", s.path.display()))
+            })
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// The open LUNs with their place in --lun order; Unavailable when none.
+    fn open_luns(&self) -> Result<Vec<(usize, Arc<Lun>)>, LunError> {
+        let open: Vec<(usize, Arc<Lun>)> = self
+            .slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.state.as_ref().ok().map(|l| (i, l.clone())))
+            .collect();
+        if open.is_empty() {
+            return Err(LunError::NotReady(match self.missing() {
+                Some(why) => format!("no LUN is open: {why}"),
+                None => "no LUN is configured".into(),
+            }));
+        }
+        Ok(open)
+    }
+
+    /// Every LUN, when every one is open: what must see them all (a create
+    /// looking for an earlier try of itself, a complete listing).
+    fn all_luns(&self, what: &str) -> Result<Vec<Arc<Lun>>, LunError> {
+        if let Some(why) = self.missing() {
+            return Err(LunError::NotReady(format!(
+                "{what} needs every LUN and some are not open: {why}"
+            )));
+        }
+        Ok(self.open_luns()?.into_iter().map(|(_, l)| l).collect())
+    }
+
+    /// The open LUN with disk GUID `guid`; Unavailable, not None, while
+    /// some LUN is not open (it may be that one).
+    fn lun_by_guid(&self, guid: &uuid::Uuid) -> Result<Option<Arc<Lun>>, LunError> {
+        let found = self
+            .open_luns()?
+            .into_iter()
+            .map(|(_, l)| l)
+            .find(|l| l.disk_guid == *guid);
+        match (found, self.missing()) {
+            (Some(l), _) => Ok(Some(l)),
+            (None, Some(why)) => Err(LunError::NotReady(format!(
+                "LUN {guid} is not among the open LUNs, and some are not open: {why}"
+            ))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Claims the volume for one operation; a second one gets Aborted. The
@@ -185,12 +305,23 @@ impl Volumes {
             ));
         }
         let params = VolumeParams::parse(req.parameters).map_err(CreateError::InvalidArgument)?;
-        let luns = self.luns()?;
+        // An earlier try of this create may be on any LUN the parameters
+        // allow: with no `lun`, every LUN must be open to look.
+        let luns: Vec<Arc<Lun>> = match &params.lun {
+            None => self.all_luns("a create with no lun parameter")?,
+            Some(_) => self.open_luns()?.into_iter().map(|(_, l)| l).collect(),
+        };
         let candidates: Vec<&Arc<Lun>> = match &params.lun {
             None => luns.iter().collect(),
             Some(want) => {
                 let found: Vec<_> = luns.iter().filter(|l| l.matches(want)).collect();
                 if found.is_empty() {
+                    if let Some(why) = self.missing() {
+                        return Err(LunError::NotReady(format!(
+                            "parameter lun {want:?} names no open LUN, and some are not open: {why}"
+                        ))
+                        .into());
+                    }
                     return Err(CreateError::InvalidArgument(format!(
                         "parameter lun {want:?} names none of this controller's LUNs"
                     )));
@@ -211,7 +342,7 @@ impl Volumes {
         let accounted = entry::accounted(&layout);
 
         // A retry finds what an earlier call made, on any LUN.
-        for lun in luns {
+        for lun in &luns {
             let table = lun.read_table().await?;
             let Some(p) = table.find_by_guid(&guid) else {
                 continue;
@@ -474,6 +605,7 @@ impl Volumes {
             );
             return Ok(());
         };
+        let lun = &*lun;
         let guard = self.begin(id.partition, volume_id)?;
         let table = lun.read_table().await?;
         let Some(p) = table.find_by_guid(&id.partition) else {
@@ -611,6 +743,7 @@ impl Volumes {
         let not_found = || ExpandError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
+        let lun = &*lun;
         let _guard = self.begin(id.partition, volume_id)?;
         let _locked = lun.lock().await;
         let mut table = lun.read_table().await?;
@@ -684,7 +817,9 @@ impl Volumes {
             max_entries as usize
         };
         let mut page = Vec::new();
-        for (index, lun) in self.luns()?.iter().enumerate() {
+        // A page is only complete with every LUN: the token is an index.
+        self.all_luns("listing volumes")?;
+        for (index, lun) in self.open_luns()? {
             let table = lun.read_table().await?;
             for p in &table.partitions {
                 let key = (index as u32, p.number);
@@ -695,7 +830,7 @@ impl Volumes {
                 if page.len() == limit {
                     return Ok((page, format!("{}.{}", key.0, key.1)));
                 }
-                page.push(self.info(lun, &e, None));
+                page.push(self.info(&lun, &e, None));
             }
         }
         Ok((page, String::new()))
@@ -729,6 +864,7 @@ impl Volumes {
         let not_found = || LookupError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
+        let lun = &*lun;
         let table = lun.read_table().await?;
         let p = table.find_by_guid(&id.partition).ok_or_else(not_found)?;
         let e = volume_entry(p, lun.sector_size())
@@ -753,7 +889,7 @@ impl Volumes {
         if !capabilities.is_empty() && check_capabilities(capabilities).is_err() {
             return Ok(cap);
         }
-        for lun in self.luns()? {
+        for (_, lun) in self.open_luns()? {
             if params.lun.as_deref().is_some_and(|want| !lun.matches(want)) {
                 continue;
             }

@@ -36,6 +36,11 @@ pub trait BlockIo: Send + Sync {
     /// `MemIo`). Fails with `io::ErrorKind::Unsupported` when the storage
     /// cannot discard.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Why the device counts as failing (repeated I/O errors), if it does;
+    /// see `disk::reopen`.
+    fn failing(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Alignment of the bounce buffer: `O_DIRECT` needs memory aligned to the

@@ -12,4 +12,5 @@ pub mod lun_io;
 pub mod ownership;
 pub mod partition_sync;
 pub mod region;
+pub mod reopen;
 pub mod signatures;

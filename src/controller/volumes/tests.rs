@@ -695,7 +695,8 @@ mod in_process {
     async fn nothing_is_served_before_the_luns_are_open() {
         let san = FakeSan::new();
         let volumes = Volumes::new(san.tools(), san.clone(), "fakelab".into());
-        volumes.set_not_ready("LUN /dev/sdq: no such device".into());
+        volumes.expect_luns(&[std::path::PathBuf::from("/dev/sdq")]);
+        volumes.lun_failed(std::path::Path::new("/dev/sdq"), "no such device".into());
         assert!(!volumes.is_ready());
         let r = create(&volumes, "pvc-a", MIB).await;
         let err = r.expect_err("not ready");
@@ -710,6 +711,64 @@ mod in_process {
             code(volumes.delete(&id.to_string()).await),
             Code::Unavailable
         );
+    }
+
+    /// Issue 12.7: one LUN that cannot be opened leaves the others
+    /// serving. What needs every LUN (a create free to pick any, which must
+    /// find an earlier try of itself; a lookup of a LUN not open) answers
+    /// Unavailable naming the missing LUN, never a wrong "not found".
+    #[tokio::test]
+    async fn one_lun_not_open_leaves_the_others_serving() {
+        let p = pool().await;
+        let bad = std::path::PathBuf::from("/dev/disk/by-id/wwn-bad");
+        let volumes = p.san.volumes(vec![]);
+        volumes.expect_luns(&[std::path::PathBuf::from(LUN), bad.clone()]);
+        volumes.lun_failed(&bad, "I/O error".into());
+        assert!(!volumes.is_ready());
+        volumes.lun_opened(p.lun.clone()).unwrap();
+        assert!(volumes.is_ready());
+
+        let err = create(&volumes, "pvc-any", 100 * MIB).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.to_string().contains("wwn-bad: I/O error"), "{err}");
+
+        let pinned = HashMap::from([("lun".to_string(), LUN.to_string())]);
+        let caps = mount_caps();
+        let info = volumes
+            .create(CreateRequest {
+                name: "pvc-pinned",
+                required_bytes: 100 * MIB as i64,
+                limit_bytes: 0,
+                capabilities: &caps,
+                parameters: &pinned,
+                has_content_source: false,
+            })
+            .await
+            .unwrap();
+        let to_bad = HashMap::from([("lun".to_string(), bad.display().to_string())]);
+        let err = volumes
+            .create(CreateRequest {
+                name: "pvc-on-bad",
+                required_bytes: 100 * MIB as i64,
+                limit_bytes: 0,
+                capabilities: &caps,
+                parameters: &to_bad,
+                has_content_source: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+        let elsewhere = VolumeId {
+            lun: uuid::Uuid::new_v4(),
+            partition: partition_guid("pvc-x"),
+        };
+        assert_eq!(
+            code(volumes.delete(&elsewhere.to_string()).await),
+            Code::Unavailable
+        );
+        volumes.delete(&info.id.to_string()).await.unwrap();
+        assert!(volume_entries(&p.disk).is_empty());
     }
 
     // -----------------------------------------------------------------
