@@ -246,8 +246,8 @@ mod tests {
         g.disk_guid
     }
 
-    #[test]
-    fn a_vanished_device_is_reopened_through_its_path() {
+    /// A LUN with a table, its path, and a `Reopening` over it.
+    fn reopening() -> (SparseIo, Arc<Target>, Reopening) {
         let disk = SparseIo::new(512, 64 << 20);
         let guid = table_on(&disk);
         let path = Arc::new(Target {
@@ -256,6 +256,12 @@ mod tests {
         });
         let io = Reopening::open(Path::new("/dev/disk/by-id/lun"), opener(path.clone())).unwrap();
         io.expect_disk_guid(guid);
+        (disk, path, io)
+    }
+
+    #[test]
+    fn a_vanished_device_is_reopened_through_its_path() {
+        let (_, path, io) = reopening();
         io.write_at(1 << 20, &[7u8; 512]).unwrap();
         // The session logs in again: the old node answers ENODEV.
         path.nodes.lock().unwrap()[0].store(true, Ordering::SeqCst);
@@ -268,14 +274,7 @@ mod tests {
 
     #[test]
     fn another_lun_behind_the_path_is_not_taken() {
-        let disk = SparseIo::new(512, 64 << 20);
-        let guid = table_on(&disk);
-        let path = Arc::new(Target {
-            disk: Mutex::new(disk.clone()),
-            nodes: Mutex::new(Vec::new()),
-        });
-        let io = Reopening::open(Path::new("/dev/disk/by-id/lun"), opener(path.clone())).unwrap();
-        io.expect_disk_guid(guid);
+        let (disk, path, io) = reopening();
         // The path now leads to another LUN (a mapping changed on the array).
         let other = SparseIo::new(512, 64 << 20);
         table_on(&other);

@@ -524,17 +524,32 @@ async fn adopt_counts_volumes_still_mounted_and_keeps_the_others() {
     let _ = (vol, staging);
 }
 
-#[tokio::test]
-async fn a_second_call_while_a_stage_runs_is_aborted() {
+/// A node with volume `name` whose stage is inside mount.ocfs2: the
+/// stage's task, and the sender that lets the mount finish.
+async fn stage_held_in_mount(
+    name: &str,
+) -> (
+    std::sync::Arc<FakeNode>,
+    FakeVolume,
+    std::path::PathBuf,
+    tokio::task::JoinHandle<Result<(), NodeError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let node = std::sync::Arc::new(FakeNode::local_heartbeat());
-    let vol = node.add_volume("pvc-a", GIB);
+    let vol = node.add_volume(name, GIB);
     let staging = node.path("stage");
     let (started, go) = node.kernel.hold_next_mount();
-    let first = tokio::spawn({
+    let task = tokio::spawn({
         let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
         async move { stage(&node, &vol, &staging, &[]).await }
     });
     started.await.unwrap();
+    (node, vol, staging, task, go)
+}
+
+#[tokio::test]
+async fn a_second_call_while_a_stage_runs_is_aborted() {
+    let (node, vol, staging, first, go) = stage_held_in_mount("pvc-a").await;
     // The first stage is inside mount.ocfs2: the same volume is busy, as
     // the CSI spec asks (Aborted, "retry later").
     assert_eq!(code(stage(&node, &vol, &staging, &[]).await), Code::Aborted);
@@ -556,15 +571,7 @@ async fn a_second_call_while_a_stage_runs_is_aborted() {
 /// unmounts.
 #[tokio::test]
 async fn a_volume_marked_deleting_during_the_mount_is_unmounted_again() {
-    let node = std::sync::Arc::new(FakeNode::local_heartbeat());
-    let vol = node.add_volume("pvc-race", GIB);
-    let staging = node.path("stage");
-    let (started, go) = node.kernel.hold_next_mount();
-    let staging_task = tokio::spawn({
-        let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
-        async move { stage(&node, &vol, &staging, &[]).await }
-    });
-    started.await.unwrap();
+    let (node, vol, staging, staging_task, go) = stage_held_in_mount("pvc-race").await;
     node.locator
         .set_state(&vol.id.partition, crate::volume::entry::State::Deleting);
     go.send(()).unwrap();
@@ -596,15 +603,7 @@ fn mounted(node: &FakeNode) -> usize {
 /// The same with the entry gone altogether (the delete finished).
 #[tokio::test]
 async fn a_volume_deleted_during_the_mount_is_unmounted_again() {
-    let node = std::sync::Arc::new(FakeNode::local_heartbeat());
-    let vol = node.add_volume("pvc-race", GIB);
-    let staging = node.path("stage");
-    let (started, go) = node.kernel.hold_next_mount();
-    let staging_task = tokio::spawn({
-        let (node, vol, staging) = (node.clone(), vol.clone(), staging.clone());
-        async move { stage(&node, &vol, &staging, &[]).await }
-    });
-    started.await.unwrap();
+    let (node, vol, _, staging_task, go) = stage_held_in_mount("pvc-race").await;
     node.locator.vanish(&vol.id.partition);
     go.send(()).unwrap();
     let result = staging_task.await.unwrap();

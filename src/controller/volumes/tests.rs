@@ -732,29 +732,25 @@ mod in_process {
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.to_string().contains("wwn-bad: I/O error"), "{err}");
 
-        let pinned = HashMap::from([("lun".to_string(), LUN.to_string())]);
-        let caps = mount_caps();
-        let info = volumes
-            .create(CreateRequest {
-                name: "pvc-pinned",
-                required_bytes: 100 * MIB as i64,
-                limit_bytes: 0,
-                capabilities: &caps,
-                parameters: &pinned,
-                has_content_source: false,
-            })
-            .await
-            .unwrap();
-        let to_bad = HashMap::from([("lun".to_string(), bad.display().to_string())]);
-        let err = volumes
-            .create(CreateRequest {
-                name: "pvc-on-bad",
-                required_bytes: 100 * MIB as i64,
-                limit_bytes: 0,
-                capabilities: &caps,
-                parameters: &to_bad,
-                has_content_source: false,
-            })
+        let on = |lun: &str, name: &'static str| {
+            let (volumes, lun) = (&volumes, lun.to_string());
+            async move {
+                let caps = mount_caps();
+                let pinned = HashMap::from([("lun".to_string(), lun)]);
+                volumes
+                    .create(CreateRequest {
+                        name,
+                        required_bytes: 100 * MIB as i64,
+                        limit_bytes: 0,
+                        capabilities: &caps,
+                        parameters: &pinned,
+                        has_content_source: false,
+                    })
+                    .await
+            }
+        };
+        let info = on(LUN, "pvc-pinned").await.unwrap();
+        let err = on(&bad.display().to_string(), "pvc-on-bad")
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err}");
