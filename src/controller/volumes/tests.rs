@@ -767,6 +767,61 @@ mod in_process {
         assert!(volume_entries(&p.disk).is_empty());
     }
 
+    /// A LUN whose device reports itself failing when told to.
+    struct Sick {
+        disk: SparseIo,
+        sick: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl BlockIo for Sick {
+        fn sector_size(&self) -> u64 {
+            self.disk.sector_size()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.disk.size_bytes()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.disk.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            self.disk.write_at(offset, buf)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.disk.discard(offset, len)
+        }
+        fn failing(&self) -> Option<String> {
+            self.sick
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| "3 operations in a row: EIO".into())
+        }
+    }
+
+    /// Issue 12.7: Probe says not ready while every open LUN fails its I/O,
+    /// and ready again once one answers.
+    #[tokio::test]
+    async fn not_ready_while_every_lun_is_failing() {
+        let san = FakeSan::new();
+        let sick = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lun = san
+            .open_lun(
+                LUN,
+                Arc::new(Sick {
+                    disk: SparseIo::new(512, LUN_BYTES),
+                    sick: sick.clone(),
+                }),
+            )
+            .await;
+        let volumes = san.volumes(vec![lun]);
+        assert!(volumes.is_ready());
+        sick.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(!volumes.is_ready());
+        sick.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(volumes.is_ready());
+    }
+
     // -----------------------------------------------------------------
     // Issue 12: a stage racing a delete. The fake node plays what a real
     // one does: it mounts (takes a slot) right after DeleteVolume read the
