@@ -62,65 +62,22 @@ impl Domain {
         Ok(Domain { dir })
     }
 
-    /// Takes lock `name`, waiting at most `wait`, without queueing: each
-    /// try opens with O_NONBLOCK, which dlmfs turns into a NOQUEUE request
-    /// answered at once (ETXTBSY when held elsewhere). Giving up therefore
-    /// leaves nothing queued in the DLM and no thread behind. Holders are
-    /// not told that someone waits (no blocking AST is sent for a NOQUEUE
-    /// request): for a lock whose holder lets go only when asked, see
-    /// [`Domain::lock_queued`].
+    /// Takes lock `name`, waiting at most `wait`. The wait happens on a
+    /// blocking thread (dlmfs open blocks until granted and cannot be
+    /// interrupted); if we give up first, that thread releases the lock as
+    /// soon as it gets it, which is bounded by the holders: every holder
+    /// here lets go within its own operation's limits.
+    ///
+    /// Not O_NONBLOCK (a NOQUEUE request, ETXTBSY when not grantable at
+    /// once): a node keeps a lock it closed cached at its level and gives
+    /// it up only on a blocking AST, which a NOQUEUE request never sends.
+    /// Tried in the lab: a grow on node2 found the volume lock that node1's
+    /// earlier grow had closed "held elsewhere" for the whole 90 s.
     pub async fn lock(&self, name: &str, mode: Mode, wait: Duration) -> Result<Lock, DlmError> {
-        assert!(name.len() <= MAX_NAME, "lock name {name} too long");
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let path = self.dir.join(name);
-            let tried = tokio::task::spawn_blocking(move || open(&path, mode, true)).await;
-            match tried {
-                Ok(Ok(file)) => return Lock::new(name.to_string(), mode, file),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ETXTBSY) => {}
-                Ok(Err(source)) => {
-                    return Err(DlmError::Io {
-                        name: name.to_string(),
-                        source,
-                    })
-                }
-                Err(join) => {
-                    return Err(DlmError::Io {
-                        name: name.to_string(),
-                        source: io::Error::other(join),
-                    })
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(DlmError::Timeout {
-                    name: name.to_string(),
-                    mode,
-                    waited: wait,
-                });
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
-    }
-
-    /// Takes lock `name` with a queued request, so that its holder gets a
-    /// blocking AST and can let go (a node's size report lets go of its
-    /// size lock when asked). dlmfs waits for a queued lock in the kernel,
-    /// uninterruptibly; when we give up first, the blocking thread stays
-    /// until the lock is granted and releases it at once. That is bounded
-    /// by the holder answering its AST, or by o2cb evicting a dead holder.
-    pub async fn lock_queued(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Duration,
-    ) -> Result<Lock, DlmError> {
         assert!(name.len() <= MAX_NAME, "lock name {name} too long");
         let path = self.dir.join(name);
         let owned = name.to_string();
-        let task = tokio::task::spawn_blocking(move || open(&path, mode, false));
+        let task = tokio::task::spawn_blocking(move || open(&path, mode));
         match tokio::time::timeout(wait, task).await {
             Ok(Ok(Ok(file))) => Lock::new(owned, mode, file),
             Ok(Ok(Err(source))) => Err(DlmError::Io {
@@ -140,17 +97,12 @@ impl Domain {
     }
 }
 
-fn open(path: &Path, mode: Mode, no_queue: bool) -> io::Result<File> {
+fn open(path: &Path, mode: Mode) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    let no_queue = if no_queue { libc::O_NONBLOCK } else { 0 };
     match mode {
         // std refuses create without write; O_CREAT as a raw flag is fine.
-        Mode::Shared => options.read(true).custom_flags(libc::O_CREAT | no_queue),
-        Mode::Exclusive => options
-            .read(true)
-            .write(true)
-            .create(true)
-            .custom_flags(no_queue),
+        Mode::Shared => options.read(true).custom_flags(libc::O_CREAT),
+        Mode::Exclusive => options.read(true).write(true).create(true),
     };
     options.mode(0o600).open(path)
 }

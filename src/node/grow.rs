@@ -235,9 +235,8 @@ pub async fn reported_size(
     guid: &Uuid,
     node: u8,
 ) -> Result<Option<u64>, DlmError> {
-    // Queued: the reporter resyncs and lets go when asked (its AST).
     let lock = domain
-        .lock_queued(&size_lock(guid, node), Mode::Shared, ANSWER_WAIT)
+        .lock(&size_lock(guid, node), Mode::Shared, ANSWER_WAIT)
         .await?;
     Ok(decode_size(lock.read_value()?))
 }
