@@ -245,10 +245,6 @@ pub struct Writer {
     /// When this process last began or ended a table write (`check`,
     /// `confirm`): a holder busy with changes does not hand over.
     last_use: Mutex<Option<Instant>>,
-    /// The handover request answered last (requester, nonce).
-    answered: Mutex<Option<(Uuid, u64)>>,
-    /// This process's request counter.
-    nonce: AtomicU64,
     /// See [`TableWriter::changes`].
     changes: tokio::sync::Mutex<()>,
     contending: tokio::sync::Mutex<()>,
@@ -270,8 +266,6 @@ impl Writer {
             state: Mutex::new(State::Standby { seen: None }),
             seq: AtomicU64::new(0),
             last_use: Mutex::new(None),
-            answered: Mutex::new(None),
-            nonce: AtomicU64::new(0),
             changes: tokio::sync::Mutex::new(()),
             contending: tokio::sync::Mutex::new(()),
         })
@@ -523,12 +517,9 @@ impl Writer {
             }
             Err(_) => return,
         };
-        let asked = (request.requester, request.nonce);
-        let answered = *self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        if request.requester == self.me
-            || request.generation != generation
-            || answered == Some(asked)
-        {
+        // A request about an earlier generation was answered (giving up
+        // ends this generation) or is stale.
+        if request.requester == self.me || request.generation != generation {
             return;
         }
         // No change of this process may be between its compare and its
@@ -539,7 +530,6 @@ impl Writer {
         if !self.idle() {
             return;
         }
-        *self.answered.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
         tracing::info!(
             lun = %self.lun,
             requester = %request.requester_name,
@@ -565,7 +555,6 @@ impl Writer {
                     let request = Request {
                         requester: self.me,
                         generation: l.generation,
-                        nonce: self.nonce.fetch_add(1, Ordering::Relaxed) + 1,
                         requester_name: self.cfg.owner_name.clone(),
                     };
                     let io = self.io.clone();

@@ -164,9 +164,6 @@ pub struct Request {
     /// The holder's generation it asks to give up: a request about an
     /// earlier holder means nothing to a later one.
     pub generation: u64,
-    /// Raised by the requester at each request, so the holder answers each
-    /// once.
-    pub nonce: u64,
     pub requester_name: String,
 }
 
@@ -177,7 +174,6 @@ impl Request {
         s[12..16].copy_from_slice(&REQUEST_VERSION.to_le_bytes());
         s[16..32].copy_from_slice(self.requester.as_bytes());
         s[32..40].copy_from_slice(&self.generation.to_le_bytes());
-        s[40..48].copy_from_slice(&self.nonce.to_le_bytes());
         let name = self.requester_name.as_bytes();
         let n = name.len().min(NAME_BYTES_V1);
         s[56..56 + n].copy_from_slice(&name[..n]);
@@ -204,7 +200,6 @@ impl Request {
         Ok(Some(Request {
             requester: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
             generation: u64_at(32),
-            nonce: u64_at(40),
             requester_name: String::from_utf8_lossy(&name[..end]).into_owned(),
         }))
     }
@@ -262,7 +257,6 @@ mod tests {
         let r = Request {
             requester: Uuid::from_u128(9),
             generation: 3,
-            nonce: 4,
             requester_name: "standby pid 2".into(),
         };
         write(&io, &lease()).unwrap();
