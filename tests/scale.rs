@@ -38,6 +38,10 @@ const SLOTS: [Option<u32>; 4] = [None, Some(4), Some(2), Some(8)];
 const LUN_BYTES: u64 = 200 * GIB;
 const BATCH: usize = 32;
 const IN_FLIGHT: usize = 4;
+/// Deletes at once: each waits out a stage's window (3 s) after marking
+/// its entry, idle time, so a batch goes at once, as the provisioner's
+/// workers send them when a namespace is deleted.
+const DELETES_IN_FLIGHT: usize = BATCH;
 const PAGE: i64 = 40;
 const FSCK_EVERY: usize = 25;
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -335,7 +339,7 @@ async fn a_lun_filled_to_its_partition_limit_and_emptied() {
         let calls = batch
             .iter()
             .map(|i| delete(c.clone(), made[i].volume_id.clone()));
-        let mut done = stream::iter(calls).buffer_unordered(IN_FLIGHT);
+        let mut done = stream::iter(calls).buffer_unordered(DELETES_IN_FLIGHT);
         while let Some(took) = done.next().await {
             delete_latencies.push(took);
         }
