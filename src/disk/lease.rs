@@ -73,21 +73,15 @@ pub enum LeaseError {
 impl Lease {
     /// The sector's bytes (one logical sector of `sector_size`).
     pub fn encode(&self, sector_size: u64) -> Vec<u8> {
-        let mut s = vec![0u8; sector_size as usize];
-        s[0..12].copy_from_slice(MAGIC);
-        s[12..16].copy_from_slice(&VERSION.to_le_bytes());
+        let mut s = new_sector(sector_size, MAGIC, VERSION);
         s[16..32].copy_from_slice(self.owner.as_bytes());
         s[32..40].copy_from_slice(&self.generation.to_le_bytes());
         s[40..48].copy_from_slice(&self.counter.to_le_bytes());
         s[48..52].copy_from_slice(&self.lease_ms.to_le_bytes());
         s[52..56].copy_from_slice(&u32::from(self.released).to_le_bytes());
-        let name = self.owner_name.as_bytes();
-        let n = name.len().min(NAME_BYTES);
-        s[56..56 + n].copy_from_slice(&name[..n]);
+        put_name(&mut s, &self.owner_name, NAME_BYTES);
         s[HANDED_TO..HANDED_TO + 16].copy_from_slice(self.handed_to.as_bytes());
-        let crc = crc32fast::hash(&s[..BODY]);
-        s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
-        s
+        seal(s)
     }
 
     /// Whether `me` may take it at once: released for anyone, or for `me`.
@@ -97,34 +91,24 @@ impl Lease {
 
     /// None for an all-zero sector (no lease was ever written).
     pub fn decode(s: &[u8]) -> Result<Option<Lease>, LeaseError> {
-        if s.iter().all(|&b| b == 0) {
+        let Some(version) = opened(s, MAGIC, &[1, VERSION])? else {
             return Ok(None);
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-        if s.len() < BODY + 4 || &s[0..12] != MAGIC || !matches!(u32_at(12), 1 | VERSION) {
-            return Err(LeaseError::Foreign);
-        }
-        if crc32fast::hash(&s[..BODY]) != u32_at(BODY) {
-            return Err(LeaseError::Crc);
-        }
-        let (name_bytes, handed_to) = match u32_at(12) {
+        };
+        let (name_bytes, handed_to) = match version {
             1 => (NAME_BYTES_V1, Uuid::nil()),
             _ => (
                 NAME_BYTES,
                 Uuid::from_slice(&s[HANDED_TO..HANDED_TO + 16]).expect("16 bytes"),
             ),
         };
-        let name = &s[56..56 + name_bytes];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name_bytes);
         Ok(Some(Lease {
             handed_to,
             owner: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
-            generation: u64_at(32),
-            counter: u64_at(40),
-            lease_ms: u32_at(48),
-            released: u32_at(52) & 1 != 0,
-            owner_name: String::from_utf8_lossy(&name[..end]).into_owned(),
+            generation: u64_at(s, 32),
+            counter: u64_at(s, 40),
+            lease_ms: u32_at(s, 48),
+            released: u32_at(s, 52) & 1 != 0,
+            owner_name: name_at(s, name_bytes),
         }))
     }
 }
@@ -132,17 +116,13 @@ impl Lease {
 /// Reads the lease sector with the device's own I/O (direct on a LUN:
 /// another host writes it).
 pub fn read(io: &dyn BlockIo) -> Result<Option<Lease>, LeaseError> {
-    let mut s = vec![0u8; io.sector_size() as usize];
-    io.read_at(LEASE_OFFSET, &mut s)?;
-    Lease::decode(&s)
+    Lease::decode(&read_sector(io, LEASE_OFFSET)?)
 }
 
 /// Writes the lease sector and makes it durable: one sector, which the
 /// storage writes whole or not at all.
 pub fn write(io: &dyn BlockIo, lease: &Lease) -> Result<(), LeaseError> {
-    io.write_at(LEASE_OFFSET, &lease.encode(io.sector_size()))?;
-    io.sync()?;
-    Ok(())
+    write_sector(io, LEASE_OFFSET, &lease.encode(io.sector_size()))
 }
 
 /// Byte offset of the handover request sector, right after the lease's:
@@ -169,50 +149,92 @@ pub struct Request {
 
 impl Request {
     pub fn encode(&self, sector_size: u64) -> Vec<u8> {
-        let mut s = vec![0u8; sector_size as usize];
-        s[0..12].copy_from_slice(REQUEST_MAGIC);
-        s[12..16].copy_from_slice(&REQUEST_VERSION.to_le_bytes());
+        let mut s = new_sector(sector_size, REQUEST_MAGIC, REQUEST_VERSION);
         s[16..32].copy_from_slice(self.requester.as_bytes());
         s[32..40].copy_from_slice(&self.generation.to_le_bytes());
-        let name = self.requester_name.as_bytes();
-        let n = name.len().min(NAME_BYTES_V1);
-        s[56..56 + n].copy_from_slice(&name[..n]);
-        let crc = crc32fast::hash(&s[..BODY]);
-        s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
-        s
+        put_name(&mut s, &self.requester_name, NAME_BYTES_V1);
+        seal(s)
     }
 
     /// None for an all-zero sector (never requested).
     pub fn decode(s: &[u8]) -> Result<Option<Request>, LeaseError> {
-        if s.iter().all(|&b| b == 0) {
+        if opened(s, REQUEST_MAGIC, &[REQUEST_VERSION])?.is_none() {
             return Ok(None);
         }
-        let u32_at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-        if s.len() < BODY + 4 || &s[0..12] != REQUEST_MAGIC || u32_at(12) != REQUEST_VERSION {
-            return Err(LeaseError::Foreign);
-        }
-        if crc32fast::hash(&s[..BODY]) != u32_at(BODY) {
-            return Err(LeaseError::Crc);
-        }
-        let name = &s[56..56 + NAME_BYTES_V1];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES_V1);
         Ok(Some(Request {
             requester: Uuid::from_slice(&s[16..32]).expect("16 bytes"),
-            generation: u64_at(32),
-            requester_name: String::from_utf8_lossy(&name[..end]).into_owned(),
+            generation: u64_at(s, 32),
+            requester_name: name_at(s, NAME_BYTES_V1),
         }))
     }
 }
 
 pub fn read_request(io: &dyn BlockIo) -> Result<Option<Request>, LeaseError> {
-    let mut s = vec![0u8; io.sector_size() as usize];
-    io.read_at(REQUEST_OFFSET, &mut s)?;
-    Request::decode(&s)
+    Request::decode(&read_sector(io, REQUEST_OFFSET)?)
 }
 
 pub fn write_request(io: &dyn BlockIo, request: &Request) -> Result<(), LeaseError> {
-    io.write_at(REQUEST_OFFSET, &request.encode(io.sector_size()))?;
+    write_sector(io, REQUEST_OFFSET, &request.encode(io.sector_size()))
+}
+
+// The layout both sectors share: magic (12 bytes), version, fields, a
+// NUL-padded name at 56, a CRC of the first BODY bytes at BODY.
+
+fn new_sector(sector_size: u64, magic: &[u8; 12], version: u32) -> Vec<u8> {
+    let mut s = vec![0u8; sector_size as usize];
+    s[0..12].copy_from_slice(magic);
+    s[12..16].copy_from_slice(&version.to_le_bytes());
+    s
+}
+
+fn put_name(s: &mut [u8], name: &str, max: usize) {
+    let name = name.as_bytes();
+    let n = name.len().min(max);
+    s[56..56 + n].copy_from_slice(&name[..n]);
+}
+
+fn name_at(s: &[u8], max: usize) -> String {
+    let name = &s[56..56 + max];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(max);
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
+fn seal(mut s: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&s[..BODY]);
+    s[BODY..BODY + 4].copy_from_slice(&crc.to_le_bytes());
+    s
+}
+
+fn u32_at(s: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(s: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// The sector's version; None for an all-zero sector (never written).
+fn opened(s: &[u8], magic: &[u8; 12], versions: &[u32]) -> Result<Option<u32>, LeaseError> {
+    if s.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    if s.len() < BODY + 4 || &s[0..12] != magic || !versions.contains(&u32_at(s, 12)) {
+        return Err(LeaseError::Foreign);
+    }
+    if crc32fast::hash(&s[..BODY]) != u32_at(s, BODY) {
+        return Err(LeaseError::Crc);
+    }
+    Ok(Some(u32_at(s, 12)))
+}
+
+fn read_sector(io: &dyn BlockIo, offset: u64) -> Result<Vec<u8>, LeaseError> {
+    let mut s = vec![0u8; io.sector_size() as usize];
+    io.read_at(offset, &mut s)?;
+    Ok(s)
+}
+
+fn write_sector(io: &dyn BlockIo, offset: u64, sector: &[u8]) -> Result<(), LeaseError> {
+    io.write_at(offset, sector)?;
     io.sync()?;
     Ok(())
 }
