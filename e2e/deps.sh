@@ -14,6 +14,7 @@ declare -A PKG=(
   [depmod]=kmod
   [dpkg-deb]=dpkg
   [gzip]=gzip
+  [dmsetup]=dmsetup                      # its library goes into the image (volumes mapped by hand in tests)
   [sgdisk]=gdisk                         # optional host-side GPT inspection
   [mkfs.ocfs2]=ocfs2-tools               # its libraries (corosync, dlm) go into the image; host controller
   [ldd]=libc-bin

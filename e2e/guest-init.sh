@@ -17,7 +17,7 @@ HOME=/root
 export PATH HOME
 
 AGENT_PORT=7000
-MODULES="virtio_pci virtio_blk virtio_net loop configfs ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs"
+MODULES="virtio_pci virtio_blk virtio_net loop configfs ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs dm_mod"
 
 log() { echo "lab-init: $*"; }
 

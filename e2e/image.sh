@@ -50,8 +50,8 @@ fi
 exec 9>"$OUT/.lock"
 flock -w 900 9 || { echo "image: another build holds $OUT/.lock" >&2; exit 1; }
 
-USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk)
-MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop)
+USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup)
+MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop dm_mod)
 
 # --- package versions ------------------------------------------------------
 # apt-cache is slow (~1.5 s for everything); when apt's lists are unchanged
@@ -191,6 +191,7 @@ TOOLS=(
 	bin/lsblk bin/findmnt usr/bin/flock usr/bin/nsenter usr/bin/unshare
 	bin/mount bin/umount sbin/losetup
 	sbin/sgdisk sbin/gdisk
+	sbin/dmsetup
 )
 for t in "${TOOLS[@]}"; do
 	src=$X/$t

@@ -50,7 +50,6 @@ fn main() {
             .unwrap()
     });
     println!("   volume_id {}", volume.volume_id);
-    let n = partition_by_guid(&lun, &volume.volume_context["partitionGuid"]).number;
     report.step(
         "start ocfs2-csi node on every guest: o2cb cluster + global heartbeat",
         || {
@@ -140,7 +139,7 @@ fn main() {
             for node in 1..=3 {
                 rt.block_on(unpublish_and_unstage(&lab, node, &volume));
             }
-            lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n} >/dev/null"));
+            lab.fsck_volume(1, &volume.volume_context["partitionGuid"]);
             rt.block_on(c.delete_volume(delete_request(&volume.volume_id)))
                 .unwrap();
         },

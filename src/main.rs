@@ -49,13 +49,6 @@ enum Mode {
     Controller(ControllerArgs),
     /// Join the o2cb cluster and mount volumes on this node (Identity + Node).
     Node(NodeArgs),
-    /// Make this host's kernel partitions of each LUN match its GPT (BLKPG
-    /// add/resize/delete; never removes or shrinks a partition in use).
-    SyncPartitions {
-        /// A shared LUN (repeatable).
-        #[arg(long = "lun", required = true)]
-        luns: Vec<PathBuf>,
-    },
     /// List what a LUN holds at every 1 MiB boundary (OCFS2 volumes with
     /// their names, sectors and UUIDs; other signatures), to rebuild a
     /// partition table that was zeroed. Reads only.
@@ -230,7 +223,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.mode {
         Mode::Controller(args) => run_controller(args).await,
         Mode::Node(args) => run_node(args).await,
-        Mode::SyncPartitions { luns } => sync_partitions(&luns),
         Mode::ScanLun { lun } => scan_lun(&lun),
         Mode::DiskLock(args) => std::process::exit(ocfs2_csi::vmdisk::main(args)),
     }
@@ -249,14 +241,6 @@ fn scan_lun(lun: &std::path::Path) -> anyhow::Result<()> {
     })
     .with_context(|| format!("reading {}", lun.display()))?;
     print!("{}", scan::report(&io, &findings));
-    Ok(())
-}
-
-fn sync_partitions(luns: &[PathBuf]) -> anyhow::Result<()> {
-    for lun in luns {
-        let report = ocfs2_csi::disk::partition_sync::sync(lun)?;
-        println!("{}: {report}", lun.display());
-    }
     Ok(())
 }
 

@@ -1,19 +1,21 @@
 //! The controller SIGKILLed at random moments while ControllerExpandVolume
 //! calls run on several volumes at once, round after round on one LUN.
 //!
-//! The driver grows a partition only in place, into free space right after
-//! it; when that space is too small it answers OutOfRange ("cannot grow ...
-//! in place") and changes nothing, it never moves a volume. So the volumes
-//! here sit before gaps of different sizes (none for the first one, the rest
-//! of the LUN for the last), and each round every volume gets a chain of
-//! growing targets, sent one after the other, some of them too big for its
-//! gap.
+//! The driver grows a volume's last extent in place, into free space right
+//! after it, and past a neighbour in new extents elsewhere on the LUN; it
+//! never moves a volume. So the volumes here sit before gaps of different
+//! sizes (none for the first one, the rest of the LUN for the last), and
+//! each round every volume gets a chain of growing targets, sent one after
+//! the other, some of them past its gap (up to a cap that keeps the LUN from
+//! filling, so every answer is predictable whatever the order the volumes'
+//! expands reach the table in).
 //!
 //! After every kill: one copy of the GPT whole (sgdisk -v clean unless the
-//! kill tore the other copy), no overlap, every partition's number, start,
-//! GUID, type, name and attributes as they were, and each size either the
-//! one its last answered expand left or the one its expand in flight asked
-//! for, never between or beyond. Then a restart, the unanswered expands
+//! kill tore the other copy), no overlap, every extent chain whole, every
+//! head entry's number, start, GUID, type, name and attributes as they were,
+//! and each volume's size (its extents added up) either the one its last
+//! answered expand left or the one its expand in flight asked for, never
+//! between or beyond. Then a restart, the unanswered expands
 //! retried to convergence, sizes and answers as predicted, and each
 //! filesystem untouched: the first MiBs of every partition byte for byte as
 //! mkfs left them. At the end every volume is fsck-clean with the UUID and
@@ -24,10 +26,11 @@ use ocfs2_csi_testkit as common;
 use common::*;
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::ListVolumesRequest;
+use ocfs2_csi::disk::gpt::Gpt;
 use ocfs2_csi::disk::gpt::{self, Partition};
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::ocfs2::layout::Layout;
-use ocfs2_csi::volume::entry::{volume_entry, ALIGN, TYPE_GLOBAL};
+use ocfs2_csi::volume::entry::{volume_entry, volume_in, ALIGN, TYPE_GLOBAL};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -43,11 +46,16 @@ const ROUNDS: usize = 20;
 /// The writer lease of these controllers: each restart after a SIGKILL
 /// waits it out (nothing was released), so it is as short as allowed.
 const CRASH_LEASE: &[&str] = &["--writer-lease-secs", "1"];
-const LUN_BYTES: u64 = 64 * GIB;
+/// Sparse: only the tables and the filesystems' heads are ever written.
+const LUN_BYTES: u64 = 1024 * GIB;
 const START_MIB: u64 = 256;
 /// Free space left after each volume, in GiB; the last volume has the rest
 /// of the LUN.
 const GAPS_GIB: [u64; 5] = [0, 2, 3, 5, 8];
+/// No target goes beyond this (usable bytes): six volumes at the cap fill
+/// less than the LUN, so no expand is refused for room, and rounds of about
+/// a GiB each never reach it.
+const VOLUME_CAP: u64 = 128 * GIB;
 /// Kills fall uniformly in 0..window; the window starts here and then
 /// follows how long a round's expands take on this machine (see
 /// `next_window`), so most kills land mid-expand on a fast machine too.
@@ -65,8 +73,6 @@ enum Outcome {
     Grow(u64),
     /// It already offers the bytes: answered with its size, nothing written.
     Same,
-    /// The space after it is too small: OutOfRange, nothing written.
-    NoRoom,
 }
 
 /// One volume as the test tracks it.
@@ -74,35 +80,32 @@ enum Outcome {
 struct Vol {
     name: String,
     id: String,
-    /// The entry as created: everything but last_lba must stay so.
+    /// The head entry as created: everything but last_lba must stay so.
     entry: Partition,
     layout: Layout,
-    /// The LBA after the last sector it may grow into.
+    /// The LBA after the last sector its head could grow into in place
+    /// when it was made.
     room_end: u64,
-    /// Partition bytes now.
+    /// The volume's bytes now (its extents added up).
     bytes: u64,
     head: Vec<u8>,
     fs: FsIdentity,
 }
 
 impl Vol {
-    fn possible_bytes(&self) -> u64 {
+    /// What its head could grow to in place when it was made.
+    fn in_place_bytes(&self) -> u64 {
         (self.room_end - self.entry.first_lba) * 512 / ALIGN * ALIGN
     }
 
-    /// The driver's rule: grow to the partition that offers the request
-    /// rounded to MiB, if that fits before the next partition.
+    /// The driver's rule: grow to the size that offers the request rounded
+    /// to MiB (there is always room here, see [`VOLUME_CAP`]).
     fn predict(&self, from_bytes: u64, required: u64) -> Outcome {
         let wanted = required.div_ceil(MIB) * MIB;
         if wanted <= self.layout.usable_bytes(from_bytes, ALIGN) {
             return Outcome::Same;
         }
-        let new = self.layout.partition_bytes(wanted, ALIGN);
-        if new > self.possible_bytes() {
-            Outcome::NoRoom
-        } else {
-            Outcome::Grow(new)
-        }
+        Outcome::Grow(self.layout.partition_bytes(wanted, ALIGN))
     }
 
     fn part(&self, bytes: u64) -> Part {
@@ -136,7 +139,7 @@ impl Chain {
             outcomes.push(o);
             sizes.push(match o {
                 Outcome::Grow(b) => b,
-                Outcome::Same | Outcome::NoRoom => now,
+                Outcome::Same => now,
             });
         }
         Chain {
@@ -167,19 +170,6 @@ fn check_answer(
                 Err(format!(
                     "{} to {target}: capacity {cap}, expected {want} ({outcome:?})",
                     v.name
-                ))
-            }
-        }
-        (Outcome::NoRoom, Err(s)) if s.code() == Code::OutOfRange => {
-            let possible = v.layout.usable_bytes(v.possible_bytes(), ALIGN);
-            if s.message().contains("in place") && s.message().contains(&possible.to_string()) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} to {target}: the refusal should say it cannot grow in place and \
-                     that {possible} bytes fit: {}",
-                    v.name,
-                    s.message()
                 ))
             }
         }
@@ -290,7 +280,7 @@ async fn make_volumes(c: &mut ControllerClient<Channel>, lun: &Path) -> Vec<Vol>
     for id in spacers {
         c.delete_volume(delete_request(&id)).await.unwrap();
     }
-    let table = gpt::read(&LunFile::open(lun).unwrap()).unwrap().gpt;
+    let table = read_table(lun);
     let mut vols = Vec::new();
     for (name, id, guid) in ids {
         let p = table
@@ -338,8 +328,8 @@ async fn make_volumes(c: &mut ControllerClient<Channel>, lun: &Path) -> Vec<Vol>
 }
 
 /// A round's targets for one volume: a few growing steps (some too small
-/// to need any growth), and now and then a last one just or far beyond
-/// what fits.
+/// to need any growth), and now and then a last one just or far past the
+/// room its head had in place; none beyond [`VOLUME_CAP`].
 fn targets(rng: &mut Rng, v: &Vol) -> Vec<u64> {
     let mut t = v.layout.usable_bytes(v.bytes, ALIGN);
     let mut out = Vec::new();
@@ -347,13 +337,30 @@ fn targets(rng: &mut Rng, v: &Vol) -> Vec<u64> {
         t += (1 + rng.below(96)) * MIB;
         out.push(t);
     }
-    let possible = v.layout.usable_bytes(v.possible_bytes(), ALIGN);
+    let in_place = v.layout.usable_bytes(v.in_place_bytes(), ALIGN);
     match rng.below(5) {
-        0 => out.push(possible + MIB),
-        1 => out.push(possible + (1 + rng.below(8)) * GIB),
+        0 => out.push(in_place.max(t) + MIB),
+        1 => out.push(in_place.max(t) + (1 + rng.below(3)) * GIB),
         _ => {}
     }
-    out
+    out.into_iter().map(|t| t.min(VOLUME_CAP)).collect()
+}
+
+fn read_table(lun: &Path) -> Gpt {
+    ocfs2_csi::volume::extents::read_valid(&LunFile::open(lun).unwrap())
+        .expect("a valid table with whole extent chains")
+        .gpt
+}
+
+/// The volume's head entry and its size (extents added up), from `table`.
+fn volume_now(table: &Gpt, v: &Vol) -> (Partition, u64, usize) {
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.unique_guid == v.entry.unique_guid)
+        .unwrap_or_else(|| panic!("{} lost: {:#?}", v.name, table.partitions));
+    let e = volume_in(table, p).expect("still a volume");
+    (p.clone(), e.size, e.extents.len())
 }
 
 /// What a kill left, per round.
@@ -372,6 +379,7 @@ struct Found {
 /// The table right after a kill.
 fn inspect_after_kill(lun: &Path, vols: &[Vol], chains: &[Chain], answered: &[usize]) -> Found {
     let read = gpt::read(&LunFile::open(lun).unwrap()).expect("a readable table after a kill");
+    read_table(lun);
     let mut found = Found {
         torn_table: !(read.primary_valid && read.backup_valid),
         ..Found::default()
@@ -404,19 +412,18 @@ fn inspect_after_kill(lun: &Path, vols: &[Vol], chains: &[Chain], answered: &[us
     ours.sort();
     theirs.sort();
     assert_eq!(theirs, ours, "sgdisk -p and the driver's reader disagree");
-    assert_eq!(parts.len(), vols.len() + 1, "{parts:#?}");
+    let heads = parts
+        .iter()
+        .filter(|p| volume_entry(p, 512).is_some())
+        .count();
+    assert_eq!(heads, vols.len(), "{parts:#?}");
     assert_no_overlap(&partitions(lun));
     for (v, (chain, &done)) in vols.iter().zip(chains.iter().zip(answered)) {
-        let p = parts
-            .iter()
-            .find(|p| p.number == v.entry.number)
-            .unwrap_or_else(|| panic!("{} lost: {parts:#?}", v.name));
+        let (p, bytes, _) = volume_now(&read.gpt, v);
         let mut unchanged = v.entry.clone();
         unchanged.last_lba = p.last_lba;
-        assert_eq!(*p, unchanged, "{} changed beyond its size", v.name);
+        assert_eq!(p, unchanged, "{} changed beyond its size", v.name);
         assert!(p.type_guid == TYPE_GLOBAL, "{} not ready: {p:?}", v.name);
-        assert!(p.last_lba < v.room_end, "{} grew beyond its room", v.name);
-        let bytes = (p.last_lba - p.first_lba + 1) * 512;
         let old = chain.sizes[done];
         let new = chain.sizes.get(done + 1).copied().unwrap_or(old);
         assert!(
@@ -459,7 +466,7 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
     );
 
     let (mut interesting, mut torn_rounds, mut at_new, mut at_old) = (0, 0, 0, 0);
-    let (mut steps_total, mut no_room_answers) = (0, 0);
+    let (mut steps_total, mut past_room, mut most_extents) = (0, 0, 1);
     let mut objections = BTreeMap::new();
     let mut window = MAX_KILL_DELAY_MS;
     let mut round = 0;
@@ -524,20 +531,16 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         // Converged: the predicted sizes, nothing else changed, each
         // filesystem's head byte for byte as mkfs wrote it.
         assert_gpt_valid(&lun);
-        let parts = partitions(&lun);
-        assert_no_overlap(&parts);
+        assert_no_overlap(&partitions(&lun));
+        let table = read_table(&lun);
         for (v, chain) in vols.iter_mut().zip(&chains) {
-            let p = parts.iter().find(|p| p.number == v.entry.number).unwrap();
+            let (p, bytes, extents) = volume_now(&table, v);
             let want = *chain.sizes.last().unwrap();
-            assert_eq!(
-                p.bytes(),
-                want,
-                "round {round}: {} did not converge",
-                v.name
-            );
-            assert_eq!(p.first, v.entry.first_lba);
+            assert_eq!(bytes, want, "round {round}: {} did not converge", v.name);
+            assert_eq!(p.first_lba, v.entry.first_lba);
+            most_extents = most_extents.max(extents);
             assert!(
-                head(&lun, p) == v.head,
+                head(&lun, &head_part(&p)) == v.head,
                 "round {round}: {} was written",
                 v.name
             );
@@ -546,11 +549,16 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         let n_steps: usize = chains.iter().map(|c| c.targets.len()).sum();
         let done_before: usize = answered.iter().sum();
         steps_total += n_steps;
-        no_room_answers += chains
+        past_room += chains
             .iter()
-            .flat_map(|c| &c.outcomes)
-            .filter(|o| **o == Outcome::NoRoom)
-            .count();
+            .map(|c| {
+                let v = &vols[c.vol];
+                c.sizes
+                    .windows(2)
+                    .filter(|w| w[1] > w[0] && w[1] > v.in_place_bytes())
+                    .count()
+            })
+            .sum::<usize>();
         if found.at_new + found.at_old > 0 {
             interesting += 1;
         }
@@ -578,34 +586,41 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         round += 1;
     }
 
-    // Each volume grown to exactly what fits, then one MiB more is refused
-    // without a write.
+    // An expand beyond what the LUN holds is refused without a write and
+    // says how far the volume can grow; growing it that far then works,
+    // and one MiB more is refused without a write.
     let mut c = ctl.client().await;
-    for v in &mut vols {
-        let possible = v.layout.usable_bytes(v.possible_bytes(), ALIGN);
-        if possible > v.layout.usable_bytes(v.bytes, ALIGN) {
-            let cap = c
-                .controller_expand_volume(expand_request(&v.id, possible))
-                .await
-                .unwrap_or_else(|s| panic!("{} to all {possible} bytes that fit: {s:?}", v.name))
-                .into_inner()
-                .capacity_bytes;
-            assert_eq!(cap as u64, possible, "{}", v.name);
-            v.bytes = partition_by_guid(&lun, &v.entry.unique_guid.to_string()).bytes();
-            assert!(v.bytes <= v.possible_bytes());
-        }
-        let before = table_bytes(&lun);
-        let refused = c
-            .controller_expand_volume(expand_request(&v.id, possible + MIB))
-            .await
-            .expect_err("one MiB more than fits");
-        assert_eq!(refused.code(), Code::OutOfRange, "{}: {refused:?}", v.name);
-        assert!(
-            table_bytes(&lun) == before,
-            "{}: a refused expand wrote",
-            v.name
-        );
-    }
+    let v = &mut vols[0];
+    let before = table_bytes(&lun);
+    let refused = c
+        .controller_expand_volume(expand_request(&v.id, 2 * LUN_BYTES))
+        .await
+        .expect_err("more than the LUN");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(table_bytes(&lun) == before, "a refused expand wrote");
+    let possible: u64 = refused
+        .message()
+        .split("at most ")
+        .nth(1)
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in: {}", refused.message()));
+    let cap = c
+        .controller_expand_volume(expand_request(&v.id, possible))
+        .await
+        .unwrap_or_else(|s| panic!("{} to the {possible} bytes it said fit: {s:?}", v.name))
+        .into_inner()
+        .capacity_bytes;
+    assert!(cap as u64 >= possible, "{cap} < {possible}");
+    v.bytes = volume_now(&read_table(&lun), v).1;
+    let before = table_bytes(&lun);
+    let refused = c
+        .controller_expand_volume(expand_request(&v.id, cap as u64 + MIB))
+        .await
+        .expect_err("one MiB more than fits");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(table_bytes(&lun) == before, "a refused expand wrote");
+    let final_extents = volume_now(&read_table(&lun), v).2;
 
     // The end: the API, the tools and the filesystems agree.
     assert_gpt_valid(&lun);
@@ -624,9 +639,11 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
         .collect();
     assert_eq!(listed.len(), vols.len());
     let mut sizes = BTreeMap::new();
+    let table = read_table(&lun);
     for v in &vols {
-        let p = partition_by_guid(&lun, &v.entry.unique_guid.to_string());
-        assert_eq!(p.bytes(), v.bytes);
+        let (head_entry, bytes, _) = volume_now(&table, v);
+        let p = head_part(&head_entry);
+        assert_eq!(bytes, v.bytes);
         assert_eq!(
             listed[&v.id] as u64,
             v.layout.usable_bytes(v.bytes, ALIGN),
@@ -646,9 +663,11 @@ async fn kills_during_expands_leave_old_or_new_sizes() {
     println!(
         "{round} rounds in {:.1} s: {interesting} kills cut a growing expand ({at_new} had \
          reached the disk, {at_old} had not), {torn_rounds} torn tables; {steps_total} expands \
-         ({no_room_answers} refused for room); final partitions {sizes:?} MiB, all fsck-clean, \
-         same UUID and FS generation as created",
-        test_started.elapsed().as_secs_f64()
+         ({past_room} past the room their head had in place; at most {most_extents} extents per \
+         volume); {} filled the LUN in {final_extents} extents; final sizes {sizes:?} MiB, all \
+         fsck-clean, same UUID and FS generation as created",
+        test_started.elapsed().as_secs_f64(),
+        vols[0].name,
     );
     for (what, n) in &objections {
         println!("sgdisk -v on a torn table ({n}x): {what}");
@@ -669,4 +688,15 @@ fn next_window(delay: u64, answered: usize, steps: usize) -> u64 {
         delay * steps as u64 / answered.max(1) as u64
     };
     whole.clamp(MIN_KILL_DELAY_MS, MAX_KILL_DELAY_MS)
+}
+
+/// The testkit's view of a head entry (for loop devices over it).
+fn head_part(p: &Partition) -> Part {
+    Part {
+        number: p.number,
+        guid: p.unique_guid.to_string(),
+        first: p.first_lba,
+        last: p.last_lba,
+        type_guid: p.type_guid.to_string(),
+    }
 }

@@ -1,5 +1,6 @@
-//! What the kernel must offer before this node can join: the ocfs2 modules,
-//! configfs, dlmfs and debugfs mounted, and o2cb as the cluster stack.
+//! What the kernel must offer before this node can join: the ocfs2 modules
+//! and device-mapper (volumes are reached through its maps), configfs,
+//! dlmfs and debugfs mounted, and o2cb as the cluster stack.
 //!
 //! Every step looks first and acts only when needed, so a restarted plugin
 //! changes nothing.
@@ -26,6 +27,8 @@ pub struct KernelPaths {
     pub filesystems: PathBuf,
     /// ocfs2_stackglue's sysfs directory, holding `cluster_stack`.
     pub ocfs2_sysfs: PathBuf,
+    /// device-mapper's misc device in sysfs: there once dm-mod is loaded.
+    pub device_mapper: PathBuf,
 }
 
 impl Default for KernelPaths {
@@ -37,6 +40,7 @@ impl Default for KernelPaths {
             mountinfo: "/proc/self/mountinfo".into(),
             filesystems: "/proc/filesystems".into(),
             ocfs2_sysfs: "/sys/fs/ocfs2".into(),
+            device_mapper: "/sys/class/misc/device-mapper".into(),
         }
     }
 }
@@ -96,14 +100,16 @@ pub async fn ensure_prerequisites(
     let cluster_dir = paths.configfs.join("cluster");
     let modules_missing = !stack.exists()
         || !cluster_dir.is_dir()
-        || !has_filesystem(&read(&paths.filesystems)?, "ocfs2_dlmfs");
+        || !has_filesystem(&read(&paths.filesystems)?, "ocfs2_dlmfs")
+        || !paths.device_mapper.exists();
     if modules_missing {
         // -a: several modules; already loaded ones are left as they are.
         let cmd = Cmd::new("modprobe", TOOL_TIMEOUT)
             .arg("-a")
             .arg("ocfs2")
             .arg("ocfs2_stack_o2cb")
-            .arg("ocfs2_dlmfs");
+            .arg("ocfs2_dlmfs")
+            .arg("dm_mod");
         run(runner, cmd, &mut done).await?;
     }
     ensure_mounted(runner, paths, "configfs", &paths.configfs, &mut done).await?;
@@ -162,6 +168,7 @@ mod tests {
                     // configfs is not mounted yet; the directory appears
                     // with the mount below.
                     append(&p.filesystems, "nodev\tocfs2_dlmfs");
+                    fs::create_dir_all(&p.device_mapper).unwrap();
                 }
                 "mount" => {
                     let point = Path::new(&args[3]);
@@ -191,6 +198,7 @@ mod tests {
             mountinfo: dir.join("mountinfo"),
             filesystems: dir.join("filesystems"),
             ocfs2_sysfs: dir.join("sys-ocfs2"),
+            device_mapper: dir.join("sys-dm"),
         };
         fs::write(&paths.mountinfo, "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n").unwrap();
         fs::write(&paths.filesystems, "nodev\tsysfs\n\text4\n").unwrap();
@@ -208,7 +216,7 @@ mod tests {
         let done = ensure_prerequisites(&kernel, &kernel.paths).await.unwrap();
         let p = &kernel.paths;
         let want = vec![
-            "modprobe -a ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs".to_string(),
+            "modprobe -a ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs dm_mod".to_string(),
             format!("mount -t configfs configfs {}", p.configfs.display()),
             format!("mount -t ocfs2_dlmfs ocfs2_dlmfs {}", p.dlmfs.display()),
             format!("mount -t debugfs debugfs {}", p.debugfs.display()),

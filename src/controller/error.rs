@@ -135,13 +135,14 @@ pub enum ExpandError {
     #[error("{0}")]
     CapacityOutOfRange(String),
     #[error(
-        "volume {volume} cannot grow to {wanted} bytes in place: the space after it allows at \
-         most {possible} bytes"
+        "volume {volume} cannot grow to {wanted} bytes: {why}; it can grow to at most \
+         {possible} bytes"
     )]
     NoRoom {
         volume: String,
         wanted: u64,
         possible: u64,
+        why: String,
     },
     #[error("volume {0} is still being created; expand it once CreateVolume has finished")]
     NotCreated(String),
@@ -350,6 +351,7 @@ mod tests {
                 volume: "v".into(),
                 wanted: 2,
                 possible: 1,
+                why: "full".into(),
             },
             false,
         );

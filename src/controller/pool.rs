@@ -220,12 +220,12 @@ impl Lun {
         let (io, table_io) = (self.io.clone(), self.table_io.clone());
         let read = run_blocking(TABLE_IO_TIMEOUT, move || {
             let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
-            let mut read = gpt::read_valid(io.as_ref());
+            let mut read = crate::volume::extents::read_valid(io.as_ref());
             if let Err(GptError::Corrupt(_)) = read {
                 // Another host may be halfway through a write; a moment
                 // later one copy is whole again.
                 std::thread::sleep(Duration::from_millis(20));
-                read = gpt::read_valid(io.as_ref());
+                read = crate::volume::extents::read_valid(io.as_ref());
             }
             read
         })

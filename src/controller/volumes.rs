@@ -14,9 +14,10 @@ use crate::ocfs2::MAX_LABEL_BYTES;
 use crate::server::inflight::{Guard, InFlight};
 use crate::server::Readiness;
 use crate::volume::entry::{
-    self, volume_entry, volume_partition, Placement, State, VolumeEntry, ALIGN,
+    self, volume_entry, volume_in, volume_partition, Placement, State, VolumeEntry, ALIGN,
     FIRST_VOLUME_NUMBER, MAX_PARTITION,
 };
+use crate::volume::extents::{extent_entries, extent_partition, MAX_EXTENTS};
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -347,11 +348,10 @@ impl Volumes {
             let Some(p) = table.find_by_guid(&guid) else {
                 continue;
             };
-            let existing =
-                volume_entry(p, lun.sector_size()).ok_or_else(|| CreateError::Incompatible {
-                    name: name.to_string(),
-                    why: format!("partition {} with its GUID is not a volume", p.number),
-                })?;
+            let existing = volume_in(&table, p).ok_or_else(|| CreateError::Incompatible {
+                name: name.to_string(),
+                why: format!("partition {} with its GUID is not a volume", p.number),
+            })?;
             if existing.state == State::Deleting {
                 return Err(CreateError::BeingDeleted(name.to_string()));
             }
@@ -552,7 +552,14 @@ impl Volumes {
         let _locked = lun.lock().await;
         let mut table = lun.read_table().await?;
         let before = table.partitions.len();
-        table.partitions.retain(|p| p.unique_guid != e.guid);
+        let extents: Vec<u32> = extent_entries(&table, &e.guid)
+            .into_iter()
+            .map(|(_, p)| p.number)
+            .collect();
+        // The head and its extents go in one table write.
+        table
+            .partitions
+            .retain(|p| p.unique_guid != e.guid && !extents.contains(&p.number));
         if table.partitions.len() != before {
             lun.write_table(&table).await?;
         }
@@ -611,7 +618,7 @@ impl Volumes {
         let Some(p) = table.find_by_guid(&id.partition) else {
             return Ok(());
         };
-        let Some(e) = volume_entry(p, lun.sector_size()) else {
+        let Some(e) = volume_in(&table, p) else {
             return Err(DeleteError::InvalidArgument(format!(
                 "{volume_id} names partition {}, which is not a volume",
                 p.number
@@ -679,11 +686,12 @@ impl Volumes {
         e: &VolumeEntry,
     ) -> Result<Option<Vec<u32>>, LunError> {
         let tools = &self.tools;
+        let head = e.head();
         with_region(
             self.regions.as_ref(),
             &lun.path,
-            e.offset,
-            e.size,
+            head.offset,
+            head.size,
             |dev| async move {
                 match tools.inspect(&dev).await.map_err(LunError::from)? {
                     None => Ok(None),
@@ -747,12 +755,11 @@ impl Volumes {
         let _guard = self.begin(id.partition, volume_id)?;
         let _locked = lun.lock().await;
         let mut table = lun.read_table().await?;
-        let ss = lun.sector_size();
         let p = table
             .find_by_guid(&id.partition)
             .ok_or_else(not_found)?
             .clone();
-        let e = volume_entry(&p, ss)
+        let e = volume_in(&table, &p)
             .filter(|e| e.state != State::Deleting)
             .ok_or_else(not_found)?;
         if e.state == State::Pending {
@@ -764,29 +771,25 @@ impl Volumes {
             return Ok(current);
         }
         let new_bytes = e.layout.partition_bytes(wanted, ALIGN);
-        let room_end = room_after(&table, &p);
-        let possible_bytes = (room_end - p.first_lba) * ss / ALIGN * ALIGN;
-        if new_bytes > possible_bytes {
-            return Err(ExpandError::NoRoom {
+        let growth =
+            grow_plan(&table, &e, new_bytes - e.size).map_err(|room| ExpandError::NoRoom {
                 volume: volume_id.to_string(),
                 wanted,
-                possible: e.layout.usable_bytes(possible_bytes, ALIGN),
-            });
-        }
-        let entry = table
-            .partitions
-            .iter_mut()
-            .find(|q| q.number == p.number)
-            .expect("found above");
-        entry.last_lba = p.first_lba + new_bytes / ss - 1;
+                possible: e.layout.usable_bytes(e.size + room.bytes, ALIGN),
+                why: room.why,
+            })?;
+        growth.apply(&mut table, &e);
         lun.write_table(&table).await?;
         let grown = e.layout.usable_bytes(new_bytes, ALIGN);
         tracing::info!(
             volume_id,
             from = current,
             to = grown,
-            partition_bytes = new_bytes,
-            "partition grown; nodes grow the filesystem"
+            bytes = new_bytes,
+            in_place = growth.in_place_sectors * lun.sector_size(),
+            new_extents = growth.added.len(),
+            extents = e.extents.len() + growth.added.len(),
+            "volume grown in the table; nodes grow their maps, then the filesystem"
         );
         Ok(grown)
     }
@@ -823,7 +826,7 @@ impl Volumes {
             let table = lun.read_table().await?;
             for p in &table.partitions {
                 let key = (index as u32, p.number);
-                let ready = volume_entry(p, lun.sector_size()).filter(|e| e.state == State::Ready);
+                let ready = volume_in(&table, p).filter(|e| e.state == State::Ready);
                 let Some(e) = ready.filter(|_| key >= start) else {
                     continue;
                 };
@@ -867,7 +870,7 @@ impl Volumes {
         let lun = &*lun;
         let table = lun.read_table().await?;
         let p = table.find_by_guid(&id.partition).ok_or_else(not_found)?;
-        let e = volume_entry(p, lun.sector_size())
+        let e = volume_in(&table, p)
             .filter(|e| e.state == State::Ready)
             .ok_or_else(not_found)?;
         Ok(self.info(lun, &e, None))
@@ -926,15 +929,126 @@ fn parse_token(token: &str) -> Option<(u32, u32)> {
     Some((lun.parse().ok()?, number.parse().ok()?))
 }
 
-/// The LBA after the last sector the partition may grow into.
-fn room_after(table: &Gpt, p: &crate::disk::gpt::Partition) -> u64 {
-    table
+/// How a volume grows: its last extent in place by `in_place_sectors`,
+/// then new extents at `added` (first and last LBA), in order.
+#[derive(Debug, PartialEq, Eq)]
+struct Growth {
+    in_place_sectors: u64,
+    added: Vec<(u64, u64)>,
+}
+
+/// Why a volume cannot grow by what was asked: the most it could grow by.
+#[derive(Debug)]
+struct NoRoom {
+    bytes: u64,
+    why: String,
+}
+
+/// Grows `e` by `bytes` (a multiple of [`ALIGN`]): the last extent in place
+/// as far as the space after it allows, the rest in new extents.
+///
+/// A new extent goes into the largest free range, in its middle when the
+/// range is more than twice what it needs: the half before stays room for
+/// whatever ends there to grow in place, the half after is room for the
+/// new extent itself. A range too small for the rest is taken whole. So
+/// volumes that keep growing need few extents, and each new extent costs
+/// its neighbours at most half their room.
+fn grow_plan(table: &Gpt, e: &VolumeEntry, bytes: u64) -> Result<Growth, NoRoom> {
+    let ss = table.sector_size;
+    let align = ALIGN / ss;
+    let mut left = bytes / ss;
+    let last = *e.extents.last().expect("a volume has its head");
+    let last_end = (last.offset + last.size) / ss; // first LBA after it
+    let room_end = table
         .partitions
         .iter()
         .map(|q| q.first_lba)
-        .filter(|&f| f > p.last_lba)
+        .filter(|&f| f >= last_end)
         .min()
-        .unwrap_or(table.last_usable_lba + 1)
+        .unwrap_or(table.last_usable_lba + 1);
+    let in_place = ((room_end - last_end) / align * align).min(left);
+    left -= in_place;
+    // Free ranges, minus the room just taken after the last extent.
+    let mut free: Vec<(u64, u64)> = table
+        .free_extents(align)
+        .into_iter()
+        .filter_map(|(f, l)| {
+            let f = if f == last_end { f + in_place } else { f };
+            (f <= l).then_some((f, l))
+        })
+        .collect();
+    let mut added = Vec::new();
+    let numbers = (FIRST_VOLUME_NUMBER..=MAX_PARTITION)
+        .filter(|n| table.partition(*n).is_none())
+        .count();
+    let slots = (MAX_EXTENTS - e.extents.len()).min(numbers);
+    let len = |r: &(u64, u64)| r.1 - r.0 + 1;
+    while left > 0 && added.len() < slots {
+        let Some(i) = (0..free.len()).max_by_key(|&i| (len(&free[i]), std::cmp::Reverse(i))) else {
+            break;
+        };
+        let range = free.remove(i);
+        let take = len(&range).min(left);
+        let spare = len(&range) - take;
+        let first = if spare > take {
+            range.0 + spare / 2 / align * align
+        } else {
+            range.0
+        };
+        added.push((first, first + take - 1));
+        left -= take;
+        if first > range.0 {
+            free.push((range.0, first - 1));
+        }
+        if first + take <= range.1 {
+            free.push((first + take, range.1));
+        }
+    }
+    if left > 0 {
+        let most = bytes - left * ss;
+        let why = if added.len() == slots && slots < MAX_EXTENTS - e.extents.len() {
+            format!("no GPT entry is left on its LUN for another extent (the LUN holds at most {} volumes and extents)", MAX_PARTITION - FIRST_VOLUME_NUMBER + 1)
+        } else if added.len() == slots {
+            format!("a volume has at most {MAX_EXTENTS} extents and growing further needs more")
+        } else {
+            "its LUN has no more free space".into()
+        };
+        return Err(NoRoom { bytes: most, why });
+    }
+    Ok(Growth {
+        in_place_sectors: in_place,
+        added,
+    })
+}
+
+impl Growth {
+    /// Writes the growth into `table` (not yet to disk).
+    fn apply(&self, table: &mut Gpt, e: &VolumeEntry) {
+        let ss = table.sector_size;
+        let last = *e.extents.last().expect("a volume has its head");
+        let last_lba = (last.offset + last.size) / ss - 1;
+        if self.in_place_sectors > 0 {
+            let p = table
+                .partitions
+                .iter_mut()
+                .find(|p| p.last_lba == last_lba && p.first_lba == last.offset / ss)
+                .expect("the last extent is in the table");
+            p.last_lba += self.in_place_sectors;
+        }
+        for (i, &(first, last)) in self.added.iter().enumerate() {
+            let number = (FIRST_VOLUME_NUMBER..=MAX_PARTITION)
+                .find(|n| table.partition(*n).is_none())
+                .expect("grow_plan counted the free numbers");
+            let index = (e.extents.len() + i) as u32;
+            let at = Placement {
+                number,
+                first_lba: first,
+                last_lba: last,
+            };
+            table.partitions.push(extent_partition(at, &e.guid, index));
+        }
+        table.partitions.sort_by_key(|p| p.number);
+    }
 }
 
 /// Why an existing volume does not match a repeated CreateVolume, if it
@@ -1047,24 +1161,31 @@ const WIPE_TIMEOUT: Duration = Duration::from_secs(600);
 /// DeleteVolume could drop the entry, and a new volume made in that space
 /// could be hit by this wipe's discard still running.
 async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunError> {
-    let (io, name, offset, size) = (lun.io.clone(), lun.name(), e.offset, e.size);
+    let (io, name, e) = (lun.io.clone(), lun.name(), e.clone());
     run_blocking(WIPE_TIMEOUT, move || {
         let _claim = claim;
         let zeros = vec![0u8; MIB as usize];
-        let head = size.min(MIB) as usize;
-        io.write_at(offset, &zeros[..head])?;
-        for backup in BACKUP_SUPERBLOCKS.iter().filter(|&&b| b + 4096 <= size) {
-            io.write_at(offset + backup, &zeros[..4096])?;
+        let head = e.head().size.min(MIB) as usize;
+        io.write_at(e.offset, &zeros[..head])?;
+        // Backup superblocks sit at offsets of the filesystem, which may
+        // lie in any extent.
+        for backup in BACKUP_SUPERBLOCKS.iter().filter(|&&b| b + 4096 <= e.size) {
+            if let Some(at) = e.lun_offset(*backup) {
+                io.write_at(at, &zeros[..4096])?;
+            }
         }
         io.sync()?;
-        match io.discard(offset, size) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                tracing::debug!(lun = %name, "LUN does not support discard");
+        for extent in &e.extents {
+            match io.discard(extent.offset, extent.size) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                    tracing::debug!(lun = %name, "LUN does not support discard");
+                    break;
+                }
+                // The signatures are gone already; a failed discard only
+                // leaves old blocks that no filesystem points at.
+                Err(err) => tracing::warn!(lun = %name, error = %err, "discard failed"),
             }
-            // The signatures are gone already; a failed discard only leaves
-            // old blocks that no filesystem points at.
-            Err(err) => tracing::warn!(lun = %name, error = %err, "discard failed"),
         }
         Ok(())
     })

@@ -1,25 +1,30 @@
 //! From a volume ID to this node's block device for it: find the LUN whose
-//! GPT has the ID's disk GUID, find the partition by its unique GUID, make
-//! the kernel's partitions match the table (BLKPG, see `partition_sync`) and
-//! check that the kernel's partition is exactly the table's.
+//! GPT has the ID's disk GUID, find the volume by its head's unique GUID,
+//! and make the volume's device-mapper map lay its extents end to end
+//! (`disk::dm`): created at the first stage, grown when the table says the
+//! volume grew, removed at unstage. Kernel partitions play no part: a
+//! device-mapper LUN (multipath) has none, and those the kernel or udev made
+//! on its own (a partition scan of a plain disk, kpartx on a multipath map)
+//! are never opened, resized or removed here.
 //!
 //! Blocking (O_DIRECT reads, ioctls): run on `spawn_blocking`.
 
-use crate::disk::gpt::{self, Gpt};
-use crate::disk::kernel_partitions::{block_device_name, kernel_partitions, partition_device_name};
+use crate::disk::dm::{self, Control, DmError, Ensured};
+use crate::disk::gpt::Gpt;
 use crate::disk::lun_io::LunFile;
-use crate::disk::partition_sync::{self, SyncError};
-use crate::volume::entry::{volume_entry, State, VolumeEntry};
+use crate::volume::entry::{volume_in, State, VolumeEntry};
 use crate::volume::id::VolumeId;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 #[derive(Clone, Debug)]
 pub struct Located {
     pub lun: PathBuf,
     pub entry: VolumeEntry,
-    /// `/dev/<partition>`.
+    /// The volume's map, `/dev/dm-N`.
     pub device: PathBuf,
-    /// The kernel partition's size in bytes (equal to the entry's).
+    /// The map's size in bytes (equal to the entry's).
     pub kernel_bytes: u64,
 }
 
@@ -39,14 +44,16 @@ pub enum LocateError {
     Pending { lun: PathBuf, partition: uuid::Uuid },
     #[error("volume {partition} on {lun} is being deleted; not staging it")]
     Deleting { lun: PathBuf, partition: uuid::Uuid },
-    #[error(transparent)]
-    Sync(#[from] SyncError),
-    #[error("{lun}: kernel partition {number} is {kernel:?} (start, bytes), the table says {table:?} after syncing")]
+    #[error("{lun}: {source}")]
+    Map { lun: PathBuf, source: DmError },
+    #[error("{lun} is not a block device; volumes are reached through device-mapper maps over a block device")]
+    NotBlock { lun: PathBuf },
+    #[error("{lun}: the map of volume {partition} holds {map} bytes after setting it up, the table says {table}")]
     Mismatch {
         lun: PathBuf,
-        number: u32,
-        kernel: Option<(u64, u64)>,
-        table: (u64, u64),
+        partition: uuid::Uuid,
+        map: u64,
+        table: u64,
     },
     #[error("{lun}: {source}")]
     Io {
@@ -55,23 +62,24 @@ pub enum LocateError {
     },
 }
 
-/// Finding a volume's device and keeping the kernel's partitions in step
-/// with the GPT. Blocking (O_DIRECT reads, ioctls): callers run it on a
-/// blocking thread.
+/// Finding a volume's device and keeping its map in step with the GPT.
+/// Blocking (O_DIRECT reads, ioctls): callers run it on a blocking thread.
 pub trait Locator: Send + Sync {
     /// See [`locate`].
     fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError>;
     /// See [`resync`].
     fn resync(&self, lun: &Path, number: u32) -> Result<u64, String>;
-    /// See [`kernel_partition_bytes`].
+    /// See [`map_bytes`].
     fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>>;
+    /// See [`release`].
+    fn release(&self, id: &VolumeId) -> Result<(), String>;
 }
 
-/// The real locator: the LUNs' GPTs and the kernel's partitions.
+/// The real locator: the LUNs' GPTs and device-mapper maps.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct GptLocator;
+pub struct DmLocator;
 
-impl Locator for GptLocator {
+impl Locator for DmLocator {
     fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
         locate(luns, id)
     }
@@ -81,18 +89,22 @@ impl Locator for GptLocator {
     }
 
     fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>> {
-        kernel_partition_bytes(lun, number)
+        map_bytes(lun, number)
+    }
+
+    fn release(&self, id: &VolumeId) -> Result<(), String> {
+        release(id)
     }
 }
 
-/// Finds the volume's LUN among `luns`, syncs its kernel partitions and
-/// returns the device.
+/// Finds the volume's LUN among `luns`, sets up its map and returns the
+/// map's device.
 pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
     let mut unreadable = Vec::new();
     for lun in luns {
         let table = match LunFile::open(lun)
             .map_err(|e| e.to_string())
-            .and_then(|io| gpt::read_valid(&io).map_err(|e| e.to_string()))
+            .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
         {
             Ok(outcome) => outcome.gpt,
             Err(e) => {
@@ -100,8 +112,8 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
                 continue;
             }
         };
-        if let Some(entry) = volume_in(&table, lun, id)? {
-            return sync_and_check(lun, entry);
+        if let Some(entry) = volume_of(&table, lun, id)? {
+            return map_and_check(lun, entry);
         }
     }
     Err(LocateError::NoLun {
@@ -122,7 +134,7 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
 /// The volume `id` in `table`, read from `lun`: None when the table is
 /// another LUN's; an error when it is this LUN's but the volume is not there,
 /// not a volume, still being created or being deleted.
-pub fn volume_in(
+pub fn volume_of(
     table: &Gpt,
     lun: &Path,
     id: &VolumeId,
@@ -136,7 +148,7 @@ pub fn volume_in(
             lun: lun.to_path_buf(),
             partition: id.partition,
         })?;
-    let entry = volume_entry(partition, table.sector_size).ok_or(LocateError::NotAVolume {
+    let entry = volume_in(table, partition).ok_or(LocateError::NotAVolume {
         lun: lun.to_path_buf(),
         number: partition.number,
     })?;
@@ -158,67 +170,155 @@ pub fn volume_in(
     Ok(Some(entry))
 }
 
-/// Applies the table to the kernel; other partitions that cannot follow
-/// (in use elsewhere on this node) do not matter as long as ours is right.
-fn sync_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {
-    match partition_sync::sync(lun) {
-        Ok(report) if !report.is_empty() => {
-            tracing::info!(lun = %lun.display(), ?report, "kernel partitions synced")
-        }
-        Ok(_) => {}
-        Err(SyncError::Incomplete { failures, .. })
-            if failures.iter().all(|f| f.number() != entry.number) =>
-        {
-            tracing::warn!(lun = %lun.display(), ?failures, "some other partitions could not follow the table");
-        }
-        Err(e) => return Err(e.into()),
+/// The map of the volume whose head entry has `guid`. Map names hold 127
+/// bytes; the GUID is the volume's identity on every node.
+pub fn map_name(guid: &uuid::Uuid) -> String {
+    format!("ocfs2csi-{guid}")
+}
+
+/// The map of `lun`'s heartbeat partition.
+pub fn heartbeat_map_name(disk: &uuid::Uuid) -> String {
+    format!("ocfs2csi-hb-{disk}")
+}
+
+/// The DM UUID of a map: tells this driver's maps from others' (LVM,
+/// multipath, kpartx) in `dmsetup ls` and udev rules.
+fn map_uuid(name: &str) -> String {
+    format!("OCFS2CSI-{}", name.trim_start_matches("ocfs2csi-"))
+}
+
+/// The device number of `lun`, a block device.
+fn lun_device(lun: &Path) -> Result<libc::dev_t, LocateError> {
+    let meta = std::fs::metadata(lun).map_err(|source| LocateError::Io {
+        lun: lun.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(LocateError::NotBlock {
+            lun: lun.to_path_buf(),
+        });
     }
-    let io = |source| LocateError::Io {
+    Ok(meta.rdev() as libc::dev_t)
+}
+
+/// Makes map `name` lay `extents` (bytes on `lun`) end to end, under the
+/// map lock; returns its device and size.
+pub fn ensure_map(
+    lun: &Path,
+    name: &str,
+    extents: &[(u64, u64)],
+) -> Result<(PathBuf, u64), LocateError> {
+    let table = dm::linear_table(lun_device(lun)?, extents);
+    let map_err = |source| LocateError::Map {
         lun: lun.to_path_buf(),
         source,
     };
-    let kernel = kernel_partitions(lun)
-        .map_err(io)?
-        .into_iter()
-        .find(|k| k.number == entry.number)
-        .map(|k| (k.start_bytes, k.size_bytes));
-    let table = (entry.offset, entry.size);
-    if kernel != Some(table) {
+    let _held = hold();
+    let (info, done) = Control::open()
+        .and_then(|c| c.ensure(name, &map_uuid(name), &table))
+        .map_err(map_err)?;
+    match done {
+        Ensured::Unchanged => {}
+        Ensured::Created => {
+            tracing::info!(map = name, device = %info.device.display(), bytes = info.bytes(), targets = table.len(), "map created")
+        }
+        Ensured::Grown => {
+            tracing::info!(map = name, device = %info.device.display(), bytes = info.bytes(), targets = table.len(), "map grown")
+        }
+    }
+    Ok((info.device.clone(), info.bytes()))
+}
+
+fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {
+    let extents: Vec<(u64, u64)> = entry.extents.iter().map(|e| (e.offset, e.size)).collect();
+    let (device, bytes) = ensure_map(lun, &map_name(&entry.guid), &extents)?;
+    if bytes != entry.size {
         return Err(LocateError::Mismatch {
             lun: lun.to_path_buf(),
-            number: entry.number,
-            kernel,
-            table,
+            partition: entry.guid,
+            map: bytes,
+            table: entry.size,
         });
     }
-    let disk = block_device_name(lun).map_err(io)?;
     Ok(Located {
         lun: lun.to_path_buf(),
-        device: Path::new("/dev").join(partition_device_name(&disk, entry.number)),
-        kernel_bytes: entry.size,
+        device,
+        kernel_bytes: bytes,
         entry,
     })
 }
 
-/// The kernel's current size of partition `number` of `lun`, if it has one.
-pub fn kernel_partition_bytes(lun: &Path, number: u32) -> std::io::Result<Option<u64>> {
-    Ok(kernel_partitions(lun)?
-        .into_iter()
-        .find(|k| k.number == number)
-        .map(|k| k.size_bytes))
+/// The volume whose head entry is `number` on `lun`, from its table now.
+fn volume_by_number(lun: &Path, number: u32) -> Result<VolumeEntry, String> {
+    let table = LunFile::open(lun)
+        .map_err(|e| e.to_string())
+        .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
+        .gpt;
+    table
+        .partition(number)
+        .and_then(|p| volume_in(&table, p))
+        .ok_or_else(|| format!("{} has no volume in entry {number}", lun.display()))
 }
 
-/// Re-applies the table to the kernel and returns the kernel's size of
-/// partition `number` (for the growth reporter). Failures of other
-/// partitions do not matter here.
+/// The size of the map of the volume in entry `number` of `lun`, if this
+/// node has one.
+pub fn map_bytes(lun: &Path, number: u32) -> std::io::Result<Option<u64>> {
+    let entry = volume_by_number(lun, number).map_err(std::io::Error::other)?;
+    let info = Control::open()
+        .and_then(|c| c.info(&map_name(&entry.guid)))
+        .map_err(std::io::Error::other)?;
+    Ok(info.map(|i| i.bytes()))
+}
+
+/// Re-reads the table and grows the map of the volume in entry `number`
+/// to it; returns the map's size (for the growth reporter).
 pub fn resync(lun: &Path, number: u32) -> Result<u64, String> {
-    match partition_sync::sync(lun) {
-        Ok(_) => {}
-        Err(SyncError::Incomplete { failures, .. })
-            if failures.iter().all(|f| f.number() != number) => {}
-        Err(e) => return Err(e.to_string()),
+    let entry = volume_by_number(lun, number)?;
+    let extents: Vec<(u64, u64)> = entry.extents.iter().map(|e| (e.offset, e.size)).collect();
+    ensure_map(lun, &map_name(&entry.guid), &extents)
+        .map(|(_, bytes)| bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes the volume's map once nothing holds it open (at unstage).
+pub fn release(id: &VolumeId) -> Result<(), String> {
+    let _held = hold();
+    Control::open()
+        .and_then(|c| c.remove(&map_name(&id.partition)))
+        .map_err(|e| e.to_string())
+}
+
+static MAP_LOCK: MapLock = MapLock {
+    held: Mutex::new(false),
+    free: Condvar::new(),
+};
+
+struct MapLock {
+    held: Mutex<bool>,
+    free: Condvar,
+}
+
+/// The map lock, held until dropped; it may cross threads (and `.await`s),
+/// unlike a `MutexGuard`. Every map change of this plugin takes it, so a
+/// holder knows no map grows meanwhile.
+#[must_use = "the lock is released when this is dropped"]
+pub struct MapHold(());
+
+impl Drop for MapHold {
+    fn drop(&mut self) {
+        *MAP_LOCK.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        MAP_LOCK.free.notify_one();
     }
-    kernel_partition_bytes(lun, number)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} has no kernel partition {number}", lun.display()))
+}
+
+/// Takes the map lock, waiting while another holder has it. Blocking: call
+/// it from a blocking thread.
+pub fn hold() -> MapHold {
+    let mut held = MAP_LOCK.held.lock().unwrap_or_else(|p| p.into_inner());
+    while *held {
+        held = MAP_LOCK.free.wait(held).unwrap_or_else(|p| p.into_inner());
+    }
+    *held = true;
+    MapHold(())
 }

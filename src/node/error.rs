@@ -121,11 +121,11 @@ impl RpcError for NodeError {
             }
             NodeError::Locate(e) => match e {
                 LocateError::NoLun { .. } | LocateError::NoPartition { .. } => Code::NotFound,
-                LocateError::NotAVolume { .. } | LocateError::Deleting { .. } => {
-                    Code::FailedPrecondition
-                }
+                LocateError::NotAVolume { .. }
+                | LocateError::Deleting { .. }
+                | LocateError::NotBlock { .. } => Code::FailedPrecondition,
                 LocateError::Pending { .. } => Code::Unavailable,
-                LocateError::Sync(_) | LocateError::Mismatch { .. } | LocateError::Io { .. } => {
+                LocateError::Map { .. } | LocateError::Mismatch { .. } | LocateError::Io { .. } => {
                     Code::Internal
                 }
             },

@@ -6,6 +6,7 @@
 //! Everything here adopts what the kernel already runs: a restarted plugin
 //! writes nothing and restarts nothing.
 
+use super::device;
 use super::lun_owner::{self, OwnerProblem};
 use super::volumes::NodeVolumes;
 use crate::backoff::Backoff;
@@ -14,10 +15,7 @@ use crate::cluster::{
     self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
     KernelPaths, MembershipSource,
 };
-use crate::disk::gpt;
-use crate::disk::kernel_partitions::{block_device_name, partition_device_name};
 use crate::disk::lun_io::LunFile;
-use crate::disk::partition_sync::{self, SyncError};
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::Runner;
@@ -353,32 +351,29 @@ fn heartbeat_changes(before: &BTreeSet<u8>, now: &BTreeSet<u8>) -> (Vec<u8>, Vec
     )
 }
 
-/// Syncs `lun`'s kernel partitions and returns its heartbeat partition.
+/// Sets up the map of `lun`'s heartbeat partition and returns its device.
 async fn heartbeat_device(lun: &Path) -> Result<PathBuf, JoinError> {
     let lun = lun.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let table = LunFile::open(&lun)
             .map_err(|e| e.to_string())
-            .and_then(|io| gpt::read_valid(&io).map_err(|e| e.to_string()))
+            .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
             .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
             .gpt;
-        match table.partition(HEARTBEAT_NUMBER) {
-            Some(p) if p.type_guid == TYPE_HEARTBEAT => {}
+        let p = match table.partition(HEARTBEAT_NUMBER) {
+            Some(p) if p.type_guid == TYPE_HEARTBEAT => p,
             _ => {
                 return Err(format!(
                     "{}: partition {HEARTBEAT_NUMBER} is not our heartbeat partition (has the controller initialised the LUN?)",
                     lun.display()
                 ))
             }
-        }
-        match partition_sync::sync(&lun) {
-            Ok(_) => {}
-            Err(SyncError::Incomplete { failures, .. })
-                if failures.iter().all(|f| f.number() != HEARTBEAT_NUMBER) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        let disk = block_device_name(&lun).map_err(|e| e.to_string())?;
-        Ok(Path::new("/dev").join(partition_device_name(&disk, HEARTBEAT_NUMBER)))
+        };
+        let ss = table.sector_size;
+        let extent = (p.first_lba * ss, p.size_sectors() * ss);
+        device::ensure_map(&lun, &device::heartbeat_map_name(&table.disk_guid), &[extent])
+            .map(|(dev, _)| dev)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| JoinError::Retry(e.to_string()))?

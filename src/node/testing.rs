@@ -337,6 +337,8 @@ pub(crate) struct FakeLocator {
     /// Disk GUID and path of each LUN.
     luns: Mutex<Vec<(Uuid, PathBuf)>>,
     volumes: Mutex<HashMap<Uuid, FakeVolume>>,
+    /// Volumes whose map was released (unstage), in order.
+    pub(crate) released: Mutex<Vec<Uuid>>,
 }
 
 impl FakeLocator {
@@ -418,6 +420,11 @@ impl Locator for FakeLocator {
 
     fn partition_bytes(&self, lun: &Path, number: u32) -> io::Result<Option<u64>> {
         Ok(self.by_number(lun, number).map(|v| v.located.kernel_bytes))
+    }
+
+    fn release(&self, id: &VolumeId) -> Result<(), String> {
+        lock(&self.released).push(id.partition);
+        Ok(())
     }
 }
 
@@ -565,6 +572,10 @@ impl FakeNode {
                     },
                     offset: u64::from(number) << 30,
                     size: bytes,
+                    extents: vec![crate::volume::extents::Extent {
+                        offset: u64::from(number) << 30,
+                        size: bytes,
+                    }],
                 },
                 device: PathBuf::from(format!("/dev/{disk}{number}")),
                 kernel_bytes: bytes,

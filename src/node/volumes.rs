@@ -6,11 +6,11 @@
 //! proven in the lab. Blocking calls run on blocking threads. Reads (mount
 //! table, stage records, sysfs, statfs) have a bounded wait: a hung cluster
 //! filesystem must not hang an RPC for good. Changes (mount, unmount, the
-//! partition sync inside locate) are not abandoned half-way: they hold the
+//! map set-up inside locate) are not abandoned half-way: they hold the
 //! volume's in-flight guard, so a retry meanwhile is answered at once
 //! (Aborted) instead of piling a second call onto the stuck one.
 
-use super::device::{GptLocator, LocateError, Located, Locator};
+use super::device::{self, DmLocator, LocateError, Located, Locator, MapHold};
 use super::dlm::{Domain, Mode};
 use super::error::NodeError;
 use super::filesystem::Inspector;
@@ -19,7 +19,6 @@ use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
 use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
 use crate::csi::{volume_capability, CapacityRange, VolumeCapability};
-use crate::disk::partition_sync::{self, SyncHold};
 use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
@@ -50,7 +49,7 @@ pub struct NodeEffects {
     pub mounter: Arc<dyn Mounter>,
     pub mount_table: Arc<dyn MountTable>,
     pub records: Arc<dyn StageRecords>,
-    /// Volume ID to device; kernel partitions in step with the GPT.
+    /// Volume ID to device; each volume's map in step with the GPT.
     pub locator: Arc<dyn Locator>,
     /// The filesystem check before a stage mounts.
     pub inspector: Arc<dyn Inspector>,
@@ -68,7 +67,7 @@ impl NodeEffects {
             mounter: Arc::new(SystemMounter::new(tools.clone())),
             mount_table: Arc::new(ProcMountTable),
             records: Arc::new(records),
-            locator: Arc::new(GptLocator),
+            locator: Arc::new(DmLocator),
             inspector: Arc::new(tools.clone()),
             tools,
         }
@@ -599,8 +598,19 @@ impl NodeVolumes {
             })?;
             tracing::info!(staging = %staging.display(), "volume unstaged");
         }
+        // The reporter goes first: its size reports re-create a missing map.
         self.reporters.stop(&id.partition);
-        self.remove_record(id.partition).await
+        self.remove_record(id.partition).await?;
+        let locator = self.locator.clone();
+        match blocking("removing the volume's map", move || locator.release(&id)).await? {
+            Ok(()) => {}
+            // Unmounted and forgotten: a map left over holds no data and is
+            // set up again by the next stage.
+            Err(why) => {
+                tracing::warn!(volume = %id.partition, why, "could not remove the volume's map")
+            }
+        }
+        Ok(())
     }
 
     pub async fn publish(&self, r: PublishRequest<'_>) -> Result<(), NodeError> {
@@ -818,11 +828,11 @@ impl NodeVolumes {
         }
         let (fs_bytes, cluster) = self.settled_size(&located.device, &path).await?;
         if fs_bytes + cluster <= located.entry.size {
-            // tunefs grows to this node's kernel partition, which must be
-            // exactly what every node confirmed: held from here to the end
-            // of tunefs, no partition sync of this plugin (another stage's,
-            // a size report's) can grow it further meanwhile.
-            let _sync_held = self.confirmed_size(&located).await?;
+            // tunefs grows to this node's map, which must be exactly what
+            // every node confirmed: held from here to the end of tunefs, no
+            // map change of this plugin (another stage's, a size report's)
+            // can grow it further meanwhile.
+            let _map_held = self.confirmed_size(&located).await?;
             let started = std::time::Instant::now();
             self.tools.grow(&located.device).await?;
             let after = self.mounted_bytes(&path).await?;
@@ -836,30 +846,25 @@ impl NodeVolumes {
             );
             return Ok(after);
         }
-        tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its partition");
+        tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its device");
         Ok(fs_bytes)
     }
 
-    /// Takes the partition-sync lock and checks, under it, that the
-    /// kernel's size of the volume's partition is still the one confirmed
-    /// (`located`'s, which every other node reported at least).
-    async fn confirmed_size(&self, located: &Located) -> Result<SyncHold, NodeError> {
-        let held = bounded(
-            "waiting for the partition-sync lock",
-            READ_WAIT,
-            partition_sync::hold,
-        )
-        .await?;
+    /// Takes the map lock and checks, under it, that the size of the
+    /// volume's map is still the one confirmed (`located`'s, which every
+    /// other node reported at least).
+    async fn confirmed_size(&self, located: &Located) -> Result<MapHold, NodeError> {
+        let held = bounded("waiting for the map lock", READ_WAIT, device::hold).await?;
         let (locator, lun, number) = (
             self.locator.clone(),
             located.lun.clone(),
             located.entry.number,
         );
-        let kernel = bounded("reading partitions", READ_WAIT, move || {
+        let kernel = bounded("reading the map's size", READ_WAIT, move || {
             locator.partition_bytes(&lun, number)
         })
         .await?
-        .map_err(io("reading the kernel's partition size"))?;
+        .map_err(io("reading the map's size"))?;
         if kernel != Some(located.entry.size) {
             return Err(NodeError::SizeMoved {
                 confirmed: located.entry.size,

@@ -18,13 +18,13 @@ use crate::controller::testing::{FakeSan, CLUSTER};
 use crate::disk::gpt;
 use crate::disk::lun_io::{BlockIo, SparseIo};
 use crate::mountinfo::MountEntry;
-use crate::node::device::{volume_in, LocateError, Located, Locator};
+use crate::node::device::{volume_of, LocateError, Located, Locator};
 use crate::node::mounts::{MountTable, Mounter};
 use crate::node::testing::{FakeKernel, MemRecords};
 use crate::node::{NodeConfig, NodeEffects, NodeVolumes};
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Error;
-use crate::volume::entry::{volume_entry, VolumeEntry};
+use crate::volume::entry::{volume_in, VolumeEntry};
 use crate::volume::id::VolumeId;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -41,8 +41,8 @@ const LUN_BYTES: u64 = 512 << 30;
 const SUITE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The node's view of the SAN: the LUNs' GPTs, read from the bytes the
-/// controller wrote, and each volume's kernel partition made visible to
-/// the fake OCFS2 tools (which is what a partition sync does for real).
+/// controller wrote, and each volume's device made visible to the fake
+/// OCFS2 tools (which is what its device-mapper map does for real).
 struct SanLocator {
     san: Arc<FakeSan>,
     luns: Vec<(PathBuf, Arc<dyn BlockIo>)>,
@@ -58,9 +58,7 @@ impl SanLocator {
             return Ok(None);
         };
         let table = gpt::read(io.as_ref()).map_err(io::Error::other)?.gpt;
-        Ok(table
-            .partition(number)
-            .and_then(|p| volume_entry(p, table.sector_size)))
+        Ok(table.partition(number).and_then(|p| volume_in(&table, p)))
     }
 }
 
@@ -76,7 +74,7 @@ impl Locator for SanLocator {
                     source: io::Error::other(e),
                 })?
                 .gpt;
-            let Some(entry) = volume_in(&table, lun, id)? else {
+            let Some(entry) = volume_of(&table, lun, id)? else {
                 continue;
             };
             let device = Self::device(i, entry.number);
@@ -109,6 +107,10 @@ impl Locator for SanLocator {
 
     fn partition_bytes(&self, lun: &Path, number: u32) -> io::Result<Option<u64>> {
         Ok(self.entry(lun, number)?.map(|e| e.size))
+    }
+
+    fn release(&self, _: &VolumeId) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -466,7 +468,7 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
     let left: Vec<_> = table
         .partitions
         .iter()
-        .filter_map(|p| volume_entry(p, table.sector_size))
+        .filter_map(|p| volume_in(&table, p))
         .collect();
     assert!(left.is_empty(), "csi-sanity left volumes: {left:?}");
     assert_eq!(kernel.kernel.table(), vec![], "csi-sanity left mounts");

@@ -10,7 +10,8 @@
 //! - The unique GUID is derived from the volume name; the partition name
 //!   holds the volume name (as much of it as GPT's 36 characters allow).
 
-use crate::disk::gpt::Partition;
+use super::extents::{self, Extent};
+use crate::disk::gpt::{Gpt, Partition};
 use crate::ocfs2::layout::{HeartbeatMode, Layout, MIB};
 use uuid::Uuid;
 
@@ -57,13 +58,37 @@ pub struct VolumeEntry {
     /// Geometry used for capacity accounting (journal size rounded up to a
     /// power of two, block size assumed 4 KiB).
     pub layout: Layout,
+    /// The head entry's offset on the LUN: where the filesystem starts.
     pub offset: u64,
+    /// The volume's size: its extents' sizes added up.
     pub size: u64,
+    /// The head first, then the extents the volume grew into, in order.
+    pub extents: Vec<Extent>,
 }
 
 impl VolumeEntry {
     pub fn usable_bytes(&self) -> u64 {
         self.layout.usable_bytes(self.size, ALIGN)
+    }
+
+    /// The head entry's range: all the filesystem's own metadata that
+    /// inspection reads (superblock, slot map, journals) lies in it, since
+    /// mkfs ran on the head alone and tunefs -S only adds allocation
+    /// groups in the space it grows into.
+    pub fn head(&self) -> Extent {
+        self.extents[0]
+    }
+
+    /// Where byte `at` of the volume lies on the LUN, if the volume has it.
+    pub fn lun_offset(&self, at: u64) -> Option<u64> {
+        let mut start = 0;
+        for e in &self.extents {
+            if at < start + e.size {
+                return Some(e.offset + (at - start));
+            }
+            start += e.size;
+        }
+        None
     }
 }
 
@@ -145,7 +170,22 @@ pub fn type_guid(state: State, heartbeat: HeartbeatMode) -> Uuid {
     }
 }
 
-/// The volume in a GPT entry, or None for anything that is not a volume.
+/// The volume whose head entry is `p` in `table`, with all its extents, or
+/// None for anything that is not a volume's head.
+pub fn volume_in(table: &Gpt, p: &Partition) -> Option<VolumeEntry> {
+    let mut e = volume_entry(p, table.sector_size)?;
+    e.extents = extents::extents(table, p);
+    e.size = e.extents.iter().map(|x| x.size).sum();
+    Some(e)
+}
+
+/// Whether `p` is a volume's head entry.
+pub fn is_volume(p: &Partition) -> bool {
+    volume_entry(p, 512).is_some()
+}
+
+/// The volume in one GPT entry alone, as if it had no further extents, or
+/// None for anything that is not a volume. [`volume_in`] is the volume.
 pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
     let (state, heartbeat) = match p.type_guid {
         TYPE_PENDING_GLOBAL => (State::Pending, HeartbeatMode::Global),
@@ -165,6 +205,7 @@ pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
         layout: layout_from(p.attributes),
         offset: p.first_lba * sector_size,
         size: (p.last_lba - p.first_lba + 1) * sector_size,
+        extents: vec![Extent::of(p, sector_size)],
     })
 }
 

@@ -3,5 +3,6 @@
 //! Neither side imports the other; both import this.
 
 pub mod entry;
+pub mod extents;
 pub mod id;
 pub mod mount_options;

@@ -389,11 +389,84 @@ impl Lab {
         ocfs2_csi::csi::node_client::NodeClient::new(self.channel(node).await)
     }
 
-    /// Makes every guest's kernel partitions match the GPT, with the
-    /// driver's own BLKPG sync (never BLKRRPART: volumes stay mounted).
-    pub fn sync_partitions(&self) {
-        self.on_all("ocfs2-csi sync-partitions --lun /dev/vda");
+    /// The node plugin's map of the volume whose head has `guid` on
+    /// `node`, as `/dev/dm-N`, if it has one.
+    pub fn map_device(&self, node: usize, guid: &str) -> Option<String> {
+        let out = self.must(
+            node,
+            &format!(
+                "for d in /sys/block/dm-*; do [ -e \"$d/dm/name\" ] && \
+                 [ \"$(cat $d/dm/name)\" = ocfs2csi-{guid} ] && echo /dev/${{d##*/}}; done; true"
+            ),
+        );
+        out.lines().next().map(|l| l.trim().to_string())
     }
+
+    /// Maps volume `guid` of the lab's LUN on `node` by hand with dmsetup
+    /// (as an operator would to fsck it unstaged), from the GPT the host
+    /// reads; returns `/dev/mapper/NAME`. `name` must be unique on the node.
+    pub fn map_by_hand(&self, node: usize, guid: &str, name: &str) -> String {
+        let v = volume_on(&self.lun(), guid);
+        let mut table = String::new();
+        let mut start = 0;
+        for e in &v.extents {
+            table.push_str(&format!(
+                "{start} {} linear $dev {}\n",
+                e.size / 512,
+                e.offset / 512
+            ));
+            start += e.size / 512;
+        }
+        let minor = self.must(
+            node,
+            &format!(
+                "dev=$(cat /sys/block/vda/dev) && printf \"{table}\" | \
+                 dmsetup create {name} --noudevsync && \
+                 dmsetup info -c --noheadings -o minor {name}"
+            ),
+        );
+        // No udev in the guests: the node may be missing.
+        let dev = format!("/dev/mapper/{name}");
+        self.must(
+            node,
+            &format!("[ -b {dev} ] || ln -sf /dev/dm-{} {dev}", minor.trim()),
+        );
+        dev
+    }
+
+    pub fn unmap_by_hand(&self, node: usize, name: &str) {
+        self.must(
+            node,
+            &format!("dmsetup remove --noudevsync {name} && rm -f /dev/mapper/{name}"),
+        );
+    }
+
+    /// `fsck.ocfs2 -fn` of volume `guid` on `node` (unstaged everywhere),
+    /// through a map made by hand; panics with its output unless clean.
+    pub fn fsck_volume(&self, node: usize, guid: &str) -> String {
+        let dev = self.map_by_hand(node, guid, "fsck-by-hand");
+        let out = self.exec(node, &format!("fsck.ocfs2 -fn {dev} 2>&1"));
+        self.unmap_by_hand(node, "fsck-by-hand");
+        match out {
+            (0, text) => text,
+            (rc, text) => panic!("fsck.ocfs2 -fn of {guid} on node{node}: exit {rc}: {text}"),
+        }
+    }
+}
+
+/// The volume whose head entry has unique GUID `guid` on `lun`, with its
+/// extents, as the driver reads it.
+pub fn volume_on(lun: &Path, guid: &str) -> ocfs2_csi::volume::entry::VolumeEntry {
+    let io = ocfs2_csi::disk::lun_io::LunFile::open_read_only(lun).unwrap();
+    let table = ocfs2_csi::volume::extents::read_valid(&io)
+        .unwrap_or_else(|e| panic!("the table of {}: {e}", lun.display()))
+        .gpt;
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.unique_guid.to_string() == guid)
+        .unwrap_or_else(|| panic!("volume {guid} not in the GPT of {}", lun.display()));
+    ocfs2_csi::volume::entry::volume_in(&table, p).expect("a volume")
 }
 
 fn members_script(members: &[usize]) -> String {

@@ -8,13 +8,15 @@
 //!    running cluster and mounts it, without a remount on the first two;
 //! 3. shared access: writers on all three (own files, appends to one file
 //!    under flock), identical content everywhere;
-//! 4. online growth with writers running (direct and buffered I/O), twice:
-//!    NodeExpandVolume on all three in a random order, then at once;
+//! 4. online growth with writers running (direct and buffered I/O), three
+//!    rounds: NodeExpandVolume on all three in a random order, then at
+//!    once; the first round grows past a neighbour volume, into a new
+//!    extent elsewhere on the LUN (each node's map gains a target);
 //! 5. every node plugin SIGKILLed and restarted under I/O; growth still
 //!    works afterwards (the restarted plugins adopted their volumes);
 //! 6. bad input: nothing mounted, nothing changed;
-//! 7. unstage everywhere, fsck clean; partition changes while another
-//!    volume stays mounted (BLKPG per partition);
+//! 7. unstage everywhere (the maps go), fsck clean; volumes created, grown
+//!    and deleted while another stays mounted on every guest;
 //! 8. csi-sanity's whole suite inside a guest against the real driver.
 
 use crate::common::lab::*;
@@ -31,8 +33,14 @@ fn secs(t: Instant) -> String {
     format!("{:.1} s", t.elapsed().as_secs_f64())
 }
 
-fn number_of(lun: &std::path::Path, volume: &Volume) -> u32 {
-    partition_by_guid(lun, &volume.volume_context["partitionGuid"]).number
+fn guid_of(volume: &Volume) -> &str {
+    &volume.volume_context["partitionGuid"]
+}
+
+/// The node plugin's map of `volume` on `node`.
+fn map_of(lab: &Lab, node: usize, volume: &Volume) -> String {
+    lab.map_device(node, guid_of(volume))
+        .unwrap_or_else(|| panic!("node{node} has no map of {}", guid_of(volume)))
 }
 
 /// Mount IDs of the staging and target mounts: equal before and after
@@ -195,7 +203,24 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         .into_inner()
         .volume
         .unwrap();
-    let n = number_of(&lun, &shared);
+    // A neighbour right after it: growing it later needs a new extent.
+    let neighbour = rt
+        .block_on(c.create_volume(create_request("pvc-neighbour", GIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    {
+        let (a, b) = (
+            volume_on(&lun, guid_of(&shared)),
+            volume_on(&lun, guid_of(&neighbour)),
+        );
+        assert_eq!(
+            a.offset + a.size,
+            b.offset,
+            "the neighbour is right after the volume"
+        );
+    }
     for node in [1, 2] {
         let took = rt.block_on(stage_and_publish(lab, node, &shared));
         println!(
@@ -257,7 +282,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
             "node{node} remounted the volume"
         );
     }
-    let slots = lab.must(1, &format!("mounted.ocfs2 -f /dev/vda{n}"));
+    let slots = lab.must(1, &format!("mounted.ocfs2 -f {}", map_of(lab, 1, &shared)));
     assert!(
         ["node1", "node2", "node3"]
             .iter()
@@ -320,6 +345,22 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         }
         rt.block_on(c.controller_expand_volume(expand_request(&shared.volume_id, bytes)))
             .unwrap();
+        if round == 1 {
+            let v = volume_on(&lun, guid_of(&shared));
+            let next = volume_on(&lun, guid_of(&neighbour));
+            assert_eq!(v.extents.len(), 2, "{v:?}");
+            assert!(
+                v.extents[1].offset > next.offset + next.size - 1,
+                "the new extent lies past the neighbour: {v:?}"
+            );
+            println!(
+                "scenario 4: round 1 grows past the neighbour: extents at {:?} MiB (offset, size)",
+                v.extents
+                    .iter()
+                    .map(|e| (e.offset / MIB, e.size / MIB))
+                    .collect::<Vec<_>>()
+            );
+        }
         let t = Instant::now();
         let sizes: Vec<i64> = if round != 2 {
             order
@@ -458,10 +499,11 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         "scenario 5: growth on node2 while node3 staged the volume took {}",
         secs(t)
     );
-    let part = partition_by_guid(&lun, &shared.volume_context["partitionGuid"]).bytes();
+    let mapped = volume_on(&lun, guid_of(&shared)).size;
     for node in 1..=3 {
-        let size = lab.must(node, &format!("blockdev --getsize64 /dev/vda{n}"));
-        assert_eq!(size.trim(), part.to_string(), "node{node}'s partition");
+        let map = map_of(lab, node, &shared);
+        let size = lab.must(node, &format!("blockdev --getsize64 {map}"));
+        assert_eq!(size.trim(), mapped.to_string(), "node{node}'s map");
         assert!(
             fs_total(lab, node, &dir_of) + 64 * MIB >= bytes,
             "node{node}"
@@ -490,10 +532,19 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         "scenario 7: unpublished and unstaged on 3 nodes in {}",
         secs(t)
     );
-    lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
-    rt.block_on(c.delete_volume(delete_request(&shared.volume_id)))
-        .unwrap();
-    partition_changes(lab, rt, &mut c, &lun);
+    for node in 1..=3 {
+        assert_eq!(
+            lab.map_device(node, guid_of(&shared)),
+            None,
+            "node{node} kept its map"
+        );
+    }
+    lab.fsck_volume(1, guid_of(&shared));
+    for v in [&shared, &neighbour] {
+        rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
+            .unwrap();
+    }
+    volume_changes(lab, rt, &mut c, &lun);
     drop(c);
     drop(controller);
     assert_gpt_valid(&lun);
@@ -768,8 +819,9 @@ fn uuid_like(seed: u8) -> String {
 }
 
 /// Volumes created, grown and deleted while another stays mounted on every
-/// guest: `ocfs2-csi sync-partitions` applies each change with BLKPG.
-fn partition_changes(
+/// guest: each guest stages what is made, sees what grew (its map gains a
+/// target) and loses nothing of the mounted one.
+fn volume_changes(
     lab: &Lab,
     rt: &tokio::runtime::Runtime,
     c: &mut controller_client::ControllerClient<tonic::transport::Channel>,
@@ -786,40 +838,51 @@ fn partition_changes(
     let keep = create("pvc-keep");
     let extra = create("pvc-extra");
     let gone = create("pvc-gone");
-    let (kn, xn, gn) = (
-        number_of(lun, &keep),
-        number_of(lun, &extra),
-        number_of(lun, &gone),
-    );
     for node in 1..=3 {
         rt.block_on(stage_and_publish(lab, node, &keep));
     }
-    lab.sync_partitions();
-    for out in lab.on_all(&format!(
-        "blkid -p -s TYPE -o value /dev/vda{xn} /dev/vda{gn}"
-    )) {
-        assert_eq!(
-            out.lines().filter(|l| l.trim() == "ocfs2").count(),
-            2,
-            "{out}"
-        );
+    let keep_ids: Vec<String> = (1..=3).map(|n| mount_ids(lab, n, &keep)).collect();
+    for node in 1..=3 {
+        rt.block_on(stage_and_publish(lab, node, &extra));
+        rt.block_on(stage_and_publish(lab, node, &gone));
+        rt.block_on(unpublish_and_unstage(lab, node, &gone));
     }
     rt.block_on(c.delete_volume(delete_request(&gone.volume_id)))
         .unwrap();
+    // pvc-extra has pvc-gone's space after it again: it grows in place.
     rt.block_on(c.controller_expand_volume(expand_request(&extra.volume_id, 2 * GIB)))
         .unwrap();
-    lab.sync_partitions();
-    let size = partition_by_guid(lun, &extra.volume_context["partitionGuid"]).bytes();
-    for out in lab.on_all(&format!(
-        "test ! -e /dev/vda{gn} && test -b /dev/vda{kn} && blockdev --getsize64 /dev/vda{xn}"
-    )) {
-        assert_eq!(out.trim(), size.to_string());
+    let size = volume_on(lun, guid_of(&extra)).size;
+    let sizes = rt.block_on(futures::future::join_all([1, 2, 3].map(|node| {
+        let extra = &extra;
+        async move {
+            lab.node_client(node)
+                .await
+                .node_expand_volume(expand_req(extra))
+                .await
+                .unwrap_or_else(|e| panic!("node{node}: expand: {e:?}"))
+                .into_inner()
+                .capacity_bytes
+        }
+    })));
+    assert!(sizes.iter().all(|s| *s as u64 >= 2 * GIB), "{sizes:?}");
+    for node in 1..=3 {
+        let map = map_of(lab, node, &extra);
+        let got = lab.must(node, &format!("blockdev --getsize64 {map}"));
+        assert_eq!(got.trim(), size.to_string(), "node{node}");
+        assert_eq!(lab.map_device(node, guid_of(&gone)), None, "node{node}");
+        assert_eq!(
+            mount_ids(lab, node, &keep),
+            keep_ids[node - 1],
+            "node{node} remounted"
+        );
     }
     for node in 1..=3 {
         rt.block_on(unpublish_and_unstage(lab, node, &keep));
+        rt.block_on(unpublish_and_unstage(lab, node, &extra));
     }
     for v in [&keep, &extra] {
-        lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{}", number_of(lun, v)));
+        lab.fsck_volume(1, guid_of(v));
         rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
             .unwrap();
     }

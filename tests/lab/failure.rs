@@ -428,8 +428,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)
     for node in 1..=NODES {
         rt.block_on(unpublish_and_unstage(lab, node, &v));
     }
-    let n = partition_by_guid(&lun, &v.volume_context["partitionGuid"]).number;
-    lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
+    lab.fsck_volume(1, &v.volume_context["partitionGuid"]);
     rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
         .unwrap();
     println!(

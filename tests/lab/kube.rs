@@ -530,8 +530,7 @@ pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembershi
     for node in 1..=NODES {
         rt.block_on(unpublish_and_unstage(lab, node, &shared));
     }
-    let n = partition_by_guid(&lun, &shared.volume_context["partitionGuid"]).number;
-    lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{n}"));
+    lab.fsck_volume(1, &shared.volume_context["partitionGuid"]);
     rt.block_on(c.delete_volume(delete_request(&shared.volume_id)))
         .unwrap();
     println!(

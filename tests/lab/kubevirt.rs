@@ -714,7 +714,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         );
         assert!(errors.trim().is_empty(), "node{node}: {errors}");
     }
-    let fsck = lab.must(1, &format!("fsck.ocfs2 -fn /dev/vda{}", part.number));
+    let fsck = lab.fsck_volume(1, &vol.volume_context["partitionGuid"]);
     println!(
         "cleanup: no I/O errors in either kernel log; fsck.ocfs2 -fn exit 0: {}",
         fsck.lines()

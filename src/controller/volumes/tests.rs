@@ -144,6 +144,13 @@ mod in_process {
             .collect()
     }
 
+    /// The volume with `guid` as the table has it, extents and all.
+    fn volume(disk: &dyn BlockIo, guid: &uuid::Uuid) -> VolumeEntry {
+        let t = table(disk);
+        crate::volume::extents::check(&t, entry::is_volume).expect("whole extent chains");
+        volume_in(&t, t.find_by_guid(guid).expect("the volume")).expect("a volume")
+    }
+
     fn code<E: RpcError>(r: Result<impl std::fmt::Debug, E>) -> Code {
         r.expect_err("an error").code()
     }
@@ -306,14 +313,11 @@ mod in_process {
     #[tokio::test]
     async fn expand_out_of_range_leaves_the_table_alone() {
         let p = pool().await;
-        let a = create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
+        create(&p.volumes, "pvc-a", 100 * MIB).await.unwrap();
         let b = create(&p.volumes, "pvc-b", 100 * MIB).await.unwrap();
-        let (a, b) = (a.id.to_string(), b.id.to_string());
+        let b = b.id.to_string();
         let before = table(&p.disk);
 
-        // pvc-b sits right after pvc-a: no room to grow in place.
-        let r = p.volumes.expand(&a, 200 * MIB as i64, 0, None).await;
-        assert_eq!(code(r), Code::OutOfRange);
         // More than the LUN holds.
         let r = p.volumes.expand(&b, 2 * LUN_BYTES as i64, 0, None).await;
         assert_eq!(code(r), Code::OutOfRange);
@@ -337,8 +341,8 @@ mod in_process {
         assert_eq!(code(r), Code::InvalidArgument);
         assert_eq!(table(&p.disk), before);
 
-        // What fits is done: the last volume grows into the free space,
-        // and asking for less than it has changes nothing.
+        // What fits is done: the last volume grows in place into the free
+        // space, and asking for less than it has changes nothing.
         let grown = p
             .volumes
             .expand(&b, 10 * GIB as i64, 0, None)
@@ -348,6 +352,7 @@ mod in_process {
         assert_eq!(p.volumes.get(&b).await.unwrap().capacity, grown);
         let after = table(&p.disk);
         assert_ne!(after, before);
+        assert_eq!(after.partitions.len(), before.partitions.len(), "in place");
         assert_eq!(
             p.volumes.expand(&b, MIB as i64, 0, None).await.unwrap(),
             grown
@@ -355,6 +360,117 @@ mod in_process {
         assert_eq!(table(&p.disk), after);
         // No tool ran: growing is the nodes' work.
         assert_eq!(p.san.count("tunefs"), 0);
+    }
+
+    /// The everyday expand: pvc-a, then pvc-b right after it, then pvc-a
+    /// grown to 3 GiB. It gains an extent elsewhere on the LUN; its head
+    /// keeps its place, pvc-b is untouched, and the table says in which
+    /// order the extents make the volume.
+    #[tokio::test]
+    async fn a_volume_grows_past_its_neighbour_in_a_new_extent() {
+        let p = pool().await;
+        let a = create(&p.volumes, "pvc-a", GIB).await.unwrap();
+        let b = create(&p.volumes, "pvc-b", GIB).await.unwrap();
+        let (a_guid, b_guid) = (a.id.partition, b.id.partition);
+        let (a0, b0) = (volume(&p.disk, &a_guid), volume(&p.disk, &b_guid));
+        assert_eq!(a0.offset + a0.size, b0.offset, "first fit: b right after a");
+
+        let grown = p
+            .volumes
+            .expand(&a.id.to_string(), 3 * GIB as i64, 0, None)
+            .await
+            .unwrap();
+        assert!(grown >= 3 * GIB);
+        let a1 = volume(&p.disk, &a_guid);
+        assert_eq!(a1.extents.len(), 2, "{a1:?}");
+        assert_eq!(a1.head(), a0.head(), "the head stays where it is");
+        assert!(a1.extents[1].offset > b0.offset + b0.size, "{a1:?}");
+        assert_eq!(a1.layout.usable_bytes(a1.size, ALIGN), grown);
+        assert_eq!(volume(&p.disk, &b_guid), b0);
+        assert_eq!(
+            p.volumes.get(&a.id.to_string()).await.unwrap().capacity,
+            grown
+        );
+        // Growing again extends the new last extent in place.
+        let again = p
+            .volumes
+            .expand(&a.id.to_string(), 4 * GIB as i64, 0, None)
+            .await
+            .unwrap();
+        let a2 = volume(&p.disk, &a_guid);
+        assert_eq!(a2.extents.len(), 2, "{a2:?}");
+        assert_eq!(a2.extents[1].offset, a1.extents[1].offset);
+        assert_eq!(a2.layout.usable_bytes(a2.size, ALIGN), again);
+        // Capacity counts the volume once, extents and all.
+        let listed = p.volumes.list(0, "").await.unwrap().0;
+        assert_eq!(listed.len(), 2);
+
+        // Delete drops the head and its extents together, and wipes the
+        // backup superblocks wherever they lie.
+        p.volumes.delete(&a.id.to_string()).await.unwrap();
+        let t = table(&p.disk);
+        assert_eq!(
+            t.partitions.len(),
+            2,
+            "heartbeat and pvc-b: {:?}",
+            t.partitions
+        );
+        assert_eq!(volume(&p.disk, &b_guid), b0);
+    }
+
+    /// Extents per volume are limited; the refusal says so and by how much
+    /// the volume could still grow, and changes nothing.
+    #[tokio::test]
+    async fn extents_per_volume_are_limited() {
+        let p = pool().await;
+        let a = create(&p.volumes, "pvc-a", 64 * MIB).await.unwrap();
+        let id = a.id.to_string();
+        // Each round: a blocker right after a's last extent, then a grown by
+        // a little, which needs a new extent.
+        let mut want = 64 * MIB;
+        for i in 1..crate::volume::extents::MAX_EXTENTS {
+            let last = *volume(&p.disk, &a.id.partition).extents.last().unwrap();
+            block_after(&p, last.offset + last.size, &format!("blocker-{i}")).await;
+            want += 64 * MIB;
+            p.volumes.expand(&id, want as i64, 0, None).await.unwrap();
+            assert_eq!(volume(&p.disk, &a.id.partition).extents.len(), i + 1);
+        }
+        let last = *volume(&p.disk, &a.id.partition).extents.last().unwrap();
+        block_after(&p, last.offset + last.size, "blocker-last").await;
+        let before = table(&p.disk);
+        let err = p
+            .volumes
+            .expand(&id, (want + 64 * MIB) as i64, 0, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
+        assert!(err.to_string().contains("at most 16 extents"), "{err}");
+        assert_eq!(table(&p.disk), before);
+    }
+
+    /// Puts a small pending entry at `offset` (a volume being created there).
+    async fn block_after(p: &Pool, offset: u64, name: &str) {
+        let _locked = p.lun.lock().await;
+        let mut t = p.lun.read_table().await.unwrap();
+        if t.partitions.iter().any(|q| q.first_lba == offset / 512) {
+            return;
+        }
+        let number = t.lowest_free_number().unwrap();
+        let at = Placement {
+            number,
+            first_lba: offset / 512,
+            last_lba: (offset + MIB) / 512 - 1,
+        };
+        let layout = Layout::for_size(MIB, 1, None, None, None);
+        t.partitions.push(volume_partition(
+            at,
+            uuid::Uuid::new_v4(),
+            name,
+            State::Pending,
+            HeartbeatMode::Global,
+            &layout,
+        ));
+        p.lun.write_table(&t).await.unwrap();
     }
 
     #[tokio::test]
