@@ -1,6 +1,7 @@
 //! The controller plugin: carves OCFS2 volumes out of shared LUNs.
 //!
 //! - `pool`: opening and initialising LUNs
+//! - `allocate`: where volumes and their extents go (pure)
 //! - `volumes`: the work of each RPC, free of gRPC
 //! - `service`: the gRPC glue
 //! - `writer`: the LUN's writer lease (one writer per partition table)
@@ -10,6 +11,7 @@
 //! What the node shares with it (volume IDs, the GPT entry format, mount
 //! options) is in `crate::volume`; in-flight tracking in `crate::server`.
 
+pub mod allocate;
 pub mod error;
 pub mod params;
 pub mod pool;

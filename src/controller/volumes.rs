@@ -1,12 +1,12 @@
 //! The controller's work on volumes, free of gRPC: create, delete, expand,
 //! list, capacity and lookup over the pool's LUNs.
 
+use super::allocate::{grow_plan, place_volume};
 use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError, LunError};
 use super::params::{check_capabilities, VolumeParams};
 use super::pool::Lun;
 use crate::csi::VolumeCapability;
 use crate::disk::blocking::run_blocking;
-use crate::disk::gpt::Gpt;
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
 use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
@@ -17,7 +17,7 @@ use crate::volume::entry::{
     self, volume_entry, volume_in, volume_partition, Placement, State, VolumeEntry, ALIGN,
     FIRST_VOLUME_NUMBER, MAX_PARTITION,
 };
-use crate::volume::extents::{extent_entries, extent_partition, MAX_EXTENTS};
+use crate::volume::extents::extent_entries;
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -444,7 +444,7 @@ impl Volumes {
                     .max()
                     .unwrap_or(0),
             );
-            let Some(&(first, _)) = extents.iter().find(|(f, l)| l - f + 1 >= sectors) else {
+            let Some(first) = place_volume(&table, sectors) else {
                 continue;
             };
             let at = Placement {
@@ -927,128 +927,6 @@ fn parse_token(token: &str) -> Option<(u32, u32)> {
         return None;
     }
     Some((lun.parse().ok()?, number.parse().ok()?))
-}
-
-/// How a volume grows: its last extent in place by `in_place_sectors`,
-/// then new extents at `added` (first and last LBA), in order.
-#[derive(Debug, PartialEq, Eq)]
-struct Growth {
-    in_place_sectors: u64,
-    added: Vec<(u64, u64)>,
-}
-
-/// Why a volume cannot grow by what was asked: the most it could grow by.
-#[derive(Debug)]
-struct NoRoom {
-    bytes: u64,
-    why: String,
-}
-
-/// Grows `e` by `bytes` (a multiple of [`ALIGN`]): the last extent in place
-/// as far as the space after it allows, the rest in new extents.
-///
-/// A new extent goes into the largest free range, in its middle when the
-/// range is more than twice what it needs: the half before stays room for
-/// whatever ends there to grow in place, the half after is room for the
-/// new extent itself. A range too small for the rest is taken whole. So
-/// volumes that keep growing need few extents, and each new extent costs
-/// its neighbours at most half their room.
-fn grow_plan(table: &Gpt, e: &VolumeEntry, bytes: u64) -> Result<Growth, NoRoom> {
-    let ss = table.sector_size;
-    let align = ALIGN / ss;
-    let mut left = bytes / ss;
-    let last = *e.extents.last().expect("a volume has its head");
-    let last_end = (last.offset + last.size) / ss; // first LBA after it
-    let room_end = table
-        .partitions
-        .iter()
-        .map(|q| q.first_lba)
-        .filter(|&f| f >= last_end)
-        .min()
-        .unwrap_or(table.last_usable_lba + 1);
-    let in_place = ((room_end - last_end) / align * align).min(left);
-    left -= in_place;
-    // Free ranges, minus the room just taken after the last extent.
-    let mut free: Vec<(u64, u64)> = table
-        .free_extents(align)
-        .into_iter()
-        .filter_map(|(f, l)| {
-            let f = if f == last_end { f + in_place } else { f };
-            (f <= l).then_some((f, l))
-        })
-        .collect();
-    let mut added = Vec::new();
-    let numbers = (FIRST_VOLUME_NUMBER..=MAX_PARTITION)
-        .filter(|n| table.partition(*n).is_none())
-        .count();
-    let slots = (MAX_EXTENTS - e.extents.len()).min(numbers);
-    let len = |r: &(u64, u64)| r.1 - r.0 + 1;
-    while left > 0 && added.len() < slots {
-        let Some(i) = (0..free.len()).max_by_key(|&i| (len(&free[i]), std::cmp::Reverse(i))) else {
-            break;
-        };
-        let range = free.remove(i);
-        let take = len(&range).min(left);
-        let spare = len(&range) - take;
-        let first = if spare > take {
-            range.0 + spare / 2 / align * align
-        } else {
-            range.0
-        };
-        added.push((first, first + take - 1));
-        left -= take;
-        if first > range.0 {
-            free.push((range.0, first - 1));
-        }
-        if first + take <= range.1 {
-            free.push((first + take, range.1));
-        }
-    }
-    if left > 0 {
-        let most = bytes - left * ss;
-        let why = if added.len() == slots && slots < MAX_EXTENTS - e.extents.len() {
-            format!("no GPT entry is left on its LUN for another extent (the LUN holds at most {} volumes and extents)", MAX_PARTITION - FIRST_VOLUME_NUMBER + 1)
-        } else if added.len() == slots {
-            format!("a volume has at most {MAX_EXTENTS} extents and growing further needs more")
-        } else {
-            "its LUN has no more free space".into()
-        };
-        return Err(NoRoom { bytes: most, why });
-    }
-    Ok(Growth {
-        in_place_sectors: in_place,
-        added,
-    })
-}
-
-impl Growth {
-    /// Writes the growth into `table` (not yet to disk).
-    fn apply(&self, table: &mut Gpt, e: &VolumeEntry) {
-        let ss = table.sector_size;
-        let last = *e.extents.last().expect("a volume has its head");
-        let last_lba = (last.offset + last.size) / ss - 1;
-        if self.in_place_sectors > 0 {
-            let p = table
-                .partitions
-                .iter_mut()
-                .find(|p| p.last_lba == last_lba && p.first_lba == last.offset / ss)
-                .expect("the last extent is in the table");
-            p.last_lba += self.in_place_sectors;
-        }
-        for (i, &(first, last)) in self.added.iter().enumerate() {
-            let number = (FIRST_VOLUME_NUMBER..=MAX_PARTITION)
-                .find(|n| table.partition(*n).is_none())
-                .expect("grow_plan counted the free numbers");
-            let index = (e.extents.len() + i) as u32;
-            let at = Placement {
-                number,
-                first_lba: first,
-                last_lba: last,
-            };
-            table.partitions.push(extent_partition(at, &e.guid, index));
-        }
-        table.partitions.sort_by_key(|p| p.number);
-    }
 }
 
 /// Why an existing volume does not match a repeated CreateVolume, if it

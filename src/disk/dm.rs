@@ -1,7 +1,10 @@
 //! Device-mapper linear maps, through the kernel's ioctl interface
-//! (`/dev/mapper/control`, `linux/dm-ioctl.h`), with no dmsetup and no udev:
-//! the kernel's devtmpfs makes `/dev/dm-N` on its own, which is all a mount
-//! needs, in a guest without udev and in a pod that shares the host's /dev.
+//! (`/dev/mapper/control`, `linux/dm-ioctl.h`), with no dmsetup and no udev
+//! needed. The kernel's devtmpfs makes `/dev/dm-N`; `/dev/mapper/NAME`, the
+//! name tools expect (mount.ocfs2 canonicalises a dm device to it, and
+//! fails when it is missing), is made here when udev has not made it
+//! (`ensure_node`): a guest without udev, a pod that started before udev
+//! saw the map.
 //!
 //! Each volume is one map whose table lists its extents on the LUN, in
 //! order. A map is created, grown (a new table loaded, then suspended and
@@ -92,6 +95,8 @@ pub fn linear_table(device: libc::dev_t, extents: &[(u64, u64)]) -> Vec<Linear> 
 pub struct MapInfo {
     /// `/dev/dm-N`.
     pub device: PathBuf,
+    /// Its device number.
+    pub dev: libc::dev_t,
     pub open_count: i32,
     /// The live table; empty when the map has none (created, never loaded).
     pub table: Vec<Linear>,
@@ -187,6 +192,7 @@ impl Control {
         let dev = buf.dev();
         Ok(Some(MapInfo {
             device: PathBuf::from(format!("/dev/dm-{}", libc::minor(dev))),
+            dev,
             open_count: buf.open_count(),
             table,
         }))
@@ -247,16 +253,23 @@ impl Control {
     }
 
     /// Removes map `name`; if it is open, the kernel removes it when the
-    /// last opener closes it. A missing map is no error.
+    /// last opener closes it. A missing map is no error. Its node in
+    /// /dev/mapper goes once the map is gone.
     pub fn remove(&self, name: &str) -> Result<(), DmError> {
         let mut buf = Buffer::new(name, "", HEADER)?;
         buf.set_flags(DEFERRED_REMOVE_FLAG);
         match self.call(DM_DEV_REMOVE, &mut buf, name, "remove") {
-            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {
-                Ok(())
-            }
-            other => other,
+            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {}
+            other => other?,
         }
+        if !self.exists(name)? {
+            remove_node(name).map_err(|source| DmError::Ioctl {
+                what: "node removal",
+                name: name.into(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn load_and_resume(&self, name: &str, table: &[Linear]) -> Result<(), DmError> {
@@ -309,6 +322,61 @@ impl Control {
             });
         }
         Ok(())
+    }
+}
+
+/// `/dev/mapper/NAME`.
+pub fn mapper_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/mapper").join(name)
+}
+
+/// Makes `/dev/mapper/NAME` reach device `dev`: left alone when it does
+/// (udev's symlink or an earlier node), replaced when it reaches another
+/// device (a node left from an earlier map of that name).
+pub fn ensure_node(name: &str, dev: libc::dev_t) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = mapper_path(name);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_block_device() && m.rdev() as libc::dev_t == dev => {
+            return Ok(path)
+        }
+        Ok(_) => std::fs::remove_file(&path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A dangling symlink stats as missing.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all("/dev/mapper")?;
+    nix::sys::stat::mknod(
+        &path,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        dev as nix::libc::dev_t,
+    )
+    .or_else(|e| {
+        if e == nix::errno::Errno::EEXIST {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+    .map_err(io::Error::from)?;
+    Ok(path)
+}
+
+/// Removes `/dev/mapper/NAME` once map NAME is gone, if it is a node made
+/// here (udev removes its own symlinks).
+pub fn remove_node(name: &str) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = mapper_path(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_block_device() => std::fs::remove_file(&path),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

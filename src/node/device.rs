@@ -22,7 +22,7 @@ use std::sync::{Condvar, Mutex};
 pub struct Located {
     pub lun: PathBuf,
     pub entry: VolumeEntry,
-    /// The volume's map, `/dev/dm-N`.
+    /// The volume's map, `/dev/mapper/ocfs2csi-<GUID>`.
     pub device: PathBuf,
     /// The map's size in bytes (equal to the entry's).
     pub kernel_bytes: u64,
@@ -217,16 +217,26 @@ pub fn ensure_map(
     let (info, done) = Control::open()
         .and_then(|c| c.ensure(name, &map_uuid(name), &table))
         .map_err(map_err)?;
-    match done {
-        Ensured::Unchanged => {}
-        Ensured::Created => {
-            tracing::info!(map = name, device = %info.device.display(), bytes = info.bytes(), targets = table.len(), "map created")
-        }
-        Ensured::Grown => {
-            tracing::info!(map = name, device = %info.device.display(), bytes = info.bytes(), targets = table.len(), "map grown")
-        }
+    let device = dm::ensure_node(name, info.dev).map_err(|source| LocateError::Io {
+        lun: lun.to_path_buf(),
+        source,
+    })?;
+    let what = match done {
+        Ensured::Unchanged => None,
+        Ensured::Created => Some("map created"),
+        Ensured::Grown => Some("map grown"),
+    };
+    if let Some(what) = what {
+        tracing::info!(
+            map = name,
+            device = %device.display(),
+            dm = %info.device.display(),
+            bytes = info.bytes(),
+            targets = table.len(),
+            "{what}"
+        );
     }
-    Ok((info.device.clone(), info.bytes()))
+    Ok((device, info.bytes()))
 }
 
 fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {

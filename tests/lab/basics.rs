@@ -10,8 +10,9 @@
 //!    under flock), identical content everywhere;
 //! 4. online growth with writers running (direct and buffered I/O), three
 //!    rounds: NodeExpandVolume on all three in a random order, then at
-//!    once; the first round grows past a neighbour volume, into a new
-//!    extent elsewhere on the LUN (each node's map gains a target);
+//!    once; growing into the room after it, then past a neighbour volume
+//!    into a new extent, then that extent in place (each node's map gains a
+//!    target);
 //! 5. every node plugin SIGKILLed and restarted under I/O; growth still
 //!    works afterwards (the restarted plugins adopted their volumes);
 //! 6. bad input: nothing mounted, nothing changed;
@@ -203,24 +204,34 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         .into_inner()
         .volume
         .unwrap();
-    // A neighbour right after it: growing it later needs a new extent.
+    // A neighbour after it, past the growth room it leaves: scenario 4
+    // grows the volume into that room, then past the neighbour into a new
+    // extent, then that extent in place.
     let neighbour = rt
         .block_on(c.create_volume(create_request("pvc-neighbour", GIB)))
         .unwrap()
         .into_inner()
         .volume
         .unwrap();
-    {
+    let grow_to = {
         let (a, b) = (
             volume_on(&lun, guid_of(&shared)),
             volume_on(&lun, guid_of(&neighbour)),
         );
-        assert_eq!(
-            a.offset + a.size,
-            b.offset,
-            "the neighbour is right after the volume"
-        );
-    }
+        assert!(b.offset > a.offset + a.size, "no growth room: {a:?} {b:?}");
+        let room = b.offset - (a.offset + a.size);
+        let usable = |bytes| {
+            a.layout
+                .usable_bytes(bytes, ocfs2_csi::volume::entry::ALIGN)
+        };
+        let past = usable(a.size + room) + 512 * MIB;
+        [
+            usable(a.size + room / 2),
+            past,
+            past + 256 * MIB,
+            past + 512 * MIB,
+        ]
+    };
     for node in [1, 2] {
         let took = rt.block_on(stage_and_publish(lab, node, &shared));
         println!(
@@ -337,7 +348,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // Round 3 asks the node that grew in round 2 first: its grow may still
     // be in its journal only, which tunefs must not mistake for the disk.
     let mut last_grower = 0;
-    for (round, bytes) in [(1, 3 * GIB), (2, 4 * GIB), (3, 4 * GIB + 256 * MIB)] {
+    for (round, bytes) in [(1, grow_to[0]), (2, grow_to[1]), (3, grow_to[2])] {
         let before = grow_counts(lab);
         let grows_before: usize = before.iter().sum();
         if round == 3 {
@@ -345,22 +356,29 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         }
         rt.block_on(c.controller_expand_volume(expand_request(&shared.volume_id, bytes)))
             .unwrap();
-        if round == 1 {
-            let v = volume_on(&lun, guid_of(&shared));
-            let next = volume_on(&lun, guid_of(&neighbour));
-            assert_eq!(v.extents.len(), 2, "{v:?}");
-            assert!(
-                v.extents[1].offset > next.offset + next.size - 1,
-                "the new extent lies past the neighbour: {v:?}"
-            );
-            println!(
-                "scenario 4: round 1 grows past the neighbour: extents at {:?} MiB (offset, size)",
-                v.extents
-                    .iter()
-                    .map(|e| (e.offset / MIB, e.size / MIB))
-                    .collect::<Vec<_>>()
-            );
-        }
+        let v = volume_on(&lun, guid_of(&shared));
+        let next = volume_on(&lun, guid_of(&neighbour));
+        assert_eq!(
+            v.extents.len(),
+            if round == 1 { 1 } else { 2 },
+            "round {round}: {v:?}"
+        );
+        assert!(
+            v.extents
+                .iter()
+                .skip(1)
+                .all(|e| e.offset >= next.offset + next.size),
+            "the new extent lies past the neighbour: {v:?}"
+        );
+        println!(
+            "scenario 4: round {round}: {} extents at {:?} MiB (offset, size); the neighbour at {} MiB",
+            v.extents.len(),
+            v.extents
+                .iter()
+                .map(|e| (e.offset / MIB, e.size / MIB))
+                .collect::<Vec<_>>(),
+            next.offset / MIB
+        );
         let t = Instant::now();
         let sizes: Vec<i64> = if round != 2 {
             order
@@ -480,7 +498,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // stages the volume while a grow is under way does not miss it: node3
     // leaves, then stages again at the same moment node2 grows.
     rt.block_on(unpublish_and_unstage(lab, 3, &shared));
-    let bytes = 4 * GIB + 512 * MIB;
+    let bytes = grow_to[3];
     rt.block_on(c.controller_expand_volume(expand_request(&shared.volume_id, bytes)))
         .unwrap();
     let t = Instant::now();

@@ -64,6 +64,7 @@ mod in_process {
     use crate::csi::volume_capability::{access_mode::Mode, AccessMode, AccessType};
     use crate::csi::volume_capability::{BlockVolume, MountVolume};
     use crate::disk::gpt;
+    use crate::disk::gpt::Gpt;
     use crate::disk::lun_io::{BlockIo, CrashMode, FailingIo, SparseIo};
     use crate::server::status::RpcError;
     use std::path::Path;
@@ -362,10 +363,11 @@ mod in_process {
         assert_eq!(p.san.count("tunefs"), 0);
     }
 
-    /// The everyday expand: pvc-a, then pvc-b right after it, then pvc-a
-    /// grown to 3 GiB. It gains an extent elsewhere on the LUN; its head
-    /// keeps its place, pvc-b is untouched, and the table says in which
-    /// order the extents make the volume.
+    /// The everyday expand: pvc-a, then pvc-b after it (leaving pvc-a a
+    /// GiB of room), then pvc-a grown to 4 GiB. Its head grows into the
+    /// room and it gains an extent past pvc-b for the rest; pvc-b is
+    /// untouched, and the table says in which order the extents make the
+    /// volume.
     #[tokio::test]
     async fn a_volume_grows_past_its_neighbour_in_a_new_extent() {
         let p = pool().await;
@@ -373,17 +375,18 @@ mod in_process {
         let b = create(&p.volumes, "pvc-b", GIB).await.unwrap();
         let (a_guid, b_guid) = (a.id.partition, b.id.partition);
         let (a0, b0) = (volume(&p.disk, &a_guid), volume(&p.disk, &b_guid));
-        assert_eq!(a0.offset + a0.size, b0.offset, "first fit: b right after a");
+        assert_eq!(b0.offset, a0.offset + 2 * a0.size, "room for a after it");
 
         let grown = p
             .volumes
-            .expand(&a.id.to_string(), 3 * GIB as i64, 0, None)
+            .expand(&a.id.to_string(), 4 * GIB as i64, 0, None)
             .await
             .unwrap();
-        assert!(grown >= 3 * GIB);
+        assert!(grown >= 4 * GIB);
         let a1 = volume(&p.disk, &a_guid);
         assert_eq!(a1.extents.len(), 2, "{a1:?}");
-        assert_eq!(a1.head(), a0.head(), "the head stays where it is");
+        assert_eq!(a1.head().offset, a0.offset, "the head stays where it is");
+        assert_eq!(a1.head().size, 2 * a0.size, "the head took its room");
         assert!(a1.extents[1].offset > b0.offset + b0.size, "{a1:?}");
         assert_eq!(a1.layout.usable_bytes(a1.size, ALIGN), grown);
         assert_eq!(volume(&p.disk, &b_guid), b0);
@@ -394,7 +397,7 @@ mod in_process {
         // Growing again extends the new last extent in place.
         let again = p
             .volumes
-            .expand(&a.id.to_string(), 4 * GIB as i64, 0, None)
+            .expand(&a.id.to_string(), 5 * GIB as i64, 0, None)
             .await
             .unwrap();
         let a2 = volume(&p.disk, &a_guid);
