@@ -125,7 +125,7 @@ fn main() {
             println!("   node{}: {}", i + 1, df.trim());
         }
         let total: u64 = lab
-            .must(3, &format!("df -B1 {dir_of} | tail -n 1"))
+            .must(3, &format!("df -P -B1 {dir_of} | tail -n 1"))
             .split_whitespace()
             .nth(1)
             .unwrap()

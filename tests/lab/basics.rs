@@ -58,7 +58,7 @@ fn mount_ids(lab: &Lab, node: usize, v: &Volume) -> String {
 }
 
 fn fs_total(lab: &Lab, node: usize, path: &str) -> u64 {
-    let df = lab.must(node, &format!("df -B1 {path} | tail -n 1"));
+    let df = lab.must(node, &format!("df -P -B1 {path} | tail -n 1"));
     df.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -439,7 +439,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         &format!(
             "cd {dir_of} && fallocate -l $(( {old_total} / 1048576 ))M fill && \
              dd if=/dev/urandom of=newspace bs=1M count=64 oflag=direct 2>/dev/null && sync && \
-             df -B1 . | tail -n 1"
+             df -P -B1 . | tail -n 1"
         ),
     );
     let used: u64 = used.split_whitespace().nth(2).unwrap().parse().unwrap();

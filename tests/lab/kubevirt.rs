@@ -334,7 +334,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // What the filesystem offers while mounted on both nodes, against what
     // was asked (the figure CDI's filesystemOverhead is about).
     for node in [1, 2] {
-        let df = lab.must(node, &format!("df -B1 {t} | tail -n 1"));
+        let df = lab.must(node, &format!("df -P -B1 {t} | tail -n 1"));
         let f: Vec<u64> = df
             .split_whitespace()
             .skip(1)
@@ -665,7 +665,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // unwritten extents, which needs metadata).
     lab.must(1, &format!("rm {img}"));
     for node in [1, 2] {
-        let df = lab.must(node, &format!("sync; df -B1 {t} | tail -n 1"));
+        let df = lab.must(node, &format!("sync; df -P -B1 {t} | tail -n 1"));
         let avail: u64 = df.split_whitespace().nth(3).unwrap().parse().unwrap();
         println!(
             "capacity: node{node}: after use, df available {avail} = {:.4} of the {requested} requested",
