@@ -149,6 +149,17 @@ boot() {
 		ip link set labpriv name eth0 && ip link set labctl name eth1; } || die "NIC rename failed"
 	{ ip addr add "$addr" dev eth0 && ip link set eth0 up; } || die "eth0 $addr failed"
 	{ ip addr add 10.0.2.15/24 dev eth1 && ip link set eth1 up; } || die "eth1 failed"
+	# A --san lab's two paths to the iSCSI target (MACs 52:54:00:77:1P:xx):
+	# san1 on 10.0.3.0/24, san2 on 10.0.4.0/24, portal 10.0.(2+P).100.
+	for d in /sys/class/net/*; do
+		case "$(cat "$d/address" 2>/dev/null)" in
+		52:54:00:77:1[12]:*)
+			p=$(cut -c14 "$d/address")
+			{ ip link set "${d##*/}" name "san$p" && ip addr add "10.0.$((2 + p)).15/24" dev "san$p" &&
+				ip link set "san$p" up; } || die "san$p failed"
+			;;
+		esac
+	done
 
 	cat >/etc/passwd <<-'EOF'
 		root:x:0:0:root:/root:/bin/sh

@@ -50,8 +50,11 @@ fi
 exec 9>"$OUT/.lock"
 flock -w 900 9 || { echo "image: another build holds $OUT/.lock" >&2; exit 1; }
 
-USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup)
-MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop dm_mod)
+USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup open-iscsi multipath-tools udev)
+# iscsi_tcp, sd_mod, dm_multipath and its path selectors: a --san lab's
+# initiator and multipath (e2e/san-guest.sh).
+MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop dm_mod
+	iscsi_tcp sd_mod dm_multipath dm_round_robin dm_service_time dm_queue_length)
 
 # --- package versions ------------------------------------------------------
 # apt-cache is slow (~1.5 s for everything); when apt's lists are unchanged
@@ -71,6 +74,9 @@ resolve_packages() {
 }
 stamp=$(apt_stamp)
 packages=
+# The resolved versions are reused only for the same apt lists and the same
+# package names.
+stamp="$stamp ${USERLAND_PKGS[*]}"
 if [ -f "$OUT/packages" ] && [ "$(cat "$OUT/apt-stamp" 2>/dev/null)" = "$stamp" ] && [ -z "${LAB_KERNEL_PKG:-}" ]; then
 	packages=$(cat "$OUT/packages")
 else
@@ -78,7 +84,7 @@ else
 	if [ "$(printf '%s\n' "$packages" | grep -cv '(none)$' || true)" -ne $((1 + ${#USERLAND_PKGS[@]})) ]; then
 		echo "image: apt does not know all packages; running apt-get update" >&2
 		apt-get update -qq
-		stamp=$(apt_stamp)
+		stamp="$(apt_stamp) ${USERLAND_PKGS[*]}"
 		packages=$(resolve_packages || true)
 	fi
 	if [ "$(printf '%s\n' "$packages" | grep -cv '(none)$' || true)" -ne $((1 + ${#USERLAND_PKGS[@]})) ]; then
@@ -192,6 +198,8 @@ TOOLS=(
 	bin/mount bin/umount sbin/losetup
 	sbin/sgdisk sbin/gdisk
 	sbin/dmsetup
+	sbin/iscsiadm sbin/iscsid sbin/multipath sbin/multipathd
+	bin/udevadm lib/systemd/systemd-udevd
 )
 for t in "${TOOLS[@]}"; do
 	src=$X/$t
@@ -209,6 +217,14 @@ for t in "${TOOLS[@]}"; do
 	b=$S/bin/$(basename "$t")
 	[ -L "$b" ] && [ "$(readlink "$b")" = busybox ] && [ "bin/$(basename "$t")" != "$t" ] && rm -f "$b"
 done
+
+# multipath's checkers and prioritisers (dlopened, so no ldd finds them),
+# the initiator's defaults, and udev's rules and helpers: multipath only
+# uses paths udev has seen (a --san guest starts udevd for block devices).
+mkdir -p "$S/lib/multipath" "$S/etc/iscsi" "$S/lib/udev"
+cp "$X"/lib/multipath/*.so "$S/lib/multipath/"
+cp "$X/etc/iscsi/iscsid.conf" "$S/etc/iscsi/"
+cp -a "$X/lib/udev/." "$S/lib/udev/"
 
 if [ -n "$OCFS2_CSI_BIN" ]; then
 	objcopy --strip-debug "$OCFS2_CSI_BIN" "$S/usr/bin/ocfs2-csi" 2>/dev/null || cp "$OCFS2_CSI_BIN" "$S/usr/bin/ocfs2-csi"
@@ -231,7 +247,7 @@ while IFS= read -r -d '' f; do
 		exit 1
 	fi
 	while read -r l; do libs+=("$l"); done < <(awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }' <<<"$out")
-done < <(find "$S/bin" "$S/sbin" "$S/usr/bin" "$S/usr/sbin" -type f -print0)
+done < <(find "$S/bin" "$S/sbin" "$S/usr/bin" "$S/usr/sbin" "$S/lib/multipath" "$S/lib/udev" -type f -print0)
 mapfile -t libs < <(printf '%s\n' "${libs[@]}" | sort -u)
 for l in "${libs[@]}"; do
 	mkdir -p "$S/$(dirname "$l")"

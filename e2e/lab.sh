@@ -2,7 +2,11 @@
 # The OCFS2 lab: N QEMU (TCG) guests sharing one LUN file, on a private L2
 # that exists only inside a network namespace made for the lab.
 #
-#   e2e/lab.sh up [-n N] [--lun-size SIZE]   boot N guests (default 3, 8G LUN)
+#   e2e/lab.sh up [-n N] [--lun-size SIZE] [--san]
+#                                            boot N guests (default 3, 8G LUN);
+#                                            --san: the LUN is served over iSCSI
+#                                            (tgtd in the namespace) on two paths
+#                                            per guest instead of a virtio disk
 #   e2e/lab.sh exec NODE CMD...              run CMD on NODE (1..N or nodeI);
 #                                            CMD "-" reads the script from stdin
 #   e2e/lab.sh status                        QEMU alive? agent answering? uptime
@@ -15,6 +19,10 @@
 #                                            a hung node, as its peers see it
 #   e2e/lab.sh stall|unstall NODE            NODE's LUN stops answering / answers again
 #                                            (QEMU I/O throttle); the guest runs on
+#   e2e/lab.sh path-down|path-up NODE P      (--san) NODE's path P (1 or 2) loses /
+#                                            regains its link (QMP set_link)
+#   e2e/lab.sh target-stop|target-start      (--san) the iSCSI target goes away /
+#                                            comes back with the same LUN
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
 # $OCFS2_CSI_CACHE/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
@@ -187,6 +195,7 @@ cmd_down() {
 			fi
 		done
 	fi
+	target_stop
 	if [ -n "$ns" ] && ip netns list | awk '{ print $1 }' | grep -qx "$ns"; then
 		ip netns del "$ns"
 	fi
@@ -228,12 +237,13 @@ cmd_logs() {
 }
 
 cmd_up() {
-	local n=3 lun_size=8G
+	local n=3 lun_size=8G san=0
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		-n) n=${2:?}; shift 2 ;;
 		--lun-size) lun_size=${2:?}; shift 2 ;;
-		*) err "up: unknown argument '$1' (usage: up [-n N] [--lun-size SIZE])"; exit 2 ;;
+		--san) san=1; shift ;;
+		*) err "up: unknown argument '$1' (usage: up [-n N] [--lun-size SIZE] [--san])"; exit 2 ;;
 		esac
 	done
 	if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 200 ]; then
@@ -276,6 +286,12 @@ cmd_up() {
 	echo "$n" >"$STATE/nodes"
 	ip netns exec "$ns" ip link set lo up
 	log "namespace $ns, LUN $STATE/lun.raw ($lun_size, sparse), $n guest(s)"
+	if [ "$san" = 1 ]; then
+		echo 1 >"$STATE/san"
+		target_start || { cmd_down >/dev/null; exit 1; }
+	else
+		rm -f "$STATE/san"
+	fi
 
 	# LAB_API_PORT: a port on the namespace's loopback where the test serves
 	# (relays) a Kubernetes API server; guests reach it as 10.0.2.100:6443.
@@ -306,6 +322,21 @@ boot_node() {
 	api=$(cat "$STATE/api_port" 2>/dev/null || true)
 	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api"
 	rm -f "$STATE/node-$i.console.log" "$STATE/node-$i.qemu.log" "$STATE/node-$i.qmp"
+	local lun_args=()
+	if [ -f "$STATE/san" ]; then
+		# Two paths to the target, each its own NIC and network (10.0.3.0/24,
+		# 10.0.4.0/24): the portal 10.0.P.100:3260 is forwarded to tgtd on
+		# the namespace's loopback, one relay per connection.
+		local p
+		for p in 1 2; do
+			lun_args+=(-netdev "user,id=s$p,restrict=on,net=10.0.$((2 + p)).0/24,guestfwd=tcp:10.0.$((2 + p)).100:3260-cmd:/bin/busybox nc 127.0.0.1 3260")
+			lun_args+=(-device "virtio-net-pci,netdev=s$p,id=path$p,mac=52:54:00:77:1$p:$mac,romfile=")
+		done
+	else
+		# shellcheck disable=SC2054 # QEMU's own comma-separated options
+		lun_args=(-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off"
+			-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0)
+	fi
 	BOOT_START[$i]=$(now)
 	# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer
 	# check can miss its ticks and panic at boot ("IO-APIC + timer doesn't
@@ -318,12 +349,11 @@ boot_node() {
 		-qmp "unix:$STATE/node-$i.qmp,server=on,wait=off" \
 		-kernel "$STATE/vmlinuz" -initrd "$STATE/initrd.img" \
 		-append "console=ttyS0 panic=1 no_timer_check lab.name=node$i lab.ip=$SUBNET.$((10 + i))/24${LAB_APPEND:+ $LAB_APPEND}" \
-		-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off" \
-		-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0 \
 		-netdev "socket,id=n0,mcast=230.0.0.1:$MCAST_PORT,localaddr=127.0.0.1" \
 		-device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$mac,romfile=" \
 		-netdev "user,id=u0,restrict=on,hostfwd=tcp:127.0.0.1:$((7100 + i))-:7000,hostfwd=tcp:127.0.0.1:$((10100 + i))-:10000$api_fwd" \
 		-device "virtio-net-pci,netdev=u0,mac=52:54:00:77:01:$mac,romfile=" \
+		"${lun_args[@]}" \
 		-daemonize -pidfile "$STATE/node-$i.pid" \
 		>"$STATE/node-$i.qemu.log" 2>&1; then
 		err "node$i: QEMU failed to start:"
@@ -424,6 +454,60 @@ for cmd, args in (("qmp_capabilities", {}), (sys.argv[2], json.loads(sys.argv[3]
 PY
 }
 
+# The iSCSI target of a --san lab: tgtd in the lab's namespace, serving
+# lun.raw with O_DIRECT (the controller on the host writes the file
+# directly) as LUN 1 of one target, to any initiator. Its control socket
+# carries a port number of this lab's own, so labs side by side do not
+# meet. Returns when the target answers.
+TARGET_IQN=iqn.2026-12.lab.ocfs2-csi:lun0
+tgt_port() {
+	local f=$STATE/tgt.control
+	[ -f "$f" ] || echo $((1000 + RANDOM % 30000)) >"$f"
+	cat "$f"
+}
+tgtd_pid() {
+	local p
+	p=$(cat "$STATE/tgtd.pid" 2>/dev/null) || return 1
+	[ -n "$p" ] && [ -d "/proc/$p" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "-C $(tgt_port)" || return 1
+	echo "$p"
+}
+target_start() {
+	local ns port deadline
+	ns=$(ns_name)
+	port=$(tgt_port)
+	command -v tgtd >/dev/null || { err "tgtd missing: run e2e/deps.sh"; return 1; }
+	if tgtd_pid >/dev/null; then
+		err "the target is already running"
+		return 1
+	fi
+	ip netns exec "$ns" tgtd -f -C "$port" >>"$STATE/tgtd.log" 2>&1 </dev/null &
+	echo $! >"$STATE/tgtd.pid"
+	deadline=$((SECONDS + 30))
+	until tgtadm -C "$port" --lld iscsi --mode target --op show >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || { err "tgtd did not answer (log: $STATE/tgtd.log)"; return 1; }
+		sleep 0.2
+	done
+	if ! {
+		tgtadm -C "$port" --lld iscsi --mode target --op new --tid 1 --targetname "$TARGET_IQN" &&
+			tgtadm -C "$port" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 \
+				--backing-store "$STATE/lun.raw" --bsoflags direct &&
+			tgtadm -C "$port" --lld iscsi --mode logicalunit --op update --tid 1 --lun 1 \
+				--params scsi_id=ocfs2lab-lun0,scsi_sn=ocfs2lab0001 &&
+			tgtadm -C "$port" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+	}; then
+		err "tgtadm could not set up the target (log: $STATE/tgtd.log)"
+		return 1
+	fi
+	log "iSCSI target $TARGET_IQN up (tgtd pid $(cat "$STATE/tgtd.pid"))"
+}
+target_stop() {
+	local p
+	p=$(tgtd_pid) || return 0
+	kill -KILL "$p"
+	while [ -d "/proc/$p" ]; do sleep 0.1; done
+	rm -f "$STATE/tgtd.pid"
+}
+
 cmd_crash() {
 	local i p
 	i=$(node_index "${1:-}") || exit 2
@@ -482,8 +566,28 @@ stall | unstall)
 	qmp "$i" block_set_io_throttle "{\"device\": \"d0\", \"bps\": 0, \"bps_rd\": $rate, \"bps_wr\": $rate, \"iops\": 0, \"iops_rd\": 0, \"iops_wr\": 0}" &&
 		log "node$i: LUN $( [ "$1" = stall ] && echo 'stalled (1 byte/s)' || echo 'answering again')"
 	;;
+path-down | path-up)
+	need_root
+	[ -f "$STATE/san" ] || { err "$1: not a --san lab"; exit 2; }
+	i=$(node_index "${2:-}") || exit 2
+	case "${3:-}" in 1 | 2) ;; *) err "$1: path must be 1 or 2"; exit 2 ;; esac
+	up=false
+	[ "$1" = path-up ] && up=true
+	qmp "$i" set_link "{\"name\": \"path$3\", \"up\": $up}" &&
+		log "node$i: path $3 $( [ "$up" = true ] && echo up || echo down)"
+	;;
+target-stop)
+	need_root
+	[ -f "$STATE/san" ] || { err "$1: not a --san lab"; exit 2; }
+	target_stop && log "iSCSI target stopped"
+	;;
+target-start)
+	need_root
+	[ -f "$STATE/san" ] || { err "$1: not a --san lab"; exit 2; }
+	target_start || exit 1
+	;;
 *)
-	sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
 	[ -n "${1:-}" ] && exit 2
 	exit 0
 	;;

@@ -74,6 +74,25 @@ fn lab_default_timeouts() {
     scenario("stage-delete-races", || races::run(&lab, &rt));
 }
 
+/// The basics and 40 volumes mounted on every guest again, with the LUN
+/// reached the way users reach theirs: iSCSI on two paths per guest,
+/// through dm-multipath with the project's `deploy/multipath.conf`, the
+/// driver given the map's `/dev/disk/by-id/dm-uuid-mpath-<WWID>` path;
+/// then path faults under writers (o2cb's default timeouts: the shipped
+/// multipath.conf and iSCSI timeouts are chosen against them).
+#[test]
+fn lab_san_multipath() {
+    let lab = scenario("lab-boot-san", || Lab::up_san("lab-san", 3, "32G"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    scenario("san-basics", || basics::run_transport(&lab, &rt));
+    scenario("san-scale-40-volumes", || scale::run(&lab, &rt));
+    failure::run_san(&lab, &rt, &|node| {
+        lab.san_setup(node);
+        lab.write_members_on(node, &[1, 2, 3]);
+        lab.start_node_plugin(node, CLUSTER);
+    });
+}
+
 #[test]
 fn lab_short_timeouts() {
     SHORT.validate().expect("SHORT timeouts");

@@ -285,6 +285,20 @@ async fn unstage_that_cannot_unmount_keeps_the_record() {
     );
     assert_eq!(node.records.len(), 1, "Unstage must be able to try again");
     assert_eq!(mount_points(&node), [staging]);
+    assert!(
+        node.locator.released.lock().unwrap().is_empty(),
+        "the map of a mounted volume stays"
+    );
+}
+
+/// The volume's map goes with its last mount here, after the unmount.
+#[tokio::test]
+async fn unstage_releases_the_map_after_unmounting() {
+    let (node, vol, staging) = staged(&[]).await;
+    assert!(node.locator.released.lock().unwrap().is_empty());
+    unstage(&node, &vol, &staging).await.unwrap();
+    assert!(node.kernel.table().is_empty());
+    assert_eq!(*node.locator.released.lock().unwrap(), [vol.id.partition]);
 }
 
 #[tokio::test]

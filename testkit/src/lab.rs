@@ -17,6 +17,9 @@ pub struct Lab {
     /// (they must be identical on all nodes): the defaults unless a test
     /// sets them before it starts any plugin.
     pub timeouts: Timeouts,
+    /// The LUN as the guests see it: the virtio disk, or in a SAN lab the
+    /// stable path of its multipath map.
+    pub guest_lun: String,
     repo: PathBuf,
     state: PathBuf,
 }
@@ -64,11 +67,89 @@ impl Lab {
     /// Like `up`; with `api_port`, the guests reach that port of the lab
     /// namespace's loopback as 10.0.2.100:6443 (see `relay_into`).
     pub fn up_with_api(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>) -> Lab {
+        Lab::boot(name, nodes, lun_size, api_port, false)
+    }
+
+    /// A lab whose guests reach the LUN over iSCSI on two paths each
+    /// (`e2e/lab.sh up --san`), through dm-multipath with the project's
+    /// `deploy/multipath.conf`; `guest_lun` is the map's
+    /// `/dev/disk/by-id/dm-uuid-mpath-<WWID>` path, the same on every guest.
+    pub fn up_san(name: &str, nodes: usize, lun_size: &str) -> Lab {
+        let mut lab = Lab::boot(name, nodes, lun_size, None, true);
+        let started = Instant::now();
+        let maps: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=nodes)
+                .map(|n| {
+                    let lab = &lab;
+                    s.spawn(move || lab.san_setup(n))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wwid = maps[0].rsplit('/').next().unwrap().to_string();
+        assert!(
+            maps.iter().all(|m| *m == maps[0]) && !wwid.is_empty(),
+            "the guests' multipath maps differ: {maps:?}"
+        );
+        lab.guest_lun = format!("/dev/disk/by-id/dm-uuid-mpath-{wwid}");
+        lab.on_all(&format!("test -b {}", lab.guest_lun));
+        println!(
+            "lab: every guest logged in on 2 paths, multipath map {} in {:.1} s",
+            lab.guest_lun,
+            started.elapsed().as_secs_f64()
+        );
+        lab
+    }
+
+    /// On a SAN lab's guest `node` (again after a reboot): the project's
+    /// multipath.conf, both iSCSI paths logged in, multipathd running;
+    /// returns the map's /dev/mapper path.
+    pub fn san_setup(&self, node: usize) -> String {
+        let conf = std::fs::read_to_string(self.repo.join("deploy/multipath.conf")).unwrap();
+        let setup = std::fs::read_to_string(self.repo.join("e2e/san-guest.sh")).unwrap();
+        self.must(
+            node,
+            &format!("cat > /etc/multipath.conf <<'MPCONF'\n{conf}MPCONF\n{setup}"),
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// Path `path` (1 or 2) of SAN guest `node` loses its link; `path_up`
+    /// brings it back.
+    pub fn path_down(&self, node: usize, path: usize) {
+        self.control_args(&["path-down", &node.to_string(), &path.to_string()]);
+    }
+
+    pub fn path_up(&self, node: usize, path: usize) {
+        self.control_args(&["path-up", &node.to_string(), &path.to_string()]);
+    }
+
+    /// The SAN lab's iSCSI target goes away (tgtd killed) / comes back.
+    pub fn target_stop(&self) {
+        self.control_args(&["target-stop"]);
+    }
+
+    pub fn target_start(&self) {
+        self.control_args(&["target-start"]);
+    }
+
+    /// How many of guest `node`'s paths multipath has active and ready.
+    pub fn active_paths(&self, node: usize) -> usize {
+        let (_, out) = self.exec(
+            node,
+            "multipath -ll 2>/dev/null | grep -c 'active ready running'",
+        );
+        out.trim().parse().unwrap_or(0)
+    }
+
+    fn boot(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>, san: bool) -> Lab {
         let repo = super::repo_root();
         let state = repo.join(".cache/lab").join(name);
         let lab = Lab {
             nodes,
             timeouts: Timeouts::default(),
+            guest_lun: "/dev/vda".into(),
             repo,
             state,
         };
@@ -77,10 +158,11 @@ impl Lab {
         if let Some(port) = api_port {
             up.env("LAB_API_PORT", port.to_string());
         }
-        let out = up
-            .args(["up", "-n", &nodes.to_string(), "--lun-size", lun_size])
-            .output()
-            .expect("run e2e/lab.sh");
+        up.args(["up", "-n", &nodes.to_string(), "--lun-size", lun_size]);
+        if san {
+            up.arg("--san");
+        }
+        let out = up.output().expect("run e2e/lab.sh");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -236,10 +318,14 @@ impl Lab {
                    --cluster-name {cluster} --cluster-id {cluster}-id {membership} \
                    --dead-threshold {} --idle-timeout-ms {} \
                    --keepalive-delay-ms {} --reconnect-delay-ms {} \
-                   --lun /dev/vda --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
+                   --lun {lun} --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
                    >>/tmp/node.log 2>&1 </dev/null &
                  echo $! > /tmp/node.pid",
-                t.dead_threshold, t.idle_timeout_ms, t.keepalive_delay_ms, t.reconnect_delay_ms
+                t.dead_threshold,
+                t.idle_timeout_ms,
+                t.keepalive_delay_ms,
+                t.reconnect_delay_ms,
+                lun = self.guest_lun,
             ),
         );
     }
@@ -319,14 +405,18 @@ impl Lab {
     }
 
     fn control(&self, verb: &str, node: usize) {
+        self.control_args(&[verb, &node.to_string()]);
+    }
+
+    fn control_args(&self, args: &[&str]) {
         let out = self
             .script()
-            .args([verb, &node.to_string()])
+            .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("run e2e/lab.sh {verb}: {e}"));
+            .unwrap_or_else(|e| panic!("run e2e/lab.sh {args:?}: {e}"));
         assert!(
             out.status.success(),
-            "lab {verb} node{node} failed: {}",
+            "lab {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -411,8 +501,9 @@ impl Lab {
         let mut start = 0;
         for e in &v.extents {
             table.push_str(&format!(
-                "{start} {} linear $dev {}\n",
+                "{start} {} linear {} {}\n",
                 e.size / 512,
+                self.guest_lun,
                 e.offset / 512
             ));
             start += e.size / 512;
@@ -420,7 +511,7 @@ impl Lab {
         let minor = self.must(
             node,
             &format!(
-                "dev=$(cat /sys/block/vda/dev) && printf \"{table}\" | \
+                "printf \"{table}\" | \
                  dmsetup create {name} --noudevsync && \
                  dmsetup info -c --noheadings -o minor {name}"
             ),

@@ -167,6 +167,17 @@ fn grow_count(lab: &Lab) -> usize {
 /// afterwards every guest's plugin runs (static members, all three), no
 /// volume is left and no controller runs.
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
+    run_parts(lab, rt, true);
+}
+
+/// The scenarios about the LUN's transport (1-5 and 7: membership, RWX,
+/// growth under writers, restarts, volumes changing beside mounted ones),
+/// without bad input and csi-sanity, which do not depend on it.
+pub fn run_transport(lab: &Lab, rt: &tokio::runtime::Runtime) {
+    run_parts(lab, rt, false);
+}
+
+fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
@@ -251,9 +262,10 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         &format!(
             "timeout 120 ocfs2-csi node --endpoint tcp://127.0.0.1:10009 --node-id node3 \
                --cluster-name {CLUSTER} --cluster-id another-installation \
-               --members-file /etc/ocfs2-csi/members --lun /dev/vda \
+               --members-file /etc/ocfs2-csi/members --lun {lun} \
                --state-dir /tmp/foreign-state 2>&1; echo rc=$?; \
-             ls /sys/kernel/config/cluster 2>/dev/null | wc -w"
+             ls /sys/kernel/config/cluster 2>/dev/null | wc -w",
+            lun = lab.guest_lun
         ),
     );
     assert!(
@@ -529,15 +541,17 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     }
 
     // --- 6. bad input ------------------------------------------------------
-    let spare = rt
-        .block_on(c.create_volume(create_request("pvc-spare", GIB)))
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    bad_input(lab, rt, &lun, &shared, &spare);
-    rt.block_on(c.delete_volume(delete_request(&spare.volume_id)))
-        .unwrap();
+    if all {
+        let spare = rt
+            .block_on(c.create_volume(create_request("pvc-spare", GIB)))
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        bad_input(lab, rt, &lun, &shared, &spare);
+        rt.block_on(c.delete_volume(delete_request(&spare.volume_id)))
+            .unwrap();
+    }
 
     // --- 7. unstage everywhere, fsck; partition changes ---------------------
     let t = Instant::now();
@@ -566,6 +580,10 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     drop(c);
     drop(controller);
     assert_gpt_valid(&lun);
+    if !all {
+        println!("transport scenarios finished in {}", secs(total));
+        return;
+    }
 
     // --- 8. csi-sanity inside a guest ------------------------------------
     let t = Instant::now();
@@ -573,8 +591,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         1,
         &format!(
             "mkdir -p /tmp/sanity /run/csi
-             ocfs2-csi controller --endpoint unix:///run/csi/controller.sock --lun /dev/vda \
-               --init-lun /dev/vda --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id \
+             ocfs2-csi controller --endpoint unix:///run/csi/controller.sock --lun {lun} \
+               --init-lun {lun} --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id \
                >/tmp/controller.log 2>&1 &
              echo $! > /tmp/controller.pid
              for i in $(seq 300); do grep -q 'all LUNs open; ready' /tmp/controller.log && break; sleep 0.2; done
@@ -583,7 +601,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
                -csi.mountdir /tmp/sanity/mnt -csi.stagingdir /tmp/sanity/stage \
                -csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
                -csi.junitfile /tmp/sanity.xml -ginkgo.no-color > /tmp/sanity.log 2>&1
-             rc=$?; tail -n 3 /tmp/sanity.log; [ $rc = 0 ] || tail -n 80 /tmp/sanity.log; exit $rc"
+             rc=$?; tail -n 3 /tmp/sanity.log; [ $rc = 0 ] || tail -n 80 /tmp/sanity.log; exit $rc",
+            lun = lab.guest_lun
         ),
     );
     assert!(out.contains("SUCCESS!"), "{out}");

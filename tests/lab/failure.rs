@@ -28,20 +28,35 @@ const ALL: [usize; NODES] = [1, 2, 3];
 /// Starts on `node` an appender: each line "HOST SEQ" is appended and
 /// fsynced to DIR/log-TAG-HOST; only after the fsync returned is SEQ written to
 /// /tmp/appender/acked, so "acked" is what the node knows to be on disk.
+/// The longest time between two acks (centiseconds, by /proc/uptime) goes
+/// to /tmp/appender/stall.
 fn start_appender(lab: &Lab, node: usize, dir: &str, tag: &str) {
     lab.must(
         node,
         &format!(
             "A=/tmp/appender; rm -rf $A; mkdir -p $A; H=$(hostname)
-             ( i=0; while [ ! -e $A/stop ]; do i=$((i+1))
+             ( i=0; max=0; read up _ < /proc/uptime; last=${{up%.*}}${{up#*.}}
+               while [ ! -e $A/stop ]; do i=$((i+1))
                  if echo \"$H $i\" | dd of={dir}/log-{tag}-$H bs=64 oflag=append conv=notrunc,fsync \
                       >/dev/null 2>$A/err; then echo $i > $A/acked
+                   read up _ < /proc/uptime; now=${{up%.*}}${{up#*.}}
+                   [ $((now - last)) -gt $max ] && max=$((now - last)) && echo $max > $A/stall
+                   last=$now
                  else echo \"$i: $(cat $A/err)\" >> $A/errors; fi
                  sleep 0.05
                done; touch $A/done ) </dev/null >/dev/null 2>&1 &
              true"
         ),
     );
+}
+
+/// The longest time `node`'s appender waited between two acked lines (s).
+fn longest_stall(lab: &Lab, node: usize) -> f64 {
+    lab.must(node, "cat /tmp/appender/stall 2>/dev/null || echo 0")
+        .trim()
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        / 100.0
 }
 
 fn acked(lab: &Lab, node: usize) -> u64 {
@@ -295,7 +310,9 @@ fn short_trouble(lab: &Lab, v: &Volume, what: &str, pause: Duration, trouble: im
         );
         assert_log_holds(lab, 1, &dir, what, &format!("node{node}"), after);
     }
-    assert!(lab.alive(LOST), "{what}: node3 was fenced");
+    for node in ALL {
+        assert!(lab.alive(node), "{what}: node{node} was fenced");
+    }
     for (i, &n) in SURVIVORS.iter().enumerate() {
         assert_eq!(
             log_count(lab, n, STOPPED),
@@ -303,9 +320,14 @@ fn short_trouble(lab: &Lab, v: &Volume, what: &str, pause: Duration, trouble: im
             "{what}: node{n} saw a member stop heartbeating"
         );
     }
+    let stalls: Vec<String> = ALL
+        .iter()
+        .map(|&n| format!("{:.1}", longest_stall(lab, n)))
+        .collect();
     println!(
-        "{what}: node3 in trouble for {:.1} s: survivors appended {:?} lines meanwhile; \
-         nobody evicted or fenced (watched for {:.1} s), 0 errors on any node",
+        "{what}: trouble for {:.1} s: survivors appended {:?} lines meanwhile; \
+         nobody evicted or fenced (watched for {:.1} s), 0 errors on any node; \
+         longest write stall per node {stalls:?} s",
         pause.as_secs_f64(),
         during
             .iter()
@@ -433,6 +455,117 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)
         .unwrap();
     println!(
         "node loss: fsck clean; whole scenario {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+}
+
+/// Path faults on a SAN lab (`Lab::up_san`: iSCSI on two paths per guest,
+/// dm-multipath with `deploy/multipath.conf`, the iSCSI timeouts of
+/// `e2e/san-guest.sh`), while all three append to a shared volume: one
+/// path of one node down for 60 s, one path of every node at once, every
+/// path of one node for less than o2cb's dead time, the target restarted
+/// (about 10 s away), and every path of one node for good (it fences
+/// itself, the survivors carry on, it boots, logs in again and rejoins).
+/// `start_plugin` starts a guest's plugin again after it was booted again
+/// (after `Lab::san_setup`). Leaves no volume.
+pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)) {
+    let total = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lab.lun();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let mut c = rt.block_on(controller.client());
+    for node in ALL {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
+    }
+    let v = rt
+        .block_on(c.create_volume(create_request("pvc-path-faults", 2 * GIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    for node in ALL {
+        rt.block_on(stage_and_publish(lab, node, &v));
+    }
+    let both_paths_back = |what: &str| {
+        let t = Instant::now();
+        for node in ALL {
+            wait_until(
+                &format!("{what}: node{node}'s two paths active again"),
+                Duration::from_secs(120),
+                || lab.active_paths(node) == 2,
+            );
+        }
+        println!(
+            "{what}: every node's two paths active again {:.1} s after the fault ended",
+            t.elapsed().as_secs_f64()
+        );
+    };
+    let long = Duration::from_secs(60);
+    scenario("san-one-path-down", || {
+        short_trouble(lab, &v, "one-path-down", long, || {
+            lab.path_down(LOST, 1);
+            wait_until("node3 sees path 1 fail", long, || {
+                lab.active_paths(LOST) < 2
+            });
+            std::thread::sleep(long);
+            lab.path_up(LOST, 1);
+        });
+        both_paths_back("one-path-down");
+    });
+    scenario("san-one-path-every-node", || {
+        short_trouble(lab, &v, "one-path-every-node", long, || {
+            for node in ALL {
+                lab.path_down(node, 2);
+            }
+            std::thread::sleep(long);
+            for node in ALL {
+                lab.path_up(node, 2);
+            }
+        });
+        both_paths_back("one-path-every-node");
+    });
+    let pause = short_pause(&lab.timeouts);
+    scenario("san-all-paths-short", || {
+        short_trouble(lab, &v, "all-paths-short", pause, || {
+            lab.path_down(LOST, 1);
+            lab.path_down(LOST, 2);
+            std::thread::sleep(pause);
+            lab.path_up(LOST, 1);
+            lab.path_up(LOST, 2);
+        });
+        both_paths_back("all-paths-short");
+    });
+    scenario("san-target-restart", || {
+        let away = Duration::from_secs(10);
+        short_trouble(lab, &v, "target-restart", away, || {
+            lab.target_stop();
+            std::thread::sleep(away);
+            lab.target_start();
+        });
+        both_paths_back("target-restart");
+    });
+    scenario("san-all-paths-long", || {
+        lose_and_recover(
+            lab,
+            rt,
+            start_plugin,
+            &v,
+            "all-paths-long",
+            || {
+                lab.path_down(LOST, 1);
+                lab.path_down(LOST, 2);
+            },
+            || wait_fenced(lab, "all-paths-long", Duration::from_secs(240)),
+        )
+    });
+    for node in ALL {
+        rt.block_on(unpublish_and_unstage(lab, node, &v));
+    }
+    lab.fsck_volume(1, &v.volume_context["partitionGuid"]);
+    rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
+        .unwrap();
+    println!(
+        "path faults: fsck clean; whole scenario {:.1} s",
         total.elapsed().as_secs_f64()
     );
 }
