@@ -121,10 +121,26 @@ async fn create_list_expand_delete() {
         .unwrap_err();
     assert_eq!(bad_token.code(), Code::Aborted);
 
-    // Expand the first volume: its neighbour sits right after it, so there
-    // is no room in place.
+    // Expand the first volume past its neighbour: it grows into the room
+    // left after it, then into a new extent past the neighbour (issue 13).
+    let before_v = volume_on(&lun, &v.volume_context["partitionGuid"]);
+    let grown_v = c
+        .controller_expand_volume(expand_request(&v.volume_id, 5 * GIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grown_v.capacity_bytes as u64 >= 5 * GIB);
+    let after_v = volume_on(&lun, &v.volume_context["partitionGuid"]);
+    assert_eq!(after_v.extents.len(), 2, "{after_v:?}");
+    assert_eq!(after_v.offset, before_v.offset, "the head stays");
+    let neighbour = volume_on(&lun, &local.volume_context["partitionGuid"]);
+    assert!(
+        after_v.extents[1].offset > neighbour.offset,
+        "{after_v:?} {neighbour:?}"
+    );
+    // More than the LUN holds: refused, saying how far it could grow.
     let err = c
-        .controller_expand_volume(expand_request(&v.volume_id, 4 * GIB))
+        .controller_expand_volume(expand_request(&v.volume_id, 400 * GIB))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
@@ -159,7 +175,7 @@ async fn create_list_expand_delete() {
         .await
         .unwrap()
         .into_inner();
-    assert!(cap.available_capacity > 30 * GIB as i64, "{cap:?}");
+    assert!(cap.available_capacity > 26 * GIB as i64, "{cap:?}");
     assert!(cap.maximum_volume_size.unwrap() <= cap.available_capacity);
 
     for id in [&v.volume_id, &local.volume_id] {

@@ -279,8 +279,7 @@ async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
                     }
                 },
                 Err(s) if retryable(&s) => acked.retryable += 1,
-                // Growth in place needs free space right after the volume;
-                // a neighbour made at the same time may hold it (issue 13).
+                // Only when the LUN has no room left for the growth.
                 Err(s) if s.code() == tonic::Code::OutOfRange => {}
                 Err(s) => panic!("{name}: not a retryable refusal: {s:?}"),
             }

@@ -176,6 +176,11 @@ pub fn map_name(guid: &uuid::Uuid) -> String {
     format!("ocfs2csi-{guid}")
 }
 
+/// Where the volume's map is mounted from: `/dev/mapper/ocfs2csi-<GUID>`.
+pub fn map_path(guid: &uuid::Uuid) -> PathBuf {
+    dm::mapper_path(&map_name(guid))
+}
+
 /// The map of `lun`'s heartbeat partition.
 pub fn heartbeat_map_name(disk: &uuid::Uuid) -> String {
     format!("ocfs2csi-hb-{disk}")

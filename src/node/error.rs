@@ -51,21 +51,27 @@ pub enum NodeError {
     NotHere(PathBuf),
     #[error("{path} is still in use: {why}")]
     Busy { path: PathBuf, why: String },
-    #[error("growth waits for node(s) that do not see the bigger partition yet: {}", list(.0))]
+    #[error("growth waits for node(s) that do not see the bigger device yet: {}", list(.0))]
     Unconfirmed(Vec<Unconfirmed>),
     #[error("the volume is mounted on nodes {0:?}; online growth on several nodes needs global heartbeat (the volume uses local heartbeat)")]
     LocalMultiNode(Vec<u32>),
-    #[error("{required} bytes asked for; the volume's partition has {partition} (grow the volume first)")]
+    /// Staged by a version that mounted the kernel's partition: that device
+    /// never grows now, so the filesystem must not grow past it.
+    #[error("the volume is mounted from {staged}, not from its map {map} (staged by an earlier version); unstage and stage it again on this node to grow it")]
+    OldDevice { staged: PathBuf, map: PathBuf },
+    #[error(
+        "{required} bytes asked for; the volume's device has {partition} (grow the volume first)"
+    )]
     OutOfRange { required: u64, partition: u64 },
     #[error("{what} did not answer within {after:?} (a hung cluster filesystem or LUN?); retry")]
     Stalled {
         what: String,
         after: std::time::Duration,
     },
-    /// Between the confirmation and tunefs, this node's kernel partition
-    /// changed size (the table grew again): a grow now would pass what the
-    /// other nodes confirmed.
-    #[error("this node's partition is {kernel:?} bytes now, not the {confirmed} every node confirmed; not growing (retry confirms again)")]
+    /// Between the confirmation and tunefs, this node's map changed size
+    /// (the table grew again): a grow now would pass what the other nodes
+    /// confirmed.
+    #[error("this node's map is {kernel:?} bytes now, not the {confirmed} every node confirmed; not growing (retry confirms again)")]
     SizeMoved { confirmed: u64, kernel: Option<u64> },
     #[error("the filesystem's on-disk size ({on_disk} bytes) still differs from the mounted size ({live} bytes): its last grow is not written home yet; retry")]
     Unsettled { on_disk: u64, live: u64 },
@@ -107,7 +113,8 @@ impl RpcError for NodeError {
             | NodeError::OtherFilesystem { .. }
             | NodeError::NotStaged(_)
             | NodeError::Busy { .. }
-            | NodeError::LocalMultiNode(_) => Code::FailedPrecondition,
+            | NodeError::LocalMultiNode(_)
+            | NodeError::OldDevice { .. } => Code::FailedPrecondition,
             NodeError::NotReady(_)
             | NodeError::Unconfirmed(_)
             | NodeError::Unsettled { .. }

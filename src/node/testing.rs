@@ -550,7 +550,6 @@ impl FakeNode {
             *n - 1
         };
         let partition = crate::volume::id::partition_guid(name);
-        let disk = format!("fakedisk{}", self.lun.0.simple());
         let volume = FakeVolume {
             id: VolumeId {
                 lun: self.lun.0,
@@ -577,7 +576,7 @@ impl FakeNode {
                         size: bytes,
                     }],
                 },
-                device: PathBuf::from(format!("/dev/{disk}{number}")),
+                device: crate::node::device::map_path(&partition),
                 kernel_bytes: bytes,
             },
             fs: FsInfo {

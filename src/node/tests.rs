@@ -486,6 +486,24 @@ async fn expand_of_a_volume_not_staged_here() {
     );
 }
 
+/// A volume an earlier version staged on the kernel's partition is not
+/// grown: that device no longer follows the table.
+#[tokio::test]
+async fn a_volume_staged_on_a_kernel_partition_is_not_grown() {
+    use super::records::StageRecords;
+    let (node, vol, staging) = staged(&[]).await;
+    let mut record = node.records.get(&vol.id.partition).unwrap().unwrap();
+    record.device = PathBuf::from("/dev/sdb7");
+    node.records.put(&record).unwrap();
+    let err = node
+        .volumes
+        .expand(&vol.id.to_string(), s(&staging), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("stage it again"), "{err}");
+}
+
 #[tokio::test]
 async fn expand_beyond_the_partition_is_out_of_range() {
     let (node, vol, staging) = staged(&[]).await;

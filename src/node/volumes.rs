@@ -193,6 +193,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NodeError::io(what, std::io::Error::other(e)))
 }
 
+/// A size report of a device that never grows (see `start_reporter`).
+fn old_device_size(device: PathBuf) -> Resync {
+    Arc::new(move || {
+        let device = device.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                use crate::disk::lun_io::{BlockIo, LunFile};
+                LunFile::open_read_only(&device)
+                    .map(|f| f.size_bytes())
+                    .map_err(|e| format!("{}: {e}", device.display()))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    })
+}
+
 /// Runs `f` on a blocking thread and waits at most `wait` (the thread
 /// itself cannot be stopped; it ends when its call returns).
 async fn bounded<T: Send + 'static>(
@@ -504,7 +521,14 @@ impl NodeVolumes {
         if self.cfg.heartbeat != HeartbeatMode::Global {
             return Ok(());
         }
-        let resync = self.resync(record.lun.clone(), record.partition_number);
+        let resync = if record.device == device::map_path(&record.partition_guid) {
+            self.resync(record.lun.clone(), record.partition_number)
+        } else {
+            // Mounted from the kernel's partition by an earlier version:
+            // that device never grows now, so this node keeps reporting its
+            // size and no grow goes past it (`OldDevice` tells the grower).
+            old_device_size(record.device.clone())
+        };
         self.reporters
             .start(
                 self.domain()?,
@@ -780,7 +804,8 @@ impl NodeVolumes {
         if self.mount_at(&path).await?.is_none() {
             return Err(NodeError::NotMounted(path));
         }
-        self.record(id.partition)
+        let record = self
+            .record(id.partition)
             .await?
             .ok_or_else(|| NodeError::NotHere(path.clone()))?;
         let _busy = self.begin(&id)?;
@@ -798,8 +823,14 @@ impl NodeVolumes {
             None => None,
         };
         let located = self.locate(id).await?;
-        // The partition is what the controller grew; the filesystem can
-        // grow to it and no further.
+        if record.device != located.device {
+            return Err(NodeError::OldDevice {
+                staged: record.device,
+                map: located.device,
+            });
+        }
+        // The map is what the controller grew; the filesystem can grow to
+        // it and no further.
         if required > located.entry.size {
             return Err(NodeError::OutOfRange {
                 required,

@@ -49,8 +49,9 @@ struct SanLocator {
 }
 
 impl SanLocator {
-    fn device(lun: usize, number: u32) -> PathBuf {
-        PathBuf::from(format!("/dev/fakesan{lun}p{number}"))
+    /// The volume's map, as the real locator names it.
+    fn device(guid: &uuid::Uuid) -> PathBuf {
+        crate::node::device::map_path(guid)
     }
 
     fn entry(&self, lun: &Path, number: u32) -> io::Result<Option<VolumeEntry>> {
@@ -64,7 +65,7 @@ impl SanLocator {
 
 impl Locator for SanLocator {
     fn locate(&self, luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
-        for (i, (lun, io)) in self.luns.iter().enumerate() {
+        for (lun, io) in &self.luns {
             if !luns.contains(lun) {
                 continue;
             }
@@ -77,7 +78,7 @@ impl Locator for SanLocator {
             let Some(entry) = volume_of(&table, lun, id)? else {
                 continue;
             };
-            let device = Self::device(i, entry.number);
+            let device = Self::device(&entry.guid);
             self.san.expose(&device, lun, entry.offset, entry.size);
             return Ok(Located {
                 lun: lun.clone(),
@@ -98,10 +99,8 @@ impl Locator for SanLocator {
             .entry(lun, number)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} has no partition {number}", lun.display()))?;
-        if let Some(i) = self.luns.iter().position(|(p, _)| p == lun) {
-            self.san
-                .expose(&Self::device(i, number), lun, entry.offset, entry.size);
-        }
+        self.san
+            .expose(&Self::device(&entry.guid), lun, entry.offset, entry.size);
         Ok(entry.size)
     }
 

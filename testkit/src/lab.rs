@@ -496,7 +496,7 @@ impl Lab {
     /// (as an operator would to fsck it unstaged), from the GPT the host
     /// reads; returns `/dev/mapper/NAME`. `name` must be unique on the node.
     pub fn map_by_hand(&self, node: usize, guid: &str, name: &str) -> String {
-        let v = volume_on(&self.lun(), guid);
+        let v = super::volume_on(&self.lun(), guid);
         let mut table = String::new();
         let mut start = 0;
         for e in &v.extents {
@@ -543,21 +543,6 @@ impl Lab {
             (rc, text) => panic!("fsck.ocfs2 -fn of {guid} on node{node}: exit {rc}: {text}"),
         }
     }
-}
-
-/// The volume whose head entry has unique GUID `guid` on `lun`, with its
-/// extents, as the driver reads it.
-pub fn volume_on(lun: &Path, guid: &str) -> ocfs2_csi::volume::entry::VolumeEntry {
-    let io = ocfs2_csi::disk::lun_io::LunFile::open_read_only(lun).unwrap();
-    let table = ocfs2_csi::volume::extents::read_valid(&io)
-        .unwrap_or_else(|e| panic!("the table of {}: {e}", lun.display()))
-        .gpt;
-    let p = table
-        .partitions
-        .iter()
-        .find(|p| p.unique_guid.to_string() == guid)
-        .unwrap_or_else(|| panic!("volume {guid} not in the GPT of {}", lun.display()));
-    ocfs2_csi::volume::entry::volume_in(&table, p).expect("a volume")
 }
 
 fn members_script(members: &[usize]) -> String {

@@ -426,6 +426,21 @@ pub fn fs_free_bytes(lun: &Path, part: &Part) -> u64 {
     })
 }
 
+/// The volume whose head entry has unique GUID `guid` on `lun`, with its
+/// extents, as the driver reads it.
+pub fn volume_on(lun: &Path, guid: &str) -> ocfs2_csi::volume::entry::VolumeEntry {
+    let io = ocfs2_csi::disk::lun_io::LunFile::open_read_only(lun).unwrap();
+    let table = ocfs2_csi::volume::extents::read_valid(&io)
+        .unwrap_or_else(|e| panic!("the table of {}: {e}", lun.display()))
+        .gpt;
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.unique_guid.to_string() == guid)
+        .unwrap_or_else(|| panic!("volume {guid} not in the GPT of {}", lun.display()));
+    ocfs2_csi::volume::entry::volume_in(&table, p).expect("a volume")
+}
+
 /// The partition with unique GUID `guid` (as the volume context names it).
 pub fn partition_by_guid(lun: &Path, guid: &str) -> Part {
     partitions(lun)
