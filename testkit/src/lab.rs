@@ -189,6 +189,11 @@ impl Lab {
         self.state.join("lun.raw")
     }
 
+    /// Whether the guests reach the LUN over iSCSI (`up_san`).
+    pub fn is_san(&self) -> bool {
+        self.guest_lun != "/dev/vda"
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state
     }
