@@ -17,8 +17,10 @@
 use crate::common::lab::*;
 use crate::common::*;
 use ocfs2_csi::cluster::Timeouts;
+use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::Volume;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 const NODES: usize = 3;
 const LOST: usize = 3;
@@ -355,33 +357,45 @@ fn timeouts_text(t: &Timeouts) -> String {
     )
 }
 
+/// A controller on the host, every plugin ready, and a 2 GiB volume named
+/// `name` staged and published on all three.
+fn shared_volume(
+    lab: &Lab,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+) -> (Controller, ControllerClient<Channel>, Volume) {
+    let logs = lab.state_dir().join("host-controller");
+    std::fs::create_dir_all(&logs).unwrap();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &logs));
+    let c = rt.block_on(controller.client());
+    for node in ALL {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
+    }
+    let mut creator = c.clone();
+    let v = rt
+        .block_on(creator.create_volume(create_request(name, 2 * GIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    for node in ALL {
+        rt.block_on(stage_and_publish(lab, node, &v));
+    }
+    (controller, c, v)
+}
+
 /// The node-loss scenarios on `lab`, whose three node plugins already run;
 /// `start_plugin` starts a guest's plugin again after it was booted again.
 /// Leaves no volume; node3 is back and a member at the end.
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)) {
     let total = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
-    let mut c = rt.block_on(controller.client());
-    for node in ALL {
-        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
-    }
     let pause = short_pause(&lab.timeouts);
     println!(
         "node loss: o2cb timeouts {}; short troubles last {:.1} s",
         timeouts_text(&lab.timeouts),
         pause.as_secs_f64()
     );
-    let v = rt
-        .block_on(c.create_volume(create_request("pvc-node-loss", 2 * GIB)))
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    for node in 1..=NODES {
-        rt.block_on(stage_and_publish(lab, node, &v));
-    }
+    let (_controller, mut c, v) = shared_volume(lab, rt, "pvc-node-loss");
 
     // 1. Power loss: node3's QEMU is killed.
     scenario("node-loss-power", || {
@@ -470,22 +484,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)
 /// (after `Lab::san_setup`). Leaves no volume.
 pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)) {
     let total = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
-    let mut c = rt.block_on(controller.client());
-    for node in ALL {
-        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
-    }
-    let v = rt
-        .block_on(c.create_volume(create_request("pvc-path-faults", 2 * GIB)))
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    for node in ALL {
-        rt.block_on(stage_and_publish(lab, node, &v));
-    }
+    let (_controller, mut c, v) = shared_volume(lab, rt, "pvc-path-faults");
     let both_paths_back = |what: &str| {
         let t = Instant::now();
         for node in ALL {
