@@ -170,9 +170,7 @@ impl Control {
         buf.set_flags(STATUS_TABLE_FLAG);
         match self.call(DM_TABLE_STATUS, &mut buf, name, "status") {
             Ok(()) => {}
-            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {
-                return Ok(None)
-            }
+            Err(e) if no_such_map(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
         if buf.flags() & BUFFER_FULL_FLAG != 0 {
@@ -259,7 +257,7 @@ impl Control {
         let mut buf = Buffer::new(name, "", HEADER)?;
         buf.set_flags(DEFERRED_REMOVE_FLAG);
         match self.call(DM_DEV_REMOVE, &mut buf, name, "remove") {
-            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(e) if no_such_map(&e) => {}
             other => other?,
         }
         if !self.exists(name)? {
@@ -280,9 +278,17 @@ impl Control {
         let mut buf = Buffer::new(name, "", HEADER)?;
         buf.set_flags(SUSPEND_FLAG | SKIP_LOCKFS_FLAG);
         self.call(DM_DEV_SUSPEND, &mut buf, name, "suspend")?;
-        let mut buf = Buffer::new(name, "", HEADER)?;
-        buf.set_flags(0);
-        self.call(DM_DEV_SUSPEND, &mut buf, name, "resume")
+        // A map left suspended holds every I/O to the volume: one more try
+        // before giving up.
+        let resume = || {
+            let mut buf = Buffer::new(name, "", HEADER)?;
+            buf.set_flags(0);
+            self.call(DM_DEV_SUSPEND, &mut buf, name, "resume")
+        };
+        resume().or_else(|e| {
+            tracing::warn!(map = name, error = %e, "resume failed; trying again");
+            resume()
+        })
     }
 
     /// Whether the kernel knows map `name` (cheap: no table).
@@ -290,9 +296,7 @@ impl Control {
         let mut buf = Buffer::new(name, "", HEADER)?;
         match self.call(DM_DEV_STATUS, &mut buf, name, "status") {
             Ok(()) => Ok(true),
-            Err(DmError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {
-                Ok(false)
-            }
+            Err(e) if no_such_map(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -323,6 +327,11 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// The kernel's answer for a map that does not exist.
+fn no_such_map(e: &DmError) -> bool {
+    matches!(e, DmError::Ioctl { source, .. } if source.raw_os_error() == Some(libc::ENXIO))
 }
 
 /// `/dev/mapper/NAME`.

@@ -102,11 +102,8 @@ impl Locator for DmLocator {
 pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
     let mut unreadable = Vec::new();
     for lun in luns {
-        let table = match LunFile::open(lun)
-            .map_err(|e| e.to_string())
-            .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
-        {
-            Ok(outcome) => outcome.gpt,
+        let table = match read_table(lun) {
+            Ok(table) => table,
             Err(e) => {
                 unreadable.push(format!("{}: {e}", lun.display()));
                 continue;
@@ -244,9 +241,23 @@ pub fn ensure_map(
     Ok((device, info.bytes()))
 }
 
-fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {
+/// `lun`'s table, read with O_DIRECT and checked (entries and extent
+/// chains) before anything is computed from it.
+pub fn read_table(lun: &Path) -> Result<Gpt, String> {
+    LunFile::open(lun)
+        .map_err(|e| e.to_string())
+        .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
+        .map(|outcome| outcome.gpt)
+}
+
+/// The volume's map over its extents, made or grown; its device and size.
+fn ensure_volume_map(lun: &Path, entry: &VolumeEntry) -> Result<(PathBuf, u64), LocateError> {
     let extents: Vec<(u64, u64)> = entry.extents.iter().map(|e| (e.offset, e.size)).collect();
-    let (device, bytes) = ensure_map(lun, &map_name(&entry.guid), &extents)?;
+    ensure_map(lun, &map_name(&entry.guid), &extents)
+}
+
+fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {
+    let (device, bytes) = ensure_volume_map(lun, &entry)?;
     if bytes != entry.size {
         return Err(LocateError::Mismatch {
             lun: lun.to_path_buf(),
@@ -265,11 +276,8 @@ fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError>
 
 /// The volume whose head entry is `number` on `lun`, from its table now.
 fn volume_by_number(lun: &Path, number: u32) -> Result<VolumeEntry, String> {
-    let table = LunFile::open(lun)
-        .map_err(|e| e.to_string())
-        .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
-        .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
-        .gpt;
+    let table = read_table(lun)
+        .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?;
     table
         .partition(number)
         .and_then(|p| volume_in(&table, p))
@@ -290,8 +298,7 @@ pub fn map_bytes(lun: &Path, number: u32) -> std::io::Result<Option<u64>> {
 /// to it; returns the map's size (for the growth reporter).
 pub fn resync(lun: &Path, number: u32) -> Result<u64, String> {
     let entry = volume_by_number(lun, number)?;
-    let extents: Vec<(u64, u64)> = entry.extents.iter().map(|e| (e.offset, e.size)).collect();
-    ensure_map(lun, &map_name(&entry.guid), &extents)
+    ensure_volume_map(lun, &entry)
         .map(|(_, bytes)| bytes)
         .map_err(|e| e.to_string())
 }

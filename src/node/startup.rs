@@ -15,7 +15,6 @@ use crate::cluster::{
     self, ClusterConfig, ClusterError, ConfigFs, HeartbeatStart, HeartbeatState, JoinReport,
     KernelPaths, MembershipSource,
 };
-use crate::disk::lun_io::LunFile;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::Runner;
@@ -355,11 +354,8 @@ fn heartbeat_changes(before: &BTreeSet<u8>, now: &BTreeSet<u8>) -> (Vec<u8>, Vec
 async fn heartbeat_device(lun: &Path) -> Result<PathBuf, JoinError> {
     let lun = lun.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let table = LunFile::open(&lun)
-            .map_err(|e| e.to_string())
-            .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
-            .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?
-            .gpt;
+        let table = device::read_table(&lun)
+            .map_err(|e| format!("{}: reading the partition table: {e}", lun.display()))?;
         let p = match table.partition(HEARTBEAT_NUMBER) {
             Some(p) if p.type_guid == TYPE_HEARTBEAT => p,
             _ => {
