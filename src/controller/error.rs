@@ -102,7 +102,7 @@ pub enum CreateError {
         partition: u64,
         largest: u64,
     },
-    #[error("no free partition number left on any usable LUN (at most {max} volumes per LUN)")]
+    #[error("no free GPT entry left on any usable LUN (a LUN holds at most {max} volumes and extents together)")]
     NoPartitionNumber { max: u32 },
     /// A DeleteVolume of the same name has begun (its entry is Deleting);
     /// once it has finished, a retry creates the volume anew.
