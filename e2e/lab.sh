@@ -326,10 +326,10 @@ boot_node() {
 	if [ -f "$STATE/san" ]; then
 		# Two paths to the target, each its own NIC and network (10.0.3.0/24,
 		# 10.0.4.0/24): the portal 10.0.P.100:3260 is forwarded to tgtd on
-		# the namespace's loopback, one relay per connection.
+		# the namespace's loopback, one relay per connection (portal.sh).
 		local p
 		for p in 1 2; do
-			lun_args+=(-netdev "user,id=s$p,restrict=on,net=10.0.$((2 + p)).0/24,guestfwd=tcp:10.0.$((2 + p)).100:3260-cmd:/bin/busybox nc 127.0.0.1 3260")
+			lun_args+=(-netdev "user,id=s$p,restrict=on,net=10.0.$((2 + p)).0/24,guestfwd=tcp:10.0.$((2 + p)).100:3260-cmd:/bin/sh $STATE/portal.sh")
 			lun_args+=(-device "virtio-net-pci,netdev=s$p,id=path$p,mac=52:54:00:77:1$p:$mac,romfile=")
 		done
 	else
@@ -480,6 +480,11 @@ target_start() {
 		err "the target is already running"
 		return 1
 	fi
+	# Guests reach tgtd only once its target is set up: a login that
+	# reaches a tgtd without it is refused as "target not found", and
+	# open-iscsi does not retry that; a closed connection it retries.
+	rm -f "$STATE/target.ready"
+	printf '#!/bin/sh\n[ -e %s/target.ready ] || exit 0\nexec /bin/busybox nc 127.0.0.1 3260\n' "$STATE" >"$STATE/portal.sh"
 	ip netns exec "$ns" tgtd -f -C "$port" >>"$STATE/tgtd.log" 2>&1 </dev/null &
 	echo $! >"$STATE/tgtd.pid"
 	deadline=$((SECONDS + 30))
@@ -498,10 +503,12 @@ target_start() {
 		err "tgtadm could not set up the target (log: $STATE/tgtd.log)"
 		return 1
 	fi
+	touch "$STATE/target.ready"
 	log "iSCSI target $TARGET_IQN up (tgtd pid $(cat "$STATE/tgtd.pid"))"
 }
 target_stop() {
 	local p
+	rm -f "$STATE/target.ready"
 	p=$(tgtd_pid) || return 0
 	kill -KILL "$p"
 	while [ -d "/proc/$p" ]; do sleep 0.1; done
