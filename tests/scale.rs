@@ -226,7 +226,7 @@ async fn a_lun_filled_to_its_partition_limit_and_emptied() {
     assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
     let msg = over.message();
     assert!(
-        msg.contains("partition number") && msg.contains(&VOLUME_LIMIT.to_string()),
+        msg.contains("GPT entry") && msg.contains(&VOLUME_LIMIT.to_string()),
         "the refusal should name the partition limit ({VOLUME_LIMIT} volumes per LUN): {msg}"
     );
     assert!(
