@@ -334,10 +334,11 @@ async fn two_controllers_on_one_lun() {
             .iter()
             .find(|p| p.guid.eq_ignore_ascii_case(guid))
             .unwrap_or_else(|| panic!("{name} was acknowledged but is not in the table"));
-        let size = (p.last - p.first + 1) * 512;
+        // The volume's size: its head and the extents it grew into.
+        let size = volume_on(&lun, guid).size;
         assert!(
             size >= *bytes,
-            "{name}: partition of {size} bytes, acknowledged {bytes}"
+            "{name}: volume of {size} bytes, acknowledged {bytes}"
         );
         let mut head = vec![0u8; 16384];
         std::os::unix::fs::FileExt::read_exact_at(&on_disk, &mut head, p.first * 512).unwrap();
