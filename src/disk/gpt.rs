@@ -111,6 +111,18 @@ pub enum GptError {
     /// No free entry or no large enough free extent.
     #[error("no room: {0}")]
     NoRoom(String),
+    /// The primary header puts the backup past the device's end: the table
+    /// was written for a larger device. Either the LUN grew and this host
+    /// has not seen it yet (rescan its paths), or it was shrunk.
+    #[error(
+        "the partition table spans {table_sectors} sectors but the device has only \
+         {device_sectors}: the LUN grew and this host still sees its old size \
+         (rescan its paths), or it was shrunk"
+    )]
+    DeviceSmaller {
+        table_sectors: u64,
+        device_sectors: u64,
+    },
 }
 
 fn entry_sectors(entry_count: u32, sector_size: u64) -> u64 {
@@ -136,6 +148,31 @@ impl Gpt {
             entry_count: ENTRY_COUNT,
             partitions: Vec::new(),
         }
+    }
+
+    /// The last usable LBA when the table reaches the device's end, as
+    /// `new` lays it out.
+    fn full_last_usable(&self) -> u64 {
+        let es = entry_sectors(self.entry_count, self.sector_size.max(1));
+        self.total_sectors.saturating_sub(2 + es)
+    }
+
+    /// After the LUN grew: this table with its usable range reaching the
+    /// device's new end (`total_sectors` is the device's size as read), and
+    /// the LBA where its backup header sat before. None when there is
+    /// nothing to gain. Writing it moves the backup to the new end (see
+    /// `write` for why that is crash-safe); `retire_backup` then clears the
+    /// old one.
+    pub fn grown(&self) -> Option<(Gpt, u64)> {
+        let last = self.full_last_usable();
+        if last <= self.last_usable_lba {
+            return None;
+        }
+        let es = entry_sectors(self.entry_count, self.sector_size.max(1));
+        let old_backup = self.last_usable_lba + 1 + es;
+        let mut grown = self.clone();
+        grown.last_usable_lba = last;
+        Some((grown, old_backup))
     }
 
     pub fn validate(&self) -> Result<(), GptError> {
@@ -379,9 +416,14 @@ impl Header {
         if h.my_lba != lba {
             return bad(format!("my_lba {} but read from LBA {lba}", h.my_lba));
         }
-        // The primary's alternate may lie before the end if the LUN grew.
+        // The primary's alternate may lie before the end if the LUN grew;
+        // past the end, the table was written for a larger device than
+        // this host sees.
+        if primary && h.alternate_lba >= total {
+            return Err(CopyError::BeyondEnd(h.alternate_lba));
+        }
         let alternate_ok = if primary {
-            h.alternate_lba > 1 && h.alternate_lba < total
+            h.alternate_lba > 1
         } else {
             h.alternate_lba == 1
         };
@@ -489,6 +531,8 @@ fn protective_mbr(sector_size: u64, total_sectors: u64) -> Vec<u8> {
 enum CopyError {
     NoSignature,
     Bad(String),
+    /// A whole primary header whose backup lies at this LBA, past the end.
+    BeyondEnd(u64),
 }
 
 impl CopyError {
@@ -496,6 +540,7 @@ impl CopyError {
         match self {
             CopyError::NoSignature => "no signature".into(),
             CopyError::Bad(m) => m.clone(),
+            CopyError::BeyondEnd(lba) => format!("backup header at LBA {lba}, past the end"),
         }
     }
 }
@@ -541,8 +586,16 @@ fn read_copies(io: &dyn BlockIo) -> Result<(Copy, Copy), GptError> {
 /// Reads the table, preferring the primary copy; falls back to the backup
 /// only when the primary fails a check. Does not `validate()` the
 /// partitions: a table another tool wrote is reported as found.
+///
+/// A primary header whose backup lies past the device's end is
+/// `DeviceSmaller`, whatever the last sectors hold: a backup found there
+/// would be the one from before the LUN grew, an older table.
 pub fn read(io: &dyn BlockIo) -> Result<ReadOutcome, GptError> {
     match read_copies(io)? {
+        (Err(CopyError::BeyondEnd(alternate)), _) => Err(GptError::DeviceSmaller {
+            table_sectors: alternate + 1,
+            device_sectors: io.size_bytes() / io.sector_size(),
+        }),
         (Ok(p), b) => {
             let backup_valid = matches!(&b, Ok(b) if *b == p);
             Ok(ReadOutcome {
@@ -656,6 +709,34 @@ pub fn write(io: &dyn BlockIo, gpt: &Gpt) -> Result<(), GptError> {
     } else {
         write_backup()?;
         write_primary()
+    }
+}
+
+/// Clears the backup header a table left at `lba` before the LUN grew
+/// (`Gpt::grown` says where), if it is still there: a host that still sees
+/// the old size and finds the primary torn would otherwise fall back to it,
+/// a table older than the current one. Only a backup header of `disk_guid`
+/// whose own LBA is `lba` is cleared, never the device's last sector.
+/// Returns whether one was.
+///
+/// Clear it before writing the grown table: the primary then stays the one
+/// valid copy until the backup is rewritten at the new end, and a crash in
+/// between leaves nothing stale behind.
+pub fn retire_backup(io: &dyn BlockIo, lba: u64, disk_guid: Uuid) -> Result<bool, GptError> {
+    let ss = io.sector_size();
+    let total = io.size_bytes() / ss;
+    if lba < 2 || lba + 1 >= total {
+        return Ok(false);
+    }
+    let mut sector = vec![0u8; ss as usize];
+    io.read_at(lba * ss, &mut sector)?;
+    match Header::parse(&sector, lba, total, false) {
+        Ok(h) if h.disk_guid == disk_guid => {
+            io.write_at(lba * ss, &vec![0u8; ss as usize])?;
+            io.sync()?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -988,6 +1069,80 @@ mod tests {
             c.disk_guid = guid(99);
             check_crash_points(ss, &io.snapshot(), &c, &[Some(&a), Some(&c)]);
         }
+    }
+
+    /// The image `base` on a device grown to `total` sectors (the array
+    /// grew the LUN: the new space reads as zeroes).
+    fn grown_image(base: &[u8], ss: u64, total: u64) -> Vec<u8> {
+        let mut bytes = base.to_vec();
+        bytes.resize((total * ss) as usize, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_grown_lun_keeps_its_table_until_it_is_moved() {
+        for ss in [512u64, 4096] {
+            let (old_total, new_total) = (32 * MIB / ss, 48 * MIB / ss);
+            let a = sample(ss, old_total, 1);
+            let io = mem(ss, old_total);
+            write(&io, &a).unwrap();
+            assert!(a.grown().is_none(), "a table that fills its device");
+
+            // Seen grown: the primary alone, every partition where it was.
+            let grown_io = MemIo::from_bytes(ss, grown_image(&io.snapshot(), ss, new_total));
+            let r = read(&grown_io).unwrap();
+            assert!(r.primary_valid && !r.backup_valid);
+            assert_eq!(r.gpt.partitions, a.partitions);
+            assert_eq!(r.gpt.total_sectors, new_total);
+            let (b, old_backup) = r.gpt.grown().unwrap();
+            assert_eq!(old_backup, old_total - 1);
+            assert_eq!(
+                b.last_usable_lba,
+                Gpt::new(ss, new_total, b.disk_guid).last_usable_lba
+            );
+
+            // Moved: the old backup cleared first, then the table written.
+            assert!(retire_backup(&grown_io, old_backup, a.disk_guid).unwrap());
+            assert!(!retire_backup(&grown_io, old_backup, a.disk_guid).unwrap());
+            let retired = grown_io.snapshot();
+            check_crash_points(ss, &retired, &b, &[Some(&r.gpt), Some(&b)]);
+
+            // A host that still sees the old size reads the old table or is
+            // told the device is smaller than the table, never anything else,
+            // at every crash point of the move.
+            for n in 0..=write_count(ss, &retired, &b) {
+                let io = FailingIo::new(MemIo::from_bytes(ss, retired.clone()), n, CrashMode::Drop);
+                write(&io, &b).unwrap();
+                let small = MemIo::from_bytes(
+                    ss,
+                    io.inner().snapshot()[..(old_total * ss) as usize].to_vec(),
+                );
+                match read(&small) {
+                    Ok(r) => assert_eq!(r.gpt.partitions, a.partitions, "n={n}"),
+                    Err(GptError::DeviceSmaller {
+                        table_sectors,
+                        device_sectors,
+                    }) => assert_eq!((table_sectors, device_sectors), (new_total, old_total)),
+                    Err(e) => panic!("n={n}: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn retire_backup_clears_only_an_old_backup_of_this_disk() {
+        let ss = 512;
+        let total = 32 * MIB / ss;
+        let a = sample(ss, total, 1);
+        let io = mem(ss, total);
+        write(&io, &a).unwrap();
+        // The live backup at the last LBA is never cleared.
+        assert!(!retire_backup(&io, total - 1, a.disk_guid).unwrap());
+        let grown = MemIo::from_bytes(ss, grown_image(&io.snapshot(), ss, 2 * total));
+        assert!(!retire_backup(&grown, total - 1, guid(42)).unwrap());
+        assert!(!retire_backup(&grown, total - 2, a.disk_guid).unwrap());
+        assert!(!retire_backup(&grown, 1, a.disk_guid).unwrap());
+        assert_eq!(read(&grown).unwrap().gpt.partitions, a.partitions);
     }
 
     #[test]

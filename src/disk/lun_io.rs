@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Random-access, sector-granular access to a disk-like object.
 ///
@@ -40,6 +40,12 @@ pub trait BlockIo: Send + Sync {
     /// see `disk::reopen`.
     fn failing(&self) -> Option<String> {
         None
+    }
+    /// Asks the device for its size again (after the LUN grew and this
+    /// host rescanned it) and returns it; `size_bytes` answers it from then
+    /// on. Devices whose size cannot change answer the size they have.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size_bytes())
     }
 }
 
@@ -128,7 +134,8 @@ pub struct LunFile {
     block_device: bool,
     direct: bool,
     sector_size: u64,
-    size_bytes: u64,
+    /// Changes only through `refresh_size`.
+    size_bytes: AtomicU64,
 }
 
 impl LunFile {
@@ -168,20 +175,17 @@ impl LunFile {
         };
         let file_type = file.metadata()?.file_type();
         let (block_device, sector_size, size_bytes) = if file_type.is_block_device() {
-            let fd = file.as_raw_fd();
             let mut ss: libc::c_int = 0;
-            let mut size: u64 = 0;
-            // SAFETY: fd is open for the duration of the calls and both
-            // out-pointers point to variables of the type the ioctls write.
+            // SAFETY: fd is open for the duration of the call and the
+            // out-pointer points to the type the ioctl writes.
             unsafe {
-                ioctls::blksszget(fd, &mut ss).map_err(io::Error::from)?;
-                ioctls::blkgetsize64(fd, &mut size).map_err(io::Error::from)?;
+                ioctls::blksszget(file.as_raw_fd(), &mut ss).map_err(io::Error::from)?;
             }
-            (true, ss as u64, size)
+            (true, ss as u64, device_bytes(&file, true)?)
         } else if file_type.is_file() {
             // Images have no sector size of their own; 512 is what
             // partitioning tools assume for files.
-            (false, 512, file.metadata()?.len())
+            (false, 512, device_bytes(&file, false)?)
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -201,7 +205,7 @@ impl LunFile {
             direct,
             sector_size,
             // A trailing partial sector cannot be addressed; ignore it.
-            size_bytes: size_bytes - size_bytes % sector_size,
+            size_bytes: AtomicU64::new(size_bytes - size_bytes % sector_size),
         })
     }
 
@@ -227,17 +231,47 @@ impl LunFile {
     }
 }
 
+/// The size of an open block device or image file, as the kernel sees it
+/// now.
+fn device_bytes(file: &File, block_device: bool) -> io::Result<u64> {
+    if !block_device {
+        return Ok(file.metadata()?.len());
+    }
+    let mut size: u64 = 0;
+    // SAFETY: fd is open for the duration of the call and the out-pointer
+    // points to the type the ioctl writes.
+    unsafe {
+        ioctls::blkgetsize64(file.as_raw_fd(), &mut size).map_err(io::Error::from)?;
+    }
+    Ok(size)
+}
+
 impl BlockIo for LunFile {
     fn sector_size(&self) -> u64 {
         self.sector_size
     }
 
     fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let bytes = device_bytes(&self.file, self.block_device)?;
+        let bytes = bytes - bytes % self.sector_size;
+        let old = self.size_bytes.swap(bytes, Ordering::Relaxed);
+        if old != bytes {
+            tracing::info!(device = %self.path.display(), from = old, to = bytes, "device size changed");
+        }
+        Ok(bytes)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        check_range(
+            self.sector_size,
+            self.size_bytes(),
+            offset,
+            buf.len() as u64,
+        )?;
         if !self.direct {
             return self.file.read_exact_at(buf, offset);
         }
@@ -252,7 +286,12 @@ impl BlockIo for LunFile {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        check_range(
+            self.sector_size,
+            self.size_bytes(),
+            offset,
+            buf.len() as u64,
+        )?;
         if !self.direct {
             self.file.write_all_at(buf, offset)?;
             // Without O_DIRECT the data would sit in the page cache; push it
@@ -275,7 +314,7 @@ impl BlockIo for LunFile {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, len)?;
+        check_range(self.sector_size, self.size_bytes(), offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -400,7 +439,9 @@ impl BlockIo for MemIo {
 #[derive(Clone, Debug)]
 pub struct SparseIo {
     sector_size: u64,
-    size_bytes: u64,
+    /// Shared by clones, like the contents: `grow` is the array growing
+    /// the LUN under every host at once.
+    size_bytes: std::sync::Arc<AtomicU64>,
     chunks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Box<[u8]>>>>,
 }
 
@@ -414,9 +455,17 @@ impl SparseIo {
         assert!(sector_size > 0 && size_bytes.is_multiple_of(sector_size));
         SparseIo {
             sector_size,
-            size_bytes,
+            size_bytes: std::sync::Arc::new(AtomicU64::new(size_bytes)),
             chunks: Default::default(),
         }
+    }
+
+    /// The LUN grown to `size_bytes` (a multiple of the sector size, not
+    /// smaller): the new space reads as zeros.
+    pub fn grow(&self, size_bytes: u64) {
+        assert!(size_bytes.is_multiple_of(self.sector_size));
+        assert!(size_bytes >= self.size_bytes());
+        self.size_bytes.store(size_bytes, Ordering::SeqCst);
     }
 
     /// Bytes of storage in use (whole chunks): shows what a discard freed.
@@ -449,11 +498,16 @@ impl BlockIo for SparseIo {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(Ordering::SeqCst)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        check_range(
+            self.sector_size,
+            self.size_bytes(),
+            offset,
+            buf.len() as u64,
+        )?;
         let chunks = self.lock();
         Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
             let n = part.len();
@@ -466,7 +520,12 @@ impl BlockIo for SparseIo {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, buf.len() as u64)?;
+        check_range(
+            self.sector_size,
+            self.size_bytes(),
+            offset,
+            buf.len() as u64,
+        )?;
         let mut chunks = self.lock();
         Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
             let n = part.len();
@@ -483,7 +542,7 @@ impl BlockIo for SparseIo {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes, offset, len)?;
+        check_range(self.sector_size, self.size_bytes(), offset, len)?;
         let mut chunks = self.lock();
         let mut partial = Vec::new();
         let first = offset / SPARSE_CHUNK;

@@ -164,6 +164,9 @@ impl BlockIo for Reopening {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.with_retry(|io| io.discard(offset, len))
     }
+    fn refresh_size(&self) -> io::Result<u64> {
+        self.with_retry(|io| io.refresh_size())
+    }
     fn failing(&self) -> Option<String> {
         (self.failures.load(Ordering::Relaxed) >= FAILING_AFTER).then(|| {
             let last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
