@@ -6,7 +6,7 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
-use ocfs2_csi::controller::pool::{named_in, open_one, ClusterIdentity};
+use ocfs2_csi::controller::pool::{named_in, open_one, watch_size, ClusterIdentity};
 use ocfs2_csi::controller::writer::{Writer, WriterConfig};
 use ocfs2_csi::controller::{ControllerService, Volumes};
 use ocfs2_csi::csi::controller_server::ControllerServer;
@@ -97,6 +97,12 @@ struct PoolArgs {
     /// from the Kubernetes API.
     #[arg(long, env = "OCFS2_CSI_CLUSTER_ID", value_parser = parse_cluster_id)]
     cluster_id: Option<String>,
+    /// How often, in seconds, to look whether the array grew a LUN. Nodes
+    /// rescan its paths and have multipathd resize its map when they grew;
+    /// the controller then extends the partition table over the new space.
+    /// A create or expand that finds no room looks at once, too.
+    #[arg(long, env = "OCFS2_CSI_LUN_CHECK_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    lun_check_secs: u64,
 }
 
 fn parse_cluster_id(id: &str) -> Result<String, String> {
@@ -293,6 +299,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         volumes: volumes.clone(),
         poll: Duration::from_secs(args.members_poll.max(1)),
     };
+    tokio::spawn(ocfs2_csi::node::device::watch_luns(
+        startup.luns.clone(),
+        Duration::from_secs(args.pool.lun_check_secs),
+    ));
     let ready = volumes.clone();
     let identity = IdentityService::new(common.driver_name, false, volumes.clone());
     let router = tonic::transport::Server::builder()
@@ -422,6 +432,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             let (volumes, writers, cluster) = (volumes.clone(), writers.clone(), cluster.clone());
             let (path, init, writer) = (path.clone(), args.init_luns.clone(), writer.clone());
             let (tools, regions) = (tools.clone(), regions.clone());
+            let check_every = Duration::from_secs(args.pool.lun_check_secs);
             tokio::spawn(async move {
                 let what = format!("cannot open LUN {}", path.display());
                 let (lun, lease) = LUN_BACKOFF
@@ -431,12 +442,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                             .inspect_err(|e| volumes.lun_failed(&path, format!("{e:#}")))
                     })
                     .await;
-                if let Err(e) = volumes.lun_opened(lun) {
+                if let Err(e) = volumes.lun_opened(lun.clone()) {
                     tracing::error!(lun = %path.display(), error = %e, "not using this LUN");
                     return;
                 }
                 lease.step().await;
                 tokio::spawn(lease.clone().run());
+                tokio::spawn(watch_size(lun, check_every));
                 writers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -77,6 +77,12 @@ impl LunError {
             // Not finished: the I/O may still land, and the retry then
             // finds its result (the work stays in flight meanwhile).
             LunError::Stalled { .. } => Code::DeadlineExceeded,
+            // This host does not see the LUN's new size yet (a path down
+            // keeps multipathd from resizing): a retry may.
+            LunError::Table {
+                source: GptError::DeviceSmaller { .. },
+                ..
+            } => Code::Unavailable,
             LunError::Table { .. }
             | LunError::Io { .. }
             | LunError::Tool(_)
@@ -276,6 +282,16 @@ mod tests {
                     source: gpt(),
                 },
                 false,
+            ),
+            (
+                LunError::Table {
+                    lun: "l".into(),
+                    source: GptError::DeviceSmaller {
+                        table_sectors: 2,
+                        device_sectors: 1,
+                    },
+                },
+                true,
             ),
             (
                 LunError::Io {

@@ -217,6 +217,21 @@ impl Lun {
     /// The table as it is on disk now (direct I/O: another host may have
     /// written it). Read on a blocking thread.
     pub async fn read_table(&self) -> Result<Gpt, LunError> {
+        match self.read_table_once().await {
+            // The table was moved to the end of a LUN that grew, by this
+            // process before a restart or by another controller: see it.
+            Err(LunError::Table {
+                source: GptError::DeviceSmaller { .. },
+                ..
+            }) => {
+                self.refresh().await?;
+                self.read_table_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_table_once(&self) -> Result<Gpt, LunError> {
         let (io, table_io) = (self.io.clone(), self.table_io.clone());
         let read = run_blocking(TABLE_IO_TIMEOUT, move || {
             let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,6 +290,56 @@ impl Lun {
         self.writer.confirm(stamp).await.map_err(writer_err)
     }
 
+    /// Makes this host see the LUN's current size (rescan, multipath
+    /// resize: `disk::rescan`) and this process's device answer it.
+    /// Returns the size in bytes.
+    pub async fn refresh(&self) -> Result<u64, LunError> {
+        refresh_device(&self.path, self.io.clone()).await
+    }
+
+    /// After the array grew the LUN: extends the table over the new space
+    /// (its backup moved to the new end) and returns the bytes before and
+    /// after; None when there is none. Call with `lock` held. A controller
+    /// that is not the LUN's writer changes nothing and says so.
+    pub async fn take_new_space(&self) -> Result<Option<(u64, u64)>, LunError> {
+        self.refresh().await?;
+        let table = self.read_table().await?;
+        let Some((grown, old_backup)) = table.grown() else {
+            return Ok(None);
+        };
+        self.writer
+            .check()
+            .await
+            .map_err(|source| LunError::Writer {
+                lun: self.name(),
+                source,
+            })?;
+        // The old backup goes first, so at every moment one copy is whole
+        // and none is stale (`gpt::retire_backup`).
+        let (io, table_io, disk) = (self.io.clone(), self.table_io.clone(), table.disk_guid);
+        run_blocking(TABLE_IO_TIMEOUT, move || {
+            let _io = table_io.lock().unwrap_or_else(|p| p.into_inner());
+            gpt::retire_backup(io.as_ref(), old_backup, disk)
+        })
+        .await
+        .map_err(|stalled| self.stalled("clearing the old backup table", stalled))?
+        .map_err(|source| LunError::Table {
+            lun: self.name(),
+            source,
+        })?;
+        self.write_table(&grown).await?;
+        let ss = self.sector_size();
+        let bytes = |g: &Gpt| (g.last_usable_lba + 1) * ss;
+        let (from, to) = (bytes(&table), bytes(&grown));
+        tracing::info!(
+            lun = %self.name(),
+            from,
+            to,
+            "the LUN grew: its partition table now spans the new space"
+        );
+        Ok(Some((from, to)))
+    }
+
     pub fn stalled(&self, what: &'static str, stalled: crate::disk::blocking::Stalled) -> LunError {
         LunError::Stalled {
             lun: self.name(),
@@ -309,6 +374,11 @@ pub async fn open_lun(
         source,
     };
     regions.release_stale(path).await.map_err(LunError::from)?;
+    // A LUN the array grew while no controller ran: see its new size
+    // before reading a table that may already span it.
+    if let Err(e) = refresh_device(path, io.clone()).await {
+        tracing::warn!(lun = %name, error = %e, "could not rescan the LUN; going on with the size this host sees");
+    }
     let foreign = |what: &str| OpenError::Foreign {
         path: name.clone(),
         what: what.to_string(),
@@ -343,9 +413,11 @@ pub async fn open_lun(
     let probed = run_blocking(TABLE_IO_TIMEOUT, move || gpt::probe(probe_io.as_ref()))
         .await
         .map_err(stalled("probing what the LUN holds"))?;
-    // Writes at start-up (a new table, a repaired copy) need the lease too;
-    // a live writer elsewhere does them itself, and this open is retried.
-    let write = |mut table: Gpt| {
+    // Writes at start-up (a new table, a repaired copy, a table moved to
+    // the end of a grown LUN after clearing its old backup at `retire`)
+    // need the lease too; a live writer elsewhere does them itself, and
+    // this open is retried.
+    let write = |mut table: Gpt, retire: Option<u64>| {
         let (io, writer) = (io.clone(), writer.clone());
         let name = name.clone();
         async move {
@@ -361,10 +433,15 @@ pub async fn open_lun(
                 source,
             })?;
             set_stamp(&mut table, &stamp);
-            run_blocking(TABLE_IO_TIMEOUT, move || gpt::write(io.as_ref(), &table))
-                .await
-                .map_err(stalled("writing the partition table"))?
-                .map_err(table_err)
+            run_blocking(TABLE_IO_TIMEOUT, move || {
+                if let Some(lba) = retire {
+                    gpt::retire_backup(io.as_ref(), lba, table.disk_guid)?;
+                }
+                gpt::write(io.as_ref(), &table)
+            })
+            .await
+            .map_err(stalled("writing the partition table"))?
+            .map_err(table_err)
         }
     };
     let stamp = |disk_guid: Uuid| {
@@ -417,7 +494,7 @@ pub async fn open_lun(
             // The stamp first: a crash before the table leaves a LUN that
             // is blank but for our own stamp, initialised again next time.
             stamp(table.disk_guid).await?;
-            write(table.clone()).await?;
+            write(table.clone(), None).await?;
             tracing::info!(lun = %name, disk_guid = %table.disk_guid, "initialised blank LUN");
             table
         }
@@ -431,10 +508,13 @@ pub async fn open_lun(
                 Some(p) if p.type_guid == TYPE_HEARTBEAT => {}
                 _ => return Err(foreign("a GPT that ocfs2-csi did not make")),
             }
-            // A grown LUN: extend the usable area to its new end.
-            let fresh = Gpt::new(table.sector_size, table.total_sectors, table.disk_guid);
-            let grown = fresh.last_usable_lba > table.last_usable_lba;
-            table.last_usable_lba = table.last_usable_lba.max(fresh.last_usable_lba);
+            // A grown LUN: extend the usable area to its new end, the old
+            // backup cleared first (see `Lun::take_new_space`).
+            let retire = table.grown().map(|(grown, old_backup)| {
+                table = grown;
+                old_backup
+            });
+            let grown = retire.is_some();
             if !(read.primary_valid && read.backup_valid) || grown {
                 tracing::warn!(
                     lun = %name,
@@ -443,7 +523,7 @@ pub async fn open_lun(
                     grown,
                     "rewriting both partition table copies"
                 );
-                write(table.clone()).await?;
+                write(table.clone(), retire).await?;
             }
             match &stamped {
                 Some(o) if o.disk_guid != table.disk_guid => {
@@ -533,6 +613,60 @@ async fn scan_blank(name: &str, io: Arc<dyn BlockIo>) -> Result<Vec<Found>, LunE
 
 /// Runs LUN I/O on a blocking thread for at most `limit`; a stall and an
 /// I/O error become the LUN's errors, naming `what` was being done.
+/// Rescans `path` on this host (when it is a block device) and has `io`
+/// read its size again; see `disk::rescan`. A rescan that fails is logged
+/// and the size read anyway: the node plugin on this host rescans too, and
+/// a controller in a pod may not reach multipathd (before multipath-tools
+/// 0.12 it listens in the host's network namespace only).
+pub async fn refresh_device(path: &Path, io: Arc<dyn BlockIo>) -> Result<u64, LunError> {
+    use crate::disk::rescan::{refresh_lun, RescanError};
+    let lun = path.to_path_buf();
+    let name = path.display().to_string();
+    run_blocking(TABLE_IO_TIMEOUT, move || {
+        if lun.exists() {
+            match refresh_lun(&lun) {
+                Ok(_) => {}
+                Err(e @ RescanError::Resize(_)) => tracing::warn!(
+                    lun = %lun.display(),
+                    error = %e,
+                    "the LUN's paths grew but its multipath map could not be resized from here; \
+                     the node plugin on this host resizes it at its next LUN check"
+                ),
+                Err(e) => {
+                    tracing::debug!(lun = %lun.display(), error = %e, "could not rescan the LUN")
+                }
+            }
+        }
+        io.refresh_size().map_err(|source| LunError::Io {
+            lun: lun.display().to_string(),
+            source,
+        })
+    })
+    .await
+    .map_err(|source| LunError::Stalled {
+        lun: name,
+        what: "rescanning the LUN",
+        source,
+    })?
+}
+
+/// Every `every`, looks whether the array grew the LUN and, if this
+/// controller is its writer, extends the table over the new space, so
+/// GetCapacity shows it before anyone runs out of room.
+pub async fn watch_size(lun: Arc<Lun>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let _locked = lun.lock().await;
+        match lun.take_new_space().await {
+            Ok(_) => {}
+            Err(LunError::Writer { .. }) => {}
+            Err(e) => {
+                tracing::warn!(lun = %lun.name(), error = %e, "could not check whether the LUN grew")
+            }
+        }
+    }
+}
+
 async fn lun_io<T: Send + 'static>(
     lun: &str,
     what: &'static str,

@@ -444,8 +444,19 @@ impl Volumes {
                     .max()
                     .unwrap_or(0),
             );
-            let Some(first) = place_volume(&table, sectors) else {
-                continue;
+            let first = match place_volume(&table, sectors) {
+                Some(first) => first,
+                // Full as this host sees it: the array may have grown it.
+                None => match take_new_space(lun).await {
+                    Some(()) => {
+                        table = lun.read_table().await?;
+                        match place_volume(&table, sectors) {
+                            Some(first) => first,
+                            None => continue,
+                        }
+                    }
+                    None => continue,
+                },
             };
             let at = Placement {
                 number,
@@ -771,13 +782,17 @@ impl Volumes {
             return Ok(current);
         }
         let new_bytes = e.layout.partition_bytes(wanted, ALIGN);
-        let growth =
-            grow_plan(&table, &e, new_bytes - e.size).map_err(|room| ExpandError::NoRoom {
-                volume: volume_id.to_string(),
-                wanted,
-                possible: e.layout.usable_bytes(e.size + room.bytes, ALIGN),
-                why: room.why,
-            })?;
+        let mut plan = grow_plan(&table, &e, new_bytes - e.size);
+        if plan.is_err() && take_new_space(lun).await.is_some() {
+            table = lun.read_table().await?;
+            plan = grow_plan(&table, &e, new_bytes - e.size);
+        }
+        let growth = plan.map_err(|room| ExpandError::NoRoom {
+            volume: volume_id.to_string(),
+            wanted,
+            possible: e.layout.usable_bytes(e.size + room.bytes, ALIGN),
+            why: room.why,
+        })?;
         growth.apply(&mut table, &e);
         lun.write_table(&table).await?;
         let grown = e.layout.usable_bytes(new_bytes, ALIGN);
@@ -920,6 +935,21 @@ impl Volumes {
 }
 
 /// `LUN.PARTITION`, as `list` hands out.
+/// When a LUN has no room left as this host sees it: whether the array
+/// grew it and the table now spans more (`Lun::take_new_space`; the
+/// caller holds the LUN's lock). A failed look is logged and counts as no:
+/// the caller's "no room" answer stands, and the log says why the new
+/// space, if any, was not seen.
+async fn take_new_space(lun: &Lun) -> Option<()> {
+    match lun.take_new_space().await {
+        Ok(grew) => grew.map(|_| ()),
+        Err(e) => {
+            tracing::warn!(lun = %lun.name(), error = %e, "the LUN is full; looking for space the array added failed");
+            None
+        }
+    }
+}
+
 fn parse_token(token: &str) -> Option<(u32, u32)> {
     let (lun, number) = token.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());

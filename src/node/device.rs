@@ -10,7 +10,7 @@
 //! Blocking (O_DIRECT reads, ioctls): run on `spawn_blocking`.
 
 use crate::disk::dm::{self, Control, DmError, Ensured};
-use crate::disk::gpt::Gpt;
+use crate::disk::gpt::{Gpt, GptError};
 use crate::disk::lun_io::LunFile;
 use crate::volume::entry::{volume_in, State, VolumeEntry};
 use crate::volume::id::VolumeId;
@@ -243,11 +243,27 @@ pub fn ensure_map(
 
 /// `lun`'s table, read with O_DIRECT and checked (entries and extent
 /// chains) before anything is computed from it.
+///
+/// A table written for a larger device than this host sees means the
+/// array grew the LUN and the controller extended the table over the new
+/// space: the LUN is rescanned here (`disk::rescan`) and read again, so a
+/// volume's new extent there can be mapped.
 pub fn read_table(lun: &Path) -> Result<Gpt, String> {
-    LunFile::open(lun)
-        .map_err(|e| e.to_string())
-        .and_then(|io| crate::volume::extents::read_valid(&io).map_err(|e| e.to_string()))
-        .map(|outcome| outcome.gpt)
+    let read = || {
+        LunFile::open(lun)
+            .map_err(GptError::Io)
+            .and_then(|io| crate::volume::extents::read_valid(&io))
+            .map(|outcome| outcome.gpt)
+    };
+    match read() {
+        Err(GptError::DeviceSmaller { .. }) => {
+            crate::disk::rescan::refresh_lun(lun).map_err(|e| {
+                format!("the LUN grew on the array but this host does not see it yet: {e}")
+            })?;
+            read().map_err(|e| e.to_string())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// The volume's map over its extents, made or grown; its device and size.
@@ -343,4 +359,36 @@ pub fn hold() -> MapHold {
     }
     *held = true;
     MapHold(())
+}
+
+/// Every `every`, has this host see each LUN's current size (rescan of its
+/// paths, a multipath resize when they grew: `disk::rescan`). The map the
+/// controller writes through may be on this host, and a controller in a
+/// pod cannot always reach multipathd; and each node's volume maps need
+/// the LUN's new size before they can reach the new space. Errors are
+/// logged when they change, not every round.
+pub async fn watch_luns(luns: Vec<PathBuf>, every: std::time::Duration) {
+    let mut last: Vec<Option<String>> = vec![None; luns.len()];
+    loop {
+        tokio::time::sleep(every).await;
+        for (lun, last) in luns.iter().zip(last.iter_mut()) {
+            let path = lun.clone();
+            let done = tokio::task::spawn_blocking(move || crate::disk::rescan::refresh_lun(&path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let error = done.err();
+            if error != *last {
+                match &error {
+                    Some(e) => {
+                        tracing::warn!(lun = %lun.display(), error = %e, "could not check the LUN's size")
+                    }
+                    None => {
+                        tracing::info!(lun = %lun.display(), "the LUN's size can be checked again")
+                    }
+                }
+                *last = error;
+            }
+        }
+    }
 }

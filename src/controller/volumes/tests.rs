@@ -615,6 +615,72 @@ mod in_process {
     }
 
     #[tokio::test]
+    async fn a_full_lun_that_the_array_grew_is_used_by_expand_and_create() {
+        let p = pool().await;
+        let none = params(&[]);
+        let full = p.volumes.capacity(&none, &mount_caps()).await.unwrap();
+        let a = create(&p.volumes, "pvc-a", full.maximum_volume)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(create(&p.volumes, "pvc-b", GIB).await),
+            Code::ResourceExhausted
+        );
+        let before = table(&p.disk);
+
+        // The array adds 32 GiB. Nothing is seen until someone looks.
+        p.disk.grow(LUN_BYTES + 32 * GIB);
+        let a_id = a.id.to_string();
+        let grown = p
+            .volumes
+            .expand(&a_id, (a.capacity + 8 * GIB) as i64, 0, None)
+            .await
+            .unwrap();
+        assert!(grown >= a.capacity + 8 * GIB);
+
+        // The table spans the new space, both copies whole, the backup at
+        // the new end and the old one cleared; every partition kept.
+        let r = gpt::read(&p.disk).unwrap();
+        assert!(r.primary_valid && r.backup_valid);
+        let after = r.gpt;
+        assert_eq!(after.total_sectors, (LUN_BYTES + 32 * GIB) / 512);
+        assert!(after.last_usable_lba > before.last_usable_lba);
+        let mut old_backup = vec![0u8; 512];
+        p.disk.read_at(LUN_BYTES - 512, &mut old_backup).unwrap();
+        assert!(
+            old_backup.iter().all(|b| *b == 0),
+            "the old backup header is cleared"
+        );
+        for q in &before.partitions {
+            let now = after.partition(q.number).unwrap();
+            assert_eq!(
+                (now.first_lba, now.unique_guid),
+                (q.first_lba, q.unique_guid)
+            );
+        }
+
+        // The rest of the new space is what GetCapacity offers, and create
+        // can have it.
+        let cap = p.volumes.capacity(&none, &mount_caps()).await.unwrap();
+        assert!(
+            cap.maximum_volume > 20 * GIB && cap.maximum_volume < 24 * GIB,
+            "{cap:?}"
+        );
+        create(&p.volumes, "pvc-b", cap.maximum_volume)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(create(&p.volumes, "pvc-c", GIB).await),
+            Code::ResourceExhausted
+        );
+
+        // Grown again: a create that finds no room looks too.
+        p.disk.grow(LUN_BYTES + 40 * GIB);
+        create(&p.volumes, "pvc-c", 4 * GIB).await.unwrap();
+        assert!(gpt::read(&p.disk).unwrap().backup_valid);
+    }
+
+    #[tokio::test]
     async fn list_pages_with_tokens() {
         let p = pool().await;
         let mut made = Vec::new();
