@@ -23,7 +23,7 @@ CARGO=${CARGO:-cargo}
 
 # The integration test files of each tier (tests/NAME.rs). A new test file
 # goes into exactly one list; `check` refuses files in none.
-HOST_TESTS=(controller lun_safety crash crash_expand scale storm sizing bad_input server grpc_clients image)
+HOST_TESTS=(controller lun_safety crash crash_expand crash_lun_growth scale storm sizing bad_input server grpc_clients image)
 LAB_TESTS=(lab)
 KUBE_TESTS=(kube_smoke kube_membership kube_provisioning kube_helm)
 CHECK_TESTS=(csi_proto_compat)
