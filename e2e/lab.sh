@@ -23,6 +23,10 @@
 #                                            regains its link (QMP set_link)
 #   e2e/lab.sh target-stop|target-start      (--san) the iSCSI target goes away /
 #                                            comes back with the same LUN
+#   e2e/lab.sh grow-lun SIZE                 the array grows the LUN to SIZE (bytes or
+#                                            K/M/G suffixes): guests see it as a real
+#                                            host would (virtio at once, iSCSI after
+#                                            a rescan)
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
 # $OCFS2_CSI_CACHE/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
@@ -542,8 +546,60 @@ need_root() {
 	[ "$(id -u)" = 0 ] || { err "needs root (network namespaces)"; exit 1; }
 }
 
+# The array grows the LUN. On the virtio lab every QEMU resizes its drive
+# (the guest kernel learns the new capacity at once, as from a hypervisor).
+# tgt reads a LU's size only when it opens the backing file, while an array
+# grows a LUN in place; so the SAN lab holds every guest's path links down
+# (I/O waits in the guests, as in a short path fault), waits until tgtd
+# has no command in progress, has it reopen the file at its new size, and
+# brings the links back. The guests then see the new size only when they
+# rescan their paths, as with an array.
+cmd_grow_lun() {
+	local size=${1:-} bytes cur i p stat last n
+	[ -n "$size" ] || { err "usage: grow-lun SIZE"; exit 2; }
+	bytes=$(numfmt --from=iec "$size" 2>/dev/null) || { err "grow-lun: bad size '$size'"; exit 2; }
+	cur=$(stat -c %s "$STATE/lun.raw")
+	[ "$bytes" -gt "$cur" ] || { err "grow-lun: $size is not larger than the LUN ($cur bytes)"; exit 2; }
+	truncate -s "$bytes" "$STATE/lun.raw"
+	if [ ! -f "$STATE/san" ]; then
+		for i in $(seq "$(node_count)"); do
+			qemu_pid "$i" >/dev/null || continue
+			qmp "$i" block_resize "{\"device\": \"d0\", \"size\": $bytes}"
+		done
+		log "LUN grown from $cur to $bytes bytes"
+		return
+	fi
+	set_links() {
+		for i in $(seq "$(node_count)"); do
+			qemu_pid "$i" >/dev/null || continue
+			for p in 1 2; do qmp "$i" set_link "{\"name\": \"path$p\", \"up\": $1}"; done
+		done
+	}
+	set_links false
+	# Quiet: no command submitted and not done, and the counters the same
+	# on two looks in a row (nothing arrived from a relay's buffer).
+	last="" n=0
+	while :; do
+		stat=$(tgtadm -C "$(tgt_port)" --lld iscsi --mode logicalunit --op stat --tid 1 --lun 1 |
+			awk 'NR > 1 { busy += ($5 - $7) + ($9 - $11); all = all " " $5 "/" $9 } END { print busy + 0, all }')
+		if [ "${stat%% *}" = 0 ] && [ "$stat" = "$last" ]; then break; fi
+		last=$stat n=$((n + 1))
+		[ "$n" -lt 600 ] || { set_links true; err "grow-lun: tgtd never went quiet ($stat)"; exit 1; }
+		sleep 0.1
+	done
+	if ! tgtadm -C "$(tgt_port)" --lld iscsi --mode logicalunit --op update --tid 1 --lun 1 \
+		--params "online=0,path=$STATE/lun.raw"; then
+		set_links true
+		err "grow-lun: tgtd did not reopen the LUN (log: $STATE/tgtd.log)"
+		exit 1
+	fi
+	set_links true
+	log "LUN grown from $cur to $bytes bytes (paths held for the reopen)"
+}
+
 case "${1:-}" in
 up) shift; need_root; cmd_up "$@" ;;
+grow-lun) shift; need_root; cmd_grow_lun "$@" ;;
 exec) shift; need_root; cmd_exec "$@" ;;
 status) need_root; cmd_status ;;
 down) need_root; cmd_down ;;
@@ -594,7 +650,7 @@ target-start)
 	target_start || exit 1
 	;;
 *)
-	sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
 	[ -n "${1:-}" ] && exit 2
 	exit 0
 	;;

@@ -134,6 +134,12 @@ impl Lab {
         self.control_args(&["target-start"]);
     }
 
+    /// The array grows the LUN to `bytes` (e2e/lab.sh grow-lun): virtio
+    /// guests see it at once, SAN guests when they rescan.
+    pub fn grow_lun(&self, bytes: u64) {
+        self.control_args(&["grow-lun", &bytes.to_string()]);
+    }
+
     /// How many of guest `node`'s paths multipath has active and ready.
     pub fn active_paths(&self, node: usize) -> usize {
         let (_, out) = self.exec(

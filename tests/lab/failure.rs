@@ -485,6 +485,124 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)
 /// which then fenced itself), so that scenario waits for a fix.
 /// `start_plugin` starts a guest's plugin again after it was booted again
 /// (after `Lab::san_setup`). Leaves no volume.
+/// The array grows the full LUN by 8 GiB while every node appends to the
+/// mounted volume `v`; `v` then grows into the new space: the controller
+/// finds no room, looks, extends the table over the new space; each node
+/// finds a table larger than its LUN, rescans its paths and has multipathd
+/// resize the map before it maps the new extent. No append fails.
+fn lun_growth(
+    lab: &Lab,
+    rt: &tokio::runtime::Runtime,
+    c: &mut ControllerClient<Channel>,
+    v: &Volume,
+) {
+    use ocfs2_csi::csi::GetCapacityRequest;
+    let what = "lun-growth";
+    let capacity = |c: &mut ControllerClient<Channel>| {
+        rt.block_on(c.get_capacity(GetCapacityRequest::default()))
+            .unwrap()
+            .into_inner()
+    };
+    let guid = v.volume_context["partitionGuid"].clone();
+    // Fill the LUN: the growth can only land in space the array adds.
+    let room = capacity(c).maximum_volume_size.unwrap_or_default() as u64;
+    let filler = rt
+        .block_on(c.create_volume(create_request("pvc-lun-filler", room / MIB * MIB)))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let refused = rt
+        .block_on(c.create_volume(create_request("pvc-no-room", GIB)))
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let dir = target(v);
+    for node in ALL {
+        start_appender(lab, node, &dir, what);
+    }
+    wait_appenders_past(lab, &ALL, &[0; NODES], what);
+    let before: Vec<u64> = ALL.iter().map(|&n| acked(lab, n)).collect();
+    let old_lun = std::fs::metadata(lab.lun()).unwrap().len();
+    let t = Instant::now();
+    lab.grow_lun(old_lun + 8 * GIB);
+    let grown_on_array = t.elapsed();
+    let t = Instant::now();
+    let want = 4 * GIB;
+    rt.block_on(c.controller_expand_volume(expand_request(&v.volume_id, want)))
+        .unwrap();
+    let table_took = t.elapsed();
+    let on_lun = volume_on(&lab.lun(), &guid);
+    let last = on_lun.extents.last().unwrap();
+    assert!(
+        on_lun.extents.len() >= 2 && last.offset >= old_lun - 2 * MIB,
+        "the growth lies in the space the array added: {on_lun:?}"
+    );
+    let t = Instant::now();
+    let sizes: Vec<i64> = rt.block_on(futures::future::join_all(ALL.map(|node| async move {
+        let mut n = lab.node_client(node).await;
+        n.node_expand_volume(expand_req(v))
+            .await
+            .unwrap_or_else(|e| panic!("node{node}: expand: {e:?}"))
+            .into_inner()
+            .capacity_bytes
+    })));
+    let nodes_took = t.elapsed();
+    assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
+    let luns = lab.on_all(&format!("blockdev --getsize64 {}", lab.guest_lun));
+    for (i, size) in luns.iter().enumerate() {
+        assert_eq!(
+            size.trim().parse::<u64>().unwrap(),
+            old_lun + 8 * GIB,
+            "node{}'s multipath map has the LUN's new size",
+            i + 1
+        );
+    }
+    for node in ALL {
+        let df = lab.must(node, &format!("df -P -B1 {dir} | tail -n 1"));
+        let total: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(total + 64 * MIB >= want, "node{node} sees {total} bytes");
+    }
+    let after: Vec<u64> = ALL.iter().map(|&n| acked(lab, n)).collect();
+    wait_appenders_past(lab, &ALL, &after, what);
+    let mut stalls = Vec::new();
+    for node in ALL {
+        let (acked_now, errors) = stop_appender(lab, node);
+        assert!(
+            errors.trim().is_empty(),
+            "{what}: node{node} append errors:\n{errors}"
+        );
+        assert!(
+            acked_now > before[node - 1],
+            "{what}: node{node} did not go on"
+        );
+        assert_log_holds(lab, 1, &dir, what, &format!("node{node}"), acked_now);
+        stalls.push(format!("{:.1}", longest_stall(lab, node)));
+    }
+    let left = capacity(c).available_capacity as u64;
+    assert!(
+        left > 3 * GIB && left < 8 * GIB,
+        "GetCapacity offers what the growth left of the new space: {left}"
+    );
+    println!(
+        "{what}: LUN {} -> {} GiB on the array in {:.1} s (paths held for tgt's reopen); \
+         ControllerExpandVolume past the full LUN took {:.1} s, NodeExpandVolume on 3 nodes \
+         (rescan, multipath resize, map, filesystem) {:.1} s; capacities {sizes:?}; \
+         GetCapacity then {:.1} GiB; 0 append errors; longest write stall per node {stalls:?} s",
+        old_lun / GIB,
+        (old_lun + 8 * GIB) / GIB,
+        grown_on_array.as_secs_f64(),
+        table_took.as_secs_f64(),
+        nodes_took.as_secs_f64(),
+        left as f64 / GIB as f64,
+    );
+    rt.block_on(c.delete_volume(delete_request(&filler.volume_id)))
+        .unwrap();
+}
+
 pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)) {
     let total = Instant::now();
     let (_controller, mut c, v) = shared_volume(lab, rt, "pvc-path-faults");
@@ -537,6 +655,7 @@ pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(us
         });
         both_paths_back("all-paths-short");
     });
+    scenario("san-lun-growth", || lun_growth(lab, rt, &mut c, &v));
     scenario("san-all-paths-long", || {
         lose_and_recover(
             lab,
