@@ -27,6 +27,9 @@
 #                                            K/M/G suffixes): guests see it as a real
 #                                            host would (virtio at once, iSCSI after
 #                                            a rescan)
+#   e2e/lab.sh add-lun SIZE                  a new LUN (lunK.raw) zoned to every guest:
+#                                            hot-plugged as /dev/vdb, /dev/vdc, ... (and
+#                                            there at every later boot); prints it
 #
 # Env: LAB_STATE_DIR (default .cache/lab/run), LAB_IMAGE_DIR (default
 # $OCFS2_CSI_CACHE/lab/image), LAB_BOOT_TIMEOUT (120 s), LAB_EXEC_TIMEOUT (300 s),
@@ -270,7 +273,7 @@ cmd_up() {
 	command -v qemu-system-x86_64 >/dev/null || { err "qemu-system-x86_64 missing: run e2e/deps.sh"; exit 1; }
 
 	mkdir -p "$STATE"
-	rm -f "$STATE"/node-*.console.log "$STATE"/node-*.qemu.log "$STATE"/node-*.qmp "$STATE/lun.raw"
+	rm -f "$STATE"/node-*.console.log "$STATE"/node-*.qemu.log "$STATE"/node-*.qmp "$STATE"/lun*.raw "$STATE/added-luns"
 	# The lab boots, and boots again (`start`), from its own links to the
 	# image: another lab rebuilding the shared image for another binary
 	# meanwhile must not change what a guest booted again here runs.
@@ -340,6 +343,12 @@ boot_node() {
 		# shellcheck disable=SC2054 # QEMU's own comma-separated options
 		lun_args=(-drive "file=$STATE/lun.raw,format=raw,if=none,id=d0,cache=none,file.locking=off"
 			-device virtio-blk-pci,drive=d0,share-rw=on,serial=lab-lun0)
+		local k
+		while read -r k; do
+			# shellcheck disable=SC2054
+			lun_args+=(-drive "file=$STATE/lun$k.raw,format=raw,if=none,id=d$k,cache=none,file.locking=off"
+				-device "virtio-blk-pci,drive=d$k,id=lun$k,share-rw=on,serial=lab-lun$k")
+		done < <(cat "$STATE/added-luns" 2>/dev/null)
 	fi
 	BOOT_START[$i]=$(now)
 	# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer
@@ -597,8 +606,32 @@ cmd_grow_lun() {
 	log "LUN grown from $cur to $bytes bytes (paths held for the reopen)"
 }
 
+# A LUN the SAN admin zones to every host: a new file, hot-plugged into
+# every running guest as the next virtio disk (guests booted later get it
+# on their command line). Prints the guest's device.
+cmd_add_lun() {
+	local size=${1:-} k i file letter
+	[ -n "$size" ] || { err "usage: add-lun SIZE"; exit 2; }
+	[ ! -f "$STATE/san" ] || { err "add-lun: only on the virtio lab"; exit 2; }
+	k=$(($(wc -l <"$STATE/added-luns" 2>/dev/null || echo 0) + 1))
+	file=$STATE/lun$k.raw
+	truncate -s "$size" "$file"
+	for i in $(seq "$(node_count)"); do
+		qemu_pid "$i" >/dev/null || continue
+		qmp "$i" blockdev-add "{\"driver\": \"raw\", \"node-name\": \"d$k\", \"cache\": {\"direct\": true},
+			\"file\": {\"driver\": \"file\", \"filename\": \"$file\", \"locking\": \"off\"}}"
+		qmp "$i" device_add "{\"driver\": \"virtio-blk-pci\", \"id\": \"lun$k\", \"drive\": \"d$k\",
+			\"serial\": \"lab-lun$k\", \"share-rw\": true}"
+	done
+	echo "$k" >>"$STATE/added-luns"
+	letter=$(echo abcdefghijklmnopqrstuvwxyz | cut -c$((k + 1)))
+	log "LUN $file ($size) added to every guest as /dev/vd$letter"
+	echo "/dev/vd$letter"
+}
+
 case "${1:-}" in
 up) shift; need_root; cmd_up "$@" ;;
+add-lun) shift; need_root; cmd_add_lun "$@" ;;
 grow-lun) shift; need_root; cmd_grow_lun "$@" ;;
 exec) shift; need_root; cmd_exec "$@" ;;
 status) need_root; cmd_status ;;
@@ -650,7 +683,7 @@ target-start)
 	target_start || exit 1
 	;;
 *)
-	sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'
 	[ -n "${1:-}" ] && exit 2
 	exit 0
 	;;

@@ -140,6 +140,40 @@ impl Lab {
         self.control_args(&["grow-lun", &bytes.to_string()]);
     }
 
+    /// A new LUN zoned to every guest (e2e/lab.sh add-lun): its file here
+    /// and its device in the guests. Node plugins started from now on are
+    /// given it too, as a chart's `luns` after the change.
+    pub fn add_lun(&self, size: &str) -> (PathBuf, String) {
+        let out = self
+            .script()
+            .args(["add-lun", size])
+            .output()
+            .expect("run e2e/lab.sh add-lun");
+        assert!(
+            out.status.success(),
+            "lab add-lun failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let guest = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let k = self.added_luns().len();
+        (self.state.join(format!("lun{k}.raw")), guest)
+    }
+
+    /// The guest devices of the LUNs `add_lun` added, in order.
+    fn added_luns(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state.join("added-luns"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|k| k.trim().parse::<u8>().ok())
+            .map(|k| format!("/dev/vd{}", (b'a' + k) as char))
+            .collect()
+    }
+
     /// How many of guest `node`'s paths multipath has active and ready.
     pub fn active_paths(&self, node: usize) -> usize {
         let (_, out) = self.exec(
@@ -329,7 +363,7 @@ impl Lab {
                    --cluster-name {cluster} --cluster-id {cluster}-id {membership} \
                    --dead-threshold {} --idle-timeout-ms {} \
                    --keepalive-delay-ms {} --reconnect-delay-ms {} \
-                   --lun {lun} --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
+                   --lun {lun}{added} --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
                    >>/tmp/node.log 2>&1 </dev/null &
                  echo $! > /tmp/node.pid",
                 t.dead_threshold,
@@ -337,6 +371,11 @@ impl Lab {
                 t.keepalive_delay_ms,
                 t.reconnect_delay_ms,
                 lun = self.guest_lun,
+                added = self
+                    .added_luns()
+                    .iter()
+                    .map(|l| format!(" --lun {l}"))
+                    .collect::<String>(),
             ),
         );
     }

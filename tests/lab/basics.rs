@@ -190,7 +190,7 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let mut controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
     let mut c = rt.block_on(controller.client());
 
     // --- 1. two node plugins form the cluster ---------------------------
@@ -465,6 +465,19 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     assert_writers_clean(lab, "scenario 4");
 
     // --- 5. plugin restart under I/O -----------------------------------------
+    // On the virtio lab the restart is a rollout that adds a LUN to the
+    // pool (the chart's `luns`): the controller first, then each plugin.
+    let added = all.then(|| {
+        let (host, guest) = lab.add_lun("2G");
+        lab.on_all(&format!(
+            "for i in $(seq 100); do [ -b {guest} ] && exit 0; sleep 0.1; done; exit 1"
+        ));
+        controller.stop();
+        controller = rt.block_on(Controller::start(&[lun.clone(), host.clone()], dir.path()));
+        c = rt.block_on(controller.client());
+        (host, guest)
+    });
+    let mounted: Vec<String> = (1..=3).map(|n| mount_ids(lab, n, &shared)).collect();
     start_writers(lab, &dir_of);
     wait_writers_past(lab, &[(0, 0); 3], "scenario 5: writers running");
     for node in 1..=3 {
@@ -475,19 +488,35 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
             "scenario 5: node{node}: plugin SIGKILLed and restarted under I/O; Probe ready after {:.1} s",
             took.as_secs_f64()
         );
-        assert!(took < Duration::from_secs(10), "adoption took {took:?}");
-        // The new process adopted the kernel's state instead of redoing it.
+        // The new process adopted the kernel's state instead of redoing it;
+        // on an added LUN it started heartbeat, which waits for the region
+        // to go live.
         let log = lab.must(node, "tail -n 60 /tmp/node.log");
         assert!(
             log.contains("global heartbeat already running; adopted"),
             "{log}"
         );
+        if added.is_some() {
+            assert!(log.contains("global heartbeat started"), "{log}");
+        } else {
+            assert!(took < Duration::from_secs(10), "adoption took {took:?}");
+        }
         assert!(log.contains("staged volume adopted"), "{log}");
     }
     // The writers go on after the last restart.
     let counts = writer_counts(lab);
     wait_writers_past(lab, &counts, "scenario 5: writers after the restarts");
     assert_writers_clean(lab, "scenario 5");
+    for node in 1..=3 {
+        assert_eq!(
+            mount_ids(lab, node, &shared),
+            mounted[node - 1],
+            "node{node} remounted the volume"
+        );
+    }
+    if let Some((host, guest)) = &added {
+        lun_added(lab, rt, &mut c, host, guest);
+    }
     for node in 1..=3 {
         let stats = rt
             .block_on(async {
@@ -629,6 +658,82 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
         volume_partitions(&lun)
     );
     println!("basic scenarios finished in {}", secs(total));
+}
+
+/// After the rollout that added the LUN `host` (`guest` in the guests):
+/// every node heartbeats on it too, and a volume carved from it is shared
+/// by all three.
+fn lun_added(
+    lab: &Lab,
+    rt: &tokio::runtime::Runtime,
+    c: &mut ocfs2_csi::csi::controller_client::ControllerClient<tonic::transport::Channel>,
+    host: &std::path::Path,
+    guest: &str,
+) {
+    let t = Instant::now();
+    let disk = {
+        use ocfs2_csi::disk::{gpt, lun_io::LunFile};
+        gpt::read(&LunFile::open(host).unwrap())
+            .unwrap()
+            .gpt
+            .disk_guid
+    };
+    let region = lab.must(
+        1,
+        &format!("blkid -p -o value -s UUID /dev/mapper/ocfs2csi-hb-{disk}"),
+    );
+    let region = region.trim().replace('-', "").to_uppercase();
+    assert!(!region.is_empty(), "no heartbeat map on {guest}");
+    for node in 1..=3 {
+        let live = lab.must(
+            node,
+            &format!(
+                "ls /sys/kernel/config/cluster/{CLUSTER}/heartbeat/ | grep -c '^[0-9A-F]\\{{32\\}}$'; \
+                 cat /sys/kernel/debug/o2hb/{region}/livenodes"
+            ),
+        );
+        let mut lines = live.lines();
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("2"),
+            "node{node}: two heartbeat regions: {live}"
+        );
+        assert!(
+            lines.next().unwrap_or("").trim() == "0 1 2",
+            "node{node}: all three heartbeat on the new LUN: {live}"
+        );
+    }
+    let mut req = create_request("pvc-on-new-lun", GIB);
+    req.parameters
+        .insert("lun".into(), host.display().to_string());
+    let v = rt
+        .block_on(c.create_volume(req))
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(volume_on(host, guid_of(&v)).extents.len(), 1);
+    for node in 1..=3 {
+        rt.block_on(stage_and_publish(lab, node, &v));
+    }
+    let dir = target(&v);
+    lab.must(
+        1,
+        &format!("dd if=/dev/urandom of={dir}/data bs=1M count=8 2>/dev/null && sync"),
+    );
+    let sums = lab.on_all(&format!("md5sum < {dir}/data"));
+    assert!(sums.iter().all(|s| s == &sums[0]), "{sums:?}");
+    for node in 1..=3 {
+        rt.block_on(unpublish_and_unstage(lab, node, &v));
+    }
+    rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
+        .unwrap();
+    println!(
+        "scenario 5: a LUN added by a rollout (controller, then each plugin under I/O, \
+         no remount): all three heartbeat on it, and a volume carved from it was shared \
+         by all three, in {}",
+        secs(t)
+    );
 }
 
 /// csi-sanity's skipped specs from its JUnit file, counted by the message
