@@ -445,12 +445,7 @@ fn inspect_after_kill(lun: &Path, vols: &[Vol], chains: &[Chain], answered: &[us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_during_expands_leave_old_or_new_sizes() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
-    println!("seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = crash_rng(DEFAULT_SEED);
     let dir = tempfile::tempdir().unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", LUN_BYTES);
     let mut ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;

@@ -31,17 +31,6 @@ const START_BYTES: u64 = 4 * GIB;
 const CRASH_LEASE: &[&str] = &["--writer-lease-secs", "1"];
 const DEFAULT_SEED: u64 = 0x6c75_6e67_726f_7768;
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        // xorshift64*: reproducible from the printed seed.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
-
 /// Which step of the move and growth a kill left on disk.
 fn stage(lun: &Path, old_end: u64, old_size: u64, guid: &str) -> &'static str {
     let io = LunFile::open(lun).unwrap();
@@ -75,12 +64,7 @@ fn stage(lun: &Path, old_end: u64, old_size: u64, guid: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_while_taking_new_space_leave_a_whole_table() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
-    println!("seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = crash_rng(DEFAULT_SEED);
     let dir = tempfile::tempdir().unwrap();
     let lun = sparse_lun(dir.path(), "lun.raw", START_BYTES);
     let mut ctl = Controller::start_with(std::slice::from_ref(&lun), dir.path(), CRASH_LEASE).await;

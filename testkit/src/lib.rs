@@ -477,6 +477,17 @@ pub fn table_bytes(lun: &Path) -> Vec<u8> {
 /// xorshift64*: enough randomness for kill timing and op mixes, no crate.
 pub struct Rng(pub u64);
 
+/// The crash tests' generator: seeded with `default` so a failure replays,
+/// or with CRASH_SEED to explore; the seed is printed.
+pub fn crash_rng(default: u64) -> Rng {
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("seed {seed}");
+    Rng(seed | 1)
+}
+
 impl Rng {
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
