@@ -17,8 +17,13 @@
 //! long until the survivors write again and their plugins report it dead,
 //! and how long node3 takes to boot and rejoin.
 //!
+//! Transport: NodeStageVolume latency and one guest's OCFS2/raw throughput
+//! on the virtio LUN file and on the SAN lab's multipath LUN (iSCSI, two
+//! paths per guest), side by side.
+//!
 //! `LAB_BENCH_ONLY=node-loss` runs the node-loss lab alone,
-//! `LAB_BENCH_ONLY=stage` the NodeStageVolume figures alone.
+//! `LAB_BENCH_ONLY=stage` the NodeStageVolume figures alone,
+//! `LAB_BENCH_ONLY=transport` the transport comparison alone.
 //!
 //! Each figure is a table and an SVG chart in target/bench/. Printed, never
 //! enforced: absolute times in TCG guests are not production figures.
@@ -464,9 +469,9 @@ enum Target {
     Raw(String),
 }
 
-/// The shell command for `op` on `target` (busybox dd; `$i` set before).
-fn io_command(op: Op, target: &Target) -> String {
-    let n = SEQ_BLOCKS;
+/// The shell command for `op` on `target` (busybox dd; `$i` set before),
+/// `n` blocks of 4 MiB for the sequential tests.
+fn io_command(op: Op, target: &Target, n: u64) -> String {
     let offsets: Vec<String> = random_blocks().iter().map(|o| o.to_string()).collect();
     let per_region = n * BLOCK / 4096;
     match (op, target) {
@@ -528,12 +533,13 @@ fn timed(lab: &Lab, all: bool, command: &str) -> Vec<f64> {
         .collect()
 }
 
-/// Aggregate rate of one run: all guests' work over the slowest guest.
-fn rate(op: Op, elapsed: &[f64]) -> f64 {
+/// Aggregate rate of one run (`n` blocks per guest for the sequential
+/// tests): all guests' work over the slowest guest.
+fn rate(op: Op, elapsed: &[f64], n: u64) -> f64 {
     let slowest = elapsed.iter().cloned().fold(0.0, f64::max).max(0.01);
     let per_guest = match op {
         Op::RandWrite => RAND_WRITES as f64,
-        _ => (SEQ_BLOCKS * BLOCK) as f64 / MIB as f64,
+        _ => (n * BLOCK) as f64 / MIB as f64,
     };
     per_guest * elapsed.len() as f64 / slowest
 }
@@ -543,6 +549,20 @@ fn rate(op: Op, elapsed: &[f64]) -> f64 {
 /// the heartbeat partition, and at the start and size the GPT gives it.
 /// Returns the rows and the cost of one `dd` process start (ms).
 fn throughput(rt: &Rt, lab: &Lab, controller: &Controller) -> (Vec<Io>, f64) {
+    let ops = [Op::SeqWrite, Op::SeqOverwrite, Op::SeqRead, Op::RandWrite];
+    throughput_of(rt, lab, controller, SEQ_BLOCKS, &[false, true], &ops)
+}
+
+/// `throughput` with `n` blocks per sequential test, for one guest and/or
+/// three (`guests`: all three?), the operations `ops`.
+fn throughput_of(
+    rt: &Rt,
+    lab: &Lab,
+    controller: &Controller,
+    n: u64,
+    guests: &[bool],
+    ops: &[Op],
+) -> (Vec<Io>, f64) {
     let fs = create(rt, controller, "bench-io", 2 * GIB, &[]);
     let raw = create(rt, controller, "bench-raw", 2 * GIB, &[]);
     for node in 1..=3 {
@@ -570,11 +590,11 @@ fn throughput(rt: &Rt, lab: &Lab, controller: &Controller) -> (Vec<Io>, f64) {
     let raw_target = Target::Raw(dev);
 
     let mut rows = Vec::new();
-    for all in [false, true] {
-        for op in [Op::SeqWrite, Op::SeqOverwrite, Op::SeqRead, Op::RandWrite] {
+    for &all in guests {
+        for &op in ops {
             // OCFS2 first: the random writes overwrite the file just written.
-            let ocfs2 = rate(op, &timed(lab, all, &io_command(op, &fs_target)));
-            let raw = rate(op, &timed(lab, all, &io_command(op, &raw_target)));
+            let ocfs2 = rate(op, &timed(lab, all, &io_command(op, &fs_target, n)), n);
+            let raw = rate(op, &timed(lab, all, &io_command(op, &raw_target, n)), n);
             let guests = if all { 3 } else { 1 };
             println!(
                 "  {} x{guests}: ocfs2 {} raw {}",
@@ -1034,6 +1054,107 @@ fn report_heartbeat(r: &mut Report, global: &[Heartbeat], local: &[Heartbeat], n
     }
 }
 
+// --- transport: the shared virtio LUN file against iSCSI with dm-multipath ----
+
+/// Sequential blocks (4 MiB) per test in the transport comparison: iSCSI
+/// through the lab's relays carries a few MB/s under TCG.
+const TRANSPORT_BLOCKS: u64 = 16;
+
+/// One transport's figures, all from the same kind of measurement.
+struct Transport {
+    name: &'static str,
+    stage: Stage,
+    io: Vec<Io>,
+}
+
+fn transport_of(rt: &Rt, lab: &Lab, controller: &Controller, name: &'static str) -> Transport {
+    let stage = Stage::of_new_volume(rt, lab, controller, "global");
+    let ops = [Op::SeqWrite, Op::SeqOverwrite, Op::SeqRead];
+    let (io, _) = throughput_of(rt, lab, controller, TRANSPORT_BLOCKS, &[false], &ops);
+    Transport { name, stage, io }
+}
+
+/// The SAN lab: iSCSI on two paths per guest through dm-multipath, the
+/// driver given the map's by-id path; controller and plugins as `cluster`.
+fn cluster_san(rt: &Rt, name: &str) -> (Lab, Controller) {
+    let lab = Lab::up_san(name, 3, LAB_LUN);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &dir));
+    lab.write_members(&[1, 2, 3]);
+    for node in 1..=3 {
+        lab.start_node_plugin(node, CLUSTER);
+    }
+    for node in 1..=3 {
+        let took = rt.block_on(lab.wait_node_ready(node, Duration::from_secs(180)));
+        println!(
+            "  node{node} plugin ready (multipath LUN) in {:.1} s",
+            took.as_secs_f64()
+        );
+    }
+    (lab, controller)
+}
+
+fn report_transport(r: &mut Report, runs: &[Transport]) {
+    let mut t = Table::new(
+        "Transport: the shared virtio LUN file against iSCSI over two paths with dm-multipath",
+        &[
+            "LUN",
+            "NodeStage p50 (s)",
+            "bare mount p50 (s)",
+            "stage/bare",
+            "test",
+            "OCFS2 (MiB/s)",
+            "raw (MiB/s)",
+            "OCFS2/raw",
+        ],
+    )
+    .note(format!(
+        "Same run, same guests' image, one guest; sequential busybox dd with O_DIRECT, \
+         {} MiB per test in 4 MiB blocks; raw: the map of a second, never-mounted volume",
+        TRANSPORT_BLOCKS * BLOCK / MIB
+    ))
+    .note(
+        "iSCSI: tgtd in the lab's namespace serving the same kind of sparse file, each path a \
+         QEMU user-mode NIC whose portal is relayed to tgtd; absolute figures are the lab's, the \
+         ratios are the point",
+    );
+    for run in runs {
+        let st = &run.stage.stage;
+        for io in &run.io {
+            t.row(vec![
+                run.name.into(),
+                num(percentile(st, 0.5)),
+                num(percentile(&run.stage.bare, 0.5)),
+                format!("{:.2}", run.stage.ratio()),
+                io.op.name().into(),
+                num(io.ocfs2),
+                num(io.raw),
+                format!("{:.2}", io.ratio()),
+            ]);
+        }
+    }
+    r.table(&t);
+    for run in runs {
+        println!(
+            "BENCH transport lun={:?} stage_p50_s={:.3} bare_p50_s={:.3} ratio={:.2}",
+            run.name,
+            percentile(&run.stage.stage, 0.5),
+            percentile(&run.stage.bare, 0.5),
+            run.stage.ratio()
+        );
+        for io in &run.io {
+            println!(
+                "BENCH transport lun={:?} test={:?} ocfs2={:.2} raw={:.2} ratio={:.3}",
+                run.name,
+                io.op.name(),
+                io.ocfs2,
+                io.raw,
+                io.ratio()
+            );
+        }
+    }
+}
+
 fn main() {
     // A lab image of our own: the release binary must not replace the
     // image other labs on this machine boot from.
@@ -1055,6 +1176,23 @@ fn main() {
         step("node-loss lab, default timeouts");
         let losses = node_loss(&rt);
         report_node_loss(&mut report, &losses);
+        report.finish();
+        step("done");
+        return;
+    }
+
+    if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("transport") {
+        step("virtio LUN lab, transport figures");
+        let (lab, controller) = cluster(&rt, "bench-global", "global");
+        let virtio = transport_of(&rt, &lab, &controller, "virtio (shared file)");
+        drop(controller);
+        drop(lab);
+        step("SAN lab, transport figures");
+        let (lab, controller) = cluster_san(&rt, "bench-san");
+        let san = transport_of(&rt, &lab, &controller, "iSCSI + multipath");
+        drop(controller);
+        drop(lab);
+        report_transport(&mut report, &[virtio, san]);
         report.finish();
         step("done");
         return;
@@ -1085,10 +1223,18 @@ fn main() {
     let growth = growth_by_nodes(&rt, &lab, &controller);
     step("throughput, OCFS2 vs raw");
     let (io, spawn_ms) = throughput(&rt, &lab, &controller);
+    step("transport figures, virtio LUN");
+    let virtio = transport_of(&rt, &lab, &controller, "virtio (shared file)");
     step("heartbeat I/O, global");
     let (global_hb, global_note) = heartbeat_io(&rt, &lab, &controller, "global");
     drop(controller);
     drop(lab);
+    step("SAN lab, transport figures");
+    let (lab, controller) = cluster_san(&rt, "bench-san");
+    let san = transport_of(&rt, &lab, &controller, "iSCSI + multipath");
+    drop(controller);
+    drop(lab);
+    report_transport(&mut report, &[virtio, san]);
     report_growth(&mut report, &growth);
     report_io(&mut report, &io, spawn_ms);
 
