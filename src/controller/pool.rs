@@ -298,14 +298,14 @@ impl Lun {
     }
 
     /// After the array grew the LUN: extends the table over the new space
-    /// (its backup moved to the new end) and returns the bytes before and
-    /// after; None when there is none. Call with `lock` held. A controller
-    /// that is not the LUN's writer changes nothing and says so.
-    pub async fn take_new_space(&self) -> Result<Option<(u64, u64)>, LunError> {
+    /// (its backup moved to the new end); false when there is none. Call
+    /// with `lock` held. A controller that is not the LUN's writer changes
+    /// nothing and says so.
+    pub async fn take_new_space(&self) -> Result<bool, LunError> {
         self.refresh().await?;
         let table = self.read_table().await?;
         let Some((grown, old_backup)) = table.grown() else {
-            return Ok(None);
+            return Ok(false);
         };
         self.writer
             .check()
@@ -330,14 +330,13 @@ impl Lun {
         self.write_table(&grown).await?;
         let ss = self.sector_size();
         let bytes = |g: &Gpt| (g.last_usable_lba + 1) * ss;
-        let (from, to) = (bytes(&table), bytes(&grown));
         tracing::info!(
             lun = %self.name(),
-            from,
-            to,
+            from = bytes(&table),
+            to = bytes(&grown),
             "the LUN grew: its partition table now spans the new space"
         );
-        Ok(Some((from, to)))
+        Ok(true)
     }
 
     pub fn stalled(&self, what: &'static str, stalled: crate::disk::blocking::Stalled) -> LunError {
@@ -611,8 +610,6 @@ async fn scan_blank(name: &str, io: Arc<dyn BlockIo>) -> Result<Vec<Found>, LunE
     .await
 }
 
-/// Runs LUN I/O on a blocking thread for at most `limit`; a stall and an
-/// I/O error become the LUN's errors, naming `what` was being done.
 /// Rescans `path` on this host (when it is a block device) and has `io`
 /// read its size again; see `disk::rescan`. A rescan that fails is logged
 /// and the size read anyway: the node plugin on this host rescans too, and
@@ -658,8 +655,7 @@ pub async fn watch_size(lun: Arc<Lun>, every: Duration) {
         tokio::time::sleep(every).await;
         let _locked = lun.lock().await;
         match lun.take_new_space().await {
-            Ok(_) => {}
-            Err(LunError::Writer { .. }) => {}
+            Ok(_) | Err(LunError::Writer { .. }) => {}
             Err(e) => {
                 tracing::warn!(lun = %lun.name(), error = %e, "could not check whether the LUN grew")
             }
@@ -667,6 +663,8 @@ pub async fn watch_size(lun: Arc<Lun>, every: Duration) {
     }
 }
 
+/// Runs LUN I/O on a blocking thread for at most `limit`; a stall and an
+/// I/O error become the LUN's errors, naming `what` was being done.
 async fn lun_io<T: Send + 'static>(
     lun: &str,
     what: &'static str,

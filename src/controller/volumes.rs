@@ -425,6 +425,10 @@ impl Volumes {
             let _locked = lun.lock().await;
             let mut table = lun.read_table().await?;
             let ss = lun.sector_size();
+            // Full as this host sees it: the array may have grown it.
+            if place_volume(&table, partition_bytes / ss).is_none() && take_new_space(lun).await {
+                table = lun.read_table().await?;
+            }
             lun_capacity = lun_capacity.max(accounted.usable_bytes(
                 (table.last_usable_lba - table.first_usable_lba + 1) * ss,
                 ALIGN,
@@ -444,19 +448,8 @@ impl Volumes {
                     .max()
                     .unwrap_or(0),
             );
-            let first = match place_volume(&table, sectors) {
-                Some(first) => first,
-                // Full as this host sees it: the array may have grown it.
-                None => match take_new_space(lun).await {
-                    Some(()) => {
-                        table = lun.read_table().await?;
-                        match place_volume(&table, sectors) {
-                            Some(first) => first,
-                            None => continue,
-                        }
-                    }
-                    None => continue,
-                },
+            let Some(first) = place_volume(&table, sectors) else {
+                continue;
             };
             let at = Placement {
                 number,
@@ -783,7 +776,7 @@ impl Volumes {
         }
         let new_bytes = e.layout.partition_bytes(wanted, ALIGN);
         let mut plan = grow_plan(&table, &e, new_bytes - e.size);
-        if plan.is_err() && take_new_space(lun).await.is_some() {
+        if plan.is_err() && take_new_space(lun).await {
             table = lun.read_table().await?;
             plan = grow_plan(&table, &e, new_bytes - e.size);
         }
@@ -934,22 +927,19 @@ impl Volumes {
     }
 }
 
-/// `LUN.PARTITION`, as `list` hands out.
 /// When a LUN has no room left as this host sees it: whether the array
 /// grew it and the table now spans more (`Lun::take_new_space`; the
 /// caller holds the LUN's lock). A failed look is logged and counts as no:
 /// the caller's "no room" answer stands, and the log says why the new
 /// space, if any, was not seen.
-async fn take_new_space(lun: &Lun) -> Option<()> {
-    match lun.take_new_space().await {
-        Ok(grew) => grew.map(|_| ()),
-        Err(e) => {
-            tracing::warn!(lun = %lun.name(), error = %e, "the LUN is full; looking for space the array added failed");
-            None
-        }
-    }
+async fn take_new_space(lun: &Lun) -> bool {
+    lun.take_new_space().await.unwrap_or_else(|e| {
+        tracing::warn!(lun = %lun.name(), error = %e, "the LUN is full; looking for space the array added failed");
+        false
+    })
 }
 
+/// `LUN.PARTITION`, as `list` hands out.
 fn parse_token(token: &str) -> Option<(u32, u32)> {
     let (lun, number) = token.split_once('.')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
