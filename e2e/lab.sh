@@ -21,8 +21,8 @@
 #                                            (QEMU I/O throttle); the guest runs on
 #   e2e/lab.sh path-down|path-up NODE P      (--san) NODE's path P (1 or 2) loses /
 #                                            regains its link (QMP set_link)
-#   e2e/lab.sh target-stop|target-start      (--san) the iSCSI target goes away /
-#                                            comes back with the same LUN
+#   e2e/lab.sh target-stop|target-start      (--san) the iSCSI target goes away, its
+#                                            ports dark / comes back with the same LUN
 #   e2e/lab.sh grow-lun SIZE                 the array grows the LUN to SIZE (bytes or
 #                                            K/M/G suffixes): guests see it as a real
 #                                            host would (virtio at once, iSCSI after
@@ -557,6 +557,15 @@ need_root() {
 
 # The array grows the LUN. On the virtio lab every QEMU resizes its drive
 # (the guest kernel learns the new capacity at once, as from a hypervisor).
+# Every running guest's two path links go down (false) or up (true).
+set_path_links() {
+	local i p
+	for i in $(seq "$(node_count)"); do
+		qemu_pid "$i" >/dev/null || continue
+		for p in 1 2; do qmp "$i" set_link "{\"name\": \"path$p\", \"up\": $1}"; done
+	done
+}
+
 # tgt reads a LU's size only when it opens the backing file, while an array
 # grows a LUN in place; so the SAN lab holds every guest's path links down
 # (I/O waits in the guests, as in a short path fault), waits until tgtd
@@ -578,13 +587,7 @@ cmd_grow_lun() {
 		log "LUN grown from $cur to $bytes bytes"
 		return
 	fi
-	set_links() {
-		for i in $(seq "$(node_count)"); do
-			qemu_pid "$i" >/dev/null || continue
-			for p in 1 2; do qmp "$i" set_link "{\"name\": \"path$p\", \"up\": $1}"; done
-		done
-	}
-	set_links false
+	set_path_links false
 	# Quiet: no command submitted and not done, and the counters the same
 	# on two looks in a row (nothing arrived from a relay's buffer).
 	last="" n=0
@@ -593,16 +596,16 @@ cmd_grow_lun() {
 			awk 'NR > 1 { busy += ($5 - $7) + ($9 - $11); all = all " " $5 "/" $9 } END { print busy + 0, all }')
 		if [ "${stat%% *}" = 0 ] && [ "$stat" = "$last" ]; then break; fi
 		last=$stat n=$((n + 1))
-		[ "$n" -lt 600 ] || { set_links true; err "grow-lun: tgtd never went quiet ($stat)"; exit 1; }
+		[ "$n" -lt 600 ] || { set_path_links true; err "grow-lun: tgtd never went quiet ($stat)"; exit 1; }
 		sleep 0.1
 	done
 	if ! tgtadm -C "$(tgt_port)" --lld iscsi --mode logicalunit --op update --tid 1 --lun 1 \
 		--params "online=0,path=$STATE/lun.raw"; then
-		set_links true
+		set_path_links true
 		err "grow-lun: tgtd did not reopen the LUN (log: $STATE/tgtd.log)"
 		exit 1
 	fi
-	set_links true
+	set_path_links true
 	log "LUN grown from $cur to $bytes bytes (paths held for the reopen)"
 }
 
@@ -672,15 +675,23 @@ path-down | path-up)
 	qmp "$i" set_link "{\"name\": \"path$3\", \"up\": $up}" &&
 		log "node$i: path $3 $( [ "$up" = true ] && echo up || echo down)"
 	;;
+# An array restarting: its ports stop answering (every guest's path links
+# go down) while tgtd is gone, and answer again once the target is back.
+# Links, not only tgtd: the portal relay accepts a connection before it
+# can reach tgtd and then closes it, and a connection closed that way
+# during a re-login sends Debian 12's open-iscsi (2.1.8) into a loop it
+# never leaves (README, "Known problems").
 target-stop)
 	need_root
 	[ -f "$STATE/san" ] || { err "$1: not a --san lab"; exit 2; }
-	target_stop && log "iSCSI target stopped"
+	set_path_links false
+	target_stop && log "iSCSI target stopped, its ports dark"
 	;;
 target-start)
 	need_root
 	[ -f "$STATE/san" ] || { err "$1: not a --san lab"; exit 2; }
 	target_start || exit 1
+	set_path_links true
 	;;
 *)
 	sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'
