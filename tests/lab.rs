@@ -87,7 +87,6 @@ fn lab_san_multipath() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     scenario("san-basics", || basics::run_transport(&lab, &rt));
     failure::run_san(&lab, &rt, &|node| {
-        lab.san_setup(node);
         lab.write_members_on(node, &[1, 2, 3]);
         lab.start_node_plugin(node, CLUSTER);
     });

@@ -18,8 +18,10 @@ pub struct Lab {
     /// sets them before it starts any plugin.
     pub timeouts: Timeouts,
     /// The LUN as the guests see it: the virtio disk, or in a SAN lab the
-    /// stable path of its multipath map.
+    /// stable path of its multipath map. A guest set up otherwise
+    /// (`san_setup_single`) has its own (`guest_lun_of`).
     pub guest_lun: String,
+    lun_of: std::sync::Mutex<std::collections::BTreeMap<usize, String>>,
     repo: PathBuf,
     state: PathBuf,
 }
@@ -107,12 +109,31 @@ impl Lab {
     pub fn san_setup(&self, node: usize) -> String {
         let conf = std::fs::read_to_string(self.repo.join("deploy/multipath.conf")).unwrap();
         let setup = std::fs::read_to_string(self.repo.join("e2e/san-guest.sh")).unwrap();
+        self.lun_of.lock().unwrap().remove(&node);
         self.must(
             node,
             &format!("cat > /etc/multipath.conf <<'MPCONF'\n{conf}MPCONF\n{setup}"),
         )
         .trim()
         .to_string()
+    }
+
+    /// Sets SAN guest `node` up as a host without multipath: logged in on
+    /// path 1 alone, its LUN the SCSI disk's `/dev/disk/by-id/scsi-...`
+    /// name, which `guest_lun_of(node)` and its plugins use from now on.
+    pub fn san_setup_single(&self, node: usize) -> String {
+        let setup = std::fs::read_to_string(self.repo.join("e2e/san-guest.sh")).unwrap();
+        let out = self.must(node, &format!("set -- single\n{setup}"));
+        let lun = out.lines().last().unwrap_or_default().trim().to_string();
+        assert!(lun.starts_with("/dev/disk/by-id/scsi-"), "{lun}");
+        self.lun_of.lock().unwrap().insert(node, lun.clone());
+        lun
+    }
+
+    /// The LUN as guest `node` sees it.
+    pub fn guest_lun_of(&self, node: usize) -> String {
+        let lun_of = self.lun_of.lock().unwrap();
+        lun_of.get(&node).unwrap_or(&self.guest_lun).clone()
     }
 
     /// Path `path` (1 or 2) of SAN guest `node` loses its link; `path_up`
@@ -125,7 +146,8 @@ impl Lab {
         self.control_args(&["path-up", &node.to_string(), &path.to_string()]);
     }
 
-    /// The SAN lab's iSCSI target goes away (tgtd killed) / comes back.
+    /// The SAN lab's iSCSI target goes away, its ports dark (tgtd killed,
+    /// every path link down) / comes back.
     pub fn target_stop(&self) {
         self.control_args(&["target-stop"]);
     }
@@ -174,6 +196,20 @@ impl Lab {
             .collect()
     }
 
+    /// Whether every path of SAN guest `node` is in use: both active in
+    /// its multipath map, or on a single-path guest (`san_setup_single`)
+    /// its one iSCSI session logged in.
+    pub fn all_paths_up(&self, node: usize) -> bool {
+        if !self.lun_of.lock().unwrap().contains_key(&node) {
+            return self.active_paths(node) == 2;
+        }
+        let (_, out) = self.exec(
+            node,
+            "iscsiadm -m session -P 1 2>/dev/null | grep -c 'Session State: LOGGED_IN'",
+        );
+        out.trim() == "1"
+    }
+
     /// How many of guest `node`'s paths multipath has active and ready.
     pub fn active_paths(&self, node: usize) -> usize {
         let (_, out) = self.exec(
@@ -190,6 +226,7 @@ impl Lab {
             nodes,
             timeouts: Timeouts::default(),
             guest_lun: "/dev/vda".into(),
+            lun_of: Default::default(),
             repo,
             state,
         };
@@ -370,7 +407,7 @@ impl Lab {
                 t.idle_timeout_ms,
                 t.keepalive_delay_ms,
                 t.reconnect_delay_ms,
-                lun = self.guest_lun,
+                lun = self.guest_lun_of(node),
                 added = self
                     .added_luns()
                     .iter()
@@ -553,7 +590,7 @@ impl Lab {
             table.push_str(&format!(
                 "{start} {} linear {} {}\n",
                 e.size / 512,
-                self.guest_lun,
+                self.guest_lun_of(node),
                 e.offset / 512
             ));
             start += e.size / 512;

@@ -473,23 +473,12 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)
     );
 }
 
-/// Path faults on a SAN lab (`Lab::up_san`: iSCSI on two paths per guest,
-/// dm-multipath with `deploy/multipath.conf`, the iSCSI timeouts of
-/// `e2e/san-guest.sh`), while all three append to a shared volume: one
-/// path of one node down for 60 s, one path of every node at once, every
-/// path of one node for less than o2cb's dead time, and every path of one
-/// node for good (it fences itself, the survivors carry on, it boots, logs
-/// in again and rejoins). Not here yet: the target restarted. In the lab,
-/// open-iscsi did not always log in again after tgtd came back (three
-/// runs: one path of one node lost twice, both paths of one node once,
-/// which then fenced itself), so that scenario waits for a fix.
-/// `start_plugin` starts a guest's plugin again after it was booted again
-/// (after `Lab::san_setup`). Leaves no volume.
 /// The array grows the full LUN by 8 GiB while every node appends to the
 /// mounted volume `v`; `v` then grows into the new space: the controller
 /// finds no room, looks, extends the table over the new space; each node
-/// finds a table larger than its LUN, rescans its paths and has multipathd
-/// resize the map before it maps the new extent. No append fails.
+/// finds a table larger than its LUN and rescans before it maps the new
+/// extent: every path and then `multipathd resize map` on a multipath map,
+/// the disk itself on a single path. No append fails.
 fn lun_growth(
     lab: &Lab,
     rt: &tokio::runtime::Runtime,
@@ -552,13 +541,13 @@ fn lun_growth(
     })));
     let nodes_took = t.elapsed();
     assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
-    let luns = lab.on_all(&format!("blockdev --getsize64 {}", lab.guest_lun));
-    for (i, size) in luns.iter().enumerate() {
+    for node in ALL {
+        let lun = lab.guest_lun_of(node);
+        let size = lab.must(node, &format!("blockdev --getsize64 {lun}"));
         assert_eq!(
             size.trim().parse::<u64>().unwrap(),
             old_lun + 8 * GIB,
-            "node{}'s multipath map has the LUN's new size",
-            i + 1
+            "node{node}'s {lun} has the LUN's new size"
         );
     }
     for node in ALL {
@@ -603,20 +592,33 @@ fn lun_growth(
         .unwrap();
 }
 
+/// Path faults on a SAN lab (`Lab::up_san`: iSCSI on two paths per guest,
+/// dm-multipath with `deploy/multipath.conf`, the iSCSI timeouts of
+/// `e2e/san-guest.sh`), while all three append to a shared volume: one
+/// path of one node down for 60 s, one path of every node at once, every
+/// path of one node for less than o2cb's dead time, and every path of one
+/// node for good (it fences itself, the survivors carry on, it boots, logs
+/// in again and rejoins). node3 comes back as a host without multipath
+/// (`Lab::san_setup_single`: one iSCSI path, its `/dev/disk/by-id/scsi-`
+/// name), so what follows proves both kinds of host, two over multipath
+/// and one over a single SCSI disk: the target restarted (its ports dark
+/// for about 10 s, `e2e/lab.sh target-stop`), then the LUN grown.
+/// `start_plugin` starts a guest's plugin again after it was booted again
+/// and set up. Leaves no volume.
 pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(usize)) {
     let total = Instant::now();
     let (_controller, mut c, v) = shared_volume(lab, rt, "pvc-path-faults");
-    let both_paths_back = |what: &str| {
+    let paths_back = |what: &str| {
         let t = Instant::now();
         for node in ALL {
             wait_until(
-                &format!("{what}: node{node}'s two paths active again"),
+                &format!("{what}: node{node}'s paths in use again"),
                 Duration::from_secs(120),
-                || lab.active_paths(node) == 2,
+                || lab.all_paths_up(node),
             );
         }
         println!(
-            "{what}: every node's two paths active again {:.1} s after the fault ended",
+            "{what}: every node's paths in use again {:.1} s after the fault ended",
             t.elapsed().as_secs_f64()
         );
     };
@@ -630,7 +632,7 @@ pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(us
             std::thread::sleep(long);
             lab.path_up(LOST, 1);
         });
-        both_paths_back("one-path-down");
+        paths_back("one-path-down");
     });
     scenario("san-one-path-every-node", || {
         short_trouble(lab, &v, "one-path-every-node", long, || {
@@ -642,7 +644,7 @@ pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(us
                 lab.path_up(node, 2);
             }
         });
-        both_paths_back("one-path-every-node");
+        paths_back("one-path-every-node");
     });
     let pause = short_pause(&lab.timeouts);
     scenario("san-all-paths-short", || {
@@ -653,14 +655,17 @@ pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(us
             lab.path_up(LOST, 1);
             lab.path_up(LOST, 2);
         });
-        both_paths_back("all-paths-short");
+        paths_back("all-paths-short");
     });
-    scenario("san-lun-growth", || lun_growth(lab, rt, &mut c, &v));
     scenario("san-all-paths-long", || {
         lose_and_recover(
             lab,
             rt,
-            start_plugin,
+            &|node| {
+                let lun = lab.san_setup_single(node);
+                println!("all-paths-long: node{node} comes back on one path, {lun}");
+                start_plugin(node);
+            },
             &v,
             "all-paths-long",
             || {
@@ -670,6 +675,16 @@ pub fn run_san(lab: &Lab, rt: &tokio::runtime::Runtime, start_plugin: &dyn Fn(us
             || wait_fenced(lab, "all-paths-long", Duration::from_secs(240)),
         )
     });
+    scenario("san-target-restart", || {
+        let away = Duration::from_secs(10);
+        short_trouble(lab, &v, "target-restart", away, || {
+            lab.target_stop();
+            std::thread::sleep(away);
+            lab.target_start();
+        });
+        paths_back("target-restart");
+    });
+    scenario("san-lun-growth", || lun_growth(lab, rt, &mut c, &v));
     for node in ALL {
         rt.block_on(unpublish_and_unstage(lab, node, &v));
     }
