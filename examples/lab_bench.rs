@@ -67,10 +67,7 @@ type Rt = Runtime;
 /// Boots a lab, starts the controller and three node plugins in `mode`.
 fn cluster(rt: &Rt, name: &str, mode: &str) -> (Lab, Controller) {
     let lab = Lab::up(name, 3, LAB_LUN);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &dir));
-    lab.write_members(&[1, 2, 3]);
-    for node in 1..=3 {
+    let controller = plugins_ready(rt, &lab, &format!("{mode} heartbeat"), |node| {
         lab.must(
             node,
             &format!(
@@ -81,15 +78,28 @@ fn cluster(rt: &Rt, name: &str, mode: &str) -> (Lab, Controller) {
                  echo $! > /tmp/node.pid"
             ),
         );
+    });
+    (lab, controller)
+}
+
+/// A controller on `lab`'s LUN, the members file on every guest, each
+/// guest's plugin started by `start` and waited for (`what` names the
+/// set-up in the printout).
+fn plugins_ready(rt: &Rt, lab: &Lab, what: &str, start: impl Fn(usize)) -> Controller {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &dir));
+    lab.write_members(&[1, 2, 3]);
+    for node in 1..=3 {
+        start(node);
     }
     for node in 1..=3 {
-        let took = rt.block_on(lab.wait_node_ready(node, Duration::from_secs(120)));
+        let took = rt.block_on(lab.wait_node_ready(node, Duration::from_secs(180)));
         println!(
-            "  node{node} plugin ready ({mode} heartbeat) in {:.1} s",
+            "  node{node} plugin ready ({what}) in {:.1} s",
             took.as_secs_f64()
         );
     }
-    (lab, controller)
+    controller
 }
 
 fn create(rt: &Rt, c: &Controller, name: &str, bytes: u64, params: &[(&str, &str)]) -> Volume {
@@ -1078,19 +1088,9 @@ fn transport_of(rt: &Rt, lab: &Lab, controller: &Controller, name: &'static str)
 /// driver given the map's by-id path; controller and plugins as `cluster`.
 fn cluster_san(rt: &Rt, name: &str) -> (Lab, Controller) {
     let lab = Lab::up_san(name, 3, LAB_LUN);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lab.lun()), &dir));
-    lab.write_members(&[1, 2, 3]);
-    for node in 1..=3 {
-        lab.start_node_plugin(node, CLUSTER);
-    }
-    for node in 1..=3 {
-        let took = rt.block_on(lab.wait_node_ready(node, Duration::from_secs(180)));
-        println!(
-            "  node{node} plugin ready (multipath LUN) in {:.1} s",
-            took.as_secs_f64()
-        );
-    }
+    let controller = plugins_ready(rt, &lab, "multipath LUN", |node| {
+        lab.start_node_plugin(node, CLUSTER)
+    });
     (lab, controller)
 }
 

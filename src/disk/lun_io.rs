@@ -56,6 +56,11 @@ const BUF_ALIGN: usize = 4096;
 /// bounce buffer of its own size.
 const MAX_CHUNK: usize = 1 << 20;
 
+/// `check_range` against `io`'s sector size and current size.
+fn check(io: &impl BlockIo, offset: u64, len: u64) -> io::Result<()> {
+    check_range(io.sector_size(), io.size_bytes(), offset, len)
+}
+
 /// Checks the `BlockIo` contract for a request, shared by all implementations.
 fn check_range(sector: u64, size: u64, offset: u64, len: u64) -> io::Result<()> {
     if sector == 0 || !offset.is_multiple_of(sector) || !len.is_multiple_of(sector) {
@@ -266,12 +271,7 @@ impl BlockIo for LunFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        check_range(
-            self.sector_size,
-            self.size_bytes(),
-            offset,
-            buf.len() as u64,
-        )?;
+        check(self, offset, buf.len() as u64)?;
         if !self.direct {
             return self.file.read_exact_at(buf, offset);
         }
@@ -286,12 +286,7 @@ impl BlockIo for LunFile {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        check_range(
-            self.sector_size,
-            self.size_bytes(),
-            offset,
-            buf.len() as u64,
-        )?;
+        check(self, offset, buf.len() as u64)?;
         if !self.direct {
             self.file.write_all_at(buf, offset)?;
             // Without O_DIRECT the data would sit in the page cache; push it
@@ -314,7 +309,7 @@ impl BlockIo for LunFile {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes(), offset, len)?;
+        check(self, offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -502,12 +497,7 @@ impl BlockIo for SparseIo {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        check_range(
-            self.sector_size,
-            self.size_bytes(),
-            offset,
-            buf.len() as u64,
-        )?;
+        check(self, offset, buf.len() as u64)?;
         let chunks = self.lock();
         Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
             let n = part.len();
@@ -520,12 +510,7 @@ impl BlockIo for SparseIo {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        check_range(
-            self.sector_size,
-            self.size_bytes(),
-            offset,
-            buf.len() as u64,
-        )?;
+        check(self, offset, buf.len() as u64)?;
         let mut chunks = self.lock();
         Self::each_chunk(offset, buf.len() as u64, |index, within, part| {
             let n = part.len();
@@ -542,7 +527,7 @@ impl BlockIo for SparseIo {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.sector_size, self.size_bytes(), offset, len)?;
+        check(self, offset, len)?;
         let mut chunks = self.lock();
         let mut partial = Vec::new();
         let first = offset / SPARSE_CHUNK;
