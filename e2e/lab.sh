@@ -555,8 +555,6 @@ need_root() {
 	[ "$(id -u)" = 0 ] || { err "needs root (network namespaces)"; exit 1; }
 }
 
-# The array grows the LUN. On the virtio lab every QEMU resizes its drive
-# (the guest kernel learns the new capacity at once, as from a hypervisor).
 # Every running guest's two path links go down (false) or up (true).
 set_path_links() {
 	local i p
@@ -566,6 +564,8 @@ set_path_links() {
 	done
 }
 
+# The array grows the LUN. On the virtio lab every QEMU resizes its drive
+# (the guest kernel learns the new capacity at once, as from a hypervisor).
 # tgt reads a LU's size only when it opens the backing file, while an array
 # grows a LUN in place; so the SAN lab holds every guest's path links down
 # (I/O waits in the guests, as in a short path fault), waits until tgtd
