@@ -26,11 +26,12 @@ declare -A PKG=(
   [flock]=util-linux
   [objcopy]=binutils                     # strips debug info from binaries in the image
   [base64]=coreutils
+  [/usr/include/seccomp.h]=libseccomp-dev  # runc for the Kubernetes-node lab (scripts/kube-tools.sh --node)
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
   case "$cmd" in
-    /*) [ -x "$cmd" ] && continue ;;
+    /*) [ -e "$cmd" ] && continue ;;
     *) command -v "$cmd" >/dev/null 2>&1 || [ -x "/sbin/$cmd" ] || [ -x "/usr/sbin/$cmd" ] && continue ;;
   esac
   missing+=("${PKG[$cmd]}")

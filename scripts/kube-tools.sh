@@ -4,6 +4,11 @@
 #   etcd, kube-apiserver, kube-controller-manager   (e2e/kube/controlplane)
 #   csi-provisioner                                 (e2e/kube/csi-provisioner)
 #   csi-resizer                                     (e2e/kube/csi-resizer)
+# and with --node also what the lab's Kubernetes nodes run (e2e/kube-node.sh):
+#   kubelet, kube-proxy, kube-scheduler, kubectl    (e2e/kube/node)
+#   containerd, containerd-shim-runc-v2, ctr        (e2e/kube/containerd)
+#   runc                                            (e2e/kube/runc)
+#   bridge, loopback, host-local, portmap           (e2e/kube/cni-plugins)
 # The versions are the ones pinned in those wrapper modules (go.mod and
 # go.sum, committed; e2e/kube/README.md says why wrappers and how to bump).
 #
@@ -33,15 +38,26 @@ declare -A TOOLS=(
   [controlplane]="etcd=go.etcd.io/etcd/server/v3 kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager"
   [csi-provisioner]="csi-provisioner=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner"
   [csi-resizer]="csi-resizer=github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer"
+  [node]="kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl"
+  [containerd]="containerd=github.com/containerd/containerd/v2/cmd/containerd containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 ctr=github.com/containerd/containerd/v2/cmd/ctr"
+  [runc]="runc=github.com/opencontainers/runc"
+  [cni-plugins]="bridge=github.com/containernetworking/plugins/plugins/main/bridge loopback=github.com/containernetworking/plugins/plugins/main/loopback host-local=github.com/containernetworking/plugins/plugins/ipam/host-local portmap=github.com/containernetworking/plugins/plugins/meta/portmap"
 )
+# Environment and build tags per module, where upstream's own build differs
+# from the default: containerd's release builds static without btrfs (no
+# headers here, and the guests use overlayfs); runc needs libseccomp for the
+# seccomp profiles the kubelet asks for (RuntimeDefault).
+declare -A ENVS=([containerd]="CGO_ENABLED=0" [cni-plugins]="CGO_ENABLED=0")
+declare -A TAGS=([containerd]="no_btrfs" [runc]="seccomp")
 ORDER=(controlplane csi-provisioner csi-resizer)
+[ "${1:-}" != --node ] || ORDER+=(node containerd runc cni-plugins)
 
 command -v go >/dev/null || { echo "kube-tools: go is not installed" >&2; exit 1; }
 goversion=$(go env GOVERSION)
 
 key() { # module dir -> cache key
   { cat "$root/e2e/kube/$1/go.mod" "$root/e2e/kube/$1/go.sum"
-    echo "$goversion ${FLAGS[*]} recipe $RECIPE ${TOOLS[$1]}"; } | sha256sum | cut -c1-16
+    echo "$goversion ${FLAGS[*]} recipe $RECIPE ${TOOLS[$1]}${ENVS[$1]:+ ${ENVS[$1]}}${TAGS[$1]:+ tags ${TAGS[$1]}}"; } | sha256sum | cut -c1-16
 }
 
 fresh() { # module dir -> 0 if every binary is there and the stamp matches
@@ -86,8 +102,14 @@ for m in "${ORDER[@]}"; do
           ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
         done ;;
       github.com/kubernetes-csi/*) ldflags+=" -X main.version=$version" ;;
+      github.com/opencontainers/runc) ldflags+=" -X main.version=${version#v}" ;;
+      github.com/containerd/containerd/v2) ldflags+=" -X $modpath/version.Version=$version" ;;
+      github.com/containernetworking/plugins)
+        ldflags+=" -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$version" ;;
     esac
-    (cd "$dir" && go build "${FLAGS[@]}" -ldflags="$ldflags" -o "$BIN/.$name.tmp" "$pkg")
+    # shellcheck disable=SC2086 # ENVS holds VAR=value words
+    (cd "$dir" && env ${ENVS[$m]:-} go build "${FLAGS[@]}" -tags "${TAGS[$m]:-}" \
+      -ldflags="$ldflags" -o "$BIN/.$name.tmp" "$pkg")
     mv -f "$BIN/.$name.tmp" "$BIN/$name"
     secs=$(( $(date +%s) - t0 ))
     echo "kube-tools: built $name in $secs s ($(du -m "$BIN/$name" | cut -f1) MiB)"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the wrapper modules for new versions (downloads only, no
 # compiling; scripts/kube-tools.sh builds):
-#   e2e/kube/bump.sh K8S_VERSION PROVISIONER_VERSION RESIZER_VERSION
-#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0
+#   e2e/kube/bump.sh K8S PROVISIONER RESIZER CONTAINERD RUNC CNI_PLUGINS
+#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0 v2.4.2 v1.5.3 v1.10.0
 #
 # One wrapper per upstream main module, each reproducing that module's own
 # build (README.md says why):
@@ -11,6 +11,10 @@
 #                     release pins itself
 #   csi-provisioner/  github.com/kubernetes-csi/external-provisioner/v6
 #   csi-resizer/      github.com/kubernetes-csi/external-resizer/v2
+#   node/             k8s.io/kubernetes again: kubelet, kube-proxy,
+#                     kube-scheduler, kubectl (the lab's Kubernetes nodes; apart from
+#                     controlplane so that the kube tier never builds them)
+#   containerd/ runc/ cni-plugins/   the nodes' container runtime and CNI
 #
 # `go install MODULE/cmd/X@VERSION` refuses a module whose go.mod has replace
 # directives, and ignores them when the module is a dependency. A wrapper
@@ -22,8 +26,8 @@
 # go.mod each time, so a staging module added later is picked up by itself.
 set -euo pipefail
 cd "$(dirname "$0")"
-[ $# -eq 3 ] || { sed -n '2,5p' "$0"; exit 2; }
-K8S=$1 PROV=$2 RESIZER=$3
+[ $# -eq 6 ] || { sed -n '2,5p' "$0"; exit 2; }
+K8S=$1 PROV=$2 RESIZER=$3 CONTAINERD=$4 RUNC=$5 CNI=$6
 
 gomod() { # module@version -> path of its go.mod in the module cache
   go mod download -json "$1" \
@@ -101,4 +105,25 @@ r=github.com/kubernetes-csi/external-resizer/v2
 rmod=$(gomod "$r@$RESIZER")
 write csi-resizer "$(goversion "$rmod")" "$r/cmd/csi-resizer" "$r $RESIZER" "$(replaces "$rmod" -)"
 
+write node "$(goversion "$k8s")" \
+  "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl" \
+  "k8s.io/kubernetes $K8S" \
+  "$(replaces "$k8s" "v0.${K8S#v1.}")"
+
+c=github.com/containerd/containerd/v2
+cmod=$(gomod "$c@$CONTAINERD")
+write containerd "$(goversion "$cmod")" "$c/cmd/containerd $c/cmd/containerd-shim-runc-v2 $c/cmd/ctr" \
+  "$c $CONTAINERD" "$(replaces "$cmod" -)"
+
+r=github.com/opencontainers/runc
+rmod=$(gomod "$r@$RUNC")
+write runc "$(goversion "$rmod")" "$r" "$r $RUNC" "$(replaces "$rmod" -)"
+
+n=github.com/containernetworking/plugins
+nmod=$(gomod "$n@$CNI")
+write cni-plugins "$(goversion "$nmod")" \
+  "$n/plugins/main/bridge $n/plugins/main/loopback $n/plugins/ipam/host-local $n/plugins/meta/portmap" \
+  "$n $CNI" "$(replaces "$nmod" -)"
+
 echo "kubernetes $K8S (staging v0.${K8S#v1.}), etcd $etcd, csi-provisioner $PROV, csi-resizer $RESIZER"
+echo "containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI"
