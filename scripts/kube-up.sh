@@ -22,6 +22,8 @@
 #   KUBE_CONTROLLERS   kube-controller-manager --controllers (default below);
 #                      "none" starts no controller manager
 #   KUBE_UP_TIMEOUT    seconds to wait for readiness (default: 120)
+#   KUBE_SCHEDULER=1   also start kube-scheduler, for clusters with kubelets
+#                      (the lab's Kubernetes nodes; kube-tools.sh --node)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/cache.sh"
@@ -216,6 +218,27 @@ if [ "$CONTROLLERS" != none ]; then
 fi
 t_kcm=$(ms)
 
+# ---- kube-scheduler ----
+SCHED_HEALTHZ=
+if [ "${KUBE_SCHEDULER:-0}" = 1 ]; then
+  [ -x "$BIN/kube-scheduler" ] || fail "$BIN/kube-scheduler is missing; run scripts/kube-tools.sh --node"
+  for attempt in 1 2 3; do
+    free_port; SCHED_PORT=$PORT
+    SCHED_HEALTHZ=https://127.0.0.1:$SCHED_PORT/healthz
+    start kube-scheduler "$DIR/kube-scheduler.log" \
+      --kubeconfig "$DIR/kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
+      --leader-elect=false --profiling=false
+    SCHED_PID=$STARTED
+    if wait_for kube-scheduler "$SCHED_PID" curl -skf "$SCHED_HEALTHZ"; then break; fi
+    # shellcheck disable=SC2015 # retry only a port race, and at most 3 times
+    grep -q "address already in use" "$DIR/kube-scheduler.log" && [ "$attempt" != 3 ] \
+      || fail "kube-scheduler exited"
+    echo "kube-up: kube-scheduler port taken, retrying" >&2
+    sed -i "/^kube-scheduler $SCHED_PID /d" "$DIR/pids"
+  done
+fi
+
 cat > "$DIR/env" <<EOF
 SERVER=$SERVER
 TOKEN=$TOKEN
@@ -223,6 +246,7 @@ CA=$CA
 KUBECONFIG=$DIR/kubeconfig
 ETCD=$ETCD
 KCM_HEALTHZ=$KCM_HEALTHZ
+SCHED_HEALTHZ=$SCHED_HEALTHZ
 EOF
 chmod 600 "$DIR/env"
 
