@@ -74,6 +74,22 @@ pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, Bin
     tokio::net::UnixListener::from_std(listener).map_err(BindError::Io)
 }
 
+/// Completes once something accepts connections on `endpoint`: the server
+/// behind it is served elsewhere, and this is what its clients will see.
+/// A stale unix socket refuses connections, so it does not count.
+pub async fn accepting(endpoint: &Endpoint) {
+    loop {
+        let accepted = match endpoint {
+            Endpoint::Unix(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            Endpoint::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+        };
+        if accepted {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,11 @@
 //! Serving gRPC: where (unix socket or TCP), how long (until SIGTERM), and
-//! what every call goes through (the [`observe`] layer).
+//! what every call goes through (the [`observe`] layer); and registering the
+//! node plugin with the kubelet ([`kubelet_registration`]).
 
 pub mod authority;
 pub mod endpoint;
 pub mod inflight;
+pub mod kubelet_registration;
 pub mod observe;
 pub mod readiness;
 pub mod status;
