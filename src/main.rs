@@ -20,6 +20,7 @@ use ocfs2_csi::node::startup::{DiskSlots, Startup};
 use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
 use ocfs2_csi::ocfs2::layout::HeartbeatMode;
 use ocfs2_csi::ocfs2::{validate_cluster_name, Ocfs2Tools};
+use ocfs2_csi::server::kubelet_registration::{KubeletRegistration, Registering};
 use ocfs2_csi::server::{self, Endpoint, ObserveLayer};
 use ocfs2_csi::tools::{Runner, SystemRunner};
 use std::path::PathBuf;
@@ -200,6 +201,21 @@ struct NodeArgs {
     /// Seconds between reads of the membership source.
     #[arg(long, env = "OCFS2_CSI_MEMBERS_POLL", default_value_t = 5)]
     members_poll: u64,
+    /// Register with the kubelet ourselves, as node-driver-registrar does:
+    /// the kubelet's plugins_registry folder as mounted here, where
+    /// DRIVER-reg.sock is served once the CSI endpoint serves. It must
+    /// exist. Off when not given (the sidecar registers).
+    #[arg(long, env = "OCFS2_CSI_KUBELET_REGISTRATION_DIR")]
+    kubelet_registration_dir: Option<PathBuf>,
+    /// The CSI socket's path on the host, which the kubelet dials (with
+    /// --kubelet-registration-dir only). Default:
+    /// /var/lib/kubelet/plugins/DRIVER/csi.sock.
+    #[arg(
+        long,
+        env = "OCFS2_CSI_KUBELET_REGISTRATION_PATH",
+        requires = "kubelet_registration_dir"
+    )]
+    kubelet_registration_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -267,6 +283,20 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         port: args.o2cb_port,
     };
     cluster.validate()?;
+    // Checked before anything slow, so a missing mount fails at once.
+    let registration = match &args.kubelet_registration_dir {
+        Some(dir) => {
+            let csi = args.kubelet_registration_path.clone().unwrap_or_else(|| {
+                KubeletRegistration::default_csi_endpoint(&args.common.driver_name)
+            });
+            Some(KubeletRegistration::new(
+                &args.common.driver_name,
+                dir,
+                &csi,
+            )?)
+        }
+        None => None,
+    };
     let cluster_id = args.pool.cluster_id().await?;
     let (members, number, keepalive) = membership(&args).await?;
     let common = args.common;
@@ -309,6 +339,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .layer(ObserveLayer)
         .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(NodeService::new(volumes)));
+    let mut registering = match registration {
+        Some(r) => Registering::start(r, common.endpoint.clone()),
+        None => Registering::off(),
+    };
     // Serve at once (Probe says "not ready" until joined); a conflict with
     // what the kernel runs ends the process with the reason.
     tokio::select! {
@@ -321,7 +355,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             tracing::error!(error = %lost, "stopping: this node no longer holds its o2cb node number");
             return Err(lost);
         }
+        failed = registering.failed() => return Err(failed.into()),
     }
+    // Only a clean stop withdraws the registration, as the sidecar's does;
+    // after a failure the restarted plugin replaces the socket.
+    registering.stop().await;
     Ok(())
 }
 

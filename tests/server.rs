@@ -176,3 +176,127 @@ async fn not_ready_while_a_lun_is_refused() {
     child.wait().unwrap();
     assert_eq!(table_bytes(&lun), before, "a refused LUN was modified");
 }
+
+/// `ocfs2-csi node` with --kubelet-registration-dir answers the kubelet's
+/// plugin watcher on DRIVER-reg.sock once its CSI socket serves, and a
+/// clean stop removes both sockets (the kubelet then forgets the driver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_with_the_kubelet_itself() {
+    use ocfs2_csi::server::kubelet_registration::api::registration_client::RegistrationClient;
+    use ocfs2_csi::server::kubelet_registration::api::{InfoRequest, RegistrationStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("csi/csi.sock");
+    let registry = dir.path().join("plugins_registry");
+    std::fs::create_dir(&registry).unwrap();
+    let reg_sock = registry.join("ocfs2.example.org-reg.sock");
+    let members = dir.path().join("members");
+    std::fs::write(&members, "node-a 0 127.0.0.1\n").unwrap();
+    let lun = sparse_lun(dir.path(), "lun.raw", 64 * MIB);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"))
+        .arg("node")
+        .arg(format!("--endpoint=unix://{}", sock.display()))
+        .arg("--kubelet-registration-dir")
+        .arg(&registry)
+        .args([
+            "--kubelet-registration-path=/var/lib/k/plugins/ocfs2.example.org/csi.sock",
+            "--node-id=node-a",
+            "--driver-name=ocfs2.example.org",
+            "--cluster-id=server-test",
+        ])
+        .arg("--lun")
+        .arg(&lun)
+        .arg("--members-file")
+        .arg(&members)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let mut kubelet = RegistrationClient::new(unix_channel(&reg_sock).await);
+    // Registered only once the CSI socket serves.
+    assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());
+    let info = kubelet.get_info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.r#type, "CSIPlugin");
+    assert_eq!(info.name, "ocfs2.example.org");
+    assert_eq!(
+        info.endpoint,
+        "/var/lib/k/plugins/ocfs2.example.org/csi.sock"
+    );
+    assert_eq!(info.supported_versions, ["1.0.0"]);
+    kubelet
+        .notify_registration_status(RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .unwrap();
+    drop(kubelet);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(!reg_sock.exists(), "registration socket left behind");
+    assert!(!sock.exists(), "CSI socket left behind");
+}
+
+/// A registration folder that is not there (the kubelet's plugins_registry
+/// not mounted) stops the start with its name, before anything else.
+#[test]
+fn node_refuses_a_missing_registration_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("plugins_registry");
+    let members = dir.path().join("members");
+    std::fs::write(&members, "node-a 0 127.0.0.1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"))
+        .arg("node")
+        .arg(format!(
+            "--endpoint=unix://{}",
+            dir.path().join("csi.sock").display()
+        ))
+        .arg("--kubelet-registration-dir")
+        .arg(&missing)
+        .args([
+            "--node-id=node-a",
+            "--cluster-id=server-test",
+            "--lun=/nonexistent",
+        ])
+        .arg("--members-file")
+        .arg(&members)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    // The CSI path alone means nothing without the folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_ocfs2-csi"))
+        .args([
+            "node",
+            "--node-id=node-a",
+            "--lun=/nonexistent",
+            "--kubelet-registration-path=/var/lib/kubelet/plugins/x/csi.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--kubelet-registration-dir"), "{stderr}");
+}
