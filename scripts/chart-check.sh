@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart (deploy/helm/ocfs2-csi) and the manifest rendered
-# from it, with the chart's default values and with ci/static-values.yaml
-# (LUNs, a registry mirror, static membership, every optional block):
+# from it, with the chart's default values, with ci/static-values.yaml
+# (LUNs, a registry mirror, static membership, every optional block) and
+# with ci/no-sidecar-values.yaml (no registrar or livenessprobe sidecar):
 #   1. helm lint --strict
 #   2. helm template, for each supported Kubernetes version
 #   3. every rendered object validated strictly against that version's
@@ -15,6 +16,8 @@
 #      with the SAN label, the node health port off the common ones, the
 #      node Role limited to the 255 membership Leases, no status.hostIP
 #   8. the controller: 2 replicas by default, spread, rolled one at a time
+#   9. the registrar and livenessprobe sidecars: present by default; when
+#      off, the node plugin registers itself and no probe needs them
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -26,6 +29,7 @@ KUBE_VERSIONS=(1.31.0 1.32.0 1.33.0 1.34.0 1.35.0)
 
 CHART=deploy/helm/ocfs2-csi
 CI_VALUES=$CHART/ci/static-values.yaml
+NO_SIDECAR_VALUES=$CHART/ci/no-sidecar-values.yaml
 MANIFEST=deploy/manifests/ocfs2-csi.yaml
 TEST_TEMPLATE=templates/tests/shared-volume-test.yaml
 HELM="$OCFS2_CSI_CACHE/bin/helm"
@@ -61,6 +65,7 @@ done
 # --- 1. lint --------------------------------------------------------------
 check "helm lint --strict (default values)" "$HELM" lint --strict "$CHART"
 check "helm lint --strict ($CI_VALUES)" "$HELM" lint --strict "$CHART" -f "$CI_VALUES"
+check "helm lint --strict ($NO_SIDECAR_VALUES)" "$HELM" lint --strict "$CHART" -f "$NO_SIDECAR_VALUES"
 
 # --- 2 and 3. render and validate, per Kubernetes version -----------------
 # A document that fails validation prints ERROR; a kind or apiVersion that
@@ -71,9 +76,10 @@ validate() { # FILE VERSION
   cat "$TMP/validate"
   [ $rc -eq 0 ] && ! grep -qE '^(ERROR|WARN|FATAL)' "$TMP/validate"
 }
-for variant in default ci; do
+for variant in default ci no-sidecar; do
   args=()
   [ $variant = ci ] && args=(-f "$CI_VALUES")
+  [ $variant = no-sidecar ] && args=(-f "$NO_SIDECAR_VALUES")
   for v in "${KUBE_VERSIONS[@]}"; do
     out="$TMP/$variant-$v.yaml"
     if "$HELM" template ocfs2-csi "$CHART" --namespace kube-system --kube-version "v$v" \
@@ -92,6 +98,7 @@ check "helm template (default values, helm's default Kubernetes version)" \
 kinds() { grep '^kind: ' "$1" | sort | uniq -c | awk '{printf "%s%s x%s", sep, $3, $1; sep=", "}'; }
 echo "chart-check: default values render $(kinds "$TMP/default-${KUBE_VERSIONS[-1]}.yaml")"
 echo "chart-check: ci values render $(kinds "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml")"
+echo "chart-check: no-sidecar values render $(kinds "$TMP/no-sidecar-${KUBE_VERSIONS[-1]}.yaml")"
 
 # --- 4. the generated manifest is current ----------------------------------
 if scripts/render-manifests.sh --stdout > "$TMP/manifest.yaml" 2> "$TMP/err"; then
@@ -218,6 +225,29 @@ static_no_node_api() {
     grep -qx '      automountServiceAccountToken: false' "$TMP/obj"
 }
 check "static membership: no node RBAC, no token in the node pods" static_no_node_api
+
+# --- 9. the registrar and livenessprobe sidecars ---------------------------
+# Two registrations of one driver would replace each other's socket: the
+# node plugin registers itself exactly when the registrar is not rendered.
+sidecars_by_default() {
+  object "$DEFAULT" DaemonSet ocfs2-csi-node > "$TMP/obj"
+  grep -q 'image: .*/csi-node-driver-registrar:' "$TMP/obj" &&
+    [ "$(grep -c 'image: .*/livenessprobe:' "$DEFAULT")" = 2 ] &&
+    [ "$(grep -c 'path: /healthz$' "$DEFAULT")" = 2 ] &&
+    ! grep -n 'kubelet-registration-dir' "$TMP/obj"
+}
+check "default values: registrar and livenessprobe sidecars; the node plugin leaves registering to the registrar" sidecars_by_default
+self_registration() {
+  local rendered="$TMP/no-sidecar-${KUBE_VERSIONS[-1]}.yaml"
+  object "$rendered" DaemonSet ocfs2-csi-node > "$TMP/obj"
+  # No sidecar that is off, and no probe or port that only it answers.
+  ! grep -nE 'csi-node-driver-registrar|livenessprobe|liveness-probe|path: /healthz$|name: healthz$|--http-endpoint=:(9808|29777)' "$rendered" &&
+    grep -qx '            - --kubelet-registration-dir=/registration' "$TMP/obj" &&
+    grep -qx '            - --kubelet-registration-path=/var/lib/k0s/kubelet/plugins/ocfs2.example.org/csi.sock' "$TMP/obj" &&
+    grep -qx '              mountPath: /registration' "$TMP/obj" &&
+    grep -A2 -x '        - name: registration-dir' "$TMP/obj" | grep -qx '            path: /var/lib/k0s/kubelet/plugins_registry'
+}
+check "sidecars off: the node plugin registers itself (flags, plugins_registry mount), no liveness probe needs the sidecar" self_registration
 
 echo "chart-check: took $(( $(date +%s) - start ))s"
 echo "chart-check: $passed passed, $failed failed"
