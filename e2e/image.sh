@@ -51,10 +51,23 @@ exec 9>"$OUT/.lock"
 flock -w 900 9 || { echo "image: another build holds $OUT/.lock" >&2; exit 1; }
 
 USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup open-iscsi multipath-tools udev)
+# LAB_KUBE_NODE_BIN=DIR makes a Kubernetes node image (e2e/kube-node.sh):
+# the kubelet, kube-proxy, containerd and runc from DIR (scripts/kube-tools.sh
+# --node builds them there) in /usr/local/bin, the CNI plugins in
+# /opt/cni/bin, iptables (legacy: what kube-proxy's iptables mode and the
+# CNI plugins drive) and the modules containers and Services need.
+KUBE_BIN=${LAB_KUBE_NODE_BIN:-}
+KUBE_NODE_TOOLS=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc)
+CNI_PLUGINS=(bridge loopback host-local portmap)
+[ -z "$KUBE_BIN" ] || USERLAND_PKGS+=(iptables libip4tc2 libip6tc2 libxtables12 libnftnl11 libnetfilter-conntrack3 libnfnetlink0 libmnl0)
 # iscsi_tcp, sd_mod, dm_multipath and its path selectors: a --san lab's
 # initiator and multipath (e2e/san-guest.sh).
 MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop dm_mod
 	iscsi_tcp sd_mod dm_multipath dm_round_robin dm_service_time dm_queue_length)
+[ -z "$KUBE_BIN" ] || MODULES+=(overlay bridge veth br_netfilter nf_conntrack nf_nat ip_tables iptable_nat
+	iptable_filter iptable_mangle xt_MASQUERADE xt_conntrack xt_comment xt_mark xt_addrtype xt_nat
+	xt_multiport xt_statistic xt_tcpudp ipt_REJECT nf_reject_ipv4 ip6_tables ip6table_nat ip6table_filter
+	ip6table_mangle ext4)
 
 # --- package versions ------------------------------------------------------
 # apt-cache is slow (~1.5 s for everything); when apt's lists are unchanged
@@ -104,6 +117,10 @@ key_input() {
 	echo "image.sh: $(sha "$E2E/image.sh")"
 	echo "ocfs2-csi: ${OCFS2_CSI_BIN:+$(sha "$OCFS2_CSI_BIN")}"
 	echo "csi-sanity: ${CSI_SANITY_BIN:+$(sha "$CSI_SANITY_BIN")}"
+	if [ -n "$KUBE_BIN" ]; then
+		local b
+		for b in "${KUBE_NODE_TOOLS[@]}" "${CNI_PLUGINS[@]}"; do echo "kube $b: $(sha "$KUBE_BIN/$b")"; done
+	fi
 	# Libraries come from the host (same bookworm): hash the ones used last time.
 	if [ -f "$OUT/libs.list" ]; then
 		local l
@@ -181,7 +198,7 @@ done
 depmod -b "$S" "$KV"
 
 # --- userland ----------------------------------------------------------------
-mkdir -p "$S"/{bin,sbin,usr/bin,usr/sbin,usr/libexec,lib,lib64,etc,proc,sys,dev,run,tmp,root,mnt,var}
+mkdir -p "$S"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/libexec,lib,lib64,etc,proc,sys,dev,run,tmp,root,mnt,var}
 cp "$X/bin/busybox" "$S/bin/busybox"
 for a in $("$X/bin/busybox" --list); do
 	[ "$a" = busybox ] || ln -sf busybox "$S/bin/$a"
@@ -230,6 +247,19 @@ if [ -n "$OCFS2_CSI_BIN" ]; then
 	objcopy --strip-debug "$OCFS2_CSI_BIN" "$S/usr/bin/ocfs2-csi" 2>/dev/null || cp "$OCFS2_CSI_BIN" "$S/usr/bin/ocfs2-csi"
 	chmod 755 "$S/usr/bin/ocfs2-csi"
 fi
+if [ -n "$KUBE_BIN" ]; then
+	mkdir -p "$S/usr/local/bin" "$S/opt/cni/bin"
+	for b in "${KUBE_NODE_TOOLS[@]}"; do cp "$KUBE_BIN/$b" "$S/usr/local/bin/"; done
+	for b in "${CNI_PLUGINS[@]}"; do cp "$KUBE_BIN/$b" "$S/opt/cni/bin/"; done
+	for t in iptables ip6tables; do
+		for v in "" -save -restore; do
+			cp -P "$X/usr/sbin/$t-legacy$v" "$S/usr/sbin/$t$v" 2>/dev/null || cp "$X/usr/sbin/xtables-legacy-multi" "$S/usr/sbin/$t$v"
+		done
+	done
+	cp "$X/usr/sbin/xtables-legacy-multi" "$S/usr/sbin/"
+	mkdir -p "$S/usr/lib/x86_64-linux-gnu/xtables"
+	cp -a "$X/usr/lib/x86_64-linux-gnu/xtables/." "$S/usr/lib/x86_64-linux-gnu/xtables/"
+fi
 if [ -n "$CSI_SANITY_BIN" ]; then
 	objcopy --strip-debug "$CSI_SANITY_BIN" "$S/usr/bin/csi-sanity" 2>/dev/null || cp "$CSI_SANITY_BIN" "$S/usr/bin/csi-sanity"
 	chmod 755 "$S/usr/bin/csi-sanity"
@@ -247,7 +277,7 @@ while IFS= read -r -d '' f; do
 		exit 1
 	fi
 	while read -r l; do libs+=("$l"); done < <(awk '/=>/ { if ($3 ~ /^\//) print $3; next } $1 ~ /^\// { print $1 }' <<<"$out")
-done < <(find "$S/bin" "$S/sbin" "$S/usr/bin" "$S/usr/sbin" "$S/lib/multipath" "$S/lib/udev" -type f -print0)
+done < <(find "$S/bin" "$S/sbin" "$S/usr/bin" "$S/usr/sbin" "$S/usr/local/bin" "$S/lib/multipath" "$S/lib/udev" -type f -print0)
 mapfile -t libs < <(printf '%s\n' "${libs[@]}" | sort -u)
 for l in "${libs[@]}"; do
 	mkdir -p "$S/$(dirname "$l")"

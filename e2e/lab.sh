@@ -36,7 +36,9 @@
 # LAB_DOWN_TIMEOUT (30 s), LAB_MEM (768 MB), LAB_APPEND (extra kernel
 # arguments), LAB_KEEP_ON_FAIL=1 (leave the guests running when `up` fails),
 # LAB_API_PORT (at `up`: guests reach this port of the namespace's loopback
-# as 10.0.2.100:6443, for a Kubernetes API server the test relays there).
+# as 10.0.2.100:6443, for a Kubernetes API server the test relays there),
+# LAB_DATA_DISK (at `up`: this file is every guest's last disk, read-only,
+# serial lab-data; e.g. container images for Kubernetes nodes).
 #
 # Inside the namespace: node I's command agent is 127.0.0.1:(7100+I), its
 # port 10000 is 127.0.0.1:(10100+I); in the guests, eth0 is 192.168.77.(10+I)
@@ -310,6 +312,12 @@ cmd_up() {
 	else
 		rm -f "$STATE/api_port"
 	fi
+	if [ -n "${LAB_DATA_DISK:-}" ]; then
+		[ -f "$LAB_DATA_DISK" ] || { err "LAB_DATA_DISK=$LAB_DATA_DISK is not a file"; exit 2; }
+		realpath "$LAB_DATA_DISK" >"$STATE/data_disk"
+	else
+		rm -f "$STATE/data_disk"
+	fi
 
 	local i t0
 	t0=$(now)
@@ -350,6 +358,11 @@ boot_node() {
 				-device "virtio-blk-pci,drive=d$k,id=lun$k,share-rw=on,serial=lab-lun$k")
 		done < <(cat "$STATE/added-luns" 2>/dev/null)
 	fi
+	local data
+	data=$(cat "$STATE/data_disk" 2>/dev/null || true)
+	# shellcheck disable=SC2054 # QEMU's own comma-separated options
+	[ -z "$data" ] || lun_args+=(-drive "file=$data,format=raw,if=none,id=data,readonly=on"
+		-device virtio-blk-pci,drive=data,serial=lab-data)
 	BOOT_START[$i]=$(now)
 	# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer
 	# check can miss its ticks and panic at boot ("IO-APIC + timer doesn't
@@ -616,6 +629,8 @@ cmd_add_lun() {
 	local size=${1:-} k i file letter
 	[ -n "$size" ] || { err "usage: add-lun SIZE"; exit 2; }
 	[ ! -f "$STATE/san" ] || { err "add-lun: only on the virtio lab"; exit 2; }
+	# Its device name below counts LUNs only.
+	[ ! -f "$STATE/data_disk" ] || { err "add-lun: not with LAB_DATA_DISK"; exit 2; }
 	k=$(($(wc -l <"$STATE/added-luns" 2>/dev/null || echo 0) + 1))
 	file=$STATE/lun$k.raw
 	truncate -s "$size" "$file"

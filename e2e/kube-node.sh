@@ -1,0 +1,123 @@
+#!/bin/sh
+# Run inside a lab guest booted from an image built with LAB_KUBE_NODE_BIN
+# (e2e/image.sh): makes it a Kubernetes node of the lab's control plane.
+#   - containerd (CRI) with runc, and a bridge CNI: pods of node I get
+#     10.244.I.0/24, and every other node's pod range is routed over the
+#     cluster L2 (192.168.77.0/24);
+#   - the container images on the lab's data disk (serial lab-data: an ext4
+#     image of OCI archives, LAB_DATA_DISK) imported into containerd's k8s.io
+#     namespace, as nothing can be pulled;
+#   - the kubelet and kube-proxy (iptables mode: Services, among them the
+#     API server's own at 10.0.0.1:443).
+# Expects /root/kubeconfig (the API server as 10.0.2.100:6443, which QEMU
+# forwards to the test's API server) and NODE_INDEX and NODE_COUNT set.
+# Idempotent: a second run starts only what is not running.
+set -eu
+export PATH="/usr/local/bin:/usr/local/sbin:$PATH"
+mounted() { grep -q " $1 " /proc/mounts; }
+i=${NODE_INDEX:?} count=${NODE_COUNT:?}
+name=$(hostname)
+ip=$(ip -4 -o addr show | awk '$4 ~ /^192\.168\.77\./ { sub("/.*", "", $4); print $4; exit }')
+modprobe -a overlay br_netfilter bridge veth nf_conntrack iptable_nat iptable_filter iptable_mangle \
+	xt_MASQUERADE xt_conntrack xt_comment xt_mark xt_addrtype xt_nat xt_multiport xt_statistic \
+	xt_tcpudp ipt_REJECT ext4
+echo 1 >/proc/sys/net/ipv4/ip_forward
+echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+
+# cgroup v2 with every controller delegated to the root's children.
+mounted /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+read -r controllers </sys/fs/cgroup/cgroup.controllers
+for c in $controllers; do
+	echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+done
+
+mkdir -p /var/lib/containerd /var/lib/kubelet /etc/containerd /etc/cni/net.d /run/containerd \
+	/var/log/pods /mnt/lab-data
+mounted /var/lib/containerd || mount -t tmpfs -o size=1500m tmpfs /var/lib/containerd
+# cAdvisor finds no filesystem under the initramfs root ("rootfs"): the
+# kubelet's root needs a real mount. Shared, as the CSI node plugin's
+# mounts under it must propagate from its container (Bidirectional).
+mounted /var/lib/kubelet || mount -t tmpfs -o size=200m tmpfs /var/lib/kubelet
+mount --make-rshared / 2>/dev/null || true
+mount --make-shared /var/lib/kubelet
+
+cat >/etc/containerd/config.toml <<EOF
+version = 3
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "localhost/pause:lab"
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/opt/cni/bin"]
+  conf_dir = "/etc/cni/net.d"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+# The guest's root is the initramfs, which pivot_root cannot leave.
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  NoPivotRoot = true
+EOF
+cat >/etc/cni/net.d/10-lab.conflist <<EOF
+{"cniVersion": "1.0.0", "name": "lab", "plugins": [
+ {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.$i.0/24"}]],
+           "routes": [{"dst": "0.0.0.0/0"}]}},
+ {"type": "portmap", "capabilities": {"portMappings": true}},
+ {"type": "loopback"}]}
+EOF
+for j in $(seq "$count"); do
+	[ "$j" = "$i" ] || ip route replace "10.244.$j.0/24" via "192.168.77.$((10 + j))"
+done
+
+if ! pidof containerd >/dev/null; then
+	containerd >/var/log/containerd.log 2>&1 &
+fi
+n=0
+until ctr version >/dev/null 2>&1; do
+	n=$((n + 1))
+	[ $n -lt 300 ] || { echo "kube-node: containerd did not answer" >&2; tail -20 /var/log/containerd.log >&2; exit 1; }
+	sleep 0.2
+done
+
+# The images: the disk whose virtio serial is lab-data.
+if ! mounted /mnt/lab-data; then
+	disk=
+	for b in /sys/block/vd*; do
+		[ "$(cat "$b/serial" 2>/dev/null)" = lab-data ] && disk=/dev/${b##*/}
+	done
+	[ -n "$disk" ] || { echo "kube-node: no lab-data disk (LAB_DATA_DISK)" >&2; exit 1; }
+	mount -o ro "$disk" /mnt/lab-data
+fi
+for t in /mnt/lab-data/*.tar; do
+	ctr -n k8s.io images import --all-platforms "$t" >/dev/null
+done
+
+cat >/var/lib/kubelet/config.yaml <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+failSwapOn: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {}
+authorization: {mode: Webhook}
+clusterDNS: []
+resolvConf: ""
+serializeImagePulls: false
+# Nothing can be pulled again: never collect the imported images.
+imageGCHighThresholdPercent: 100
+evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%"}
+EOF
+if ! pidof kubelet >/dev/null; then
+	kubelet --config /var/lib/kubelet/config.yaml --kubeconfig /root/kubeconfig \
+		--hostname-override "$name" --node-ip "$ip" --v 2 >/var/log/kubelet.log 2>&1 &
+fi
+# conntrack-max-per-core=0: leave the guest's conntrack table size alone.
+if ! pidof kube-proxy >/dev/null; then
+	kube-proxy --kubeconfig /root/kubeconfig --hostname-override "$name" --proxy-mode iptables \
+		--cluster-cidr 10.244.0.0/16 --conntrack-max-per-core 0 --v 2 >/var/log/kube-proxy.log 2>&1 &
+fi
+echo "kube-node: $name ($ip) containerd, kubelet and kube-proxy started"
