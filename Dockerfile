@@ -72,12 +72,16 @@ ARG APT_CONFIG
 # What the binary runs: mkfs/tunefs/debugfs/fsck/mount.ocfs2 and
 # ocfs2_hb_ctl (ocfs2-tools), modprobe (kmod), mount, umount and losetup
 # (mount), blkid and friends (util-linux). policy-rc.d keeps ocfs2-tools'
-# maintainer scripts from starting o2cb while installing.
+# maintainer scripts from starting o2cb while installing. /etc/mtab: the
+# OCFS2 tools read it to refuse a mounted device, and fail without it ("No
+# such file or directory while determining whether /dev/loop0 is mounted");
+# a minimal Debian root has none.
 RUN printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d \
  && chmod 0755 /usr/sbin/policy-rc.d \
  && apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ocfs2-tools kmod mount util-linux \
+ && ln -sf ../proc/self/mounts /etc/mtab \
  && apt-get clean \
  && rm -rf /usr/sbin/policy-rc.d /var/lib/apt/lists/* /var/cache/apt/*.bin \
       /var/log/apt/* /var/log/dpkg.log /var/cache/debconf/*-old

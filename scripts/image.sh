@@ -127,6 +127,11 @@ if [ "$got" != "ocfs2-csi $VERSION" ]; then
   echo "image: ocfs2-csi --version printed '$got', expected 'ocfs2-csi $VERSION'" >&2
   exit 1
 fi
+# The OCFS2 tools refuse to format without a mount table at /etc/mtab.
+if [ "$(buildah run "$ctr" -- readlink /etc/mtab)" != ../proc/self/mounts ]; then
+  echo "image: /etc/mtab is not a link to the mount table" >&2
+  exit 1
+fi
 # Where this machine's apt configuration could have been left (Debian's own
 # files under /usr may name Debian's hosts, legitimately), and the image's
 # configuration and history.
