@@ -3,12 +3,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-controller test check host lab kube deps deps-check deps-host deps-lab deps-kube \
+.PHONY: demo demo-grpc demo-controller test check host lab kube nodes deps deps-check deps-host deps-lab deps-kube deps-nodes \
 	chart manifests bench fmt
 
-## demo: a three-node OCFS2 lab; create, mount everywhere, write/read, grow online
+## demo: three lab guests as Kubernetes nodes; helm install; a RWX claim shared by pods on all three, grown while they write
 demo:
 	scripts/demo.sh
+
+## demo-grpc: the quicker demo without Kubernetes: the CSI calls on three OCFS2 guests; create, mount everywhere, grow online
+demo-grpc:
+	scripts/demo-grpc.sh
 
 ## demo-controller: the controller alone on a file-backed LUN (seconds, no QEMU)
 demo-controller: deps-check
@@ -19,7 +23,7 @@ demo-controller: deps-check
 test:
 	scripts/tier.sh --reset
 	scripts/tier.sh deps
-	$(MAKE) --no-print-directory check host lab kube
+	$(MAKE) --no-print-directory check host lab kube nodes
 	scripts/tier.sh --table
 
 ## check: fmt, clippy, shellcheck, the layer check, unit and in-process tests (minutes)
@@ -38,7 +42,11 @@ lab: deps-lab
 kube: deps-kube
 	scripts/tier.sh kube
 
-deps: deps-check deps-host deps-lab deps-kube
+## nodes: lab guests as Kubernetes nodes; the chart installed with helm; the user's flows
+nodes: deps-nodes
+	scripts/tier.sh nodes
+
+deps: deps-check deps-host deps-lab deps-kube deps-nodes
 
 # Each tier installs what it needs; all of it is idempotent and fast once done.
 deps-check:
@@ -51,6 +59,10 @@ deps-lab: deps-kube
 	e2e/deps.sh
 deps-kube: deps-host
 	scripts/kube-tools.sh
+# The kubelet, containerd, runc, CNI plugins and kubectl for the nodes tier
+# (its container images are built by the test: scripts/lab-images.sh).
+deps-nodes: deps-lab
+	scripts/kube-tools.sh --node
 
 ## chart: helm lint, render, strict schema validation for Kubernetes 1.31-1.35, manifests fresh
 chart: deps-host

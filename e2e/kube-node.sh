@@ -38,8 +38,13 @@ mounted /var/lib/containerd || mount -t tmpfs -o size=1500m tmpfs /var/lib/conta
 # kubelet's root needs a real mount. Shared, as the CSI node plugin's
 # mounts under it must propagate from its container (Bidirectional).
 mounted /var/lib/kubelet || mount -t tmpfs -o size=200m tmpfs /var/lib/kubelet
-mount --make-rshared / 2>/dev/null || true
-mount --make-shared /var/lib/kubelet
+# The host paths the node plugin mounts on (Bidirectional, see the chart's
+# node.yaml) must be shared mounts. Only those: the root stays private, as
+# runc's rootfs set-up without pivot_root must not propagate to the host.
+mounted /sys/kernel/config || mount -t configfs none /sys/kernel/config
+mkdir -p /dlm
+mounted /dlm || mount --bind /dlm /dlm
+for m in /var/lib/kubelet /sys/kernel/config /dlm; do mount --make-shared "$m"; done
 
 cat >/etc/containerd/config.toml <<EOF
 version = 3
@@ -66,6 +71,12 @@ cat >/etc/cni/net.d/10-lab.conflist <<EOF
  {"type": "portmap", "capabilities": {"portMappings": true}},
  {"type": "loopback"}]}
 EOF
+# Services' cluster IPs (10.0.0.0/24) need a route for the node's own
+# connections to them (host-network pods: the node plugin), as kube-proxy
+# rewrites them only after routing; QEMU's user network, where the API
+# server is, has no default route with restrict=on.
+slirp=$(ip -4 -o addr show | awk '$4 ~ /^10\.0\.2\./ { print $2; exit }')
+ip route replace 10.0.0.0/24 dev "$slirp"
 for j in $(seq "$count"); do
 	[ "$j" = "$i" ] || ip route replace "10.244.$j.0/24" via "192.168.77.$((10 + j))"
 done
@@ -87,11 +98,14 @@ if ! mounted /mnt/lab-data; then
 		[ "$(cat "$b/serial" 2>/dev/null)" = lab-data ] && disk=/dev/${b##*/}
 	done
 	[ -n "$disk" ] || { echo "kube-node: no lab-data disk (LAB_DATA_DISK)" >&2; exit 1; }
-	mount -o ro "$disk" /mnt/lab-data
+	mount -t ext4 -o ro "$disk" /mnt/lab-data
 fi
 for t in /mnt/lab-data/*.tar; do
-	ctr -n k8s.io images import --all-platforms "$t" >/dev/null
+	ctr -n k8s.io images import --all-platforms --local --discard-unpacked-layers "$t" >/dev/null
 done
+# A second tag of the driver's image, for rolling the DaemonSet to "a new
+# version" (tests/kube_nodes.rs).
+ctr -n k8s.io images tag --force localhost/ocfs2-csi:lab localhost/ocfs2-csi:lab-next >/dev/null
 
 cat >/var/lib/kubelet/config.yaml <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1

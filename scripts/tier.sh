@@ -8,6 +8,8 @@
 #                           devices, csi-sanity on the host, the chart, the image
 #   scripts/tier.sh lab     QEMU scenarios on real OCFS2 kernels
 #   scripts/tier.sh kube    tests against a real kube-apiserver
+#   scripts/tier.sh nodes   lab guests as Kubernetes nodes, the chart
+#                           installed with helm, the user's flows
 #   scripts/tier.sh deps    make deps (what every tier installs or builds;
 #                           minutes on a fresh machine, a second once cached)
 #   scripts/tier.sh --table print the recorded times
@@ -26,6 +28,7 @@ CARGO=${CARGO:-cargo}
 HOST_TESTS=(controller lun_safety crash crash_expand crash_lun_growth scale storm sizing bad_input server grpc_clients image)
 LAB_TESTS=(lab)
 KUBE_TESTS=(kube_smoke kube_membership kube_provisioning kube_helm)
+NODES_TESTS=(kube_nodes)
 CHECK_TESTS=(csi_proto_compat)
 
 record() { # tier part seconds
@@ -60,7 +63,7 @@ test_file() { # tier name
 }
 
 every_test_file_has_a_tier() {
-  local f n all=" ${HOST_TESTS[*]} ${LAB_TESTS[*]} ${KUBE_TESTS[*]} ${CHECK_TESTS[*]} " missing=()
+  local f n all=" ${HOST_TESTS[*]} ${LAB_TESTS[*]} ${KUBE_TESTS[*]} ${NODES_TESTS[*]} ${CHECK_TESTS[*]} " missing=()
   for f in tests/*.rs; do
     n=$(basename "$f" .rs)
     [[ $all == *" $n "* ]] || missing+=("$n")
@@ -106,6 +109,9 @@ case ${1:-} in
   kube)
     for t in "${KUBE_TESTS[@]}"; do test_file kube "$t"; done
     ;;
+  nodes)
+    for t in "${NODES_TESTS[@]}"; do test_file nodes "$t"; done
+    ;;
   --reset)
     rm -f "$TIMES"
     ;;
@@ -127,7 +133,7 @@ case ${1:-} in
       }' "$TIMES"
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

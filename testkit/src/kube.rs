@@ -76,6 +76,12 @@ impl Kube {
     /// Builds the tools if needed, then starts a fresh control plane in a new
     /// temporary directory and waits until it is ready.
     pub fn up() -> Kube {
+        Kube::up_with(&[])
+    }
+
+    /// Like `up`, with extra environment for scripts/kube-up.sh (e.g.
+    /// `KUBE_SCHEDULER=1`, `KUBE_CONTROLLERS=*`).
+    pub fn up_with(env: &[(&str, &str)]) -> Kube {
         let tools_time = ensure_tools();
         let dir = tempfile::Builder::new()
             .prefix("ocfs2-csi-kube.")
@@ -87,6 +93,7 @@ impl Kube {
             // The watchdog tears the control plane down if this test process
             // dies without running Drop.
             .env("KUBE_UP_OWNER_PID", std::process::id().to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run scripts/kube-up.sh");

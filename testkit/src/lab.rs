@@ -24,6 +24,8 @@ pub struct Lab {
     lun_of: std::sync::Mutex<std::collections::BTreeMap<usize, String>>,
     repo: PathBuf,
     state: PathBuf,
+    /// Extra environment for every `e2e/lab.sh` call (`boot_with`).
+    env: Vec<(String, String)>,
 }
 
 /// o2hb's heartbeat interval.
@@ -220,6 +222,20 @@ impl Lab {
     }
 
     fn boot(name: &str, nodes: usize, lun_size: &str, api_port: Option<u16>, san: bool) -> Lab {
+        Lab::boot_with(name, nodes, lun_size, api_port, san, Vec::new())
+    }
+
+    /// Like `up_with_api`, with `env` set for every `e2e/lab.sh` call:
+    /// another image (`LAB_IMAGE_DIR`, `LAB_KUBE_NODE_BIN`), more memory
+    /// (`LAB_MEM`), a data disk (`LAB_DATA_DISK`).
+    pub fn boot_with(
+        name: &str,
+        nodes: usize,
+        lun_size: &str,
+        api_port: Option<u16>,
+        san: bool,
+        env: Vec<(String, String)>,
+    ) -> Lab {
         let repo = super::repo_root();
         let state = repo.join(".cache/lab").join(name);
         let lab = Lab {
@@ -229,6 +245,7 @@ impl Lab {
             lun_of: Default::default(),
             repo,
             state,
+            env,
         };
         let started = Instant::now();
         let mut up = lab.script();
@@ -258,6 +275,7 @@ impl Lab {
         let mut cmd = Command::new(self.repo.join("e2e/lab.sh"));
         cmd.env("LAB_STATE_DIR", &self.state)
             .env("OCFS2_CSI_BIN", super::binary())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }

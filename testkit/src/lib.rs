@@ -6,6 +6,7 @@
 //! through a loop device).
 
 pub mod kube;
+pub mod kube_nodes;
 pub mod lab;
 
 use ocfs2_csi::csi::controller_client::ControllerClient;

@@ -1,0 +1,457 @@
+//! The nodes tier: the driver as users meet it. Three lab guests are real
+//! Kubernetes nodes (kubelet, containerd, runc, kube-proxy; testkit
+//! `kube_nodes`), the chart is installed with `helm install`, and every flow
+//! goes through the real kubelet: its staging and publish paths, its
+//! NodeExpandVolume calls for a ReadWriteMany volume, fsGroup, unstaging
+//! when pods go.
+//!
+//! One cluster, scenarios in order (each leaves what the next needs):
+//! install, a RWX Deployment on all three nodes, `kubectl patch pvc` under
+//! its writers, a pod as uid 107 with an fsGroup, cleanup, `helm test`,
+//! `helm uninstall`. Each prints `scenario-time: NAME SECONDS`.
+
+use ocfs2_csi_testkit as common;
+
+use common::kube_nodes::{last_report, writer_pods, writers_manifest, Cluster, DRIVER_NS as NS};
+use common::lab::{scenario, wait_until};
+use std::time::{Duration, Instant};
+
+const APP_NS: &str = "default";
+/// The writers' claim, and the size it is grown to.
+const PVC: &str = "shared";
+const SIZE: &str = "1Gi";
+const GROWN: &str = "2Gi";
+const GIB: u64 = 1 << 30;
+
+fn write_errors(c: &Cluster, pods: &[String]) -> usize {
+    pods.iter()
+        .map(|p| {
+            c.pod_log(APP_NS, p, "writer")
+                .matches("WRITE-ERROR")
+                .count()
+        })
+        .sum()
+}
+
+/// A RWX claim and 3 writers spread over the 3 nodes: each sees the
+/// others' files.
+fn rwx_deployment(c: &Cluster) -> Vec<String> {
+    let t = Instant::now();
+    c.apply(&writers_manifest(PVC, SIZE, APP_NS));
+    c.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        APP_NS,
+        "deployment/writers",
+        "--timeout=600s",
+    ]);
+    println!(
+        "rwx: 3 writers running {:.1} s after the apply",
+        t.elapsed().as_secs_f64()
+    );
+    let pods = writer_pods(c, APP_NS);
+    let mut nodes: Vec<usize> = pods.iter().map(|p| c.node_of(APP_NS, p)).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![1, 2, 3], "writers not spread: {pods:?}");
+    wait_until(
+        "every writer sees 3 files",
+        Duration::from_secs(300),
+        || {
+            pods.iter().all(|p| {
+                last_report(&c.pod_log(APP_NS, p, "writer")).is_some_and(|(_, _, files)| files == 3)
+            })
+        },
+    );
+    // Each pod's lines are read back on another node's pod: the file each
+    // writer appends to holds its numbered lines in order, seen through
+    // the mount of the next node.
+    for (k, pod) in pods.iter().enumerate() {
+        let other = c.node_of(APP_NS, &pods[(k + 1) % pods.len()]);
+        let lines = c.lab.must(
+            other,
+            &format!(
+                "cat /var/lib/kubelet/pods/*/volumes/kubernetes.io~csi/*/mount/{pod}.log | head -n 50"
+            ),
+        );
+        for (n, line) in lines.lines().enumerate() {
+            assert_eq!(
+                line,
+                format!("{pod} {}", n + 1),
+                "{pod}'s file on node{other}"
+            );
+        }
+        assert!(
+            lines.lines().count() >= 10,
+            "{pod} wrote too little: {lines}"
+        );
+    }
+    assert_eq!(write_errors(c, &pods), 0);
+    println!("rwx: every writer sees the 3 files; lines read back across nodes");
+    pods
+}
+
+/// `kubectl patch pvc` to a larger size with the writers running.
+fn patch_pvc(c: &Cluster, pods: &[String]) {
+    let before: Vec<u64> = pods
+        .iter()
+        .map(|p| last_report(&c.pod_log(APP_NS, p, "writer")).unwrap().1)
+        .collect();
+    let t = Instant::now();
+    c.grow_claim(APP_NS, PVC, GROWN);
+    let status = t.elapsed();
+    // Every pod sees the new size (its next report after the grow).
+    wait_until(
+        "every writer sees the grown volume",
+        Duration::from_secs(300),
+        || {
+            pods.iter().zip(&before).all(|(p, b)| {
+                last_report(&c.pod_log(APP_NS, p, "writer"))
+                    .is_some_and(|(_, size, _)| size > b + GIB / 1024 / 2)
+            })
+        },
+    );
+    let seen = t.elapsed();
+    let errors = write_errors(c, pods);
+    println!(
+        "patch-pvc: {SIZE} -> {GROWN}: claim capacity {:.1} s, every pod sees it {:.1} s, \
+         {errors} write errors",
+        status.as_secs_f64(),
+        seen.as_secs_f64()
+    );
+    assert_eq!(errors, 0, "writes failed during the grow");
+}
+
+/// virt-launcher's user: a pod running as uid 107 with fsGroup 107 writes to
+/// the shared volume (the kubelet applies the fsGroup: CSIDriver
+/// fsGroupPolicy File) while the writers go on.
+fn fs_group(c: &Cluster) {
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: qemu-user, namespace: {APP_NS}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 107, runAsGroup: 107, fsGroup: 107}}
+  containers:
+  - name: c
+    image: localhost/busybox:lab
+    imagePullPolicy: Never
+    command: [sh, -c, 'id && echo vm-disk > /data/qemu-user.img && stat -c "%u:%g %a" /data/qemu-user.img /data']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: {PVC}}}
+"#
+    ));
+    c.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/qemu-user",
+        "-n",
+        APP_NS,
+        "--timeout=300s",
+    ]);
+    let log = c.pod_log(APP_NS, "qemu-user", "c");
+    println!("fsgroup: {}", log.lines().collect::<Vec<_>>().join(" | "));
+    assert!(log.contains("uid=107"), "{log}");
+    assert!(log.contains("107:107"), "the file is not the pod's: {log}");
+    c.kubectl(&["delete", "pod", "-n", APP_NS, "qemu-user", "--wait=true"]);
+}
+
+/// The rounds each writer has reported so far, by pod.
+fn rounds(c: &Cluster, pods: &[String]) -> Vec<u64> {
+    pods.iter()
+        .map(|p| last_report(&c.pod_log(APP_NS, p, "writer")).map_or(0, |r| r.0))
+        .collect()
+}
+
+/// Waits until every writer reported at least two more rounds than in
+/// `since`: they are still writing.
+fn writers_go_on(c: &Cluster, pods: &[String], since: &[u64]) {
+    wait_until(
+        "every writer goes on writing",
+        Duration::from_secs(300),
+        || {
+            rounds(c, pods)
+                .iter()
+                .zip(since)
+                .all(|(now, then)| *now >= then + 20)
+        },
+    );
+}
+
+/// OCFS2 mounts on a node.
+fn ocfs2_mounts(c: &Cluster, node: usize) -> usize {
+    c.lab
+        .must(node, "grep -c ' ocfs2 ' /proc/mounts || true")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The node plugin DaemonSet rolled to a new image tag under the writers'
+/// I/O: every node keeps its mounts, no write fails.
+fn daemonset_roll(c: &Cluster, pods: &[String]) {
+    let mounts: Vec<usize> = (1..=3).map(|n| ocfs2_mounts(c, n)).collect();
+    let since = rounds(c, pods);
+    let t = Instant::now();
+    c.kubectl(&[
+        "set",
+        "image",
+        "-n",
+        NS,
+        "daemonset/ocfs2-csi-node",
+        "ocfs2-csi=localhost/ocfs2-csi:lab-next",
+    ]);
+    c.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        NS,
+        "daemonset/ocfs2-csi-node",
+        "--timeout=900s",
+    ]);
+    let images = c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/component=node",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        images
+            .split_whitespace()
+            .filter(|i| i.ends_with(":lab-next"))
+            .count(),
+        3,
+        "not every node plugin runs the new tag: {images}"
+    );
+    writers_go_on(c, pods, &since);
+    let after: Vec<usize> = (1..=3).map(|n| ocfs2_mounts(c, n)).collect();
+    assert_eq!(mounts, after, "OCFS2 mounts per node changed over the roll");
+    assert_eq!(write_errors(c, pods), 0);
+    println!(
+        "daemonset-roll: 3 node plugins on the new tag in {:.1} s; mounts per node {after:?} \
+         kept; 0 write errors",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The kubelet on node2 restarted under I/O: its volumes are reconstructed
+/// (still in use, still mounted, the pod writes on).
+fn kubelet_restart(c: &Cluster, pods: &[String]) {
+    let node = 2;
+    let pv = c.kubectl(&[
+        "get",
+        "pvc",
+        "-n",
+        APP_NS,
+        PVC,
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
+    let mounts = ocfs2_mounts(c, node);
+    let since = rounds(c, pods);
+    let t = Instant::now();
+    c.restart_kubelet(node);
+    wait_until(
+        "node2 Ready with the volume in use again",
+        Duration::from_secs(300),
+        || {
+            let out = c.kubectl_try(&[
+                "get",
+                "node",
+                "node2",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.volumesInUse}",
+            ]);
+            out.1.starts_with("True") && out.1.contains(pv.trim())
+        },
+    );
+    writers_go_on(c, pods, &since);
+    assert_eq!(ocfs2_mounts(c, node), mounts, "node2's mounts changed");
+    let restarts = c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        APP_NS,
+        "-l",
+        "app=writers",
+        "-o",
+        "jsonpath={.items[*].status.containerStatuses[0].restartCount}",
+    ]);
+    assert!(
+        restarts.split_whitespace().all(|r| r == "0"),
+        "a writer restarted: {restarts}"
+    );
+    assert_eq!(write_errors(c, pods), 0);
+    let log = c
+        .lab
+        .must(node, "grep -ci reconstruct /var/log/kubelet.log || true");
+    println!(
+        "kubelet-restart: node2's kubelet back, volume in use, writers on, in {:.1} s \
+         ({} kubelet log lines on reconstruction)",
+        t.elapsed().as_secs_f64(),
+        log.trim()
+    );
+}
+
+/// A pod with its own ReadWriteOnce claim moved from node1 to node3 keeps
+/// its data: unstaged on node1, staged on node3, the same bytes.
+fn pod_move(c: &Cluster) {
+    let pod = |name: &str, node: usize, cmd: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {APP_NS}}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{kubernetes.io/hostname: node{node}}}
+  containers:
+  - name: c
+    image: localhost/busybox:lab
+    imagePullPolicy: Never
+    command: [sh, -c, '{cmd}']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: mover}}
+"#
+        )
+    };
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: mover, namespace: {APP_NS}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ocfs2
+  resources: {{requests: {{storage: 1Gi}}}}
+"#
+    ));
+    let before = ocfs2_mounts(c, 1);
+    c.apply(&pod(
+        "mover-a",
+        1,
+        "dd if=/dev/urandom of=/data/blob bs=1M count=16 conv=fsync 2>/dev/null && sha256sum /data/blob",
+    ));
+    let wait_done = |name: &str| {
+        c.kubectl(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{name}"),
+            "-n",
+            APP_NS,
+            "--timeout=300s",
+        ])
+    };
+    wait_done("mover-a");
+    let written = c.pod_log(APP_NS, "mover-a", "c");
+    c.kubectl(&["delete", "pod", "-n", APP_NS, "mover-a", "--wait=true"]);
+    wait_until(
+        "the claim unstaged on node1",
+        Duration::from_secs(300),
+        || ocfs2_mounts(c, 1) == before,
+    );
+    c.apply(&pod("mover-b", 3, "sha256sum /data/blob"));
+    wait_done("mover-b");
+    let read = c.pod_log(APP_NS, "mover-b", "c");
+    let sum = |log: &str| {
+        log.split_whitespace()
+            .find(|w| w.len() == 64)
+            .map(String::from)
+            .unwrap_or_else(|| panic!("no checksum in {log:?}"))
+    };
+    assert_eq!(sum(&written), sum(&read), "the data changed on the move");
+    println!(
+        "pod-move: node1 -> node3, 16 MiB, sha256 {} on both",
+        &sum(&read)[..16]
+    );
+    c.kubectl(&["delete", "pod", "-n", APP_NS, "mover-b", "--wait=true"]);
+    c.kubectl(&["delete", "pvc", "-n", APP_NS, "mover", "--wait=true"]);
+}
+
+/// Deleting the pods unstages the volume everywhere; deleting the claim
+/// deletes the volume.
+fn cleanup(c: &Cluster) {
+    let pv = c.kubectl(&[
+        "get",
+        "pvc",
+        "-n",
+        APP_NS,
+        PVC,
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
+    c.kubectl(&[
+        "delete",
+        "deployment",
+        "-n",
+        APP_NS,
+        "writers",
+        "--wait=true",
+    ]);
+    c.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pod",
+        "-n",
+        APP_NS,
+        "-l",
+        "app=writers",
+        "--timeout=300s",
+    ]);
+    wait_until(
+        "no OCFS2 mount left on any node",
+        Duration::from_secs(300),
+        || (1..=3).all(|n| c.lab.exec(n, "grep -c ' ocfs2 ' /proc/mounts").1.trim() == "0"),
+    );
+    c.kubectl(&["delete", "pvc", "-n", APP_NS, PVC, "--wait=true"]);
+    wait_until("the PV is deleted", Duration::from_secs(300), || {
+        !c.kubectl_try(&["get", "pv", pv.trim()]).0
+    });
+    println!("cleanup: unstaged on every node, {} deleted", pv.trim());
+}
+
+#[test]
+fn kube_nodes() {
+    let c = scenario("nodes-up", || Cluster::up("kube-nodes", 3, "8G"));
+    for line in c.memory_report() {
+        println!("memory: {line}");
+    }
+    scenario("helm-install", || c.helm_install());
+    let pods = scenario("rwx-deployment", || rwx_deployment(&c));
+    scenario("patch-pvc", || patch_pvc(&c, &pods));
+    scenario("fsgroup-107", || fs_group(&c));
+    scenario("daemonset-roll", || daemonset_roll(&c, &pods));
+    scenario("kubelet-restart", || kubelet_restart(&c, &pods));
+    scenario("pod-move", || pod_move(&c));
+    scenario("cleanup", || cleanup(&c));
+    scenario("helm-test", || {
+        let out = c
+            .kube
+            .helm(&["test", "ocfs2-csi", "--namespace", NS, "--timeout", "10m"]);
+        assert!(out.contains("Succeeded"), "helm test:\n{out}");
+    });
+    for line in c.memory_report() {
+        println!("memory: {line}");
+    }
+    scenario("helm-uninstall", || {
+        c.kube
+            .helm(&["uninstall", "ocfs2-csi", "--namespace", NS, "--wait"]);
+        let left = c.kubectl(&[
+            "get",
+            "all,csidriver,storageclass,clusterrole,clusterrolebinding,role,rolebinding,configmap,serviceaccount",
+            "-A",
+            "-l",
+            "app.kubernetes.io/instance=ocfs2-csi",
+            "-o",
+            "name",
+        ]);
+        assert!(left.trim().is_empty(), "left behind: {left}");
+    });
+}
