@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: installs and builds only what the three-node demo needs (no
-# Kubernetes tools, no csi-sanity, no chart tools), saying what each step is
-# and how long it took, then runs it (examples/lab_demo.rs).
+# `make demo-grpc`: the quicker demo, at the CSI (gRPC) level: installs and
+# builds only what it needs (no Kubernetes tools, no csi-sanity, no chart
+# tools), saying what each step is and how long it took, then runs it
+# (examples/lab_demo.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/cache.sh
