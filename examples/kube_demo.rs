@@ -13,24 +13,11 @@ use ocfs2_csi_testkit as common;
 use common::kube::bin_dir;
 use common::kube_nodes::{last_report, writer_pods, writers_manifest, Cluster};
 use common::lab::wait_until;
+use common::report::Report;
 use std::time::{Duration, Instant};
 
 const NS: &str = "default";
 const PVC: &str = "shared";
-
-struct Report(Vec<(String, f64)>);
-
-impl Report {
-    fn step<T>(&mut self, what: &str, f: impl FnOnce() -> T) -> T {
-        let t = Instant::now();
-        println!("-- {what}");
-        let out = f();
-        let s = t.elapsed().as_secs_f64();
-        println!("   done in {s:.1} s");
-        self.0.push((what.to_string(), s));
-        out
-    }
-}
 
 /// Each writer's last report: (pod, rounds, volume KiB, files seen).
 fn reports(c: &Cluster, pods: &[String]) -> Vec<(String, u64, u64, usize)> {
@@ -44,7 +31,7 @@ fn reports(c: &Cluster, pods: &[String]) -> Vec<(String, u64, u64, usize)> {
 
 fn main() {
     let total = Instant::now();
-    let mut report = Report(Vec::new());
+    let mut report = Report::default();
     let c = report.step(
         "3 QEMU guests (TCG) become Kubernetes nodes (kubelet, containerd, kube-proxy)",
         || Cluster::up("kube-demo", 3, "16G"),

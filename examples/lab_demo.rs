@@ -1,4 +1,4 @@
-//! `make demo`: the driver's main job, end to end, on an embedded default.
+//! `make demo-grpc`: the driver's main job at the CSI level, on an embedded default.
 //! Boots the three-node lab (QEMU guests with Debian's OCFS2 kernel sharing
 //! one LUN file), creates a ReadWriteMany volume through `ocfs2-csi
 //! controller`, lets `ocfs2-csi node` on every guest join the o2cb cluster
@@ -10,28 +10,15 @@
 use ocfs2_csi_testkit as common;
 
 use common::lab::*;
+use common::report::Report;
 use common::*;
 use std::time::Instant;
 
 const CLUSTER: &str = "testclu";
 
-struct Report(Vec<(String, f64)>);
-
-impl Report {
-    fn step<T>(&mut self, what: &str, f: impl FnOnce() -> T) -> T {
-        let t = Instant::now();
-        println!("-- {what}");
-        let out = f();
-        let s = t.elapsed().as_secs_f64();
-        println!("   done in {s:.1} s");
-        self.0.push((what.to_string(), s));
-        out
-    }
-}
-
 fn main() {
     let total = Instant::now();
-    let mut report = Report(Vec::new());
+    let mut report = Report::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let lab = report.step("boot 3 QEMU guests (TCG) sharing a 16 GiB LUN", || {
         Lab::up("demo", 3, "16G")

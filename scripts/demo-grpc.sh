@@ -9,13 +9,8 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 start=$SECONDS
 
-step() { # what command...
-  local what=$1 t0=$SECONDS
-  shift
-  echo "demo: $what ..."
-  "$@"
-  echo "demo: $what: done in $((SECONDS - t0)) s"
-}
+# shellcheck source=scripts/demo-step.sh
+. scripts/demo-step.sh
 
 step "Debian packages for the build (ocfs2-tools, gdisk, protobuf-compiler)" \
   scripts/deps.sh --no-csi-sanity

@@ -482,3 +482,27 @@ pub fn last_report(log: &str) -> Option<(u64, u64, usize)> {
         ))
     })
 }
+
+/// A pod that runs `cmd` once (busybox `sh -c`) with `claim` at /data;
+/// `spec` is more of its spec, one `key: value` per line (nodeSelector,
+/// securityContext, ...).
+pub fn one_shot_pod(name: &str, namespace: &str, claim: &str, cmd: &str, spec: &[&str]) -> String {
+    let extra: String = spec.iter().map(|l| format!("  {l}\n")).collect();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+{extra}  containers:
+  - name: c
+    image: localhost/busybox:lab
+    imagePullPolicy: Never
+    command: [sh, -c, '{cmd}']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: {claim}}}
+"#
+    )
+}
