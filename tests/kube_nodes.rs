@@ -128,6 +128,7 @@ fn patch_pvc(c: &Cluster, pods: &[String]) {
 /// the shared volume (the kubelet applies the fsGroup: CSIDriver
 /// fsGroupPolicy File) while the writers go on.
 fn fs_group(c: &Cluster) {
+    let mounts: Vec<usize> = (1..=3).map(|n| ocfs2_mounts(c, n)).collect();
     c.apply(&one_shot_pod(
         "qemu-user",
         APP_NS,
@@ -148,6 +149,12 @@ fn fs_group(c: &Cluster) {
     assert!(log.contains("uid=107"), "{log}");
     assert!(log.contains("107:107"), "the file is not the pod's: {log}");
     c.kubectl(&["delete", "pod", "-n", APP_NS, "qemu-user", "--wait=true"]);
+    // The kubelet unpublishes after the pod object is gone.
+    wait_until(
+        "the pod's publish mount is gone",
+        Duration::from_secs(300),
+        || (1..=3).map(|n| ocfs2_mounts(c, n)).collect::<Vec<_>>() == mounts,
+    );
 }
 
 /// The rounds each writer has reported so far, by pod.
@@ -418,15 +425,29 @@ fn kube_nodes() {
     scenario("helm-uninstall", || {
         c.kube
             .helm(&["uninstall", "ocfs2-csi", "--namespace", NS, "--wait"]);
-        let left = c.kubectl(&[
-            "get",
-            "all,csidriver,storageclass,clusterrole,clusterrolebinding,role,rolebinding,configmap,serviceaccount",
-            "-A",
-            "-l",
-            "app.kubernetes.io/instance=ocfs2-csi",
-            "-o",
-            "name",
-        ]);
-        assert!(left.trim().is_empty(), "left behind: {left}");
+        // The pods go after the uninstall returns (garbage collection).
+        let ours = || {
+            c.kubectl(&[
+                "get",
+                "all,csidriver,storageclass,clusterrole,clusterrolebinding,role,rolebinding,\
+                 configmap,serviceaccount",
+                "-A",
+                "-l",
+                "app.kubernetes.io/instance=ocfs2-csi",
+                "-o",
+                "name",
+            ])
+        };
+        wait_until(
+            "nothing of the chart's left",
+            Duration::from_secs(300),
+            || ours().trim().is_empty(),
+        );
+        // What the plugins made themselves: their o2cb number Leases.
+        let leases = c.kubectl(&["get", "leases", "-n", NS, "-o", "name"]);
+        println!(
+            "helm-uninstall: no chart object left; Leases in {NS}: {}",
+            leases.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     });
 }
