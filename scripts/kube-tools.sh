@@ -45,8 +45,9 @@ declare -A TOOLS=(
 )
 # Environment and build tags per module, where upstream's own build differs
 # from the default: containerd's release builds static without btrfs (no
-# headers here, and the guests use overlayfs); runc needs libseccomp for the
-# seccomp profiles the kubelet asks for (RuntimeDefault).
+# headers here, and the guests use overlayfs), the CNI plugins' static too;
+# runc needs libseccomp for the seccomp profiles the kubelet asks for
+# (RuntimeDefault).
 declare -A ENVS=([containerd]="CGO_ENABLED=0" [cni-plugins]="CGO_ENABLED=0")
 declare -A TAGS=([containerd]="no_btrfs" [runc]="seccomp")
 ORDER=(controlplane csi-provisioner csi-resizer)

@@ -7,7 +7,7 @@
 
 use super::kube::{bin_dir, user_cache, Kube};
 use super::lab::{wait_until, Lab};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,12 @@ pub const DRIVER_NS: &str = "kube-system";
 pub struct Cluster {
     pub lab: Lab,
     pub kube: Kube,
-    /// The images' data disk (kept with the lab's state).
-    pub data_disk: PathBuf,
 }
 
 /// Runs a repository script with its output shown; panics unless it succeeds.
-fn run_script(args: &[&str], env: &[(&str, &str)]) {
+fn run_script(args: &[&str]) {
     let out = Command::new(super::repo_root().join(args[0]))
         .args(&args[1..])
-        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", args[0]));
@@ -71,12 +68,13 @@ impl Cluster {
     /// Ready Kubernetes node named nodeI, labelled as one that sees the SAN.
     pub fn up(name: &str, nodes: usize, lun_size: &str) -> Cluster {
         let started = Instant::now();
-        run_script(&["scripts/kube-tools.sh", "--node"], &[]);
+        run_script(&["scripts/kube-tools.sh", "--node"]);
         let images = user_cache().join("lab/kube-images");
-        run_script(&["scripts/lab-images.sh", images.to_str().unwrap()], &[]);
-        let state = super::repo_root().join(".cache/lab").join(name);
-        std::fs::create_dir_all(&state).unwrap();
-        let disk = state.with_extension("images.ext4");
+        run_script(&["scripts/lab-images.sh", images.to_str().unwrap()]);
+        // Beside the lab's state folder, which is the lab's own to clear.
+        let labs = super::repo_root().join(".cache/lab");
+        std::fs::create_dir_all(&labs).unwrap();
+        let disk = labs.join(format!("{name}.images.ext4"));
         data_disk(&images, &disk);
         println!(
             "kube-nodes: tools and images ready in {:.1} s",
@@ -97,11 +95,7 @@ impl Cluster {
         let lab = Lab::boot_with(name, nodes, lun_size, Some(RELAY_PORT), false, env);
         let port: u16 = kube.server.rsplit(':').next().unwrap().parse().unwrap();
         lab.relay_into(RELAY_PORT, port);
-        let cluster = Cluster {
-            lab,
-            kube,
-            data_disk: disk,
-        };
+        let cluster = Cluster { lab, kube };
         cluster.api_service_endpoint();
         cluster.join_nodes();
         println!(
