@@ -7,8 +7,10 @@
 //!
 //! One cluster, scenarios in order (each leaves what the next needs):
 //! install, a RWX Deployment on all three nodes, `kubectl patch pvc` under
-//! its writers, a pod as uid 107 with an fsGroup, cleanup, `helm test`,
-//! `helm uninstall`. Each prints `scenario-time: NAME SECONDS`.
+//! its writers, a pod as uid 107 with an fsGroup, the node DaemonSet rolled
+//! and a kubelet restarted under the writers' I/O, a pod moved between
+//! nodes, cleanup, `helm test`, `helm uninstall`. Each prints
+//! `scenario-time: NAME SECONDS`.
 
 use ocfs2_csi_testkit as common;
 
