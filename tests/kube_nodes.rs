@@ -27,6 +27,21 @@ const SIZE: &str = "1Gi";
 const GROWN: &str = "2Gi";
 const GIB: u64 = 1 << 30;
 
+/// The shared claim's PV.
+fn shared_pv(c: &Cluster) -> String {
+    c.kubectl(&[
+        "get",
+        "pvc",
+        "-n",
+        APP_NS,
+        PVC,
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ])
+    .trim()
+    .to_string()
+}
+
 fn write_errors(c: &Cluster, pods: &[String]) -> usize {
     pods.iter()
         .map(|p| {
@@ -245,15 +260,7 @@ fn daemonset_roll(c: &Cluster, pods: &[String]) {
 /// (set up again, still mounted, the pod writes on).
 fn kubelet_restart(c: &Cluster, pods: &[String]) {
     let node = 2;
-    let pv = c.kubectl(&[
-        "get",
-        "pvc",
-        "-n",
-        APP_NS,
-        PVC,
-        "-o",
-        "jsonpath={.spec.volumeName}",
-    ]);
+    let pv = shared_pv(c);
     let mounts = ocfs2_mounts(c, node);
     let since = rounds(c, pods);
     let t = Instant::now();
@@ -269,8 +276,7 @@ fn kubelet_restart(c: &Cluster, pods: &[String]) {
             let (_, log) = c.lab.exec(
                 node,
                 &format!(
-                    "grep -F 'MountVolume.SetUp succeeded' /var/log/kubelet.log | grep -cF '{}'",
-                    pv.trim()
+                    "grep -F 'MountVolume.SetUp succeeded' /var/log/kubelet.log | grep -cF '{pv}'"
                 ),
             );
             log.trim().parse::<u32>().unwrap_or(0) > 0
@@ -362,15 +368,7 @@ spec:
 /// Deleting the pods unstages the volume everywhere; deleting the claim
 /// deletes the volume.
 fn cleanup(c: &Cluster) {
-    let pv = c.kubectl(&[
-        "get",
-        "pvc",
-        "-n",
-        APP_NS,
-        PVC,
-        "-o",
-        "jsonpath={.spec.volumeName}",
-    ]);
+    let pv = shared_pv(c);
     c.kubectl(&[
         "delete",
         "deployment",
@@ -396,9 +394,9 @@ fn cleanup(c: &Cluster) {
     );
     c.kubectl(&["delete", "pvc", "-n", APP_NS, PVC, "--wait=true"]);
     wait_until("the PV is deleted", Duration::from_secs(300), || {
-        !c.kubectl_try(&["get", "pv", pv.trim()]).0
+        !c.kubectl_try(&["get", "pv", &pv]).0
     });
-    println!("cleanup: unstaged on every node, {} deleted", pv.trim());
+    println!("cleanup: unstaged on every node, {pv} deleted");
 }
 
 #[test]
