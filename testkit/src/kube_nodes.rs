@@ -238,7 +238,8 @@ impl Cluster {
             "--timeout=600s",
         ]);
         println!(
-            "install: node plugins ready on 3 nodes in {:.1} s",
+            "install: node plugins ready on {} nodes in {:.1} s",
+            self.lab.nodes,
             t.elapsed().as_secs_f64()
         );
         c.kubectl(&[
@@ -253,10 +254,12 @@ impl Cluster {
             "install: controller available {:.1} s after the install",
             t.elapsed().as_secs_f64()
         );
-        // The kubelets know the driver (registration) and its volume limit.
+        // The kubelets know the driver: the node plugins registered, which
+        // they do once they serve, after the controller has initialised
+        // the blank LUN and they have claimed their o2cb numbers.
         wait_until(
             "CSINode of every node lists the driver",
-            Duration::from_secs(120),
+            Duration::from_secs(600),
             || {
                 let out = c.kubectl_try(&[
                     "get",
@@ -268,7 +271,7 @@ impl Cluster {
                     .lines()
                     .filter(|l| l.contains("ocfs2.csi.dev"))
                     .count()
-                    == 3
+                    == self.lab.nodes
             },
         );
     }
