@@ -128,6 +128,17 @@ pub enum DeleteError {
          volume on a live node or running fsck.ocfs2 recovers their slots"
     )]
     Mounted { volume: String, nodes: Vec<u32> },
+    #[error(
+        "raw block volume {volume} is still staged on {} (their marks in its header say so); \
+         unstage it there first. A node that crashed clears its mark when its node plugin \
+         starts again; marks of a node gone for good stay until a node plugin with its o2cb \
+         number starts",
+        .holders.join(", ")
+    )]
+    Held {
+        volume: String,
+        holders: Vec<String>,
+    },
     #[error(transparent)]
     Lun(#[from] LunError),
 }
@@ -198,7 +209,7 @@ impl RpcError for DeleteError {
     fn code(&self) -> Code {
         match self {
             DeleteError::InvalidArgument(_) => Code::InvalidArgument,
-            DeleteError::Mounted { .. } => Code::FailedPrecondition,
+            DeleteError::Mounted { .. } | DeleteError::Held { .. } => Code::FailedPrecondition,
             DeleteError::Lun(e) => e.code(),
         }
     }
@@ -356,6 +367,13 @@ mod tests {
             &DeleteError::Mounted {
                 volume: "v".into(),
                 nodes: vec![1],
+            },
+            false,
+        );
+        push(
+            &DeleteError::Held {
+                volume: "v".into(),
+                holders: vec!["n1 (o2cb node 1)".into()],
             },
             false,
         );

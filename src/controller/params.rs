@@ -8,6 +8,7 @@ use crate::ocfs2::layout::{
     MIN_JOURNAL,
 };
 use crate::ocfs2::tools::ALLOWED_FEATURES;
+use crate::volume::entry::Content;
 use std::collections::HashMap;
 
 /// What the StorageClass asked for.
@@ -197,11 +198,7 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
                 crate::volume::mount_options::mount_options(&m.mount_flags)
                     .map_err(|e| e.to_string())?;
             }
-            Some(AccessType::Block(_)) => {
-                return Err("raw block volumes are not supported yet; use a filesystem \
-                            (mount) volume"
-                    .into())
-            }
+            Some(AccessType::Block(_)) => {}
             None => return Err("a volume capability must set mount or block".into()),
         }
         let mode = cap
@@ -214,6 +211,24 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What the capabilities ask the volume to hold: all of them block, or all
+/// of them mount (a volume is one or the other, for good).
+pub fn content_of(caps: &[VolumeCapability]) -> Result<Content, String> {
+    let block = caps
+        .iter()
+        .filter(|c| matches!(c.access_type, Some(AccessType::Block(_))))
+        .count();
+    match block {
+        0 => Ok(Content::Ocfs2),
+        n if n == caps.len() => Ok(Content::Block),
+        _ => Err(
+            "volume_capabilities ask for both block and mount access; a volume is one or the \
+             other"
+                .into(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -345,9 +360,15 @@ mod tests {
             AccessType::Block(BlockVolume {}),
             Mode::MultiNodeMultiWriter,
         );
-        assert!(check_capabilities(&[block])
-            .unwrap_err()
-            .contains("raw block"));
+        assert!(check_capabilities(std::slice::from_ref(&block)).is_ok());
         assert!(check_capabilities(&[]).is_err());
+        assert_eq!(content_of(std::slice::from_ref(&block)), Ok(Content::Block));
+        assert_eq!(
+            content_of(&[block.clone(), block.clone()]),
+            Ok(Content::Block)
+        );
+        let fs = cap(mount(""), Mode::MultiNodeMultiWriter);
+        assert_eq!(content_of(std::slice::from_ref(&fs)), Ok(Content::Ocfs2));
+        assert!(content_of(&[fs, block]).unwrap_err().contains("both"));
     }
 }

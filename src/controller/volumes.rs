@@ -3,7 +3,7 @@
 
 use super::allocate::{grow_plan, place_volume};
 use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError, LunError};
-use super::params::{check_capabilities, VolumeParams};
+use super::params::{check_capabilities, content_of, VolumeParams};
 use super::pool::Lun;
 use crate::csi::VolumeCapability;
 use crate::disk::blocking::run_blocking;
@@ -14,8 +14,8 @@ use crate::ocfs2::MAX_LABEL_BYTES;
 use crate::server::inflight::{Guard, InFlight};
 use crate::server::Readiness;
 use crate::volume::entry::{
-    self, volume_entry, volume_in, volume_partition, Placement, State, VolumeEntry, ALIGN,
-    FIRST_VOLUME_NUMBER, MAX_PARTITION,
+    self, block_partition, volume_entry, volume_in, volume_partition, Content, Placement, Sizing,
+    State, VolumeEntry, ALIGN, FIRST_VOLUME_NUMBER, MAX_PARTITION,
 };
 use crate::volume::extents::extent_entries;
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
@@ -37,6 +37,9 @@ pub mod context_keys {
     pub const CLUSTER_NAME: &str = "clusterName";
     pub const HEARTBEAT: &str = "heartbeat";
     pub const HEARTBEAT_UUID: &str = "heartbeatUuid";
+    /// `filesystem` or `block` (volumes made before it was added:
+    /// filesystem).
+    pub const CONTENT: &str = "content";
 }
 
 /// A volume as the RPCs report it.
@@ -273,8 +276,12 @@ impl Volumes {
             (LUN_GUID.to_string(), lun.disk_guid.to_string()),
             (PARTITION_GUID.to_string(), e.guid.to_string()),
             (CLUSTER_NAME.to_string(), self.cluster_name.clone()),
-            (HEARTBEAT.to_string(), e.heartbeat.to_string()),
+            (CONTENT.to_string(), e.content.to_string()),
         ]);
+        if e.content == Content::Block {
+            return c;
+        }
+        c.insert(HEARTBEAT.into(), e.heartbeat.to_string());
         if e.heartbeat == HeartbeatMode::Global {
             c.insert(HEARTBEAT_UUID.into(), lun.heartbeat_uuid.to_string());
         }
@@ -300,6 +307,7 @@ impl Volumes {
         validate_name(name).map_err(CreateError::InvalidArgument)?;
         let usable = requested_bytes(req.required_bytes, req.limit_bytes)?;
         check_capabilities(req.capabilities).map_err(CreateError::InvalidArgument)?;
+        let content = content_of(req.capabilities).map_err(CreateError::InvalidArgument)?;
         if req.has_content_source {
             return Err(CreateError::InvalidArgument(
                 "volume_content_source (snapshots and clones) is not supported".into(),
@@ -339,8 +347,15 @@ impl Volumes {
             params.cluster_size,
             params.journal_size,
         );
-        layout.check().map_err(CreateError::InvalidArgument)?;
-        let accounted = entry::accounted(&layout);
+        // A StorageClass serves both volume modes: its OCFS2 parameters
+        // are checked above and count for filesystem volumes only.
+        let sizing = match content {
+            Content::Ocfs2 => {
+                layout.check().map_err(CreateError::InvalidArgument)?;
+                Sizing::Ocfs2(entry::accounted(&layout))
+            }
+            Content::Block => Sizing::Block,
+        };
 
         // A retry finds what an earlier call made, on any LUN.
         for lun in &luns {
@@ -357,7 +372,7 @@ impl Volumes {
             }
             let mismatch = compatibility(
                 &existing,
-                &accounted,
+                &sizing,
                 &params,
                 usable,
                 req.limit_bytes,
@@ -375,37 +390,66 @@ impl Volumes {
                     partition = existing.number,
                     "resuming an interrupted create"
                 );
-                self.format_and_confirm(lun, &existing, name, &layout, &params, &guard)
+                self.make(lun, &existing, name, &layout, &params, &guard)
                     .await?;
             }
             return Ok(self.info(lun, &existing, Some(name)));
         }
 
-        let partition_bytes = accounted.partition_bytes(usable, ALIGN);
+        let partition_bytes = sizing.partition_bytes(usable);
         let (lun, created) = self
             .allocate(
                 &candidates,
                 name,
-                &accounted,
+                &sizing,
                 partition_bytes,
                 usable,
                 params.heartbeat,
             )
             .await?;
-        tracing::info!(
-            volume = name,
-            lun = %lun.name(),
-            partition = created.number,
-            partition_bytes,
-            usable,
-            slots = layout.slots,
-            journal = layout.journal_size,
-            cluster = layout.cluster_size,
-            "partition allocated, formatting"
-        );
-        self.format_and_confirm(lun, &created, name, &layout, &params, &guard)
+        match content {
+            Content::Ocfs2 => tracing::info!(
+                volume = name,
+                lun = %lun.name(),
+                partition = created.number,
+                partition_bytes,
+                usable,
+                slots = layout.slots,
+                journal = layout.journal_size,
+                cluster = layout.cluster_size,
+                "partition allocated, formatting"
+            ),
+            Content::Block => tracing::info!(
+                volume = name,
+                lun = %lun.name(),
+                partition = created.number,
+                partition_bytes,
+                usable,
+                "partition allocated for a raw block volume, zeroing"
+            ),
+        }
+        self.make(lun, &created, name, &layout, &params, &guard)
             .await?;
         Ok(self.info(lun, &created, Some(name)))
+    }
+
+    /// Makes a pending volume what it is to hold, then marks it ready.
+    async fn make(
+        &self,
+        lun: &Arc<Lun>,
+        e: &VolumeEntry,
+        name: &str,
+        layout: &Layout,
+        params: &VolumeParams,
+        guard: &Arc<Guard>,
+    ) -> Result<(), LunError> {
+        match e.content {
+            Content::Ocfs2 => {
+                self.format_and_confirm(lun, e, name, layout, params, guard)
+                    .await
+            }
+            Content::Block => self.zero_and_confirm(lun, e, name, guard).await,
+        }
     }
 
     /// Reserves a pending partition on the first LUN with room.
@@ -413,7 +457,7 @@ impl Volumes {
         &self,
         candidates: &[&'l Arc<Lun>],
         name: &str,
-        accounted: &Layout,
+        sizing: &Sizing,
         partition_bytes: u64,
         usable: u64,
         heartbeat: HeartbeatMode,
@@ -429,10 +473,9 @@ impl Volumes {
             if place_volume(&table, partition_bytes / ss).is_none() && take_new_space(lun).await {
                 table = lun.read_table().await?;
             }
-            lun_capacity = lun_capacity.max(accounted.usable_bytes(
-                (table.last_usable_lba - table.first_usable_lba + 1) * ss,
-                ALIGN,
-            ));
+            lun_capacity = lun_capacity.max(
+                sizing.usable_bytes((table.last_usable_lba - table.first_usable_lba + 1) * ss),
+            );
             let Some(number) =
                 (FIRST_VOLUME_NUMBER..=MAX_PARTITION).find(|n| table.partition(*n).is_none())
             else {
@@ -444,7 +487,7 @@ impl Volumes {
             largest = largest.max(
                 extents
                     .iter()
-                    .map(|(f, l)| accounted.usable_bytes((l - f + 1) * ss, ALIGN))
+                    .map(|(f, l)| sizing.usable_bytes((l - f + 1) * ss))
                     .max()
                     .unwrap_or(0),
             );
@@ -456,14 +499,17 @@ impl Volumes {
                 first_lba: first,
                 last_lba: first + sectors - 1,
             };
-            let p = volume_partition(
-                at,
-                partition_guid(name),
-                name,
-                State::Pending,
-                heartbeat,
-                accounted,
-            );
+            let p = match sizing {
+                Sizing::Ocfs2(layout) => volume_partition(
+                    at,
+                    partition_guid(name),
+                    name,
+                    State::Pending,
+                    heartbeat,
+                    layout,
+                ),
+                Sizing::Block => block_partition(at, partition_guid(name), name, State::Pending),
+            };
             let e = volume_entry(&p, ss).expect("a volume partition");
             table.partitions.push(p);
             table.partitions.sort_by_key(|p| p.number);
@@ -628,7 +674,7 @@ impl Volumes {
                 p.number
             )));
         };
-        let Some(nodes) = self.mounted_nodes(lun, &e).await? else {
+        let Some(nodes) = self.users(lun, &e).await? else {
             // No filesystem (wiped by an interrupted delete, or mkfs never
             // ran): nothing a node could mount.
             self.wipe_and_remove(lun, &e, &guard).await?;
@@ -640,10 +686,7 @@ impl Volumes {
                 // An interrupted delete that found a node mounted.
                 self.set_state(lun, &e, State::Ready).await?;
             }
-            return Err(DeleteError::Mounted {
-                volume: volume_id.to_string(),
-                nodes,
-            });
+            return Err(nodes.refusal(volume_id));
         }
         // A pending entry was never stageable: no node can be mid-stage.
         let stageable = e.state != State::Pending;
@@ -658,18 +701,15 @@ impl Volumes {
                 "marked deleting; waiting for stages that began before to show"
             );
             tokio::time::sleep(grace).await;
-            let nodes = self.mounted_nodes(lun, &e).await?.unwrap_or_default();
-            if !nodes.is_empty() {
+            let nodes = self.users(lun, &e).await?;
+            if let Some(nodes) = nodes.filter(|n| !n.is_empty()) {
                 tracing::warn!(
                     volume_id,
                     ?nodes,
-                    "a stage mounted the volume while it was being deleted; it stays"
+                    "a stage took the volume while it was being deleted; it stays"
                 );
                 self.set_state(lun, &e, State::Ready).await?;
-                return Err(DeleteError::Mounted {
-                    volume: volume_id.to_string(),
-                    nodes,
-                });
+                return Err(nodes.refusal(volume_id));
             }
         }
         self.wipe_and_remove(lun, &e, &guard).await?;
@@ -680,6 +720,16 @@ impl Volumes {
             "volume deleted"
         );
         Ok(())
+    }
+
+    /// Who uses the volume as the LUN shows it: the OCFS2 slot map's
+    /// nodes, or a raw block volume's holder marks. None when there is
+    /// nothing a node could stage (no filesystem, no block header).
+    async fn users(&self, lun: &Lun, e: &VolumeEntry) -> Result<Option<Users>, LunError> {
+        Ok(match e.content {
+            Content::Ocfs2 => self.mounted_nodes(lun, e).await?.map(Users::Mounted),
+            Content::Block => self.block_holders(lun, e).await?.map(Users::Held),
+        })
     }
 
     /// The o2cb nodes in the volume's slot map, or None when the region
@@ -719,7 +769,7 @@ impl Volumes {
             .ok_or_else(|| {
                 LunError::NotReady(format!("partition {} vanished during delete", e.number))
             })?;
-        let wanted = entry::type_guid(state, e.heartbeat);
+        let wanted = e.type_in(state);
         if p.type_guid == wanted {
             return Ok(());
         }
@@ -749,9 +799,14 @@ impl Volumes {
                 "required_bytes {required_bytes} is more than limit_bytes {limit_bytes}"
             )));
         }
-        if let Some(cap) = capability {
-            check_capabilities(std::slice::from_ref(cap)).map_err(ExpandError::InvalidArgument)?;
-        }
+        let asked = match capability {
+            Some(cap) => {
+                let caps = std::slice::from_ref(cap);
+                check_capabilities(caps).map_err(ExpandError::InvalidArgument)?;
+                Some(content_of(caps).map_err(ExpandError::InvalidArgument)?)
+            }
+            None => None,
+        };
         let not_found = || ExpandError::NotFound(super::params::clip(volume_id));
         let id = VolumeId::parse(volume_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
@@ -769,12 +824,20 @@ impl Volumes {
         if e.state == State::Pending {
             return Err(ExpandError::NotCreated(volume_id.to_string()));
         }
+        if asked.is_some_and(|c| c != e.content) {
+            return Err(ExpandError::InvalidArgument(format!(
+                "{volume_id} is a {} volume; the capability asks for {}",
+                e.content,
+                asked.expect("checked")
+            )));
+        }
         let wanted = round_up(required_bytes as u64, MIB);
         let current = e.usable_bytes();
         if wanted <= current {
             return Ok(current);
         }
-        let new_bytes = e.layout.partition_bytes(wanted, ALIGN);
+        let sizing = e.sizing();
+        let new_bytes = sizing.partition_bytes(wanted);
         let mut plan = grow_plan(&table, &e, new_bytes - e.size);
         if plan.is_err() && take_new_space(lun).await {
             table = lun.read_table().await?;
@@ -783,12 +846,17 @@ impl Volumes {
         let growth = plan.map_err(|room| ExpandError::NoRoom {
             volume: volume_id.to_string(),
             wanted,
-            possible: e.layout.usable_bytes(e.size + room.bytes, ALIGN),
+            possible: sizing.usable_bytes(e.size + room.bytes),
             why: room.why,
         })?;
+        if e.content == Content::Block {
+            // Under the LUN's lock, before the table names the space: no
+            // node can map it yet, and no create can take it.
+            self.zero_growth(lun, &e, &growth).await?;
+        }
         growth.apply(&mut table, &e);
         lun.write_table(&table).await?;
-        let grown = e.layout.usable_bytes(new_bytes, ALIGN);
+        let grown = sizing.usable_bytes(new_bytes);
         tracing::info!(
             volume_id,
             from = current,
@@ -855,13 +923,21 @@ impl Volumes {
         capabilities: &[VolumeCapability],
         parameters: &HashMap<String, String>,
     ) -> Result<Result<(), String>, LookupError> {
-        self.get(volume_id).await?;
+        let info = self.get(volume_id).await?;
         if capabilities.is_empty() {
             return Err(LookupError::InvalidArgument(
                 "volume_capabilities must not be empty".into(),
             ));
         }
+        let content = info.context.get(context_keys::CONTENT).cloned();
         Ok(check_capabilities(capabilities)
+            .and_then(|()| content_of(capabilities))
+            .and_then(|asked| match content {
+                Some(c) if c != asked.to_string() => Err(format!(
+                    "the volume is a {c} volume; the capabilities ask for {asked}"
+                )),
+                _ => Ok(()),
+            })
             .and_then(|()| VolumeParams::parse(parameters).map(drop)))
     }
 
@@ -897,9 +973,14 @@ impl Volumes {
             available: 0,
             maximum_volume: 0,
         };
-        if !capabilities.is_empty() && check_capabilities(capabilities).is_err() {
+        let content = match capabilities.is_empty() {
+            true => Ok(Content::Ocfs2),
+            false => check_capabilities(capabilities).and_then(|()| content_of(capabilities)),
+        };
+        let Ok(content) = content else {
             return Ok(cap);
-        }
+        };
+        let block = content == Content::Block;
         for (_, lun) in self.open_luns()? {
             if params.lun.as_deref().is_some_and(|want| !lun.matches(want)) {
                 continue;
@@ -911,19 +992,50 @@ impl Volumes {
             let ss = lun.sector_size();
             for (first, last) in table.free_extents(ALIGN / ss) {
                 let bytes = (last - first + 1) * ss;
-                let layout = entry::accounted(&Layout::for_size(
-                    bytes,
-                    params.slots,
-                    params.block_size,
-                    params.cluster_size,
-                    params.journal_size,
-                ));
-                let usable = layout.usable_bytes(bytes, ALIGN);
+                let sizing = if block {
+                    Sizing::Block
+                } else {
+                    Sizing::Ocfs2(entry::accounted(&Layout::for_size(
+                        bytes,
+                        params.slots,
+                        params.block_size,
+                        params.cluster_size,
+                        params.journal_size,
+                    )))
+                };
+                let usable = sizing.usable_bytes(bytes);
                 cap.available += usable;
                 cap.maximum_volume = cap.maximum_volume.max(usable);
             }
         }
         Ok(cap)
+    }
+}
+
+/// The nodes a volume is in use on.
+#[derive(Debug)]
+enum Users {
+    Mounted(Vec<u32>),
+    Held(Vec<crate::volume::block_header::Holder>),
+}
+
+impl Users {
+    fn is_empty(&self) -> bool {
+        match self {
+            Users::Mounted(n) => n.is_empty(),
+            Users::Held(h) => h.is_empty(),
+        }
+    }
+
+    fn refusal(self, volume: &str) -> DeleteError {
+        let volume = volume.to_string();
+        match self {
+            Users::Mounted(nodes) => DeleteError::Mounted { volume, nodes },
+            Users::Held(h) => DeleteError::Held {
+                volume,
+                holders: h.iter().map(|h| h.to_string()).collect(),
+            },
+        }
     }
 }
 
@@ -953,14 +1065,23 @@ fn parse_token(token: &str) -> Option<(u32, u32)> {
 /// does not.
 fn compatibility(
     existing: &VolumeEntry,
-    accounted: &Layout,
+    sizing: &Sizing,
     params: &VolumeParams,
     usable: u64,
     limit: i64,
     on_allowed_lun: bool,
 ) -> Option<String> {
     let have = existing.usable_bytes();
-    if existing.layout != *accounted {
+    let (asked, accounted) = match sizing {
+        Sizing::Ocfs2(layout) => (Content::Ocfs2, Some(layout)),
+        Sizing::Block => (Content::Block, None),
+    };
+    if existing.content != asked {
+        Some(format!(
+            "it is a {} volume, this request asks for {asked}",
+            existing.content
+        ))
+    } else if let Some(accounted) = accounted.filter(|a| existing.layout != **a) {
         Some(format!(
             "it has {} slots, {} byte clusters and {} byte journals (as accounted), this \
              request asks for {}, {} and {}",
@@ -971,7 +1092,7 @@ fn compatibility(
             accounted.cluster_size,
             accounted.journal_size
         ))
-    } else if existing.heartbeat != params.heartbeat {
+    } else if existing.content == Content::Ocfs2 && existing.heartbeat != params.heartbeat {
         Some(format!(
             "it uses {} heartbeat, this request asks for {}",
             existing.heartbeat, params.heartbeat
@@ -1092,5 +1213,6 @@ async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunEr
     .map_err(|err| lun.io_error(err))
 }
 
+mod block;
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,14 @@ pub trait BlockIo: Send + Sync {
     /// `MemIo`). Fails with `io::ErrorKind::Unsupported` when the storage
     /// cannot discard.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes the range read back as zeros, durably once `sync()` returns.
+    /// The default writes zeros; devices override it with what the
+    /// storage does faster and still guarantees (BLKZEROOUT: the kernel
+    /// uses the device's WRITE ZEROES when it has one, else writes zero
+    /// pages itself).
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        write_zeros(self, offset, len)
+    }
     /// Why the device counts as failing (repeated I/O errors), if it does;
     /// see `disk::reopen`.
     fn failing(&self) -> Option<String> {
@@ -55,6 +63,19 @@ const BUF_ALIGN: usize = 4096;
 /// Largest chunk moved per syscall, so a big request does not allocate a
 /// bounce buffer of its own size.
 const MAX_CHUNK: usize = 1 << 20;
+
+/// Zeros written over the range, a chunk at a time.
+fn write_zeros<I: BlockIo + ?Sized>(io: &I, offset: u64, len: u64) -> io::Result<()> {
+    check_range(io.sector_size(), io.size_bytes(), offset, len)?;
+    let zeros = vec![0u8; MAX_CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(MAX_CHUNK as u64);
+        io.write_at(offset + done, &zeros[..n as usize])?;
+        done += n;
+    }
+    Ok(())
+}
 
 /// `check_range` against `io`'s sector size and current size.
 fn check(io: &impl BlockIo, offset: u64, len: u64) -> io::Result<()> {
@@ -117,6 +138,8 @@ mod ioctls {
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
     nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+    // BLKZEROOUT = _IO(0x12, 127), the same u64[2].
+    nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 }
 
 /// Maps the "this storage cannot do that" errnos to `ErrorKind::Unsupported`
@@ -331,6 +354,25 @@ impl BlockIo for LunFile {
             .map_err(discard_error)
         }
     }
+
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        check(self, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.block_device {
+            let range = [offset, len];
+            // SAFETY: the fd is open and `range` is the u64[2] BLKZEROOUT reads.
+            return unsafe { ioctls::blkzeroout(self.file.as_raw_fd(), &range) }
+                .map(drop)
+                .map_err(io::Error::from);
+        }
+        // An image file: a punched hole reads as zeros.
+        match self.discard(offset, len) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => write_zeros(self, offset, len),
+            other => other,
+        }
+    }
 }
 
 /// In-memory `BlockIo` for tests. Enforces the same alignment and bounds
@@ -415,6 +457,11 @@ impl BlockIo for MemIo {
 
     fn sync(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Its discard zeroes.
+        self.discard(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -524,6 +571,11 @@ impl BlockIo for SparseIo {
 
     fn sync(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Its discard zeroes.
+        self.discard(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -657,6 +709,16 @@ impl<I: BlockIo> BlockIo for FailingIo<I> {
         self.inner.sync()
     }
 
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.take_slot().1 {
+            return self.inner.zero_out(offset, len);
+        }
+        match self.mode {
+            CrashMode::Fail => Err(Self::crashed()),
+            CrashMode::Drop | CrashMode::Tear => Ok(()),
+        }
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.take_slot().1 {
             return self.inner.discard(offset, len);
@@ -750,6 +812,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn zero_out_zeroes_exactly_the_range_everywhere() {
+        let f = sparse_file(4 << 20);
+        let file = LunFile::open(f.path()).unwrap();
+        let mem = MemIo::new(512, 4 << 20);
+        let sparse = SparseIo::new(512, 4 << 20);
+        let ios: [&dyn BlockIo; 3] = [&file, &mem, &sparse];
+        for io in ios {
+            io.write_at(0, &pattern(4 << 20, 9)).unwrap();
+            io.zero_out(512, 3 << 20).unwrap();
+            io.sync().unwrap();
+            let mut back = vec![1u8; 4 << 20];
+            io.read_at(0, &mut back).unwrap();
+            let expect = pattern(4 << 20, 9);
+            assert_eq!(back[..512], expect[..512]);
+            assert!(back[512..512 + (3 << 20)].iter().all(|&b| b == 0));
+            assert_eq!(back[512 + (3 << 20)..], expect[512 + (3 << 20)..]);
+            assert_eq!(
+                io.zero_out(100, 512).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+    }
+
+    #[test]
     fn lunfile_discard_punches_hole() {
         let f = sparse_file(4 << 20);
         let lun = LunFile::open(f.path()).unwrap();
@@ -797,6 +883,16 @@ pub(crate) mod tests {
                     Ok(()) => {}
                     Err(e) => assert_eq!(e.kind(), io::ErrorKind::Unsupported),
                 }
+                // BLKZEROOUT: zeros exactly the range, through the cache.
+                lun.write_at(0, &pattern(4 << 20, 5)).unwrap();
+                lun.zero_out(ss, (1 << 20) - ss).unwrap();
+                lun.sync().unwrap();
+                let mut back = vec![1u8; 4 << 20];
+                lun.read_at(0, &mut back).unwrap();
+                let expect = pattern(4 << 20, 5);
+                assert_eq!(back[..ss as usize], expect[..ss as usize]);
+                assert!(back[ss as usize..1 << 20].iter().all(|&b| b == 0));
+                assert_eq!(back[1 << 20..], expect[1 << 20..]);
             });
             loop_detach(&dev);
             result.unwrap();

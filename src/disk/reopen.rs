@@ -164,6 +164,9 @@ impl BlockIo for Reopening {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.with_retry(|io| io.discard(offset, len))
     }
+    fn zero_out(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.with_retry(|io| io.zero_out(offset, len))
+    }
     fn refresh_size(&self) -> io::Result<u64> {
         self.with_retry(|io| io.refresh_size())
     }

@@ -24,7 +24,8 @@ pub struct Located {
     pub entry: VolumeEntry,
     /// The volume's map, `/dev/mapper/ocfs2csi-<GUID>`.
     pub device: PathBuf,
-    /// The map's size in bytes (equal to the entry's).
+    /// The map's size in bytes (the entry's, less a raw block volume's
+    /// header).
     pub kernel_bytes: u64,
 }
 
@@ -73,6 +74,8 @@ pub trait Locator: Send + Sync {
     fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>>;
     /// See [`release`].
     fn release(&self, id: &VolumeId) -> Result<(), String>;
+    /// See [`block_volumes`].
+    fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String>;
 }
 
 /// The real locator: the LUNs' GPTs and device-mapper maps.
@@ -95,6 +98,21 @@ impl Locator for DmLocator {
     fn release(&self, id: &VolumeId) -> Result<(), String> {
         release(id)
     }
+
+    fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {
+        block_volumes(lun)
+    }
+}
+
+/// The raw block volumes in `lun`'s table now.
+pub fn block_volumes(lun: &Path) -> Result<Vec<VolumeEntry>, String> {
+    let table = read_table(lun)?;
+    Ok(table
+        .partitions
+        .iter()
+        .filter_map(|p| volume_in(&table, p))
+        .filter(|e| e.content == crate::volume::entry::Content::Block)
+        .collect())
 }
 
 /// Finds the volume's LUN among `luns`, sets up its map and returns the
@@ -267,19 +285,19 @@ pub fn read_table(lun: &Path) -> Result<Gpt, String> {
 }
 
 /// The volume's map over its extents, made or grown; its device and size.
+/// A raw block volume's header is not part of its map.
 fn ensure_volume_map(lun: &Path, entry: &VolumeEntry) -> Result<(PathBuf, u64), LocateError> {
-    let extents: Vec<(u64, u64)> = entry.extents.iter().map(|e| (e.offset, e.size)).collect();
-    ensure_map(lun, &map_name(&entry.guid), &extents)
+    ensure_map(lun, &map_name(&entry.guid), &entry.device_extents())
 }
 
 fn map_and_check(lun: &Path, entry: VolumeEntry) -> Result<Located, LocateError> {
     let (device, bytes) = ensure_volume_map(lun, &entry)?;
-    if bytes != entry.size {
+    if bytes != entry.device_bytes() {
         return Err(LocateError::Mismatch {
             lun: lun.to_path_buf(),
             partition: entry.guid,
             map: bytes,
-            table: entry.size,
+            table: entry.device_bytes(),
         });
     }
     Ok(Located {

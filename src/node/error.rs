@@ -11,6 +11,7 @@ use super::grow::Unconfirmed;
 use super::request::BadRequest;
 use crate::ocfs2::tools::Ocfs2Error;
 pub use crate::server::status::{status, RpcError};
+use crate::volume::entry::Content;
 use std::path::PathBuf;
 use tonic::Code;
 
@@ -22,6 +23,8 @@ pub enum NodeError {
     WrongCluster { volume: String, node: String },
     #[error("the volume uses {volume} heartbeat; this node's cluster runs {node} heartbeat")]
     WrongHeartbeat { volume: String, node: String },
+    #[error("the volume is a {volume} volume; the request asks for {asked} access")]
+    WrongContent { volume: Content, asked: Content },
     #[error("node plugin not ready: {0}")]
     NotReady(String),
     #[error("an operation on this volume is already in progress on this node")]
@@ -106,7 +109,7 @@ impl NodeError {
 impl RpcError for NodeError {
     fn code(&self) -> Code {
         match self {
-            NodeError::BadRequest(_) => Code::InvalidArgument,
+            NodeError::BadRequest(_) | NodeError::WrongContent { .. } => Code::InvalidArgument,
             NodeError::WrongCluster { .. }
             | NodeError::WrongHeartbeat { .. }
             | NodeError::NoFilesystem { .. }

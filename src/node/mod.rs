@@ -6,6 +6,7 @@ pub mod dlm;
 pub mod error;
 pub mod filesystem;
 pub mod grow;
+pub mod holders;
 pub mod lun_owner;
 pub mod mounts;
 pub mod records;

@@ -28,8 +28,19 @@ pub trait Mounter: Send + Sync {
     /// never leaves a writable mount where a read-only one was asked for.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
 
+    /// Binds the block device `device` onto the file `target` (a raw
+    /// block volume's publish): no `nodev`, or the device could not be
+    /// opened through it.
+    fn bind_device(&self, device: &Path, target: &Path, read_only: bool) -> io::Result<()>;
+
     /// Unmounts the topmost mount at `target`.
     fn unmount(&self, target: &Path) -> io::Result<()>;
+}
+
+/// Whether mount `m` is a bind of the device node `device`: the mount
+/// table names the node inside /dev's filesystem (`/mapper/<name>`).
+pub fn is_device_bind(m: &MountEntry, device: &Path) -> bool {
+    device.file_name().is_some() && m.root.file_name() == device.file_name()
 }
 
 /// What this node has mounted. Blocking (resolving a path looks at the
@@ -112,6 +123,25 @@ impl Mounter for SystemMounter {
             // Never leave a mount without the flags asked for.
             let _ = self.unmount(target);
             return Err(e);
+        }
+        Ok(())
+    }
+
+    fn bind_device(&self, device: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        Mount::builder()
+            .fstype(NO_TYPE)
+            .flags(MountFlags::BIND)
+            .mount(device, target)?;
+        if read_only {
+            let flags = MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY;
+            if let Err(e) = Mount::builder()
+                .fstype(NO_TYPE)
+                .flags(flags)
+                .mount("", target)
+            {
+                let _ = self.unmount(target);
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -25,6 +25,14 @@ pub struct StageRecord {
     /// `global` or `local`.
     pub heartbeat: String,
     pub mount_options: Vec<String>,
+    /// A raw block volume: nothing is mounted; this node's holder mark is
+    /// in the volume's header (`volume::block_header`), whose head starts
+    /// at `head_offset` on the LUN. Records of earlier versions have
+    /// neither and are filesystem volumes.
+    #[serde(default)]
+    pub block: bool,
+    #[serde(default)]
+    pub head_offset: u64,
 }
 
 /// Where stage records are kept. Blocking (files, fsync): callers run it
@@ -123,6 +131,8 @@ mod tests {
             fs_uuid: Uuid::new_v4(),
             heartbeat: "global".into(),
             mount_options: vec!["noatime".into()],
+            block: false,
+            head_offset: 0,
         };
         assert_eq!(records.get(&r.partition_guid).unwrap(), None);
         records.put(&r).unwrap();
@@ -131,6 +141,13 @@ mod tests {
         let all = records.all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 1);
+        // A record written before block volumes existed reads as a
+        // filesystem volume's.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("block");
+        old.as_object_mut().unwrap().remove("head_offset");
+        let old: StageRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old, r);
         records.remove(&r.partition_guid).unwrap();
         records.remove(&r.partition_guid).unwrap();
         assert_eq!(records.get(&r.partition_guid).unwrap(), None);

@@ -4,6 +4,7 @@
 //! path's own inode), so every refusal is unit-tested.
 
 use crate::ocfs2::layout::HeartbeatMode;
+use crate::volume::entry::Content;
 use crate::volume::mount_options::MountFlagError;
 use std::path::{Component, Path, PathBuf};
 use uuid::Uuid;
@@ -25,7 +26,7 @@ pub enum BadRequest {
     MountFlag(#[from] MountFlagError),
     #[error("volume_capability is missing")]
     NoCapability,
-    #[error("raw block volumes are not supported yet; ask for a filesystem (mount) volume")]
+    #[error("the request asks for block access; this call serves filesystem volumes only")]
     Block,
     #[error("fs_type {0:?} is not supported: volumes are OCFS2")]
     FsType(String),
@@ -92,6 +93,34 @@ pub fn capacity(range: Option<&crate::csi::CapacityRange>) -> Result<u64, BadReq
         )));
     }
     Ok(r.required_bytes as u64)
+}
+
+/// What the volume holds, as the controller wrote it in the context
+/// (volumes made before the key existed are filesystem volumes).
+pub fn context_content(
+    ctx: &std::collections::HashMap<String, String>,
+) -> Result<Content, BadRequest> {
+    match ctx.get("content").map(String::as_str) {
+        None | Some("filesystem") => Ok(Content::Ocfs2),
+        Some("block") => Ok(Content::Block),
+        Some(other) => Err(BadRequest::Context {
+            key: "content",
+            why: format!(
+                "{:?} must be filesystem or block",
+                other.chars().take(64).collect::<String>()
+            ),
+        }),
+    }
+}
+
+/// A raw block volume's context: its cluster's name.
+pub fn block_context(
+    ctx: &std::collections::HashMap<String, String>,
+) -> Result<String, BadRequest> {
+    ctx.get("clusterName").cloned().ok_or(BadRequest::Context {
+        key: "clusterName",
+        why: "is missing (was the volume made by this driver?)".into(),
+    })
 }
 
 /// What the controller put in the volume context, checked.
@@ -168,6 +197,21 @@ mod tests {
         for bad in [range(-1, 0), range(0, -1), range(6, 5)] {
             assert!(matches!(capacity(Some(&bad)), Err(BadRequest::Capacity(_))));
         }
+    }
+
+    #[test]
+    fn content_comes_from_the_context() {
+        let mut ctx = std::collections::HashMap::new();
+        assert_eq!(context_content(&ctx), Ok(Content::Ocfs2));
+        ctx.insert("content".to_string(), "block".to_string());
+        assert_eq!(context_content(&ctx), Ok(Content::Block));
+        ctx.insert("content".to_string(), "filesystem".to_string());
+        assert_eq!(context_content(&ctx), Ok(Content::Ocfs2));
+        ctx.insert("content".to_string(), "tape".to_string());
+        assert!(context_content(&ctx).is_err());
+        assert!(block_context(&ctx).is_err());
+        ctx.insert("clusterName".to_string(), "c".to_string());
+        assert_eq!(block_context(&ctx).as_deref(), Ok("c"));
     }
 
     #[test]

@@ -121,21 +121,23 @@ impl Node for NodeService {
             available: available as i64,
             used: used as i64,
         };
+        let mut all = vec![usage(
+            volume_usage::Unit::Bytes,
+            s.total_bytes,
+            s.available_bytes,
+            s.used_bytes,
+        )];
+        // A raw block volume has a size and nothing else to count.
+        if !s.block {
+            all.push(usage(
+                volume_usage::Unit::Inodes,
+                s.total_inodes,
+                s.free_inodes,
+                s.used_inodes,
+            ));
+        }
         Ok(Response::new(NodeGetVolumeStatsResponse {
-            usage: vec![
-                usage(
-                    volume_usage::Unit::Bytes,
-                    s.total_bytes,
-                    s.available_bytes,
-                    s.used_bytes,
-                ),
-                usage(
-                    volume_usage::Unit::Inodes,
-                    s.total_inodes,
-                    s.free_inodes,
-                    s.used_inodes,
-                ),
-            ],
+            usage: all,
             volume_condition: Some(VolumeCondition {
                 abnormal: s.abnormal.is_some(),
                 message: s.abnormal.unwrap_or_else(|| "healthy".into()),

@@ -13,11 +13,12 @@ use super::filesystem::Inspector;
 use super::mounts::{MountTable, Mounter};
 use super::records::{StageRecord, StageRecords};
 use super::volumes::{NodeConfig, NodeEffects, NodeVolumes};
+use crate::disk::lun_io::{BlockIo, SparseIo};
 use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::{HeartbeatMode, Layout};
 use crate::ocfs2::tools::{FsInfo, Ocfs2Error, Ocfs2Tools};
 use crate::tools::{Cmd, Runner, ToolError, ToolOutput};
-use crate::volume::entry::{State, VolumeEntry, FIRST_VOLUME_NUMBER};
+use crate::volume::entry::{Content, State, VolumeEntry, BLOCK_HEADER_BYTES, FIRST_VOLUME_NUMBER};
 use crate::volume::id::VolumeId;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
@@ -223,6 +224,27 @@ impl Mounter for FakeKernel {
         Ok(())
     }
 
+    /// As the kernel lists it: a bind of a node of /dev's filesystem.
+    fn bind_device(&self, device: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        if !target.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a file", target.display()),
+            ));
+        }
+        let mut s = lock(&self.state);
+        s.mounts.push(MountEntry {
+            device: "0:6".into(),
+            root: Path::new("/mapper").join(device.file_name().unwrap_or_default()),
+            mount_point: target.to_path_buf(),
+            options: vec![if read_only { "ro" } else { "rw" }.into()],
+            fs_type: "devtmpfs".into(),
+            source: "udev".into(),
+            super_options: vec!["rw".into()],
+        });
+        Ok(())
+    }
+
     fn unmount(&self, target: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
         let Some(at) = s.mounts.iter().rposition(|m| m.mount_point == target) else {
@@ -339,6 +361,8 @@ pub(crate) struct FakeLocator {
     volumes: Mutex<HashMap<Uuid, FakeVolume>>,
     /// Volumes whose map was released (unstage), in order.
     pub(crate) released: Mutex<Vec<Uuid>>,
+    /// Maps the kernel refuses to remove (held open).
+    pub(crate) busy_maps: Mutex<HashSet<Uuid>>,
 }
 
 impl FakeLocator {
@@ -423,8 +447,20 @@ impl Locator for FakeLocator {
     }
 
     fn release(&self, id: &VolumeId) -> Result<(), String> {
+        if lock(&self.busy_maps).contains(&id.partition) {
+            return Err("Device or resource busy".into());
+        }
         lock(&self.released).push(id.partition);
         Ok(())
+    }
+
+    fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {
+        Ok(lock(&self.volumes)
+            .values()
+            .filter(|v| v.located.lun == lun && !v.vanished)
+            .filter(|v| v.located.entry.content == Content::Block)
+            .map(|v| v.located.entry.clone())
+            .collect())
     }
 }
 
@@ -479,6 +515,8 @@ pub(crate) struct FakeNode {
     pub(crate) inspector: Arc<FakeInspector>,
     /// The LUN's disk GUID and path.
     pub(crate) lun: (Uuid, PathBuf),
+    /// The LUN's bytes, where holder marks go.
+    pub(crate) disk: SparseIo,
     /// A temporary folder for staging and target paths (canonical, so it
     /// reads as the mount table lists it).
     pub(crate) dir: PathBuf,
@@ -509,6 +547,11 @@ impl FakeNode {
         let locator = Arc::new(FakeLocator::default());
         locator.add_lun(lun.0, &lun.1);
         let inspector = Arc::new(FakeInspector::default());
+        let disk = SparseIo::new(512, 1 << 40);
+        let marks = crate::node::holders::on_disks(HashMap::from([(
+            lun.1.clone(),
+            Arc::new(disk.clone()) as Arc<dyn BlockIo>,
+        )]));
         let cfg = NodeConfig {
             node_id: "fake-node".into(),
             node_number: 1,
@@ -523,6 +566,7 @@ impl FakeNode {
             records: records.clone(),
             locator: locator.clone(),
             inspector: inspector.clone(),
+            marks,
             tools: Ocfs2Tools::new(tools),
         };
         let volumes = Arc::new(NodeVolumes::with_effects(cfg, effects));
@@ -534,6 +578,7 @@ impl FakeNode {
             locator,
             inspector,
             lun,
+            disk,
             dir,
             _dir: tmp,
             next_number: Mutex::new(FIRST_VOLUME_NUMBER),
@@ -562,6 +607,7 @@ impl FakeNode {
                     guid: partition,
                     name: name.into(),
                     state: State::Ready,
+                    content: Content::Ocfs2,
                     heartbeat: HeartbeatMode::Local,
                     layout: Layout {
                         slots: 8,
@@ -594,6 +640,43 @@ impl FakeNode {
         self.inspector
             .put(&volume.located.device, Some(volume.fs.clone()));
         volume
+    }
+
+    /// A raw block volume called `name` whose device holds `bytes`, with
+    /// its header's identity written (as CreateVolume leaves it).
+    pub(crate) fn add_block_volume(&self, name: &str, bytes: u64) -> FakeVolume {
+        let mut v = self.add_volume(name, bytes + BLOCK_HEADER_BYTES);
+        v.located.entry.content = Content::Block;
+        v.located.entry.layout = Layout {
+            slots: 0,
+            block_size: 4096,
+            cluster_size: 4096,
+            journal_size: 1 << 20,
+        };
+        v.located.kernel_bytes = bytes;
+        self.inspector.put(&v.located.device, None);
+        self.locator.add(v.clone());
+        crate::volume::block_header::write_identity(
+            &self.disk,
+            v.located.entry.offset,
+            &v.id.partition,
+        )
+        .expect("the fake disk takes writes");
+        v
+    }
+
+    /// The nodes whose marks `v`'s header holds.
+    pub(crate) fn holders(&self, v: &FakeVolume) -> Vec<u8> {
+        crate::volume::block_header::read_holders(
+            &self.disk,
+            v.located.entry.offset,
+            &v.id.partition,
+        )
+        .expect("the fake disk reads")
+        .expect("the header is the volume's")
+        .iter()
+        .map(|h| h.number)
+        .collect()
     }
 
     /// A path under the node's temporary folder (not created).

@@ -746,3 +746,5 @@ async fn a_partition_resized_after_the_confirmation_is_not_grown_into() {
         .unwrap();
     assert_eq!(*tools.tunefs_saw.lock().unwrap(), [Some(confirmed)]);
 }
+
+mod block;

@@ -15,6 +15,7 @@ use super::dlm::{Domain, Mode};
 use super::error::NodeError;
 use super::filesystem::Inspector;
 use super::grow::{self, Reporters, Resync};
+use super::holders::HolderMarks;
 use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
 use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
@@ -24,6 +25,7 @@ use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::server::inflight::{Guard, InFlight};
 use crate::server::Readiness;
+use crate::volume::entry::Content;
 use crate::volume::id::VolumeId;
 use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub struct NodeEffects {
     pub locator: Arc<dyn Locator>,
     /// The filesystem check before a stage mounts.
     pub inspector: Arc<dyn Inspector>,
+    /// This node's holder marks in raw block volumes' headers.
+    pub marks: Arc<dyn HolderMarks>,
     /// Growth only: the slot map, the on-disk size and `tunefs.ocfs2 -S`
     /// (proven in the lab; in-process tests reach expand's checks before
     /// any of them runs).
@@ -69,6 +73,7 @@ impl NodeEffects {
             records: Arc::new(records),
             locator: Arc::new(DmLocator),
             inspector: Arc::new(tools.clone()),
+            marks: super::holders::on_luns(),
             tools,
         }
     }
@@ -81,6 +86,7 @@ pub struct NodeVolumes {
     records: Arc<dyn StageRecords>,
     locator: Arc<dyn Locator>,
     inspector: Arc<dyn Inspector>,
+    marks: Arc<dyn HolderMarks>,
     tools: Ocfs2Tools,
     reporters: Reporters,
     inflight: InFlight,
@@ -117,6 +123,8 @@ pub struct VolumeStats {
     pub used_inodes: u64,
     /// None = healthy; else what is wrong.
     pub abnormal: Option<String>,
+    /// A raw block volume: only `total_bytes` means anything.
+    pub block: bool,
 }
 
 pub fn volume_id(field: &'static str, value: &str) -> Result<VolumeId, NodeError> {
@@ -156,6 +164,14 @@ fn lookup_args(volume: &str, path: &str) -> Result<VolumeId, NodeError> {
         .into());
     }
     existing_volume_id(volume)
+}
+
+/// What the capability asks for, if it says.
+fn asked_content(cap: Option<&VolumeCapability>) -> Option<Content> {
+    match cap?.access_type.as_ref()? {
+        volume_capability::AccessType::Mount(_) => Some(Content::Ocfs2),
+        volume_capability::AccessType::Block(_) => Some(Content::Block),
+    }
 }
 
 /// A filesystem volume with allowed mount flags; returns the flags.
@@ -259,6 +275,7 @@ impl NodeVolumes {
             records: effects.records,
             locator: effects.locator,
             inspector: effects.inspector,
+            marks: effects.marks,
             tools: effects.tools,
             reporters: Reporters::default(),
             inflight: InFlight::default(),
@@ -377,6 +394,10 @@ impl NodeVolumes {
     pub async fn stage(&self, r: StageRequest<'_>) -> Result<(), NodeError> {
         let id = volume_id("volume_id", r.volume_id)?;
         let staging = request::mount_path("staging_target_path", r.staging_path)?;
+        let content = request::context_content(r.context)?;
+        if asked_content(r.capability) == Some(Content::Block) || content == Content::Block {
+            return self.stage_block(id, staging, r).await;
+        }
         let options = mount_capability(r.capability)?;
         let ctx = request::volume_context(r.context)?;
         if ctx.cluster_name != self.cfg.cluster_name {
@@ -446,6 +467,8 @@ impl NodeVolumes {
             fs_uuid: ctx.fs_uuid,
             heartbeat: ctx.heartbeat.as_str().into(),
             mount_options: options.clone(),
+            block: false,
+            head_offset: 0,
         };
         // Only now, with everything checked, is anything created.
         let created = match std::fs::create_dir(&staging) {
@@ -593,6 +616,9 @@ impl NodeVolumes {
         let staging = request::mount_path("staging_target_path", staging)?;
         let _busy = self.begin(&id)?;
         let record = self.record(id.partition).await?;
+        if let Some(record) = record.as_ref().filter(|r| r.block) {
+            return self.unstage_block(id, &staging, record).await;
+        }
         if let Some(m) = self.mount_at(&staging).await? {
             let ours = record
                 .as_ref()
@@ -641,12 +667,21 @@ impl NodeVolumes {
         let id = volume_id("volume_id", r.volume_id)?;
         let staging = request::mount_path("staging_target_path", r.staging_path)?;
         let target = request::mount_path("target_path", r.target_path)?;
+        if asked_content(r.capability) == Some(Content::Block) {
+            return self.publish_block(id, staging, target, r).await;
+        }
         mount_capability(r.capability)?;
         let _busy = self.begin(&id)?;
         let record = self
             .record(id.partition)
             .await?
             .ok_or_else(|| NodeError::NotStaged(String::new()))?;
+        if record.block {
+            return Err(NodeError::WrongContent {
+                volume: Content::Block,
+                asked: Content::Ocfs2,
+            });
+        }
         if record.staging_path != staging {
             return Err(NodeError::NotStaged(format!(
                 " at {} (it is staged at {})",
@@ -701,7 +736,13 @@ impl NodeVolumes {
             })?;
             tracing::info!(target = %target.display(), "volume unpublished");
         }
-        match std::fs::remove_dir(&target) {
+        // A directory for a filesystem volume, a file for a block one.
+        let removed = match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(&target),
+            Ok(_) => std::fs::remove_file(&target),
+            Err(e) => Err(e),
+        };
+        match removed {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(NodeError::io(format!("removing {}", target.display()), e))
             }
@@ -713,6 +754,9 @@ impl NodeVolumes {
         let id = lookup_args(volume, path)?;
         let path = PathBuf::from(path);
         let record = self.record(id.partition).await?;
+        if let Some(record) = record.as_ref().filter(|r| r.block) {
+            return self.block_stats(&path, record).await;
+        }
         let Some(m) = self.mount_at(&path).await? else {
             return Err(NodeError::NotMounted(path));
         };
@@ -767,6 +811,7 @@ impl NodeVolumes {
                     free_inodes: 0,
                     used_inodes: 0,
                     abnormal: Some(abnormal.join("; ")),
+                    block: false,
                 });
             }
         };
@@ -781,6 +826,7 @@ impl NodeVolumes {
             free_inodes: s.files_free() as u64,
             used_inodes: (s.files() as u64).saturating_sub(s.files_free() as u64),
             abnormal: (!abnormal.is_empty()).then(|| abnormal.join("; ")),
+            block: false,
         })
     }
 
@@ -795,10 +841,14 @@ impl NodeVolumes {
         range: Option<&CapacityRange>,
     ) -> Result<u64, NodeError> {
         let id = lookup_args(volume, path)?;
+        let required = request::capacity(range)?;
+        let block = self.record(id.partition).await?.filter(|r| r.block);
+        if let Some(record) = block {
+            return self.expand_block(id, record, capability, required).await;
+        }
         if capability.is_some() {
             mount_capability(capability)?;
         }
-        let required = request::capacity(range)?;
         self.ensure_ready()?;
         let path = PathBuf::from(path);
         if self.mount_at(&path).await?.is_none() {
@@ -944,6 +994,7 @@ impl NodeVolumes {
         let all = bounded("reading stage records", READ_WAIT, move || records.all())
             .await?
             .map_err(io("reading stage records"))?;
+        let mut block = Vec::new();
         for record in all {
             let record = match record {
                 Ok(r) => r,
@@ -952,6 +1003,13 @@ impl NodeVolumes {
                     continue;
                 }
             };
+            if record.block {
+                block.push(record.partition_guid);
+                if self.adopt_block(&record).await {
+                    adopted += 1;
+                }
+                continue;
+            }
             if self
                 .our_mount(&record.staging_path, &record)
                 .await?
@@ -964,9 +1022,12 @@ impl NodeVolumes {
                 tracing::warn!(volume = %record.volume_id, staging = %record.staging_path.display(), "staged volume is no longer mounted; waiting for Unstage");
             }
         }
+        self.clear_stale_marks(&block).await;
         Ok(adopted)
     }
 }
+
+mod block;
 
 #[cfg(test)]
 mod tests {

@@ -79,11 +79,12 @@ impl Locator for SanLocator {
                 continue;
             };
             let device = Self::device(&entry.guid);
-            self.san.expose(&device, lun, entry.offset, entry.size);
+            let start = entry.device_extents().first().map_or(entry.offset, |e| e.0);
+            self.san.expose(&device, lun, start, entry.device_bytes());
             return Ok(Located {
                 lun: lun.clone(),
                 device,
-                kernel_bytes: entry.size,
+                kernel_bytes: entry.device_bytes(),
                 entry,
             });
         }
@@ -99,17 +100,31 @@ impl Locator for SanLocator {
             .entry(lun, number)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} has no partition {number}", lun.display()))?;
+        let start = entry.device_extents().first().map_or(entry.offset, |e| e.0);
         self.san
-            .expose(&Self::device(&entry.guid), lun, entry.offset, entry.size);
-        Ok(entry.size)
+            .expose(&Self::device(&entry.guid), lun, start, entry.device_bytes());
+        Ok(entry.device_bytes())
     }
 
     fn partition_bytes(&self, lun: &Path, number: u32) -> io::Result<Option<u64>> {
-        Ok(self.entry(lun, number)?.map(|e| e.size))
+        Ok(self.entry(lun, number)?.map(|e| e.device_bytes()))
     }
 
     fn release(&self, _: &VolumeId) -> Result<(), String> {
         Ok(())
+    }
+
+    fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {
+        let Some((_, io)) = self.luns.iter().find(|(p, _)| p == lun) else {
+            return Ok(Vec::new());
+        };
+        let table = gpt::read(io.as_ref()).map_err(|e| e.to_string())?.gpt;
+        Ok(table
+            .partitions
+            .iter()
+            .filter_map(|p| volume_in(&table, p))
+            .filter(|e| e.content == crate::volume::entry::Content::Block)
+            .collect())
     }
 }
 
@@ -141,6 +156,10 @@ impl Mounter for SanKernel {
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
         self.kernel.bind(source, target, read_only)
+    }
+
+    fn bind_device(&self, device: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        self.kernel.bind_device(device, target, read_only)
     }
 
     fn unmount(&self, target: &Path) -> io::Result<()> {
@@ -200,9 +219,13 @@ fn node_on(san: &Arc<FakeSan>, disk: SparseIo, dir: &Path) -> (Arc<NodeVolumes>,
         records: Arc::new(MemRecords::default()),
         locator: Arc::new(SanLocator {
             san: san.clone(),
-            luns: vec![(PathBuf::from(LUN), Arc::new(disk))],
+            luns: vec![(PathBuf::from(LUN), Arc::new(disk.clone()))],
         }),
         inspector: Arc::new(san.tools()),
+        marks: crate::node::holders::on_disks(std::collections::HashMap::from([(
+            PathBuf::from(LUN),
+            Arc::new(disk) as Arc<dyn BlockIo>,
+        )])),
         tools: san.tools(),
     };
     let volumes = Arc::new(NodeVolumes::with_effects(cfg, effects));
@@ -444,21 +467,39 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
         whole.passed.len(),
         whole.took.as_secs_f64()
     );
+    let block_args = ["-csi.testvolumeaccesstype", "block"];
+    let whole_block = csi_sanity(
+        &dir,
+        &all_sock,
+        &all_sock,
+        &[&focus, block_args[0], block_args[1]],
+    )
+    .await;
+    // 3. Raw block volumes: every spec again, asking for block access.
+    let block = csi_sanity(&dir, &node_sock, &controller_sock, &block_args).await;
+    block.print("whole suite, split plugins, block access");
     for served in served {
         served.stop().await;
     }
 
+    assert!(
+        block.passed.len() >= 40,
+        "too few passed with block access: {:?}",
+        block.passed
+    );
     assert!(
         split.passed.len() >= 40,
         "too few passed: {:?}",
         split.passed
     );
     for name in LIFECYCLE {
-        assert!(
-            whole.passed.iter().any(|p| p == name),
-            "{name} did not pass on one endpoint: {:?}",
-            whole.passed
-        );
+        for run in [&whole, &whole_block] {
+            assert!(
+                run.passed.iter().any(|p| p == name),
+                "{name} did not pass on one endpoint: {:?}",
+                run.passed
+            );
+        }
     }
     // Nothing left behind: no volume on the LUN, a valid table, no mount.
     let table = gpt::read(&disk)

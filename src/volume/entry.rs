@@ -2,8 +2,9 @@
 //! volumes exist.
 //!
 //! - The partition type says what the partition is: the LUN's heartbeat
-//!   device, or a volume with global or local heartbeat, still being created
-//!   (mkfs not confirmed), ready, or being deleted.
+//!   device, an OCFS2 volume with global or local heartbeat, or a raw block
+//!   volume; each still being created (mkfs or zeroing not confirmed),
+//!   ready, or being deleted.
 //! - The type-specific attribute bits 48-63 hold the volume's geometry
 //!   (slots, cluster size, journal size), so its usable capacity can be
 //!   computed from the table alone, the same way it was when it was made.
@@ -22,6 +23,9 @@ pub const TYPE_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a4")
 pub const TYPE_PENDING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a5");
 pub const TYPE_DELETING_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a6");
 pub const TYPE_DELETING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932a7");
+pub const TYPE_PENDING_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b1");
+pub const TYPE_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b2");
+pub const TYPE_DELETING_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b3");
 
 /// Partition 1 is the heartbeat device; volumes use 2..=MAX_PARTITION.
 pub const HEARTBEAT_NUMBER: u32 = 1;
@@ -29,6 +33,10 @@ pub const FIRST_VOLUME_NUMBER: u32 = 2;
 /// The kernel names partitions 1 to 255 (DISK_MAX_PARTS is 256).
 pub const MAX_PARTITION: u32 = 255;
 pub const HEARTBEAT_BYTES: u64 = 16 * MIB;
+/// A raw block volume's head begins with this much of its own: the
+/// header with the nodes' holder marks (`volume::block_header`). The
+/// device a node publishes starts after it.
+pub const BLOCK_HEADER_BYTES: u64 = MIB;
 /// Partitions start and end on 1 MiB boundaries.
 pub const ALIGN: u64 = MIB;
 /// GPT names hold 36 UTF-16 code units.
@@ -47,6 +55,51 @@ pub enum State {
     Deleting,
 }
 
+/// What a volume holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// An OCFS2 filesystem, mounted by the nodes.
+    Ocfs2,
+    /// Raw bytes, published to pods as a block device (volumeMode: Block).
+    Block,
+}
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Content::Ocfs2 => "filesystem",
+            Content::Block => "block",
+        })
+    }
+}
+
+/// How a volume's usable bytes and its partition's bytes relate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// OCFS2's journals and metadata, as accounted.
+    Ocfs2(Layout),
+    /// The header and nothing else.
+    Block,
+}
+
+impl Sizing {
+    /// What a partition of `bytes` gives the user.
+    pub fn usable_bytes(&self, bytes: u64) -> u64 {
+        match self {
+            Sizing::Ocfs2(layout) => layout.usable_bytes(bytes, ALIGN),
+            Sizing::Block => bytes.saturating_sub(BLOCK_HEADER_BYTES) / ALIGN * ALIGN,
+        }
+    }
+
+    /// The partition bytes that give the user at least `usable`.
+    pub fn partition_bytes(&self, usable: u64) -> u64 {
+        match self {
+            Sizing::Ocfs2(layout) => layout.partition_bytes(usable, ALIGN),
+            Sizing::Block => BLOCK_HEADER_BYTES + usable.div_ceil(ALIGN) * ALIGN,
+        }
+    }
+}
+
 /// A volume as read from its GPT entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeEntry {
@@ -54,9 +107,12 @@ pub struct VolumeEntry {
     pub guid: Uuid,
     pub name: String,
     pub state: State,
+    pub content: Content,
+    /// OCFS2 volumes' heartbeat; raw block volumes have none (Global here,
+    /// never looked at).
     pub heartbeat: HeartbeatMode,
-    /// Geometry used for capacity accounting (journal size rounded up to a
-    /// power of two, block size assumed 4 KiB).
+    /// OCFS2 volumes' geometry used for capacity accounting (journal size
+    /// rounded up to a power of two, block size assumed 4 KiB).
     pub layout: Layout,
     /// The head entry's offset on the LUN: where the filesystem starts.
     pub offset: u64,
@@ -68,7 +124,43 @@ pub struct VolumeEntry {
 
 impl VolumeEntry {
     pub fn usable_bytes(&self) -> u64 {
-        self.layout.usable_bytes(self.size, ALIGN)
+        self.sizing().usable_bytes(self.size)
+    }
+
+    pub fn sizing(&self) -> Sizing {
+        match self.content {
+            Content::Ocfs2 => Sizing::Ocfs2(self.layout.clone()),
+            Content::Block => Sizing::Block,
+        }
+    }
+
+    /// The partition type of this volume in `state`.
+    pub fn type_in(&self, state: State) -> Uuid {
+        match self.content {
+            Content::Ocfs2 => type_guid(state, self.heartbeat),
+            Content::Block => block_type_guid(state),
+        }
+    }
+
+    /// The ranges of the LUN (offset, bytes) a node's device lays end to
+    /// end: every extent, less a raw block volume's header.
+    pub fn device_extents(&self) -> Vec<(u64, u64)> {
+        let skip = match self.content {
+            Content::Ocfs2 => 0,
+            Content::Block => BLOCK_HEADER_BYTES,
+        };
+        let mut out: Vec<(u64, u64)> = self.extents.iter().map(|e| (e.offset, e.size)).collect();
+        if let Some(head) = out.first_mut() {
+            let skip = skip.min(head.1);
+            *head = (head.0 + skip, head.1 - skip);
+        }
+        out.retain(|e| e.1 > 0);
+        out
+    }
+
+    /// The bytes of a node's device: [`Self::device_extents`] added up.
+    pub fn device_bytes(&self) -> u64 {
+        self.device_extents().iter().map(|e| e.1).sum()
     }
 
     /// The head entry's range: all the filesystem's own metadata that
@@ -158,7 +250,29 @@ pub fn volume_partition(
     }
 }
 
-/// The partition type of a volume in `state` with `heartbeat`.
+/// A raw block volume's entry (its attribute bits hold no geometry).
+pub fn block_partition(at: Placement, guid: Uuid, name: &str, state: State) -> Partition {
+    Partition {
+        number: at.number,
+        type_guid: block_type_guid(state),
+        unique_guid: guid,
+        first_lba: at.first_lba,
+        last_lba: at.last_lba,
+        attributes: 0,
+        name: gpt_name(name),
+    }
+}
+
+/// The partition type of a raw block volume in `state`.
+pub fn block_type_guid(state: State) -> Uuid {
+    match state {
+        State::Pending => TYPE_PENDING_BLOCK,
+        State::Ready => TYPE_BLOCK,
+        State::Deleting => TYPE_DELETING_BLOCK,
+    }
+}
+
+/// The partition type of an OCFS2 volume in `state` with `heartbeat`.
 pub fn type_guid(state: State, heartbeat: HeartbeatMode) -> Uuid {
     match (state, heartbeat) {
         (State::Pending, HeartbeatMode::Global) => TYPE_PENDING_GLOBAL,
@@ -187,13 +301,17 @@ pub fn is_volume(p: &Partition) -> bool {
 /// The volume in one GPT entry alone, as if it had no further extents, or
 /// None for anything that is not a volume. [`volume_in`] is the volume.
 pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
-    let (state, heartbeat) = match p.type_guid {
-        TYPE_PENDING_GLOBAL => (State::Pending, HeartbeatMode::Global),
-        TYPE_PENDING_LOCAL => (State::Pending, HeartbeatMode::Local),
-        TYPE_GLOBAL => (State::Ready, HeartbeatMode::Global),
-        TYPE_LOCAL => (State::Ready, HeartbeatMode::Local),
-        TYPE_DELETING_GLOBAL => (State::Deleting, HeartbeatMode::Global),
-        TYPE_DELETING_LOCAL => (State::Deleting, HeartbeatMode::Local),
+    use {Content::*, HeartbeatMode::*};
+    let (state, content, heartbeat) = match p.type_guid {
+        TYPE_PENDING_GLOBAL => (State::Pending, Ocfs2, Global),
+        TYPE_PENDING_LOCAL => (State::Pending, Ocfs2, Local),
+        TYPE_GLOBAL => (State::Ready, Ocfs2, Global),
+        TYPE_LOCAL => (State::Ready, Ocfs2, Local),
+        TYPE_DELETING_GLOBAL => (State::Deleting, Ocfs2, Global),
+        TYPE_DELETING_LOCAL => (State::Deleting, Ocfs2, Local),
+        TYPE_PENDING_BLOCK => (State::Pending, Block, Global),
+        TYPE_BLOCK => (State::Ready, Block, Global),
+        TYPE_DELETING_BLOCK => (State::Deleting, Block, Global),
         _ => return None,
     };
     Some(VolumeEntry {
@@ -201,6 +319,7 @@ pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
         guid: p.unique_guid,
         name: p.name.clone(),
         state,
+        content,
         heartbeat,
         layout: layout_from(p.attributes),
         offset: p.first_lba * sector_size,
@@ -276,6 +395,66 @@ mod tests {
                 assert_eq!((e.state, e.heartbeat), (state, hb));
             }
         }
+    }
+
+    #[test]
+    fn block_volumes_keep_their_state_and_skip_the_header() {
+        for state in [State::Pending, State::Ready, State::Deleting] {
+            let at = Placement {
+                number: 3,
+                first_lba: 2048,
+                last_lba: 2048 + 3 * 2048 - 1,
+            };
+            let p = block_partition(at, Uuid::nil(), "blk", state);
+            let e = volume_entry(&p, 512).unwrap();
+            assert_eq!((e.state, e.content), (state, Content::Block));
+            assert_eq!(e.type_in(state), p.type_guid);
+            assert_eq!(e.usable_bytes(), 2 * MIB);
+            assert_eq!(e.device_extents(), vec![(2 * MIB, 2 * MIB)]);
+            assert_eq!(e.device_bytes(), e.usable_bytes());
+        }
+        assert_eq!(Sizing::Block.partition_bytes(1), 2 * MIB);
+        assert_eq!(Sizing::Block.partition_bytes(5 * MIB), 6 * MIB);
+        assert_eq!(Sizing::Block.usable_bytes(6 * MIB), 5 * MIB);
+        assert_eq!(Sizing::Block.usable_bytes(MIB / 2), 0);
+    }
+
+    #[test]
+    fn a_block_volume_device_spans_every_extent() {
+        let at = Placement {
+            number: 3,
+            first_lba: 2048,
+            last_lba: 4095,
+        };
+        let mut e =
+            volume_entry(&block_partition(at, Uuid::nil(), "b", State::Ready), 512).unwrap();
+        e.extents.push(Extent {
+            offset: 10 * MIB,
+            size: 4 * MIB,
+        });
+        e.size = 5 * MIB;
+        assert_eq!(e.device_extents(), vec![(10 * MIB, 4 * MIB)]);
+        assert_eq!(e.device_bytes(), 4 * MIB);
+        assert_eq!(e.usable_bytes(), 4 * MIB);
+    }
+
+    #[test]
+    fn every_partition_type_is_distinct() {
+        let all = [
+            TYPE_HEARTBEAT,
+            TYPE_PENDING_GLOBAL,
+            TYPE_GLOBAL,
+            TYPE_LOCAL,
+            TYPE_PENDING_LOCAL,
+            TYPE_DELETING_GLOBAL,
+            TYPE_DELETING_LOCAL,
+            TYPE_PENDING_BLOCK,
+            TYPE_BLOCK,
+            TYPE_DELETING_BLOCK,
+            super::extents::TYPE_EXTENT,
+        ];
+        let set: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! is recorded in the GPT, and the mount options it may be mounted with.
 //! Neither side imports the other; both import this.
 
+pub mod block_header;
 pub mod entry;
 pub mod extents;
 pub mod id;

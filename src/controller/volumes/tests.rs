@@ -104,6 +104,15 @@ mod in_process {
         }]
     }
 
+    fn block_caps() -> Vec<VolumeCapability> {
+        vec![VolumeCapability {
+            access_type: Some(AccessType::Block(BlockVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeMultiWriter as i32,
+            }),
+        }]
+    }
+
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
@@ -581,17 +590,17 @@ mod in_process {
         let r = create(&p.volumes, "pvc-more", 100 * MIB).await;
         assert_eq!(code(r), Code::ResourceExhausted);
 
-        // Capabilities we cannot serve have no capacity; bad parameters are
-        // refused; a pin to another LUN sees none of this one.
-        let block = vec![VolumeCapability {
-            access_type: Some(AccessType::Block(BlockVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: Mode::MultiNodeMultiWriter as i32,
-            }),
-        }];
+        // Raw block volumes lose only their header; capabilities we
+        // cannot serve have no capacity; bad parameters are refused; a pin
+        // to another LUN sees none of this one.
         p.volumes.delete(&big.id.to_string()).await.unwrap();
+        let block = p.volumes.capacity(&none, &block_caps()).await.unwrap();
+        assert!(block.maximum_volume > empty.maximum_volume);
+        assert!(block.maximum_volume < LUN_BYTES);
+        let mut mixed = block_caps();
+        mixed.extend(mount_caps());
         assert_eq!(
-            p.volumes.capacity(&none, &block).await.unwrap().available,
+            p.volumes.capacity(&none, &mixed).await.unwrap().available,
             0
         );
         let bad = params(&[("nodeSlots", "0")]);
@@ -841,15 +850,12 @@ mod in_process {
             let r = create_with(&volumes, name, required, limit, &params(&pairs)).await;
             assert_eq!(code(r), want, "{what}");
         }
-        // Capabilities and content sources we do not serve.
-        let block = vec![VolumeCapability {
-            access_type: Some(AccessType::Block(BlockVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: Mode::MultiNodeMultiWriter as i32,
-            }),
-        }];
+        // Capabilities and content sources we do not serve: block and
+        // mount at once, none, a content source.
+        let mut mixed = block_caps();
+        mixed.extend(mount_caps());
         let none = params(&[]);
-        for (caps, source) in [(block, false), (vec![], false), (mount_caps(), true)] {
+        for (caps, source) in [(mixed, false), (vec![], false), (mount_caps(), true)] {
             let r = volumes
                 .create(CreateRequest {
                     name: "pvc-a",
@@ -1143,4 +1149,6 @@ mod in_process {
         assert!(volume_entries(&p.disk).is_empty());
         p.volumes.delete(&id).await.unwrap();
     }
+
+    mod block;
 }

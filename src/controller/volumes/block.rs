@@ -1,0 +1,182 @@
+//! Raw block volumes on the controller: zeroed before anyone sees them
+//! (a new volume never shows an earlier one's bytes, invariant 11), and
+//! their holders read from the header (`volume::block_header`).
+//!
+//! Zeroing is BLKZEROOUT on the LUN: the kernel sends the storage WRITE
+//! ZEROES where it has it (no data moves) and writes zero pages itself
+//! where not; either way the range reads back as zeros. A discard alone
+//! would not do: what a discarded range reads back as is the device's
+//! choice, and the kernel no longer reports it.
+
+use super::{Volumes, WIPE_TIMEOUT};
+use crate::controller::allocate::Growth;
+use crate::controller::error::LunError;
+use crate::controller::pool::Lun;
+use crate::disk::blocking::run_blocking;
+use crate::disk::lun_io::BlockIo;
+use crate::server::inflight::Guard;
+use crate::volume::block_header::{self, Holder};
+use crate::volume::entry::{State, VolumeEntry};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Zeroing goes in steps this big, so its progress can be logged.
+const STEP: u64 = 256 << 20;
+/// How often a long zeroing says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait for zeroing a volume's new space in ControllerExpandVolume
+/// (it holds the LUN's lock meanwhile).
+const GROW_ZERO_TIMEOUT: Duration = Duration::from_secs(1800);
+
+impl Volumes {
+    /// Zeroes a pending raw block volume, writes its header's identity,
+    /// then marks it ready. The work runs on its own task holding the
+    /// volume's in-flight claim: a CreateVolume whose caller gave up (a
+    /// big volume takes minutes) leaves it running, retries meanwhile are
+    /// told it is in progress, and the first retry after it finds the
+    /// volume ready. A crash leaves the entry pending; a retry zeroes it
+    /// again from the start. If zeroing fails the partition is removed.
+    pub(super) async fn zero_and_confirm(
+        &self,
+        lun: &Arc<Lun>,
+        e: &VolumeEntry,
+        name: &str,
+        guard: &Arc<Guard>,
+    ) -> Result<(), LunError> {
+        let (task_lun, task_e, claim) = (lun.clone(), e.clone(), guard.clone());
+        let volume = name.to_string();
+        let task = tokio::spawn(async move {
+            let _claim = claim;
+            let lun = task_lun;
+            let (io, e, v) = (lun.io.clone(), task_e.clone(), volume.clone());
+            let ranges: Vec<(u64, u64)> = e.extents.iter().map(|x| (x.offset, x.size)).collect();
+            tokio::task::spawn_blocking(move || {
+                zero_ranges(io.as_ref(), &ranges, &v, "new raw block volume")?;
+                block_header::write_identity(io.as_ref(), e.offset, &e.guid)
+            })
+            .await
+            .map_err(|j| LunError::NotReady(format!("zeroing {volume} ended early: {j}")))?
+            .map_err(|err| lun.io_error(err))?;
+            confirm(&lun, &task_e).await
+        });
+        let done = match task.await {
+            Ok(done) => done,
+            Err(j) => Err(LunError::NotReady(format!(
+                "making raw block volume {name} ended early: {j}"
+            ))),
+        };
+        if let Err(err) = done {
+            tracing::error!(volume = name, error = %err, "zeroing failed; removing the partition again");
+            if let Err(undo) = self.wipe_and_remove(lun, e, guard).await {
+                tracing::error!(volume = name, error = %undo, "could not remove the pending partition; a retry or DeleteVolume will");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the space `growth` adds to `e`, before the table names it.
+    pub(super) async fn zero_growth(
+        &self,
+        lun: &Lun,
+        e: &VolumeEntry,
+        growth: &Growth,
+    ) -> Result<(), LunError> {
+        let ss = lun.sector_size();
+        let last = *e.extents.last().expect("a volume has its head");
+        let mut ranges = Vec::new();
+        if growth.in_place_sectors > 0 {
+            ranges.push((last.offset + last.size, growth.in_place_sectors * ss));
+        }
+        ranges.extend(
+            growth
+                .added
+                .iter()
+                .map(|&(first, last)| (first * ss, (last - first + 1) * ss)),
+        );
+        let (io, name) = (lun.io.clone(), e.name.clone());
+        run_blocking(GROW_ZERO_TIMEOUT, move || {
+            zero_ranges(
+                io.as_ref(),
+                &ranges,
+                &name,
+                "space a raw block volume grows into",
+            )
+        })
+        .await
+        .map_err(|stalled| lun.stalled("zeroing a volume's new space", stalled))?
+        .map_err(|err| lun.io_error(err))
+    }
+
+    /// The nodes holding raw block volume `e`, or None when its header
+    /// holds no identity (zeroing never finished, or a delete wiped it).
+    pub(super) async fn block_holders(
+        &self,
+        lun: &Lun,
+        e: &VolumeEntry,
+    ) -> Result<Option<Vec<Holder>>, LunError> {
+        let (io, head, guid) = (lun.io.clone(), e.offset, e.guid);
+        run_blocking(WIPE_TIMEOUT, move || {
+            block_header::read_holders(io.as_ref(), head, &guid)
+        })
+        .await
+        .map_err(|stalled| lun.stalled("reading a volume's holders", stalled))?
+        .map_err(|err| lun.io_error(err))
+    }
+}
+
+/// Rewrites a pending entry as ready.
+async fn confirm(lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
+    let _locked = lun.lock().await;
+    let mut table = lun.read_table().await?;
+    let p = table
+        .partitions
+        .iter_mut()
+        .find(|p| p.unique_guid == e.guid && p.number == e.number)
+        .ok_or_else(|| {
+            LunError::NotReady(format!("partition of {} vanished during create", e.name))
+        })?;
+    p.type_guid = e.type_in(State::Ready);
+    lun.write_table(&table).await
+}
+
+/// Zeroes `ranges` (offset, bytes) durably, logging progress on long work
+/// and the rate at the end.
+fn zero_ranges(
+    io: &dyn BlockIo,
+    ranges: &[(u64, u64)],
+    volume: &str,
+    what: &str,
+) -> std::io::Result<()> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let (start, mut said) = (Instant::now(), Instant::now());
+    let mut done = 0u64;
+    for &(offset, len) in ranges {
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(STEP);
+            io.zero_out(offset + at, n)?;
+            at += n;
+            done += n;
+            if said.elapsed() >= PROGRESS_EVERY {
+                said = Instant::now();
+                tracing::info!(
+                    volume,
+                    done_mib = done >> 20,
+                    total_mib = total >> 20,
+                    "zeroing the {what}"
+                );
+            }
+        }
+    }
+    io.sync()?;
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        volume,
+        mib = total >> 20,
+        seconds = format!("{secs:.2}"),
+        mib_per_s = format!("{:.0}", (total >> 20) as f64 / secs.max(1e-6)),
+        "zeroed the {what}"
+    );
+    Ok(())
+}
