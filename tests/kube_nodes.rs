@@ -9,7 +9,8 @@
 //! install, a RWX Deployment on all three nodes, `kubectl patch pvc` under
 //! its writers, a pod as uid 107 with an fsGroup, the node DaemonSet rolled
 //! and a kubelet restarted under the writers' I/O, a pod moved between
-//! nodes, cleanup, `helm test`, `helm uninstall`. Each prints
+//! nodes, a raw block claim used on two nodes at once, cleanup, `helm
+//! test`, `helm uninstall`. Each prints
 //! `scenario-time: NAME SECONDS`.
 
 use ocfs2_csi_testkit as common;
@@ -365,6 +366,139 @@ spec:
     c.kubectl(&["delete", "pvc", "-n", APP_NS, "mover", "--wait=true"]);
 }
 
+/// A pod on `node` with the raw block claim `claim` as /dev/xvda.
+fn block_pod(name: &str, node: usize, claim: &str, cmd: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {APP_NS}}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{kubernetes.io/hostname: node{node}}}
+  containers:
+  - name: c
+    image: localhost/busybox:lab
+    imagePullPolicy: Never
+    command: [sh, -c, '{cmd}']
+    volumeDevices: [{{name: data, devicePath: /dev/xvda}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: {claim}}}
+"#
+    )
+}
+
+/// A ReadWriteMany claim with volumeMode Block, used by pods on two nodes
+/// at once (a VM disk during live migration): bytes written with O_DIRECT
+/// on node1 read back on node2 while the first pod still runs; both pods
+/// gone, the volume is unstaged on both and deleted with its claim.
+fn block_rwx(c: &Cluster) {
+    let t = Instant::now();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: raw, namespace: {APP_NS}}}
+spec:
+  accessModes: [ReadWriteMany]
+  volumeMode: Block
+  storageClassName: ocfs2
+  resources: {{requests: {{storage: 256Mi}}}}
+"#
+    ));
+    c.apply(&block_pod(
+        "raw-a",
+        1,
+        "raw",
+        "dd if=/dev/urandom of=/tmp/p bs=1M count=8 2>/dev/null && \
+         dd if=/tmp/p of=/dev/xvda bs=1M seek=1 oflag=direct 2>/dev/null && \
+         echo size $(blockdev --getsize64 /dev/xvda) && sha256sum /tmp/p && sleep 3600",
+    ));
+    let sum = |log: &str| {
+        log.split_whitespace()
+            .find(|w| w.len() == 64)
+            .map(String::from)
+    };
+    wait_until("raw-a wrote its bytes", Duration::from_secs(600), || {
+        sum(&c.pod_log(APP_NS, "raw-a", "c")).is_some()
+    });
+    let written = c.pod_log(APP_NS, "raw-a", "c");
+    assert!(
+        written.contains(&format!("size {}", 256u64 << 20)),
+        "raw-a: {written}"
+    );
+    c.apply(&block_pod(
+        "raw-b",
+        2,
+        "raw",
+        "dd if=/dev/xvda bs=1M skip=1 count=8 iflag=direct 2>/dev/null | sha256sum",
+    ));
+    c.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/raw-b",
+        "-n",
+        APP_NS,
+        "--timeout=600s",
+    ]);
+    let phase = c.kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        APP_NS,
+        "raw-a",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    assert_eq!(phase.trim(), "Running", "raw-a must still hold the volume");
+    let read = c.pod_log(APP_NS, "raw-b", "c");
+    assert_eq!(sum(&written), sum(&read), "node2 read other bytes: {read}");
+    println!(
+        "block-rwx: 8 MiB written with O_DIRECT by a pod on node1, the same sha256 {} read \
+         by a pod on node2 while the first ran, {:.1} s",
+        &sum(&read).unwrap_or_default()[..16],
+        t.elapsed().as_secs_f64()
+    );
+    let pv = c
+        .kubectl(&[
+            "get",
+            "pvc",
+            "-n",
+            APP_NS,
+            "raw",
+            "-o",
+            "jsonpath={.spec.volumeName}",
+        ])
+        .trim()
+        .to_string();
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        APP_NS,
+        "raw-a",
+        "raw-b",
+        "--wait=true",
+    ]);
+    // The maps of data volumes go at unstage (the heartbeat maps stay).
+    let maps = |n: usize| {
+        c.lab
+            .exec(n, "ls /dev/mapper | grep ocfs2csi- | grep -vc ocfs2csi-hb-")
+            .1
+            .trim()
+            .to_string()
+    };
+    wait_until(
+        "raw unstaged on node1 and node2",
+        Duration::from_secs(300),
+        || maps(1) == "0" && maps(2) == "0",
+    );
+    c.kubectl(&["delete", "pvc", "-n", APP_NS, "raw", "--wait=true"]);
+    wait_until("the block PV is deleted", Duration::from_secs(300), || {
+        !c.kubectl_try(&["get", "pv", &pv]).0
+    });
+    println!("block-rwx: unstaged on both nodes, {pv} deleted");
+}
+
 /// Deleting the pods unstages the volume everywhere; deleting the claim
 /// deletes the volume.
 fn cleanup(c: &Cluster) {
@@ -412,6 +546,7 @@ fn kube_nodes() {
     scenario("daemonset-roll", || daemonset_roll(&c, &pods));
     scenario("kubelet-restart", || kubelet_restart(&c, &pods));
     scenario("pod-move", || pod_move(&c));
+    scenario("block-rwx", || block_rwx(&c));
     scenario("cleanup", || cleanup(&c));
     scenario("helm-test", || {
         let out = c

@@ -30,6 +30,8 @@
 
 #[path = "lab/basics.rs"]
 mod basics;
+#[path = "lab/block.rs"]
+mod block;
 #[path = "lab/failure.rs"]
 mod failure;
 #[path = "lab/kube.rs"]
@@ -73,6 +75,22 @@ fn lab_default_timeouts() {
     scenario("basics", || basics::run(&lab, &rt));
     scenario("scale-40-volumes", || scale::run(&lab, &rt));
     scenario("stage-delete-races", || races::run(&lab, &rt));
+    scenario("block-rwx", || block::run(&lab, &rt));
+}
+
+/// The raw block scenario alone on a lab of its own, for working on it:
+/// `cargo test --test lab lab_block_alone -- --ignored --nocapture`. CI
+/// runs it in `lab_default_timeouts`.
+#[test]
+#[ignore]
+fn lab_block_alone() {
+    let lab = scenario("lab-boot-block", || Lab::up("lab-block", 3, "8G"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    lab.write_members(&[1, 2, 3]);
+    for node in 1..=3 {
+        lab.start_node_plugin(node, CLUSTER);
+    }
+    scenario("block-rwx", || block::run(&lab, &rt));
 }
 
 /// The basics again, with the LUN reached the way users reach theirs:
