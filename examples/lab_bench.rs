@@ -8,6 +8,8 @@
 //!   mounted (1, 2, 3): the first call grows, the others are no-ops;
 //! - throughput on an OCFS2 volume against the raw partition of a second,
 //!   never-mounted volume: same guest, same tool (busybox dd, O_DIRECT);
+//! - a raw block volume published on the guests against the raw partition
+//!   of another volume: same guests, same dd;
 //! - heartbeat I/O of one node as its mounted volumes grow in number.
 //!
 //! Local-heartbeat lab: the stage latency and heartbeat I/O again.
@@ -23,7 +25,8 @@
 //!
 //! `LAB_BENCH_ONLY=node-loss` runs the node-loss lab alone,
 //! `LAB_BENCH_ONLY=stage` the NodeStageVolume figures alone,
-//! `LAB_BENCH_ONLY=transport` the transport comparison alone.
+//! `LAB_BENCH_ONLY=transport` the transport comparison alone,
+//! `LAB_BENCH_ONLY=block` the raw block volume figures alone.
 //!
 //! Each figure is a table and an SVG chart in target/bench/. Printed, never
 //! enforced: absolute times in TCG guests are not production figures.
@@ -729,6 +732,129 @@ fn report_io(r: &mut Report, rows: &[Io], spawn_ms: f64) {
     }
 }
 
+// --- raw block volumes against the raw partition -----------------------------
+
+/// A raw block volume published on every guest against the raw map of a
+/// second, never-staged volume: the same guests, the same `dd` (O_DIRECT)
+/// on the published device and on the map made by hand. Rows: the volume
+/// in `ocfs2`, the map in `raw`.
+fn block_throughput(rt: &Rt, lab: &Lab, controller: &Controller) -> Vec<Io> {
+    let mut req = create_request("bench-block", 2 * GIB);
+    req.volume_capabilities = vec![block_cap()];
+    let t = Instant::now();
+    let block = rt
+        .block_on(async { controller.client().await.create_volume(req).await })
+        .expect("create a block volume")
+        .into_inner()
+        .volume
+        .unwrap();
+    println!(
+        "  2 GiB raw block volume created (zeroed by the host controller: a hole punched in the \
+         LUN file) in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let raw = create(rt, controller, "bench-raw-b", 2 * GIB, &[]);
+    for node in 1..=3 {
+        rt.block_on(stage_and_publish_block(lab, node, &block));
+    }
+    let mut dev = String::new();
+    for node in 1..=3 {
+        dev = lab.map_by_hand(node, &raw.volume_context["partitionGuid"], "bench-raw-b");
+    }
+    let target = block_target(&block);
+    let (block_t, raw_t) = (Target::Raw(target), Target::Raw(dev));
+    let mut rows = Vec::new();
+    for all in [false, true] {
+        for op in [Op::SeqOverwrite, Op::SeqRead, Op::RandWrite] {
+            // Written once first, so reads and overwrites find data.
+            if op == Op::SeqOverwrite {
+                timed(lab, all, &io_command(op, &block_t, SEQ_BLOCKS));
+                timed(lab, all, &io_command(op, &raw_t, SEQ_BLOCKS));
+            }
+            let volume = rate(
+                op,
+                &timed(lab, all, &io_command(op, &block_t, SEQ_BLOCKS)),
+                SEQ_BLOCKS,
+            );
+            let bare = rate(
+                op,
+                &timed(lab, all, &io_command(op, &raw_t, SEQ_BLOCKS)),
+                SEQ_BLOCKS,
+            );
+            let guests = if all { 3 } else { 1 };
+            println!(
+                "  {} x{guests}: block volume {} raw {}",
+                op.name(),
+                num(volume),
+                num(bare)
+            );
+            rows.push(Io {
+                op,
+                guests,
+                ocfs2: volume,
+                raw: bare,
+            });
+        }
+    }
+    for node in 1..=3 {
+        lab.unmap_by_hand(node, "bench-raw-b");
+        rt.block_on(unpublish_and_unstage_block(lab, node, &block));
+    }
+    rt.block_on(async {
+        let mut c = controller.client().await;
+        for v in [&block, &raw] {
+            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
+        }
+    });
+    rows
+}
+
+fn report_block(r: &mut Report, rows: &[Io]) {
+    let mut t = Table::new(
+        "Throughput: raw block volume (published device) vs the raw map of a second volume",
+        &["test", "guests", "unit", "block volume", "raw", "block/raw"],
+    )
+    .note(format!(
+        "Same guests, same busybox dd with O_DIRECT; the block volume is written through the \
+         device NodePublishVolume bound at the pod's target, the raw map is made by hand over \
+         another volume's partition. Sequential: {} MiB per guest in 4 MiB blocks; random: \
+         {RAND_WRITES} 4 KiB writes per guest, one dd each; 3 guests: each its own region at once",
+        SEQ_BLOCKS * BLOCK / MIB
+    ))
+    .note("Goal: block/raw >= 0.95");
+    for io in rows {
+        t.row(vec![
+            io.op.name().into(),
+            io.guests.to_string(),
+            io.unit().into(),
+            num(io.ocfs2),
+            num(io.raw),
+            format!("{:.2}", io.ratio()),
+        ]);
+    }
+    r.table(&t);
+    for io in rows.iter().filter(|io| io.op != Op::RandWrite) {
+        println!(
+            "goal block/raw >= 0.95, {} x{}: {:.2} -> {}",
+            io.op.name(),
+            io.guests,
+            io.ratio(),
+            if io.ratio() >= 0.95 { "met" } else { "NOT met" }
+        );
+    }
+    for io in rows {
+        println!(
+            "BENCH block test={:?} guests={} unit={} block={:.2} raw={:.2} ratio={:.3}",
+            io.op.name(),
+            io.guests,
+            io.unit(),
+            io.ocfs2,
+            io.raw,
+            io.ratio()
+        );
+    }
+}
+
 // --- node loss with o2cb's default timeouts ---------------------------------------
 
 struct Loss {
@@ -1198,6 +1324,16 @@ fn main() {
         return;
     }
 
+    if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("block") {
+        step("global heartbeat lab, raw block volumes");
+        let (lab, controller) = cluster(&rt, "bench-global", "global");
+        let block = block_throughput(&rt, &lab, &controller);
+        report_block(&mut report, &block);
+        report.finish();
+        step("done");
+        return;
+    }
+
     let only_stage = std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("stage");
     if only_stage {
         step("global heartbeat lab, stage latency");
@@ -1223,6 +1359,8 @@ fn main() {
     let growth = growth_by_nodes(&rt, &lab, &controller);
     step("throughput, OCFS2 vs raw");
     let (io, spawn_ms) = throughput(&rt, &lab, &controller);
+    step("throughput, raw block volume vs raw");
+    let block = block_throughput(&rt, &lab, &controller);
     step("transport figures, virtio LUN");
     let virtio = transport_of(&rt, &lab, &controller, "virtio (shared file)");
     step("heartbeat I/O, global");
@@ -1237,6 +1375,7 @@ fn main() {
     report_transport(&mut report, &[virtio, san]);
     report_growth(&mut report, &growth);
     report_io(&mut report, &io, spawn_ms);
+    report_block(&mut report, &block);
 
     step("local heartbeat lab");
     let (lab, controller) = cluster(&rt, "bench-local", "local");

@@ -10,7 +10,8 @@
 //! - `lab_default_timeouts`: o2cb's default timeouts, members from a file.
 //!   The basic scenarios first (they form the cluster, two guests then a
 //!   third joining, so they need guests nobody joined yet), then 40
-//!   volumes on all three, then 50 stages racing deletes. Each scenario
+//!   volumes on all three, then 50 stages racing deletes, then a raw block
+//!   volume shared by all three (`block.rs`). Each scenario
 //!   leaves the plugins running and no volume or mount behind, and the
 //!   next one checks that it finds it so.
 //!   Nothing here loses a node, so the production timeouts cost nothing
@@ -104,10 +105,25 @@ fn lab_san_multipath() {
     let lab = scenario("lab-boot-san", || Lab::up_san("lab-san", 3, "32G"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     scenario("san-basics", || basics::run_transport(&lab, &rt));
+    scenario("san-block-rwx", || block::run_transport(&lab, &rt));
     failure::run_san(&lab, &rt, &|node| {
         lab.write_members_on(node, &[1, 2, 3]);
         lab.start_node_plugin(node, CLUSTER);
     });
+}
+
+/// The raw block scenario alone over iSCSI and dm-multipath, for working
+/// on it (`--ignored`); CI runs it in `lab_san_multipath`.
+#[test]
+#[ignore]
+fn lab_san_block_alone() {
+    let lab = scenario("lab-boot-san", || Lab::up_san("lab-san-block", 3, "8G"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    lab.write_members(&[1, 2, 3]);
+    for node in 1..=3 {
+        lab.start_node_plugin(node, CLUSTER);
+    }
+    scenario("san-block-rwx", || block::run_transport(&lab, &rt));
 }
 
 /// 40 volumes mounted on every guest over the multipath LUN. Outside CI

@@ -801,6 +801,83 @@ pub async fn unpublish_and_unstage(lab: &Lab, node: usize, v: &Volume) {
     .unwrap_or_else(|e| panic!("node{node}: unstage: {e:?}"));
 }
 
+// --- Raw block volumes, as kubelet asks for them ------------------------------
+
+pub fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
+    }
+}
+
+pub fn block_staging(v: &Volume) -> String {
+    format!(
+        "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/staging/{}",
+        v.volume_context["partitionGuid"]
+    )
+}
+
+/// The target file kubelet would name for a pod.
+pub fn block_target(v: &Volume) -> String {
+    format!(
+        "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/{}/pod-1",
+        v.volume_context["partitionGuid"]
+    )
+}
+
+/// NodeStage + NodePublish of the raw block volume `v` on `node` (kubelet
+/// makes the parent folders).
+pub async fn stage_and_publish_block(lab: &Lab, node: usize, v: &Volume) {
+    lab.must(
+        node,
+        &format!(
+            "mkdir -p {} $(dirname {})",
+            block_staging(v),
+            block_target(v)
+        ),
+    );
+    let mut n = lab.node_client(node).await;
+    n.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: block_staging(v),
+        volume_capability: Some(block_cap()),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("node{node}: stage: {e:?}"));
+    n.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: block_staging(v),
+        target_path: block_target(v),
+        volume_capability: Some(block_cap()),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("node{node}: publish: {e:?}"));
+}
+
+pub async fn unpublish_and_unstage_block(lab: &Lab, node: usize, v: &Volume) {
+    let mut n = lab.node_client(node).await;
+    n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        target_path: block_target(v),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("node{node}: unpublish: {e:?}"));
+    n.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: block_staging(v),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("node{node}: unstage: {e:?}"));
+}
+
 pub fn expand_req(v: &Volume) -> NodeExpandVolumeRequest {
     NodeExpandVolumeRequest {
         volume_id: v.volume_id.clone(),

@@ -653,31 +653,6 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     for (reason, count) in skipped_by_reason(&junit) {
         println!("scenario 8: skipped {count:>2}: {reason}");
     }
-    // The same suite asking for raw block volumes: real device-mapper maps
-    // published as devices, and the controller zeroing each new volume
-    // on the guest's block device (BLKZEROOUT).
-    let t = Instant::now();
-    let out = lab.must(
-        1,
-        "csi-sanity -csi.endpoint 127.0.0.1:10000 \
-           -csi.controllerendpoint unix:///run/csi/controller.sock \
-           -csi.mountdir /tmp/sanity/mnt-block -csi.stagingdir /tmp/sanity/stage-block \
-           -csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
-           -csi.testvolumeaccesstype block \
-           -csi.junitfile /tmp/sanity-block.xml -ginkgo.no-color > /tmp/sanity-block.log 2>&1
-         rc=$?; tail -n 3 /tmp/sanity-block.log; [ $rc = 0 ] || tail -n 80 /tmp/sanity-block.log; exit $rc",
-    );
-    assert!(out.contains("SUCCESS!"), "{out}");
-    println!(
-        "scenario 8: csi-sanity with block access inside node1 in {}: {}",
-        secs(t),
-        out.trim().lines().last().unwrap_or("")
-    );
-    let zeroed = lab.must(
-        1,
-        "grep 'zeroed the new raw block volume' /tmp/controller.log | sed 's/.*zeroed/zeroed/' | sort | uniq -c | head -5; true",
-    );
-    println!("scenario 8: the guest controller's zeroing on /dev/vda:\n{zeroed}");
     // Cleanup for the scenarios after this one: the guest's controller
     // goes (the host's is the LUN's one writer again) and csi-sanity left
     // no volume behind.
@@ -772,7 +747,7 @@ fn lun_added(
 
 /// csi-sanity's skipped specs from its JUnit file, counted by the message
 /// it gave (usually the capability the driver does not offer).
-fn skipped_by_reason(junit: &str) -> std::collections::BTreeMap<String, usize> {
+pub(crate) fn skipped_by_reason(junit: &str) -> std::collections::BTreeMap<String, usize> {
     let mut by = std::collections::BTreeMap::new();
     for case in junit.split("<testcase").skip(1) {
         let Some(at) = case.find("<skipped message=\"") else {

@@ -14,12 +14,13 @@
 //!    all three at once; each device shows the new size, data written in
 //!    the new space on one node reads back on the others, 0 write errors;
 //! 5. NodeGetVolumeStats: the size, healthy;
-//! 6. unpublished and unstaged everywhere (maps and marks gone), deleted.
+//! 6. unpublished and unstaged everywhere (maps and marks gone), deleted;
+//! 7. csi-sanity's whole suite with block access inside node1, against a
+//!    controller there too: real maps published as devices, and each new
+//!    volume zeroed with BLKZEROOUT on the guest's disk (its rate logged).
 
 use crate::common::lab::*;
 use crate::common::*;
-use ocfs2_csi::csi::volume_capability::access_mode::Mode;
-use ocfs2_csi::csi::volume_capability::{AccessMode, AccessType, BlockVolume};
 use ocfs2_csi::csi::*;
 use ocfs2_csi::disk::lun_io::LunFile;
 use ocfs2_csi::volume::block_header;
@@ -27,37 +28,15 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
+use super::CLUSTER;
+
 const MIB: u64 = 1 << 20;
 const NODES: usize = 3;
 const FIRST: u64 = 256 * MIB;
 const GROWN: u64 = 640 * MIB;
 
-fn block_cap() -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Block(BlockVolume {})),
-        access_mode: Some(AccessMode {
-            mode: Mode::MultiNodeMultiWriter as i32,
-        }),
-    }
-}
-
-fn staging_of(v: &Volume) -> String {
-    format!(
-        "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/staging/{}",
-        v.volume_context["partitionGuid"]
-    )
-}
-
-/// The target file kubelet would name for a pod.
-fn target_of(v: &Volume) -> String {
-    format!(
-        "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/{}/pod-1",
-        v.volume_context["partitionGuid"]
-    )
-}
-
 fn size_on(lab: &Lab, node: usize, v: &Volume) -> u64 {
-    lab.must(node, &format!("blockdev --getsize64 {}", target_of(v)))
+    lab.must(node, &format!("blockdev --getsize64 {}", block_target(v)))
         .trim()
         .parse()
         .unwrap()
@@ -76,6 +55,17 @@ fn holders(lun: &std::path::Path, v: &Volume) -> Vec<u8> {
 }
 
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
+    run_parts(lab, rt, true);
+}
+
+/// Parts 1-6, on a lab whose LUN is reached over iSCSI and dm-multipath:
+/// each node's map then lies over the multipath map. Without csi-sanity,
+/// which does not depend on the LUN's transport.
+pub fn run_transport(lab: &Lab, rt: &tokio::runtime::Runtime) {
+    run_parts(lab, rt, false);
+}
+
+fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
@@ -123,33 +113,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // --- 2. published on three guests -------------------------------------
     let t = Instant::now();
     for node in 1..=NODES {
-        lab.must(
-            node,
-            &format!("mkdir -p {} $(dirname {})", staging_of(&v), target_of(&v)),
-        );
-        rt.block_on(async {
-            let mut n = lab.node_client(node).await;
-            n.node_stage_volume(NodeStageVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: staging_of(&v),
-                volume_capability: Some(block_cap()),
-                volume_context: v.volume_context.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node{node}: stage: {e:?}"));
-            n.node_publish_volume(NodePublishVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: staging_of(&v),
-                target_path: target_of(&v),
-                volume_capability: Some(block_cap()),
-                volume_context: v.volume_context.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node{node}: publish: {e:?}"));
-        });
-        lab.must(node, &format!("[ -b {} ]", target_of(&v)));
+        rt.block_on(stage_and_publish_block(lab, node, &v));
+        lab.must(node, &format!("[ -b {} ]", block_target(&v)));
         assert_eq!(size_on(lab, node, &v), FIRST, "node{node}");
     }
     let mut marks = holders(&lun, &v);
@@ -179,7 +144,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     );
 
     // --- 3. O_DIRECT on one node, read on the others -------------------
-    let target = target_of(&v);
+    let target = block_target(&v);
     let sum = lab.must(
         1,
         &format!(
@@ -237,8 +202,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
                 let mut n = lab.node_client(node).await;
                 n.node_expand_volume(NodeExpandVolumeRequest {
                     volume_id: v.volume_id.clone(),
-                    volume_path: target_of(v),
-                    staging_target_path: staging_of(v),
+                    volume_path: block_target(v),
+                    staging_target_path: block_staging(v),
                     volume_capability: Some(block_cap()),
                     capacity_range: Some(CapacityRange {
                         required_bytes: GROWN as i64,
@@ -313,7 +278,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
             let mut n = lab.node_client(2).await;
             n.node_get_volume_stats(NodeGetVolumeStatsRequest {
                 volume_id: v.volume_id.clone(),
-                volume_path: target_of(&v),
+                volume_path: block_target(&v),
                 ..Default::default()
             })
             .await
@@ -327,33 +292,75 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
 
     // --- 6. let go everywhere, delete --------------------------------------
     for node in 1..=NODES {
-        rt.block_on(async {
-            let mut n = lab.node_client(node).await;
-            n.node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                target_path: target_of(&v),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node{node}: unpublish: {e:?}"));
-            n.node_unstage_volume(NodeUnstageVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: staging_of(&v),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node{node}: unstage: {e:?}"));
-        });
+        rt.block_on(unpublish_and_unstage_block(lab, node, &v));
         assert_eq!(
             lab.map_device(node, &v.volume_context["partitionGuid"]),
             None,
             "node{node} kept its map"
         );
-        lab.must(node, &format!("[ ! -e {} ]", target_of(&v)));
+        lab.must(node, &format!("[ ! -e {} ]", block_target(&v)));
     }
     assert!(holders(&lun, &v).is_empty());
     rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
         .expect("delete once nobody holds it");
     assert!(volume_partitions(&lun).is_empty());
     assert_gpt_valid(&lun);
+    drop(c);
+    drop(controller);
+    if !all {
+        println!(
+            "block transport scenarios finished in {:.1} s",
+            total.elapsed().as_secs_f64()
+        );
+        return;
+    }
+
+    // --- 7. csi-sanity with block access inside a guest -----------------
+    let t = Instant::now();
+    let out = lab.must(
+        1,
+        &format!(
+            "mkdir -p /tmp/bsanity /run/csi
+             ocfs2-csi controller --endpoint unix:///run/csi/bcontroller.sock --lun {lun} \
+               --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id >/tmp/bcontroller.log 2>&1 &
+             echo $! > /tmp/bcontroller.pid
+             for i in $(seq 300); do grep -q 'all LUNs open; ready' /tmp/bcontroller.log && break; sleep 0.2; done
+             csi-sanity -csi.endpoint 127.0.0.1:10000 \
+               -csi.controllerendpoint unix:///run/csi/bcontroller.sock \
+               -csi.mountdir /tmp/bsanity/mnt -csi.stagingdir /tmp/bsanity/stage \
+               -csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
+               -csi.testvolumeaccesstype block \
+               -csi.junitfile /tmp/bsanity.xml -ginkgo.no-color > /tmp/bsanity.log 2>&1
+             rc=$?; kill $(cat /tmp/bcontroller.pid)
+             for i in $(seq 100); do kill -0 $(cat /tmp/bcontroller.pid) 2>/dev/null || break; sleep 0.1; done
+             tail -n 3 /tmp/bsanity.log; [ $rc = 0 ] || tail -n 80 /tmp/bsanity.log; exit $rc",
+            lun = lab.guest_lun
+        ),
+    );
+    assert!(out.contains("SUCCESS!"), "{out}");
+    println!(
+        "block 7: csi-sanity with block access inside node1 in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        out.trim().lines().last().unwrap_or("")
+    );
+    let junit = lab.must(1, "cat /tmp/bsanity.xml");
+    for (reason, count) in super::basics::skipped_by_reason(&junit) {
+        println!("block 7: skipped {count:>2}: {reason}");
+    }
+    let zeroed = lab.must(
+        1,
+        "grep 'zeroed the new raw block volume' /tmp/bcontroller.log \
+         | sed 's/.*zeroed the new raw block volume//' | head -8; true",
+    );
+    println!(
+        "block 7: the guest controller zeroing new volumes on {}:\n{zeroed}",
+        lab.guest_lun
+    );
+    assert!(
+        volume_partitions(&lun).is_empty(),
+        "csi-sanity left volumes: {:?}",
+        volume_partitions(&lun)
+    );
     println!(
         "block scenarios finished in {:.1} s",
         total.elapsed().as_secs_f64()
