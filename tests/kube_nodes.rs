@@ -418,7 +418,15 @@ spec:
             .find(|w| w.len() == 64)
             .map(String::from)
     };
-    wait_until("raw-a wrote its bytes", Duration::from_secs(600), || {
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/raw-a",
+        "-n",
+        APP_NS,
+        "--timeout=600s",
+    ]);
+    wait_until("raw-a wrote its bytes", Duration::from_secs(300), || {
         sum(&c.pod_log(APP_NS, "raw-a", "c")).is_some()
     });
     let written = c.pod_log(APP_NS, "raw-a", "c");

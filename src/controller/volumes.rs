@@ -684,14 +684,14 @@ impl Volumes {
         if !nodes.is_empty() {
             if e.state == State::Deleting {
                 // An interrupted delete that found a node mounted.
-                self.set_state(lun, &e, State::Ready).await?;
+                set_state(lun, &e, State::Ready).await?;
             }
             return Err(nodes.refusal(volume_id));
         }
         // A pending entry was never stageable: no node can be mid-stage.
         let stageable = e.state != State::Pending;
         if e.state != State::Deleting {
-            self.set_state(lun, &e, State::Deleting).await?;
+            set_state(lun, &e, State::Deleting).await?;
         }
         if stageable {
             let grace = self.delete_grace.unwrap_or(delete_grace(e.heartbeat));
@@ -708,7 +708,7 @@ impl Volumes {
                     ?nodes,
                     "a stage took the volume while it was being deleted; it stays"
                 );
-                self.set_state(lun, &e, State::Ready).await?;
+                set_state(lun, &e, State::Ready).await?;
                 return Err(nodes.refusal(volume_id));
             }
         }
@@ -756,25 +756,6 @@ impl Volumes {
             },
         )
         .await
-    }
-
-    /// Rewrites the type of `e`'s entry to `state` (same place, same GUID).
-    async fn set_state(&self, lun: &Lun, e: &VolumeEntry, state: State) -> Result<(), LunError> {
-        let _locked = lun.lock().await;
-        let mut table = lun.read_table().await?;
-        let p = table
-            .partitions
-            .iter_mut()
-            .find(|p| p.unique_guid == e.guid && p.number == e.number)
-            .ok_or_else(|| {
-                LunError::NotReady(format!("partition {} vanished during delete", e.number))
-            })?;
-        let wanted = e.type_in(state);
-        if p.type_guid == wanted {
-            return Ok(());
-        }
-        p.type_guid = wanted;
-        lun.write_table(&table).await
     }
 
     pub async fn expand(
@@ -1037,6 +1018,28 @@ impl Users {
             },
         }
     }
+}
+
+/// Rewrites the type of `e`'s entry to `state` (same place, same GUID).
+async fn set_state(lun: &Lun, e: &VolumeEntry, state: State) -> Result<(), LunError> {
+    let _locked = lun.lock().await;
+    let mut table = lun.read_table().await?;
+    let p = table
+        .partitions
+        .iter_mut()
+        .find(|p| p.unique_guid == e.guid && p.number == e.number)
+        .ok_or_else(|| {
+            LunError::NotReady(format!(
+                "partition {} of {} vanished meanwhile",
+                e.number, e.name
+            ))
+        })?;
+    let wanted = e.type_in(state);
+    if p.type_guid == wanted {
+        return Ok(());
+    }
+    p.type_guid = wanted;
+    lun.write_table(&table).await
 }
 
 /// When a LUN has no room left as this host sees it: whether the array

@@ -106,13 +106,7 @@ impl Locator for DmLocator {
 
 /// The raw block volumes in `lun`'s table now.
 pub fn block_volumes(lun: &Path) -> Result<Vec<VolumeEntry>, String> {
-    let table = read_table(lun)?;
-    Ok(table
-        .partitions
-        .iter()
-        .filter_map(|p| volume_in(&table, p))
-        .filter(|e| e.content == crate::volume::entry::Content::Block)
-        .collect())
+    Ok(crate::volume::entry::block_volumes(&read_table(lun)?))
 }
 
 /// Finds the volume's LUN among `luns`, sets up its map and returns the

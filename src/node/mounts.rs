@@ -81,6 +81,21 @@ impl SystemMounter {
     pub fn new(tools: Ocfs2Tools) -> SystemMounter {
         SystemMounter { tools }
     }
+
+    /// Sets the per-mount `flags` of the bind mount at `target`; unmounts
+    /// it if that fails (a mount never stays without the flags asked for).
+    fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+        // An empty source is passed to the kernel as NULL.
+        if let Err(e) = Mount::builder()
+            .fstype(NO_TYPE)
+            .flags(MountFlags::BIND | MountFlags::REMOUNT | flags)
+            .mount("", target)
+        {
+            let _ = self.unmount(target);
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 /// The kernel ignores the type of a bind mount or a remount; sys-mount
@@ -110,21 +125,11 @@ impl Mounter for SystemMounter {
             .fstype(NO_TYPE)
             .flags(MountFlags::BIND)
             .mount(source, target)?;
-        let mut flags = MountFlags::BIND | MountFlags::REMOUNT | inherited | FORCED;
+        let mut flags = inherited | FORCED;
         if read_only {
             flags |= MountFlags::RDONLY;
         }
-        // An empty source is passed to the kernel as NULL.
-        if let Err(e) = Mount::builder()
-            .fstype(NO_TYPE)
-            .flags(flags)
-            .mount("", target)
-        {
-            // Never leave a mount without the flags asked for.
-            let _ = self.unmount(target);
-            return Err(e);
-        }
-        Ok(())
+        self.remount_bind(target, flags)
     }
 
     fn bind_device(&self, device: &Path, target: &Path, read_only: bool) -> io::Result<()> {
@@ -133,15 +138,7 @@ impl Mounter for SystemMounter {
             .flags(MountFlags::BIND)
             .mount(device, target)?;
         if read_only {
-            let flags = MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY;
-            if let Err(e) = Mount::builder()
-                .fstype(NO_TYPE)
-                .flags(flags)
-                .mount("", target)
-            {
-                let _ = self.unmount(target);
-                return Err(e);
-            }
+            return self.remount_bind(target, MountFlags::RDONLY);
         }
         Ok(())
     }

@@ -381,6 +381,39 @@ impl NodeVolumes {
         blocking("unmounting", move || mounter.unmount(&t)).await
     }
 
+    /// The stage record of `id` for a publish from `staging` asking for
+    /// `asked`: staged there, and holding that.
+    async fn staged(
+        &self,
+        id: VolumeId,
+        staging: &Path,
+        asked: Content,
+    ) -> Result<StageRecord, NodeError> {
+        let record = self
+            .record(id.partition)
+            .await?
+            .ok_or_else(|| NodeError::NotStaged(String::new()))?;
+        let holds = if record.block {
+            Content::Block
+        } else {
+            Content::Ocfs2
+        };
+        if holds != asked {
+            return Err(NodeError::WrongContent {
+                volume: holds,
+                asked,
+            });
+        }
+        if record.staging_path != staging {
+            return Err(NodeError::NotStaged(format!(
+                " at {} (it is staged at {})",
+                staging.display(),
+                record.staging_path.display()
+            )));
+        }
+        Ok(record)
+    }
+
     /// The mount at `path` of the device in `record`, if any.
     async fn our_mount(
         &self,
@@ -672,23 +705,7 @@ impl NodeVolumes {
         }
         mount_capability(r.capability)?;
         let _busy = self.begin(&id)?;
-        let record = self
-            .record(id.partition)
-            .await?
-            .ok_or_else(|| NodeError::NotStaged(String::new()))?;
-        if record.block {
-            return Err(NodeError::WrongContent {
-                volume: Content::Block,
-                asked: Content::Ocfs2,
-            });
-        }
-        if record.staging_path != staging {
-            return Err(NodeError::NotStaged(format!(
-                " at {} (it is staged at {})",
-                staging.display(),
-                record.staging_path.display()
-            )));
-        }
+        let record = self.staged(id, &staging, Content::Ocfs2).await?;
         let stage = self.our_mount(&staging, &record).await?.ok_or_else(|| {
             NodeError::NotStaged(format!(" ({} is not mounted)", staging.display()))
         })?;

@@ -119,12 +119,7 @@ impl Locator for SanLocator {
             return Ok(Vec::new());
         };
         let table = gpt::read(io.as_ref()).map_err(|e| e.to_string())?.gpt;
-        Ok(table
-            .partitions
-            .iter()
-            .filter_map(|p| volume_in(&table, p))
-            .filter(|e| e.content == crate::volume::entry::Content::Block)
-            .collect())
+        Ok(crate::volume::entry::block_volumes(&table))
     }
 }
 

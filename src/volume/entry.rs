@@ -293,6 +293,16 @@ pub fn volume_in(table: &Gpt, p: &Partition) -> Option<VolumeEntry> {
     Some(e)
 }
 
+/// The raw block volumes of `table`, each with all its extents.
+pub fn block_volumes(table: &Gpt) -> Vec<VolumeEntry> {
+    table
+        .partitions
+        .iter()
+        .filter_map(|p| volume_in(table, p))
+        .filter(|e| e.content == Content::Block)
+        .collect()
+}
+
 /// Whether `p` is a volume's head entry.
 pub fn is_volume(p: &Partition) -> bool {
     volume_entry(p, 512).is_some()

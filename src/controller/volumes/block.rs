@@ -8,7 +8,7 @@
 //! would not do: what a discarded range reads back as is the device's
 //! choice, and the kernel no longer reports it.
 
-use super::{Volumes, WIPE_TIMEOUT};
+use super::{set_state, Volumes, WIPE_TIMEOUT};
 use crate::controller::allocate::Growth;
 use crate::controller::error::LunError;
 use crate::controller::pool::Lun;
@@ -57,7 +57,7 @@ impl Volumes {
             .await
             .map_err(|j| LunError::NotReady(format!("zeroing {volume} ended early: {j}")))?
             .map_err(|err| lun.io_error(err))?;
-            confirm(&lun, &task_e).await
+            set_state(&lun, &task_e, State::Ready).await
         });
         let done = match task.await {
             Ok(done) => done,
@@ -123,21 +123,6 @@ impl Volumes {
         .map_err(|stalled| lun.stalled("reading a volume's holders", stalled))?
         .map_err(|err| lun.io_error(err))
     }
-}
-
-/// Rewrites a pending entry as ready.
-async fn confirm(lun: &Lun, e: &VolumeEntry) -> Result<(), LunError> {
-    let _locked = lun.lock().await;
-    let mut table = lun.read_table().await?;
-    let p = table
-        .partitions
-        .iter_mut()
-        .find(|p| p.unique_guid == e.guid && p.number == e.number)
-        .ok_or_else(|| {
-            LunError::NotReady(format!("partition of {} vanished during create", e.name))
-        })?;
-    p.type_guid = e.type_in(State::Ready);
-    lun.write_table(&table).await
 }
 
 /// Zeroes `ranges` (offset, bytes) durably, logging progress on long work

@@ -83,8 +83,12 @@ mod in_process {
     }
 
     async fn pool() -> Pool {
+        pool_on(SparseIo::new(512, LUN_BYTES)).await
+    }
+
+    /// The pool on a blank LUN of the caller's.
+    async fn pool_on(disk: SparseIo) -> Pool {
         let san = FakeSan::new();
-        let disk = SparseIo::new(512, LUN_BYTES);
         let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
         let volumes = san.volumes(vec![lun.clone()]);
         Pool {

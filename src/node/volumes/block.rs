@@ -49,11 +49,12 @@ impl NodeVolumes {
         r: StageRequest<'_>,
     ) -> Result<(), NodeError> {
         let content = request::context_content(r.context)?;
-        if asked_content(r.capability) != Some(Content::Block) {
+        let asked = asked_content(r.capability).ok_or(BadRequest::NoCapability)?;
+        if asked != Content::Block {
             // A block volume asked for as a filesystem.
             return Err(NodeError::WrongContent {
                 volume: content,
-                asked: asked_content(r.capability).unwrap_or(Content::Ocfs2),
+                asked,
             });
         }
         block_capability(r.capability)?;
@@ -152,23 +153,7 @@ impl NodeVolumes {
     ) -> Result<(), NodeError> {
         block_capability(r.capability)?;
         let _busy = self.begin(&id)?;
-        let record = self
-            .record(id.partition)
-            .await?
-            .ok_or_else(|| NodeError::NotStaged(String::new()))?;
-        if !record.block {
-            return Err(NodeError::WrongContent {
-                volume: Content::Ocfs2,
-                asked: Content::Block,
-            });
-        }
-        if record.staging_path != staging {
-            return Err(NodeError::NotStaged(format!(
-                " at {} (it is staged at {})",
-                staging.display(),
-                record.staging_path.display()
-            )));
-        }
+        let record = self.staged(id, &staging, Content::Block).await?;
         if let Some(m) = self.mount_at(&target).await? {
             if is_device_bind(&m, &record.device) && m.read_only() == r.read_only {
                 return Ok(());

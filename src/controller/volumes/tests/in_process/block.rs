@@ -22,17 +22,9 @@ const SMALL: u64 = 512 * MIB;
 /// A blank LUN of [`SMALL`] bytes whose space holds a pattern, as an
 /// earlier volume's data would (the table's own sectors are left alone).
 async fn dirty_pool() -> Pool {
-    let san = FakeSan::new();
     let disk = SparseIo::new(512, SMALL);
     dirty(&disk, MIB, SMALL - 2 * MIB);
-    let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
-    let volumes = san.volumes(vec![lun.clone()]);
-    Pool {
-        san,
-        disk,
-        lun,
-        volumes,
-    }
+    pool_on(disk).await
 }
 
 /// Fills a range with a pattern.
