@@ -363,6 +363,9 @@ pub(crate) struct FakeLocator {
     pub(crate) released: Mutex<Vec<Uuid>>,
     /// Maps the kernel refuses to remove (held open).
     pub(crate) busy_maps: Mutex<HashSet<Uuid>>,
+    /// A volume whose entry turns Deleting once it has been located this
+    /// many times (a DeleteVolume landing between two looks of a stage).
+    pub(crate) deleting_after: Mutex<Option<(Uuid, usize)>>,
 }
 
 impl FakeLocator {
@@ -413,6 +416,15 @@ impl Locator for FakeLocator {
                 luns: format!("{luns:?}"),
                 unreadable: "none".into(),
             })?;
+        if let Some((guid, left)) = lock(&self.deleting_after).as_mut() {
+            if *guid == id.partition {
+                if *left == 0 {
+                    self.set_state(guid, State::Deleting);
+                } else {
+                    *left -= 1;
+                }
+            }
+        }
         match lock(&self.volumes).get(&id.partition) {
             Some(v) if v.located.lun == lun && !v.vanished => {
                 if v.located.entry.state == State::Pending {

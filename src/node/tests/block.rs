@@ -162,12 +162,25 @@ async fn filesystem_and_block_never_mix() {
 async fn a_stage_that_meets_a_delete_backs_out() {
     let node = FakeNode::local_heartbeat();
     let vol = node.add_block_volume("blk-3", GIB);
-    node.locator.set_state(&vol.id.partition, State::Deleting);
     let staging = node.path("staging");
+    // Deleting before the stage looks: refused, nothing written.
+    node.locator.set_state(&vol.id.partition, State::Deleting);
     let r = stage_as(&node, &vol, &staging, &block_cap(), &block_context()).await;
     assert_eq!(code(r), Code::FailedPrecondition);
     assert!(node.holders(&vol).is_empty());
     assert_eq!(node.records.len(), 0);
+    // Deleting between the first look and the look after the mark: the
+    // stage takes its mark back, forgets the volume and drops its map.
+    node.locator.set_state(&vol.id.partition, State::Ready);
+    *node.locator.deleting_after.lock().unwrap() = Some((vol.id.partition, 1));
+    let r = stage_as(&node, &vol, &staging, &block_cap(), &block_context()).await;
+    assert_eq!(code(r), Code::FailedPrecondition);
+    assert!(node.holders(&vol).is_empty(), "the mark stayed");
+    assert_eq!(node.records.len(), 0);
+    assert_eq!(
+        node.locator.released.lock().unwrap().as_slice(),
+        [vol.id.partition]
+    );
 }
 
 #[tokio::test]
