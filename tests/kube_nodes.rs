@@ -478,6 +478,14 @@ spec:
         ])
         .trim()
         .to_string();
+    let handle = c.kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.csi.volumeHandle}"]);
+    let guid = handle
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(guid.len(), 36, "volume handle {handle:?}");
     c.kubectl(&[
         "delete",
         "pod",
@@ -487,18 +495,17 @@ spec:
         "raw-b",
         "--wait=true",
     ]);
-    // The maps of data volumes go at unstage (the heartbeat maps stay).
-    let maps = |n: usize| {
+    // Its map goes at unstage.
+    let unstaged = |n: usize| {
         c.lab
-            .exec(n, "ls /dev/mapper | grep ocfs2csi- | grep -vc ocfs2csi-hb-")
-            .1
-            .trim()
-            .to_string()
+            .exec(n, &format!("[ ! -e /dev/mapper/ocfs2csi-{guid} ]"))
+            .0
+            == 0
     };
     wait_until(
         "raw unstaged on node1 and node2",
         Duration::from_secs(300),
-        || maps(1) == "0" && maps(2) == "0",
+        || unstaged(1) && unstaged(2),
     );
     c.kubectl(&["delete", "pvc", "-n", APP_NS, "raw", "--wait=true"]);
     wait_until("the block PV is deleted", Duration::from_secs(300), || {
