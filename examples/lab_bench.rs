@@ -641,8 +641,24 @@ fn throughput_of(
     (rows, spawn)
 }
 
+/// `t` with a row per measurement: test, guests, unit, the two rates and
+/// their ratio.
+fn io_rows(mut t: Table, rows: &[Io]) -> Table {
+    for io in rows {
+        t.row(vec![
+            io.op.name().into(),
+            io.guests.to_string(),
+            io.unit().into(),
+            num(io.ocfs2),
+            num(io.raw),
+            format!("{:.2}", io.ratio()),
+        ]);
+    }
+    t
+}
+
 fn report_io(r: &mut Report, rows: &[Io], spawn_ms: f64) {
-    let mut t = Table::new(
+    let t = Table::new(
         "Throughput: OCFS2 volume vs the raw map of a second volume",
         &["test", "guests", "unit", "OCFS2", "raw", "OCFS2/raw"],
     )
@@ -663,17 +679,7 @@ fn report_io(r: &mut Report, rows: &[Io], spawn_ms: f64) {
         num(spawn_ms)
     ))
     .note("Goal: OCFS2/raw >= 0.9 for one-guest sequential I/O");
-    for io in rows {
-        t.row(vec![
-            io.op.name().into(),
-            io.guests.to_string(),
-            io.unit().into(),
-            num(io.ocfs2),
-            num(io.raw),
-            format!("{:.2}", io.ratio()),
-        ]);
-    }
-    r.table(&t);
+    r.table(&io_rows(t, rows));
     for io in rows
         .iter()
         .filter(|io| io.guests == 1 && io.op != Op::RandWrite)
@@ -810,7 +816,7 @@ fn block_throughput(rt: &Rt, lab: &Lab, controller: &Controller) -> Vec<Io> {
 }
 
 fn report_block(r: &mut Report, rows: &[Io]) {
-    let mut t = Table::new(
+    let t = Table::new(
         "Throughput: raw block volume (published device) vs the raw map of a second volume",
         &["test", "guests", "unit", "block volume", "raw", "block/raw"],
     )
@@ -822,17 +828,7 @@ fn report_block(r: &mut Report, rows: &[Io]) {
         SEQ_BLOCKS * BLOCK / MIB
     ))
     .note("Goal: block/raw >= 0.95");
-    for io in rows {
-        t.row(vec![
-            io.op.name().into(),
-            io.guests.to_string(),
-            io.unit().into(),
-            num(io.ocfs2),
-            num(io.raw),
-            format!("{:.2}", io.ratio()),
-        ]);
-    }
-    r.table(&t);
+    r.table(&io_rows(t, rows));
     for io in rows.iter().filter(|io| io.op != Op::RandWrite) {
         println!(
             "goal block/raw >= 0.95, {} x{}: {:.2} -> {}",

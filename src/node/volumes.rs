@@ -166,6 +166,19 @@ fn lookup_args(volume: &str, path: &str) -> Result<VolumeId, NodeError> {
     existing_volume_id(volume)
 }
 
+/// `target` already has mount `m`, which is not the one asked for.
+fn taken(target: PathBuf, m: &MountEntry) -> NodeError {
+    NodeError::PathInUse {
+        path: target,
+        what: format!(
+            "{} from {} (read-only: {})",
+            m.fs_type,
+            m.source,
+            m.read_only()
+        ),
+    }
+}
+
 /// What the capability asks for, if it says.
 fn asked_content(cap: Option<&VolumeCapability>) -> Option<Content> {
     match cap?.access_type.as_ref()? {
@@ -713,15 +726,7 @@ impl NodeVolumes {
             if m.device == stage.device && m.read_only() == r.read_only {
                 return Ok(());
             }
-            return Err(NodeError::PathInUse {
-                path: target,
-                what: format!(
-                    "{} from {} (read-only: {})",
-                    m.fs_type,
-                    m.source,
-                    m.read_only()
-                ),
-            });
+            return Err(taken(target, &m));
         }
         match std::fs::create_dir(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {

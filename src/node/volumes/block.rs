@@ -11,7 +11,7 @@
 //! this node and refuses; if it finds Deleting (or nothing), the stage
 //! backs out. No timing is assumed.
 
-use super::{asked_content, blocking, bounded, io, NodeVolumes, VolumeStats, READ_WAIT};
+use super::{asked_content, blocking, bounded, io, taken, NodeVolumes, VolumeStats, READ_WAIT};
 use crate::csi::{volume_capability, VolumeCapability};
 use crate::node::device::Located;
 use crate::node::error::NodeError;
@@ -158,15 +158,7 @@ impl NodeVolumes {
             if is_device_bind(&m, &record.device) && m.read_only() == r.read_only {
                 return Ok(());
             }
-            return Err(NodeError::PathInUse {
-                path: target,
-                what: format!(
-                    "{} from {} (read-only: {})",
-                    m.fs_type,
-                    m.source,
-                    m.read_only()
-                ),
-            });
+            return Err(taken(target, &m));
         }
         if target.is_dir() {
             return Err(NodeError::PathInUse {
