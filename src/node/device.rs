@@ -74,6 +74,8 @@ pub trait Locator: Send + Sync {
     fn partition_bytes(&self, lun: &Path, number: u32) -> std::io::Result<Option<u64>>;
     /// See [`release`].
     fn release(&self, id: &VolumeId) -> Result<(), String>;
+    /// See [`release_unused`].
+    fn release_unused(&self, id: &VolumeId) -> Result<(), String>;
     /// See [`block_volumes`].
     fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String>;
 }
@@ -97,6 +99,10 @@ impl Locator for DmLocator {
 
     fn release(&self, id: &VolumeId) -> Result<(), String> {
         release(id)
+    }
+
+    fn release_unused(&self, id: &VolumeId) -> Result<(), String> {
+        release_unused(id)
     }
 
     fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {
@@ -337,6 +343,32 @@ pub fn release(id: &VolumeId) -> Result<(), String> {
     Control::open()
         .and_then(|c| c.remove(&map_name(&id.partition)))
         .map_err(|e| e.to_string())
+}
+
+/// Removes the volume's map only if nothing holds it open; an error says
+/// who may. A raw block volume's holder mark is cleared after this, and
+/// must not be while a pod (or kubelet's loop device over the published
+/// device) can still write through the map: `release`'s removal, which
+/// the kernel defers to the last close, would not do.
+pub fn release_unused(id: &VolumeId) -> Result<(), String> {
+    let name = map_name(&id.partition);
+    let _held = hold();
+    let c = Control::open().map_err(|e| e.to_string())?;
+    match c.info(&name).map_err(|e| e.to_string())? {
+        None => return dm::remove_node(&name).map_err(|e| e.to_string()),
+        Some(info) if info.open_count > 0 => {
+            return Err(format!(
+                "{} is held open {} time(s) (a pod, or the kubelet's loop device)",
+                info.device.display(),
+                info.open_count
+            ))
+        }
+        Some(_) => c.remove(&name).map_err(|e| e.to_string())?,
+    }
+    if c.exists(&name).map_err(|e| e.to_string())? {
+        return Err(format!("{name} was opened while it was being removed"));
+    }
+    Ok(())
 }
 
 static MAP_LOCK: MapLock = MapLock {

@@ -361,7 +361,7 @@ pub(crate) struct FakeLocator {
     volumes: Mutex<HashMap<Uuid, FakeVolume>>,
     /// Volumes whose map was released (unstage), in order.
     pub(crate) released: Mutex<Vec<Uuid>>,
-    /// Maps the kernel refuses to remove (held open).
+    /// Maps held open (by a pod): `release_unused` refuses them.
     pub(crate) busy_maps: Mutex<HashSet<Uuid>>,
     /// A volume whose entry turns Deleting once it has been located this
     /// many times (a DeleteVolume landing between two looks of a stage).
@@ -459,11 +459,15 @@ impl Locator for FakeLocator {
     }
 
     fn release(&self, id: &VolumeId) -> Result<(), String> {
-        if lock(&self.busy_maps).contains(&id.partition) {
-            return Err("Device or resource busy".into());
-        }
         lock(&self.released).push(id.partition);
         Ok(())
+    }
+
+    fn release_unused(&self, id: &VolumeId) -> Result<(), String> {
+        if lock(&self.busy_maps).contains(&id.partition) {
+            return Err("held open 1 time(s)".into());
+        }
+        self.release(id)
     }
 
     fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {

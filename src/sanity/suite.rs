@@ -114,6 +114,10 @@ impl Locator for SanLocator {
         Ok(())
     }
 
+    fn release_unused(&self, _: &VolumeId) -> Result<(), String> {
+        Ok(())
+    }
+
     fn block_volumes(&self, lun: &Path) -> Result<Vec<VolumeEntry>, String> {
         let Some((_, io)) = self.luns.iter().find(|(p, _)| p == lun) else {
             return Ok(Vec::new());

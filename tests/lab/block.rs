@@ -14,7 +14,9 @@
 //!    all three at once; each device shows the new size, data written in
 //!    the new space on one node reads back on the others, 0 write errors;
 //! 5. NodeGetVolumeStats: the size, healthy;
-//! 6. unpublished and unstaged everywhere (maps and marks gone), deleted;
+//! 6. unpublished everywhere; on node1 a process still holds the device
+//!    open, and its unstage is refused with its mark kept until the
+//!    process lets go; unstaged everywhere (maps and marks gone), deleted;
 //! 7. csi-sanity's whole suite with block access inside node1, against a
 //!    controller there too: real maps published as devices, and each new
 //!    volume zeroed with BLKZEROOUT on the guest's disk (its rate logged).
@@ -34,6 +36,12 @@ const MIB: u64 = 1 << 20;
 const NODES: usize = 3;
 const FIRST: u64 = 256 * MIB;
 const GROWN: u64 = 640 * MIB;
+
+/// `node`'s map of the volume whose head has `guid`.
+fn map_of_block(lab: &Lab, node: usize, guid: &str) -> String {
+    lab.map_device(node, guid)
+        .unwrap_or_else(|| panic!("node{node} has no map of {guid}"))
+}
 
 fn size_on(lab: &Lab, node: usize, v: &Volume) -> u64 {
     lab.must(node, &format!("blockdev --getsize64 {}", block_target(v)))
@@ -291,6 +299,52 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     assert!(!condition.abnormal, "{}", condition.message);
 
     // --- 6. let go everywhere, delete --------------------------------------
+    // On node1 a process still holds the device open after the unpublish
+    // (as a VM's QEMU or kubelet's loop device can): the unstage is
+    // refused and node1's mark stays until it lets go.
+    let guid = v.volume_context["partitionGuid"].clone();
+    let map = map_of_block(lab, 1, &guid);
+    lab.must(
+        1,
+        &format!("sleep 3600 < {map} >/dev/null 2>&1 & echo $! > /tmp/holder.pid"),
+    );
+    let refused = rt.block_on(async {
+        let mut n = lab.node_client(1).await;
+        n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            target_path: block_target(&v),
+        })
+        .await
+        .expect("unpublish");
+        n.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            staging_target_path: block_staging(&v),
+        })
+        .await
+        .expect_err("an unstage while the device is held open")
+    });
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(holders(&lun, &v).contains(&0), "node1's mark went");
+    println!(
+        "block 6: unstage refused while a process holds the device: {}",
+        refused.message()
+    );
+    lab.must(1, "kill $(cat /tmp/holder.pid)");
+    wait_until(
+        "node1's unstage once the device is let go",
+        Duration::from_secs(60),
+        || {
+            rt.block_on(async {
+                let mut n = lab.node_client(1).await;
+                n.node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    staging_target_path: block_staging(&v),
+                })
+                .await
+                .is_ok()
+            })
+        },
+    );
     for node in 1..=NODES {
         rt.block_on(unpublish_and_unstage_block(lab, node, &v));
         assert_eq!(

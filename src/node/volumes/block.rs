@@ -2,7 +2,8 @@
 //! stage sets up the volume's device-mapper map (its extents less the
 //! header) and writes this node's holder mark in the header; publish binds
 //! the map's device node onto the target file; unstage removes the map
-//! (refused by the kernel while anything has it open) and then the mark.
+//! (refused while anything holds it open: `device::release_unused`) and
+//! then the mark.
 //!
 //! The mark is what DeleteVolume reads (`controller::volumes::delete`).
 //! Stage writes it, durably, and only then looks at the entry again: if
@@ -225,15 +226,17 @@ impl NodeVolumes {
                 why: format!("still published at {published:?}"),
             });
         }
-        // The kernel refuses to remove a map that anything holds open (a
-        // pod, a loop device): then the mark stays, and so does the volume.
+        // Only a map nothing holds open (a pod, kubelet's loop device) is
+        // removed; otherwise the mark stays, and so does the volume.
         let locator = self.locator.clone();
-        blocking("removing the volume's map", move || locator.release(&id))
-            .await?
-            .map_err(|why| NodeError::Busy {
-                path: record.device.clone(),
-                why: format!("its map cannot be removed: {why}"),
-            })?;
+        blocking("removing the volume's map", move || {
+            locator.release_unused(&id)
+        })
+        .await?
+        .map_err(|why| NodeError::Busy {
+            path: record.device.clone(),
+            why: format!("its map cannot be removed: {why}"),
+        })?;
         self.clear_mark(&record.lun, record.head_offset).await?;
         self.remove_record(id.partition).await?;
         tracing::info!(volume = %id, staging = %staging.display(), "raw block volume unstaged");
