@@ -110,11 +110,10 @@ const MNMW: i32 = Mode::MultiNodeMultiWriter as i32;
 fn bad_capabilities() -> Vec<(&'static str, Vec<VolumeCapability>, &'static str)> {
     vec![
         ("no capabilities", vec![], "volume_capabilities"),
-        ("block", vec![mode_cap(block(), Some(MNMW))], "raw block"),
         (
             "mount + block",
             vec![mode_cap(mount(), Some(MNMW)), mode_cap(block(), Some(MNMW))],
-            "raw block",
+            "both block and mount",
         ),
         (
             "no access type",
@@ -780,8 +779,8 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
                 r.volume_capabilities = vec![mode_cap(block(), Some(MNMW))];
                 r
             },
-            Code::InvalidArgument,
-            "raw block",
+            Code::AlreadyExists,
+            "it is a filesystem volume",
         ),
     ];
     for (what, caps, kw) in bad_caps.clone() {
@@ -1043,6 +1042,13 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
             kw.to_string(),
         ));
     }
+    // A filesystem volume is not a block volume.
+    unconfirmed.push((
+        "capabilities: block access to a filesystem volume".into(),
+        vec![mode_cap(block(), Some(MNMW))],
+        HashMap::new(),
+        "filesystem volume".into(),
+    ));
     for (what, params, kw) in bad_params.iter().filter(|(_, p, _)| !p.contains_key("lun")) {
         unconfirmed.push((
             format!("parameters: {what}"),
@@ -1543,6 +1549,14 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
         r.volume_capability = Some(caps[0].clone());
         expands.push((format!("capability: {what}"), r, Code::InvalidArgument, kw));
     }
+    let mut r = expand(&real, 2 * GIB as i64, 0);
+    r.volume_capability = Some(mode_cap(block(), Some(MNMW)));
+    expands.push((
+        "capability: block access to a filesystem volume".into(),
+        r,
+        Code::InvalidArgument,
+        "filesystem volume",
+    ));
     for (what, vid) in &ids {
         expands.push((
             format!("ID: {what}"),

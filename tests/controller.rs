@@ -276,9 +276,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Code::InvalidArgument,
         ),
         (
-            "block",
+            "block and mount at once",
             with(&|r| {
-                r.volume_capabilities[0].access_type = Some(AccessType::Block(BlockVolume {}))
+                let mut block = r.volume_capabilities[0].clone();
+                block.access_type = Some(AccessType::Block(BlockVolume {}));
+                r.volume_capabilities.push(block);
             }),
             Code::InvalidArgument,
         ),
@@ -420,7 +422,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert!(answer.confirmed.is_none());
-    assert!(answer.message.contains("raw block"), "{}", answer.message);
+    assert!(
+        answer.message.contains("filesystem volume"),
+        "{}",
+        answer.message
+    );
 
     let err = c
         .list_volumes(ListVolumesRequest {
