@@ -1,7 +1,10 @@
 //! OCFS2 itself: how a volume is laid out for a requested size, the
 //! arguments of its tools, and what they tell about a filesystem on disk.
 
+pub mod bitmap;
+pub mod blockcheck;
 pub mod layout;
+pub mod restamp;
 pub mod superblock;
 pub mod tools;
 

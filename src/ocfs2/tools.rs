@@ -231,6 +231,12 @@ impl Ocfs2Tools {
         Ok((total * info.cluster_size, info.cluster_size))
     }
 
+    /// What debugfs.ocfs2 says of the global bitmap: its chains, where a
+    /// clone starts reading which clusters are used (`ocfs2::bitmap`).
+    pub async fn global_bitmap(&self, device: &Path) -> Result<String, Ocfs2Error> {
+        self.run_ok(debugfs("stat //global_bitmap", device)).await
+    }
+
     /// Grows the filesystem on `device` to the device's size. Online: the
     /// volume stays mounted on every node.
     pub async fn grow(&self, device: &Path) -> Result<(), Ocfs2Error> {
