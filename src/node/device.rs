@@ -45,6 +45,8 @@ pub enum LocateError {
     Pending { lun: PathBuf, partition: uuid::Uuid },
     #[error("volume {partition} on {lun} is being deleted; not staging it")]
     Deleting { lun: PathBuf, partition: uuid::Uuid },
+    #[error("volume {partition} on {lun} is being copied by a clone; retry when the copy ends")]
+    Cloning { lun: PathBuf, partition: uuid::Uuid },
     #[error("{lun}: {source}")]
     Map { lun: PathBuf, source: DmError },
     #[error("{lun} is not a block device; volumes are reached through device-mapper maps over a block device")]
@@ -148,7 +150,7 @@ pub fn locate(luns: &[PathBuf], id: &VolumeId) -> Result<Located, LocateError> {
 
 /// The volume `id` in `table`, read from `lun`: None when the table is
 /// another LUN's; an error when it is this LUN's but the volume is not there,
-/// not a volume, still being created or being deleted.
+/// not a volume, still being created, being copied or being deleted.
 pub fn volume_of(
     table: &Gpt,
     lun: &Path,
@@ -177,6 +179,12 @@ pub fn volume_of(
         }
         State::Deleting => {
             return Err(LocateError::Deleting {
+                lun: lun.to_path_buf(),
+                partition: id.partition,
+            })
+        }
+        State::Cloning => {
+            return Err(LocateError::Cloning {
                 lun: lun.to_path_buf(),
                 partition: id.partition,
             })

@@ -134,7 +134,7 @@ impl RpcError for NodeError {
                 LocateError::NotAVolume { .. }
                 | LocateError::Deleting { .. }
                 | LocateError::NotBlock { .. } => Code::FailedPrecondition,
-                LocateError::Pending { .. } => Code::Unavailable,
+                LocateError::Pending { .. } | LocateError::Cloning { .. } => Code::Unavailable,
                 LocateError::Map { .. } | LocateError::Mismatch { .. } | LocateError::Io { .. } => {
                     Code::Internal
                 }

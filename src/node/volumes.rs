@@ -537,7 +537,8 @@ impl NodeVolumes {
         // look at the entry right before mounting (the controller's wait
         // covers from here to our slot in the slot map), and again after
         // mounting: one that is Deleting (or gone) now may be wiped at any
-        // moment, so it is unmounted again.
+        // moment, so it is unmounted again. A clone's copy of its source
+        // (Cloning) runs the same protocol (`controller::volumes::clone`).
         if let Err(e) = self.still_ours(id, &located).await {
             return Err(undo(e).await);
         }
@@ -549,7 +550,7 @@ impl NodeVolumes {
             return Err(undo(e.into()).await);
         }
         if let Err(e) = self.still_ours(id, &located).await {
-            tracing::warn!(volume = %id, staging = %staging.display(), error = %e, "the volume is being deleted; unmounting it again");
+            tracing::warn!(volume = %id, staging = %staging.display(), error = %e, "the volume is being deleted or copied; unmounting it again");
             if let Err(u) = self
                 .unmount(&staging)
                 .await

@@ -4,7 +4,7 @@
 //! - The partition type says what the partition is: the LUN's heartbeat
 //!   device, an OCFS2 volume with global or local heartbeat, or a raw block
 //!   volume; each still being created (mkfs or zeroing not confirmed),
-//!   ready, or being deleted.
+//!   ready, ready and being copied by a clone, or being deleted.
 //! - The type-specific attribute bits 48-63 hold the volume's geometry
 //!   (slots, cluster size, journal size), so its usable capacity can be
 //!   computed from the table alone, the same way it was when it was made.
@@ -26,6 +26,9 @@ pub const TYPE_DELETING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f637
 pub const TYPE_PENDING_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b1");
 pub const TYPE_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b2");
 pub const TYPE_DELETING_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932b3");
+pub const TYPE_CLONING_GLOBAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932c1");
+pub const TYPE_CLONING_LOCAL: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932c2");
+pub const TYPE_CLONING_BLOCK: Uuid = uuid::uuid!("3f0e6b0a-5c2d-4b6e-8a51-6f63736932c3");
 
 /// Partition 1 is the heartbeat device; volumes use 2..=MAX_PARTITION.
 pub const HEARTBEAT_NUMBER: u32 = 1;
@@ -53,6 +56,19 @@ pub enum State {
     /// (a retry finishes the work) touches it; a CreateVolume of its name
     /// is told to retry.
     Deleting,
+    /// Ready, but a clone is copying its bytes: nodes refuse to stage it
+    /// (a copy of a filesystem being written is not one), and it goes back
+    /// to Ready when the copy ends. A controller that starts finds no copy
+    /// of its own running and puts it back (`Volumes::lun_opened`).
+    Cloning,
+}
+
+impl State {
+    /// Whether the volume exists for the CO: ready, or ready and being
+    /// copied.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Ready | State::Cloning)
+    }
 }
 
 /// What a volume holds.
@@ -269,6 +285,7 @@ pub fn block_type_guid(state: State) -> Uuid {
         State::Pending => TYPE_PENDING_BLOCK,
         State::Ready => TYPE_BLOCK,
         State::Deleting => TYPE_DELETING_BLOCK,
+        State::Cloning => TYPE_CLONING_BLOCK,
     }
 }
 
@@ -281,6 +298,8 @@ pub fn type_guid(state: State, heartbeat: HeartbeatMode) -> Uuid {
         (State::Ready, HeartbeatMode::Local) => TYPE_LOCAL,
         (State::Deleting, HeartbeatMode::Global) => TYPE_DELETING_GLOBAL,
         (State::Deleting, HeartbeatMode::Local) => TYPE_DELETING_LOCAL,
+        (State::Cloning, HeartbeatMode::Global) => TYPE_CLONING_GLOBAL,
+        (State::Cloning, HeartbeatMode::Local) => TYPE_CLONING_LOCAL,
     }
 }
 
@@ -322,6 +341,9 @@ pub fn volume_entry(p: &Partition, sector_size: u64) -> Option<VolumeEntry> {
         TYPE_PENDING_BLOCK => (State::Pending, Block, Global),
         TYPE_BLOCK => (State::Ready, Block, Global),
         TYPE_DELETING_BLOCK => (State::Deleting, Block, Global),
+        TYPE_CLONING_GLOBAL => (State::Cloning, Ocfs2, Global),
+        TYPE_CLONING_LOCAL => (State::Cloning, Ocfs2, Local),
+        TYPE_CLONING_BLOCK => (State::Cloning, Block, Global),
         _ => return None,
     };
     Some(VolumeEntry {
@@ -392,7 +414,12 @@ mod tests {
     fn every_state_keeps_its_heartbeat_mode() {
         let l = Layout::for_size(MIB, 2, None, None, None);
         let mut types = std::collections::HashSet::new();
-        for state in [State::Pending, State::Ready, State::Deleting] {
+        for state in [
+            State::Pending,
+            State::Ready,
+            State::Deleting,
+            State::Cloning,
+        ] {
             for hb in [HeartbeatMode::Global, HeartbeatMode::Local] {
                 let at = Placement {
                     number: 2,
@@ -409,7 +436,12 @@ mod tests {
 
     #[test]
     fn block_volumes_keep_their_state_and_skip_the_header() {
-        for state in [State::Pending, State::Ready, State::Deleting] {
+        for state in [
+            State::Pending,
+            State::Ready,
+            State::Deleting,
+            State::Cloning,
+        ] {
             let at = Placement {
                 number: 3,
                 first_lba: 2048,
@@ -461,6 +493,9 @@ mod tests {
             TYPE_PENDING_BLOCK,
             TYPE_BLOCK,
             TYPE_DELETING_BLOCK,
+            TYPE_CLONING_GLOBAL,
+            TYPE_CLONING_LOCAL,
+            TYPE_CLONING_BLOCK,
             super::extents::TYPE_EXTENT,
         ];
         let set: std::collections::HashSet<_> = all.iter().collect();
