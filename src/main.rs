@@ -486,6 +486,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 }
                 lease.step().await;
                 tokio::spawn(lease.clone().run());
+                tokio::spawn(end_stale_clones(
+                    volumes.clone(),
+                    lun.clone(),
+                    lease.clone(),
+                    check_every,
+                ));
                 tokio::spawn(watch_size(lun, check_every));
                 writers
                     .lock()
@@ -527,4 +533,21 @@ fn owner_name() -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     format!("{host} pid {}", std::process::id())
+}
+
+/// Puts back sources of clones a controller stopped in the middle of,
+/// while this process holds the LUN's writer lease: at once, then every
+/// `every` (a standby that takes over finds them too).
+async fn end_stale_clones(
+    volumes: Arc<ocfs2_csi::controller::Volumes>,
+    lun: Arc<ocfs2_csi::controller::pool::Lun>,
+    lease: Arc<Writer>,
+    every: Duration,
+) {
+    loop {
+        if lease.is_writer() {
+            volumes.end_stale_clones(&lun).await;
+        }
+        tokio::time::sleep(every).await;
+    }
 }

@@ -114,6 +114,18 @@ pub enum CreateError {
     /// once it has finished, a retry creates the volume anew.
     #[error("volume {0} is being deleted; retry once the delete has finished")]
     BeingDeleted(String),
+    #[error("source volume {0} does not exist")]
+    SourceNotFound(String),
+    /// CDI and the CSI spec clone only unused sources: OCFS2 cannot be
+    /// frozen, so a copy of a volume in use is not a consistent one.
+    #[error(
+        "source volume {volume} is in use ({users}); a volume is cloned only while no node \
+         mounts or publishes it, so stop its users first"
+    )]
+    SourceInUse { volume: String, users: String },
+    /// The copy may not match its source; a retry copies again.
+    #[error("{0}")]
+    CopyVoided(String),
     #[error(transparent)]
     Lun(#[from] LunError),
 }
@@ -199,7 +211,9 @@ impl RpcError for CreateError {
             CreateError::NoSpace { .. } | CreateError::NoPartitionNumber { .. } => {
                 Code::ResourceExhausted
             }
-            CreateError::BeingDeleted(_) => Code::Aborted,
+            CreateError::BeingDeleted(_) | CreateError::CopyVoided(_) => Code::Aborted,
+            CreateError::SourceNotFound(_) => Code::NotFound,
+            CreateError::SourceInUse { .. } => Code::FailedPrecondition,
             CreateError::Lun(e) => e.code(),
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod allocate;
 pub mod error;
+pub mod fs_image;
 pub mod params;
 pub mod pool;
 pub mod scan;

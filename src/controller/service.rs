@@ -2,7 +2,7 @@
 //! each RPC's error to its status. No business logic lives here.
 
 use super::error::{status, ExpandError};
-use super::volumes::{CreateRequest, VolumeInfo, Volumes};
+use super::volumes::{ContentSource, CreateRequest, VolumeInfo, Volumes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::csi::list_volumes_response;
@@ -23,8 +23,9 @@ impl ControllerService {
 }
 
 /// Capabilities we implement; nothing else is advertised.
-const CAPABILITIES: [rpc::Type; 5] = [
+const CAPABILITIES: [rpc::Type; 6] = [
     rpc::Type::CreateDeleteVolume,
+    rpc::Type::CloneVolume,
     rpc::Type::ExpandVolume,
     rpc::Type::ListVolumes,
     rpc::Type::GetCapacity,
@@ -32,11 +33,26 @@ const CAPABILITIES: [rpc::Type; 5] = [
 ];
 
 fn volume(info: &VolumeInfo) -> Volume {
+    use crate::csi::volume_content_source::{Type, VolumeSource};
     Volume {
         capacity_bytes: info.capacity as i64,
         volume_id: info.id.to_string(),
         volume_context: info.context.clone(),
+        content_source: info.source.as_ref().map(|id| VolumeContentSource {
+            r#type: Some(Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            })),
+        }),
         ..Default::default()
+    }
+}
+
+/// The request's content source; one with no type is no source.
+fn content_source(source: Option<VolumeContentSource>) -> Option<ContentSource> {
+    use crate::csi::volume_content_source::Type;
+    match source?.r#type? {
+        Type::Volume(v) => Some(ContentSource::Volume(v.volume_id)),
+        Type::Snapshot(s) => Some(ContentSource::Snapshot(s.snapshot_id)),
     }
 }
 
@@ -62,7 +78,7 @@ impl Controller for ControllerService {
                     limit_bytes: capacity.limit_bytes,
                     capabilities: &r.volume_capabilities,
                     parameters: &r.parameters,
-                    has_content_source: r.volume_content_source.is_some(),
+                    source: content_source(r.volume_content_source),
                 })
                 .await
                 .map_err(status)

@@ -15,13 +15,17 @@
 //! tools must see the bytes behind a region device (`disk`), and the layers
 //! below the controller may not import each other.
 
+use super::error::LunError;
+use super::fs_image::FsImage;
 use super::pool::{open_lun, ClusterIdentity, Lun};
 use super::volumes::Volumes;
 use super::writer::{SoleWriter, WriterConfig};
 use crate::disk::lun_io::BlockIo;
 use crate::disk::region::{Region, RegionDevices};
+use crate::ocfs2::restamp::Identity;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::tools::{Cmd, Runner, ToolError, ToolOutput};
+use crate::volume::entry::VolumeEntry;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -268,7 +272,8 @@ impl FakeSan {
     /// node here takes seconds to mount: DeleteVolume waits 20 ms for one.
     pub fn volumes(self: &Arc<Self>, luns: Vec<Arc<Lun>>) -> Volumes {
         let volumes = Volumes::new(self.tools(), self.clone(), CLUSTER.to_string())
-            .with_delete_grace(std::time::Duration::from_millis(20));
+            .with_delete_grace(std::time::Duration::from_millis(20))
+            .with_images(self.clone());
         volumes.set_luns(luns);
         volumes
     }
@@ -489,6 +494,40 @@ fn read_super(io: &dyn BlockIo, offset: u64) -> Option<FakeFs> {
     let mut block = vec![0u8; SUPER_BYTES];
     io.read_at(offset + SUPER_OFFSET, &mut block).ok()?;
     FakeFs::decode(&block)
+}
+
+/// Clones of fake filesystems: every byte of the filesystem counts as
+/// used, and the identity is the fake superblock's.
+impl FsImage for FakeSan {
+    fn used_ranges<'a>(
+        &'a self,
+        lun: &'a Lun,
+        e: &'a VolumeEntry,
+    ) -> BoxFuture<'a, Result<Vec<(u64, u64)>, LunError>> {
+        Box::pin(async move {
+            let fs = read_super(lun.io.as_ref(), e.offset)
+                .ok_or_else(|| LunError::NotReady(format!("no fake filesystem on {}", e.name)))?;
+            Ok(vec![(0, fs.bytes.min(e.size))])
+        })
+    }
+
+    fn restamp<'a>(
+        &'a self,
+        lun: &'a Lun,
+        e: &'a VolumeEntry,
+        id: &'a Identity,
+    ) -> BoxFuture<'a, Result<(), LunError>> {
+        Box::pin(async move {
+            let io = lun.io.as_ref();
+            let mut fs = read_super(io, e.offset)
+                .ok_or_else(|| LunError::NotReady(format!("no fake filesystem on {}", e.name)))?;
+            fs.uuid = id.uuid;
+            fs.label = id.label.clone();
+            io.write_at(e.offset + SUPER_OFFSET, &fs.encode())
+                .and_then(|()| io.sync())
+                .map_err(|err| lun.io_error(err))
+        })
+    }
 }
 
 impl Runner for FakeSan {

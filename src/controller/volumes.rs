@@ -3,6 +3,7 @@
 
 use super::allocate::{grow_plan, place_volume};
 use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError, LunError};
+use super::fs_image::{FsImage, Ocfs2Image};
 use super::params::{check_capabilities, content_of, VolumeParams};
 use super::pool::Lun;
 use crate::csi::VolumeCapability;
@@ -48,6 +49,15 @@ pub struct VolumeInfo {
     pub id: VolumeId,
     pub capacity: u64,
     pub context: HashMap<String, String>,
+    /// A clone's source volume ID.
+    pub source: Option<String>,
+}
+
+/// What a new volume starts from, besides nothing.
+#[derive(Clone, Debug)]
+pub enum ContentSource {
+    Volume(String),
+    Snapshot(String),
 }
 
 pub struct CreateRequest<'a> {
@@ -56,7 +66,7 @@ pub struct CreateRequest<'a> {
     pub limit_bytes: i64,
     pub capabilities: &'a [VolumeCapability],
     pub parameters: &'a HashMap<String, String>,
-    pub has_content_source: bool,
+    pub source: Option<ContentSource>,
 }
 
 #[derive(Debug)]
@@ -75,6 +85,8 @@ pub struct Volumes {
     inflight: InFlight,
     /// Tests: DeleteVolume's wait instead of [`delete_grace`].
     delete_grace: Option<Duration>,
+    /// The filesystems clones copy.
+    images: Arc<dyn FsImage>,
 }
 
 /// How long DeleteVolume waits between marking an entry Deleting and its
@@ -122,12 +134,19 @@ impl Volumes {
     pub fn new(tools: Ocfs2Tools, regions: Arc<dyn RegionDevices>, cluster_name: String) -> Self {
         Volumes {
             luns: RwLock::new(Vec::new()),
+            images: Arc::new(Ocfs2Image::new(tools.clone(), regions.clone())),
             tools,
             regions,
             cluster_name,
             inflight: InFlight::default(),
             delete_grace: None,
         }
+    }
+
+    /// Tests with fakes: clones see filesystems through `images`.
+    pub fn with_images(mut self, images: Arc<dyn FsImage>) -> Self {
+        self.images = images;
+        self
     }
 
     /// Tests with fakes: a shorter wait in DeleteVolume (see `delete`).
@@ -299,6 +318,7 @@ impl Volumes {
             },
             capacity: e.usable_bytes(),
             context: self.context(lun, e, name),
+            source: None,
         }
     }
 
@@ -308,12 +328,27 @@ impl Volumes {
         let usable = requested_bytes(req.required_bytes, req.limit_bytes)?;
         check_capabilities(req.capabilities).map_err(CreateError::InvalidArgument)?;
         let content = content_of(req.capabilities).map_err(CreateError::InvalidArgument)?;
-        if req.has_content_source {
-            return Err(CreateError::InvalidArgument(
-                "volume_content_source (snapshots and clones) is not supported".into(),
-            ));
-        }
         let params = VolumeParams::parse(req.parameters).map_err(CreateError::InvalidArgument)?;
+        match &req.source {
+            None => {}
+            Some(ContentSource::Snapshot(_)) => {
+                return Err(CreateError::InvalidArgument(
+                    "snapshots are not supported; a volume can be cloned from a volume".into(),
+                ))
+            }
+            Some(ContentSource::Volume(source_id)) => {
+                let guard = self.begin(partition_guid(name), name)?;
+                let clone = clone::CloneRequest {
+                    name,
+                    source_id,
+                    content,
+                    required_bytes: req.required_bytes,
+                    limit_bytes: req.limit_bytes,
+                    params: &params,
+                };
+                return self.create_clone(clone, &guard).await;
+            }
+        }
         // An earlier try of this create may be on any LUN the parameters
         // allow: with no `lun`, every LUN must be open to look.
         let luns: Vec<Arc<Lun>> = match &params.lun {
@@ -805,6 +840,11 @@ impl Volumes {
         if e.state == State::Pending {
             return Err(ExpandError::NotCreated(volume_id.to_string()));
         }
+        if e.state == State::Cloning {
+            // A clone copies it (an interrupted one is put back by the
+            // LUN's writer): its size must not change under the copy.
+            return Err(LunError::InFlight(format!("{volume_id} (being cloned)")).into());
+        }
         if asked.is_some_and(|c| c != e.content) {
             return Err(ExpandError::InvalidArgument(format!(
                 "{volume_id} is a {} volume; the capability asks for {}",
@@ -883,7 +923,7 @@ impl Volumes {
             let table = lun.read_table().await?;
             for p in &table.partitions {
                 let key = (index as u32, p.number);
-                let ready = volume_in(&table, p).filter(|e| e.state == State::Ready);
+                let ready = volume_in(&table, p).filter(|e| e.state.is_live());
                 let Some(e) = ready.filter(|_| key >= start) else {
                     continue;
                 };
@@ -936,7 +976,7 @@ impl Volumes {
         let table = lun.read_table().await?;
         let p = table.find_by_guid(&id.partition).ok_or_else(not_found)?;
         let e = volume_in(&table, p)
-            .filter(|e| e.state == State::Ready)
+            .filter(|e| e.state.is_live())
             .ok_or_else(not_found)?;
         Ok(self.info(lun, &e, None))
     }
@@ -1217,5 +1257,6 @@ async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunEr
 }
 
 mod block;
+mod clone;
 #[cfg(test)]
 mod tests;

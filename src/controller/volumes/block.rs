@@ -127,7 +127,7 @@ impl Volumes {
 
 /// Zeroes `ranges` (offset, bytes) durably, logging progress on long work
 /// and the rate at the end.
-fn zero_ranges(
+pub(super) fn zero_ranges(
     io: &dyn BlockIo,
     ranges: &[(u64, u64)],
     volume: &str,

@@ -141,7 +141,7 @@ mod in_process {
             limit_bytes: limit,
             capabilities: &mount_caps(),
             parameters,
-            has_content_source: false,
+            source: None,
         })
         .await
     }
@@ -855,11 +855,12 @@ mod in_process {
             assert_eq!(code(r), want, "{what}");
         }
         // Capabilities and content sources we do not serve: block and
-        // mount at once, none, a content source.
+        // mount at once, none, a snapshot.
         let mut mixed = block_caps();
         mixed.extend(mount_caps());
         let none = params(&[]);
-        for (caps, source) in [(mixed, false), (vec![], false), (mount_caps(), true)] {
+        let snapshot = Some(super::ContentSource::Snapshot("snap-1".into()));
+        for (caps, source) in [(mixed, None), (vec![], None), (mount_caps(), snapshot)] {
             let r = volumes
                 .create(CreateRequest {
                     name: "pvc-a",
@@ -867,7 +868,7 @@ mod in_process {
                     limit_bytes: 0,
                     capabilities: &caps,
                     parameters: &none,
-                    has_content_source: source,
+                    source,
                 })
                 .await;
             assert_eq!(code(r), Code::InvalidArgument);
@@ -931,7 +932,7 @@ mod in_process {
                         limit_bytes: 0,
                         capabilities: &caps,
                         parameters: &pinned,
-                        has_content_source: false,
+                        source: None,
                     })
                     .await
             }
@@ -1155,4 +1156,5 @@ mod in_process {
     }
 
     mod block;
+    mod clone;
 }

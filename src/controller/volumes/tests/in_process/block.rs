@@ -4,14 +4,18 @@
 use super::*;
 use crate::volume::block_header;
 
-async fn create_block(v: &Volumes, name: &str, bytes: u64) -> Result<VolumeInfo, CreateError> {
+pub(super) async fn create_block(
+    v: &Volumes,
+    name: &str,
+    bytes: u64,
+) -> Result<VolumeInfo, CreateError> {
     v.create(CreateRequest {
         name,
         required_bytes: bytes as i64,
         limit_bytes: 0,
         capabilities: &block_caps(),
         parameters: &params(&[]),
-        has_content_source: false,
+        source: None,
     })
     .await
 }
