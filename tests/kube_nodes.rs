@@ -507,11 +507,56 @@ spec:
         Duration::from_secs(300),
         || unstaged(1) && unstaged(2),
     );
+    clone_claim(c, &sum(&written).unwrap_or_default());
     c.kubectl(&["delete", "pvc", "-n", APP_NS, "raw", "--wait=true"]);
     wait_until("the block PV is deleted", Duration::from_secs(300), || {
         !c.kubectl_try(&["get", "pv", &pv]).0
     });
     println!("block-rwx: unstaged on both nodes, {pv} deleted");
+}
+
+/// A claim cloned from the unused claim `raw` through `dataSource` (CDI's
+/// csi-clone does this): a pod on node3 reads the bytes raw-a wrote.
+fn clone_claim(c: &Cluster, written: &str) {
+    let t = Instant::now();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: raw-copy, namespace: {APP_NS}}}
+spec:
+  accessModes: [ReadWriteMany]
+  volumeMode: Block
+  storageClassName: ocfs2
+  dataSource: {{kind: PersistentVolumeClaim, name: raw}}
+  resources: {{requests: {{storage: 256Mi}}}}
+"#
+    ));
+    c.apply(&block_pod(
+        "raw-c",
+        3,
+        "raw-copy",
+        "dd if=/dev/xvda bs=1M skip=1 count=8 iflag=direct 2>/dev/null | sha256sum",
+    ));
+    c.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/raw-c",
+        "-n",
+        APP_NS,
+        "--timeout=600s",
+    ]);
+    let read = c.pod_log(APP_NS, "raw-c", "c");
+    assert!(
+        !written.is_empty() && read.contains(written),
+        "the clone holds other bytes: {read} (written {written})"
+    );
+    println!(
+        "block-rwx: claim raw-copy cloned from raw through dataSource; a pod on node3 read          the same sha256 {}, {:.1} s from the claim",
+        &written[..16],
+        t.elapsed().as_secs_f64()
+    );
+    c.kubectl(&["delete", "pod", "-n", APP_NS, "raw-c", "--wait=true"]);
+    c.kubectl(&["delete", "pvc", "-n", APP_NS, "raw-copy", "--wait=true"]);
 }
 
 /// Deleting the pods unstages the volume everywhere; deleting the claim

@@ -33,6 +33,8 @@
 mod basics;
 #[path = "lab/block.rs"]
 mod block;
+#[path = "lab/clone.rs"]
+mod clone;
 #[path = "lab/failure.rs"]
 mod failure;
 #[path = "lab/kube.rs"]
@@ -77,6 +79,22 @@ fn lab_default_timeouts() {
     scenario("scale-40-volumes", || scale::run(&lab, &rt));
     scenario("stage-delete-races", || races::run(&lab, &rt));
     scenario("block-rwx", || block::run(&lab, &rt));
+    scenario("clones", || clone::run(&lab, &rt));
+}
+
+/// The clone scenario alone on a lab of its own, for working on it:
+/// `cargo test --test lab lab_clone_alone -- --ignored --nocapture`. CI
+/// runs it in `lab_default_timeouts`.
+#[test]
+#[ignore]
+fn lab_clone_alone() {
+    let lab = scenario("lab-boot-clone", || Lab::up("lab-clone", 3, "8G"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    lab.write_members(&[1, 2, 3]);
+    for node in 1..=3 {
+        lab.start_node_plugin(node, CLUSTER);
+    }
+    scenario("clones", || clone::run(&lab, &rt));
 }
 
 /// The raw block scenario alone on a lab of its own, for working on it:

@@ -169,28 +169,20 @@ pub fn volume_of(
         lun: lun.to_path_buf(),
         number: partition.number,
     })?;
-    match entry.state {
-        State::Ready => {}
-        State::Pending => {
-            return Err(LocateError::Pending {
-                lun: lun.to_path_buf(),
-                partition: id.partition,
-            })
-        }
-        State::Deleting => {
-            return Err(LocateError::Deleting {
-                lun: lun.to_path_buf(),
-                partition: id.partition,
-            })
-        }
-        State::Cloning => {
-            return Err(LocateError::Cloning {
-                lun: lun.to_path_buf(),
-                partition: id.partition,
-            })
-        }
-    }
+    stageable(entry.state, lun, id.partition)?;
     Ok(Some(entry))
+}
+
+/// Whether a volume in `state` may be staged: only a ready one; the
+/// others are errors that say why.
+pub fn stageable(state: State, lun: &Path, partition: uuid::Uuid) -> Result<(), LocateError> {
+    let lun = lun.to_path_buf();
+    match state {
+        State::Ready => Ok(()),
+        State::Pending => Err(LocateError::Pending { lun, partition }),
+        State::Deleting => Err(LocateError::Deleting { lun, partition }),
+        State::Cloning => Err(LocateError::Cloning { lun, partition }),
+    }
 }
 
 /// The map of the volume whose head entry has `guid`. Map names hold 127

@@ -427,18 +427,7 @@ impl Locator for FakeLocator {
         }
         match lock(&self.volumes).get(&id.partition) {
             Some(v) if v.located.lun == lun && !v.vanished => {
-                if v.located.entry.state == State::Pending {
-                    return Err(LocateError::Pending {
-                        lun,
-                        partition: id.partition,
-                    });
-                }
-                if v.located.entry.state == State::Deleting {
-                    return Err(LocateError::Deleting {
-                        lun,
-                        partition: id.partition,
-                    });
-                }
+                crate::node::device::stageable(v.located.entry.state, &lun, id.partition)?;
                 Ok(v.located.clone())
             }
             _ => Err(LocateError::NoPartition {

@@ -623,6 +623,31 @@ async fn a_volume_marked_deleting_during_the_mount_is_unmounted_again() {
     assert_eq!(mounted(&node), 0);
 }
 
+/// A clone starts copying the volume while a stage is inside mount.ocfs2:
+/// the stage backs out as it does for a delete, but with Unavailable (the
+/// copy ends, the volume is usable again).
+#[tokio::test]
+async fn a_volume_a_clone_copies_is_not_staged() {
+    let (node, vol, staging, staging_task, go) = stage_held_in_mount("pvc-src").await;
+    node.locator
+        .set_state(&vol.id.partition, crate::volume::entry::State::Cloning);
+    go.send(()).unwrap();
+    let result = staging_task.await.unwrap();
+    assert_eq!(mounted(&node), 0, "the stage answered {result:?}");
+    assert_eq!(code(result), Code::Unavailable);
+    assert_eq!(node.records.len(), 0, "a stage record left behind");
+    assert_eq!(
+        code(stage(&node, &vol, &staging, &[]).await),
+        Code::Unavailable
+    );
+    assert_eq!(mounted(&node), 0);
+    // The copy ends: the volume stages.
+    node.locator
+        .set_state(&vol.id.partition, crate::volume::entry::State::Ready);
+    stage(&node, &vol, &staging, &[]).await.unwrap();
+    assert_eq!(mounted(&node), 1);
+}
+
 /// OCFS2 mounts in the fake mount table now.
 fn mounted(node: &FakeNode) -> usize {
     node.kernel

@@ -458,6 +458,14 @@ pub fn volume_partitions(lun: &Path) -> Vec<Part> {
         .collect()
 }
 
+/// The partition table as parsed: what a refused call must leave as it
+/// was on a LUN whose first MiBs also hold a heartbeat partition, which
+/// the nodes write every two seconds.
+pub fn parsed_table(lun: &Path) -> ocfs2_csi::disk::gpt::Gpt {
+    let io = ocfs2_csi::disk::lun_io::LunFile::open(lun).unwrap();
+    ocfs2_csi::disk::gpt::read(&io).unwrap().gpt
+}
+
 /// Bytes of the GPT areas (both copies) — to prove a rejected call changed
 /// nothing on disk. The writer lease sector is left out (zeroed): its
 /// holder renews it every few seconds, whatever the calls do.

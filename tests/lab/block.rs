@@ -128,13 +128,7 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     let mut marks = holders(&lun, &v);
     marks.sort();
     assert_eq!(marks.len(), NODES, "holder marks: {marks:?}");
-    // The partition table as parsed (the LUN's first MiBs also hold the
-    // heartbeat partition, which the nodes write every two seconds).
-    let table = || {
-        ocfs2_csi::disk::gpt::read(&LunFile::open(&lun).unwrap())
-            .unwrap()
-            .gpt
-    };
+    let table = || parsed_table(&lun);
     let before = table();
     let refused = rt
         .block_on(c.delete_volume(delete_request(&v.volume_id)))

@@ -1,0 +1,239 @@
+//! Clones (CreateVolume from a volume) on real kernels, the controller on
+//! the host as in the other scenarios:
+//!
+//! 1. a 1.5 GiB filesystem volume (so it has a backup superblock) written
+//!    by all three guests at once, each its own files;
+//! 2. a clone while it is mounted: FailedPrecondition naming the nodes,
+//!    the table unchanged;
+//! 3. unstaged everywhere, cloned: the copy's time and the bytes it read
+//!    (the used clusters only) against the volume's size;
+//! 4. the clone mounted on node2 while the source is mounted on node3 in
+//!    the same o2cb cluster (two UUIDs, or the mount fails): every file's
+//!    sha256 equal; a write to the clone leaves the source as it was;
+//!    fsck of the clone clean;
+//! 5. a raw block volume written with O_DIRECT on node1, cloned bigger:
+//!    the same bytes on node2, zeros past them.
+
+use crate::common::lab::*;
+use crate::common::*;
+use ocfs2_csi::csi::*;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+const NODES: usize = 3;
+const SOURCE: u64 = 1536 * MIB;
+
+fn clone_request(name: &str, source: &Volume, bytes: u64) -> CreateVolumeRequest {
+    let mut req = create_request(name, bytes);
+    req.volume_capabilities = source_caps(source);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: source.volume_id.clone(),
+            },
+        )),
+    });
+    req
+}
+
+fn source_caps(v: &Volume) -> Vec<VolumeCapability> {
+    match v.volume_context["content"].as_str() {
+        "block" => vec![block_cap()],
+        _ => create_request("x", 1).volume_capabilities,
+    }
+}
+
+/// Every file under `dir` on `node` with its sha256, sorted by name.
+fn sums(lab: &Lab, node: usize, dir: &str) -> String {
+    lab.must(
+        node,
+        &format!("cd {dir} && find . -type f | sort | xargs sha256sum"),
+    )
+}
+
+pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lab.lun();
+    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let mut c = rt.block_on(controller.client());
+    for node in 1..=NODES {
+        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
+    }
+    assert!(
+        volume_partitions(&lun).is_empty(),
+        "volumes left by an earlier scenario"
+    );
+
+    // --- 1. a source written by three nodes at once ------------------------
+    let src = rt
+        .block_on(c.create_volume(create_request("pvc-golden", SOURCE)))
+        .expect("create the source")
+        .into_inner()
+        .volume
+        .unwrap();
+    for node in 1..=NODES {
+        rt.block_on(stage_and_publish(lab, node, &src));
+    }
+    let t = target(&src);
+    let writers: Vec<_> = (1..=NODES)
+        .map(|node| {
+            let script = format!(
+                "mkdir -p {t}/n{node} && for i in 1 2 3 4; do \
+                 dd if=/dev/urandom of={t}/n{node}/f$i bs=1M count=8 conv=fsync 2>/dev/null || exit 1; \
+                 done && echo hello-from-{node} > {t}/n{node}/small && sync"
+            );
+            (node, script)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (node, script) in &writers {
+            s.spawn(move || lab.must(*node, script));
+        }
+    });
+    let before = sums(lab, 1, &t);
+    assert_eq!(before.lines().count(), 3 * 5, "{before}");
+
+    // --- 2. refused while mounted ------------------------------------------
+    let table = parsed_table(&lun);
+    let err = rt
+        .block_on(c.create_volume(clone_request("pvc-copy", &src, SOURCE)))
+        .expect_err("a mounted source is not cloned");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("o2cb node(s)"), "{err:?}");
+    assert_eq!(
+        parsed_table(&lun),
+        table,
+        "a refused clone changed the table"
+    );
+
+    // --- 3. cloned once unused ----------------------------------------------
+    for node in 1..=NODES {
+        rt.block_on(unpublish_and_unstage(lab, node, &src));
+    }
+    let started = Instant::now();
+    let copy = rt
+        .block_on(c.create_volume(clone_request("pvc-copy", &src, SOURCE)))
+        .expect("clone the unused source")
+        .into_inner()
+        .volume
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(copy.capacity_bytes, src.capacity_bytes);
+    let from = match copy.content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+        Some(volume_content_source::Type::Volume(v)) => v.volume_id.clone(),
+        other => panic!("no content source in the answer: {other:?}"),
+    };
+    assert_eq!(from, src.volume_id);
+    let log = controller.log_text();
+    let copied = log
+        .lines()
+        .filter(|l| l.contains("copied the clone's source"))
+        .last()
+        .unwrap_or_else(|| panic!("the controller logged no copy:\n{log}"))
+        .to_string();
+    // Only the used clusters move: journals, system files and 120 MiB of
+    // files, not the 1.5 GiB.
+    let mib: u64 = copied
+        .split("mib=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no mib= in {copied}"));
+    assert!(
+        (120..SOURCE / MIB / 2).contains(&mib),
+        "copied {mib} MiB of a {} MiB volume holding 120 MiB of files",
+        SOURCE / MIB
+    );
+    println!(
+        "clone 3: {} MiB filesystem cloned in {:.1} s, {mib} MiB copied; controller: {}",
+        SOURCE / MIB,
+        took.as_secs_f64(),
+        copied.split("copied").nth(1).unwrap_or_default().trim()
+    );
+
+    // --- 4. both mounted in one cluster; the same files ---------------------
+    rt.block_on(stage_and_publish(lab, 2, &copy));
+    rt.block_on(stage_and_publish(lab, 3, &src));
+    let ct = target(&copy);
+    assert_eq!(sums(lab, 2, &ct), before, "the clone's files differ");
+    let ids: Vec<String> = [(2, &copy), (3, &src)]
+        .iter()
+        .map(|(node, v)| {
+            let dev = lab.must(*node, &format!("findmnt -no SOURCE {}", staging(v)));
+            lab.must(
+                *node,
+                &format!("blkid -s UUID -s LABEL -o value {}", dev.trim()),
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "clone and source share their identity");
+    assert!(ids[0].contains("pvc-copy"), "the clone's label: {}", ids[0]);
+    println!("clone 4: the same 15 files on the clone (node2) as on the source (node3), mounted at once; UUID and label {ids:?}");
+    lab.must(2, &format!("echo changed > {ct}/n1/small && sync"));
+    assert_eq!(
+        sums(lab, 3, &t),
+        before,
+        "writing the clone changed the source"
+    );
+    rt.block_on(unpublish_and_unstage(lab, 2, &copy));
+    rt.block_on(unpublish_and_unstage(lab, 3, &src));
+    lab.fsck_volume(1, &copy.volume_context["partitionGuid"]);
+
+    // --- 5. raw block, cloned bigger ----------------------------------------
+    let mut req = create_request("pvc-blk-src", 64 * MIB);
+    req.volume_capabilities = vec![block_cap()];
+    let bsrc = rt
+        .block_on(c.create_volume(req))
+        .expect("create a block source")
+        .into_inner()
+        .volume
+        .unwrap();
+    rt.block_on(stage_and_publish_block(lab, 1, &bsrc));
+    let dev = block_target(&bsrc);
+    let written = lab.must(
+        1,
+        &format!(
+            "dd if=/dev/urandom of=/tmp/blk bs=1M count=16 2>/dev/null && \
+             dd if=/tmp/blk of={dev} bs=1M oflag=direct conv=fsync 2>/dev/null && \
+             sha256sum < /tmp/blk"
+        ),
+    );
+    let err = rt
+        .block_on(c.create_volume(clone_request("pvc-blk-copy", &bsrc, 128 * MIB)))
+        .expect_err("a published block source is not cloned");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    rt.block_on(unpublish_and_unstage_block(lab, 1, &bsrc));
+    let bcopy = rt
+        .block_on(c.create_volume(clone_request("pvc-blk-copy", &bsrc, 128 * MIB)))
+        .expect("clone the block volume")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(bcopy.capacity_bytes as u64, 128 * MIB);
+    rt.block_on(stage_and_publish_block(lab, 2, &bcopy));
+    let cdev = block_target(&bcopy);
+    let read = lab.must(
+        2,
+        &format!(
+            "dd if={cdev} bs=1M count=16 iflag=direct 2>/dev/null | sha256sum; \
+             dd if={cdev} bs=1M skip=64 count=64 iflag=direct 2>/dev/null | tr -d '\\000' | wc -c; \
+             blockdev --getsize64 {cdev}"
+        ),
+    );
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(lines[0], written.trim(), "the clone's bytes differ");
+    assert_eq!(lines[1].trim(), "0", "non-zero bytes past the source's end");
+    assert_eq!(lines[2].trim(), (128 * MIB).to_string());
+    println!("clone 5: 64 MiB block volume cloned to 128 MiB; 16 MiB written on node1 read back on node2, zeros after");
+    rt.block_on(unpublish_and_unstage_block(lab, 2, &bcopy));
+
+    for v in [&copy, &src, &bcopy, &bsrc] {
+        rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
+            .expect("delete");
+    }
+    assert!(volume_partitions(&lun).is_empty());
+}
