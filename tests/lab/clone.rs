@@ -128,8 +128,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let log = controller.log_text();
     let copied = log
         .lines()
-        .filter(|l| l.contains("copied the clone's source"))
-        .last()
+        .rfind(|l| l.contains("copied the clone's source"))
         .unwrap_or_else(|| panic!("the controller logged no copy:\n{log}"))
         .to_string();
     // Only the used clusters move: journals, system files and 120 MiB of
