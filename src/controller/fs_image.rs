@@ -35,6 +35,10 @@ pub trait FsImage: Send + Sync {
         e: &'a VolumeEntry,
         id: &'a Identity,
     ) -> BoxFuture<'a, Result<(), LunError>>;
+
+    /// Grows the filesystem on pending `e` (which no node can mount) to
+    /// its partition, offline, without the cluster.
+    fn grow<'a>(&'a self, lun: &'a Lun, e: &'a VolumeEntry) -> BoxFuture<'a, Result<(), LunError>>;
 }
 
 /// The real filesystem on the LUN.
@@ -146,6 +150,65 @@ impl FsImage for Ocfs2Image {
             .map_err(|err| lun.io_error(err))?;
             done.map_err(|w| corrupt(e, w))
         })
+    }
+
+    fn grow<'a>(&'a self, lun: &'a Lun, e: &'a VolumeEntry) -> BoxFuture<'a, Result<(), LunError>> {
+        Box::pin(async move {
+            // One extent: a clone's partition is placed whole.
+            let (offset, size) = match e.extents.as_slice() {
+                [one] => (one.offset, one.size),
+                _ => return Err(corrupt(e, "a clone to grow lies in one extent".into())),
+            };
+            self.set_local(lun, e, true).await?;
+            let tools = &self.tools;
+            with_region(
+                self.regions.as_ref(),
+                &lun.path,
+                offset,
+                size,
+                |dev| async move { tools.grow(&dev).await.map_err(LunError::from) },
+            )
+            .await?;
+            self.set_local(lun, e, false).await
+        })
+    }
+}
+
+impl Ocfs2Image {
+    /// Marks every superblock of `e`'s filesystem local (`restamp::set_local`)
+    /// or a cluster filesystem again; only the primary when marking local
+    /// (tunefs reads that one and writes the backups from it).
+    async fn set_local(&self, lun: &Lun, e: &VolumeEntry, local: bool) -> Result<(), LunError> {
+        let (io, e2) = (lun.io.clone(), e.clone());
+        let done = run_blocking(IO_TIMEOUT, move || {
+            let io = io.as_ref();
+            let (block, bs) = match primary_io(io, &e2)? {
+                Ok(p) => p,
+                Err(why) => return Ok(Err(why)),
+            };
+            let offsets = match (local, restamp::superblock_offsets(&block)) {
+                (true, _) => vec![2 * bs],
+                (false, Ok(o)) => o,
+                (false, Err(why)) => return Ok(Err(why)),
+            };
+            let mut buf = vec![0u8; bs as usize];
+            for at in offsets {
+                let Some(lun_at) = e2.lun_offset(at) else {
+                    return Ok(Err(format!("superblock at {at} lies outside the volume")));
+                };
+                io.read_at(lun_at, &mut buf)?;
+                if let Err(why) = restamp::set_local(&mut buf, at, local) {
+                    return Ok(Err(why));
+                }
+                io.write_at(lun_at, &buf)?;
+            }
+            io.sync()?;
+            Ok(Ok(()))
+        })
+        .await
+        .map_err(|s| lun.stalled("writing a clone's superblocks", s))?
+        .map_err(|err| lun.io_error(err))?;
+        done.map_err(|w| corrupt(e, w))
     }
 }
 

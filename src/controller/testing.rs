@@ -528,6 +528,21 @@ impl FsImage for FakeSan {
                 .map_err(|err| lun.io_error(err))
         })
     }
+
+    fn grow<'a>(&'a self, lun: &'a Lun, e: &'a VolumeEntry) -> BoxFuture<'a, Result<(), LunError>> {
+        Box::pin(async move {
+            let io = lun.io.as_ref();
+            let mut fs = read_super(io, e.offset)
+                .ok_or_else(|| LunError::NotReady(format!("no fake filesystem on {}", e.name)))?;
+            fs.bytes = e.size;
+            self.state()
+                .commands
+                .push(format!("grow offline {}", e.name));
+            io.write_at(e.offset + SUPER_OFFSET, &fs.encode())
+                .and_then(|()| io.sync())
+                .map_err(|err| lun.io_error(err))
+        })
+    }
 }
 
 impl Runner for FakeSan {

@@ -43,6 +43,8 @@ const LABEL_LEN: usize = 64;
 const COMPAT_BACKUP_SB: u32 = 0x0001;
 /// OCFS2_FEATURE_INCOMPAT_META_ECC.
 const INCOMPAT_META_ECC: u32 = 0x0800;
+/// OCFS2_FEATURE_INCOMPAT_LOCAL_MOUNT: a single-node filesystem.
+const INCOMPAT_LOCAL_MOUNT: u32 = 0x0008;
 /// OCFS2_BACKUP_SB_START: backup i sits at 1 GiB << 2i (1, 4, 16, 64,
 /// 256 GiB, 1 TiB).
 const BACKUP_SB_START: u64 = 1 << 30;
@@ -171,6 +173,20 @@ fn label_field(label: &str) -> Result<[u8; LABEL_LEN], String> {
 /// another block size and a block that is not a superblock at all. On Err
 /// `block` is unchanged.
 pub fn restamp(block: &mut [u8], at: u64, id: &Identity) -> Result<(), String> {
+    let sb = superblock_at(block, at)?;
+    let label = label_field(&id.label)?;
+    block[S_LABEL..S_LABEL + LABEL_LEN].copy_from_slice(&label);
+    block[S_UUID..S_UUID + 16].copy_from_slice(id.uuid.as_bytes());
+    if sb.meta_ecc {
+        blockcheck::stamp(block, blockcheck::DINODE_CHECK);
+    }
+    Ok(())
+}
+
+/// The superblock block read at byte `at`, checked to say it is that
+/// block (i_blkno): which catches a backup offset computed for another
+/// block size and a block that is not a superblock at all.
+fn superblock_at(block: &[u8], at: u64) -> Result<SuperFields, String> {
     let sb = super_fields(block).map_err(|e| format!("at byte {at}: {e}"))?;
     let block_size = 1u64 << sb.block_bits;
     if !at.is_multiple_of(block_size) || sb.blkno != at / block_size {
@@ -179,9 +195,24 @@ pub fn restamp(block: &mut [u8], at: u64, id: &Identity) -> Result<(), String> {
             sb.blkno
         ));
     }
-    let label = label_field(&id.label)?;
-    block[S_LABEL..S_LABEL + LABEL_LEN].copy_from_slice(&label);
-    block[S_UUID..S_UUID + 16].copy_from_slice(id.uuid.as_bytes());
+    Ok(sb)
+}
+
+/// Marks one superblock block (primary or backup, read at byte `at`) as a
+/// local filesystem, or a cluster one again. A clone bigger than its
+/// source grows with `tunefs.ocfs2 -S` while it is still pending, so no
+/// node can mount it; tunefs takes the cluster's lock for anything but a
+/// local filesystem, and the controller is no cluster member. So the clone
+/// is local for the grow only: the primary before, every superblock the
+/// grow left after. On Err `block` is unchanged.
+pub fn set_local(block: &mut [u8], at: u64, local: bool) -> Result<(), String> {
+    let sb = superblock_at(block, at)?;
+    let incompat = le_u32(block, S_FEATURE_INCOMPAT);
+    let incompat = match local {
+        true => incompat | INCOMPAT_LOCAL_MOUNT,
+        false => incompat & !INCOMPAT_LOCAL_MOUNT,
+    };
+    block[S_FEATURE_INCOMPAT..S_FEATURE_INCOMPAT + 4].copy_from_slice(&incompat.to_le_bytes());
     if sb.meta_ecc {
         blockcheck::stamp(block, blockcheck::DINODE_CHECK);
     }
@@ -462,5 +493,44 @@ mod tests {
             label: "a\0b".into(),
         };
         assert!(restamp(&mut block, 8192, &nul).is_err());
+    }
+
+    /// The offline grow a bigger clone gets: local for tunefs -S, then a
+    /// cluster filesystem again in every superblock, fsck clean.
+    #[test]
+    fn a_filesystem_marked_local_grows_without_the_cluster() {
+        for extra in [&["--fs-features=metaecc"][..], &[]] {
+            let img = image(1200 << 20, extra);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&img.path)
+                .unwrap()
+                .set_len(2400 << 20)
+                .unwrap();
+            let mut primary = read_at(&img, 8192, 4096);
+            set_local(&mut primary, 8192, true).unwrap();
+            write_at(&img, 8192, &primary);
+            assert!(debugfs(&img, &[], "stats").contains(" local "));
+            let out = Command::new("tunefs.ocfs2")
+                .arg("-S")
+                .arg(&img.path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let primary = read_at(&img, 8192, 4096);
+            let offsets = superblock_offsets(&primary).unwrap();
+            assert_eq!(offsets, vec![8192, GIB], "the grow made a backup at 1 GiB");
+            for at in offsets {
+                let mut block = read_at(&img, at, 4096);
+                set_local(&mut block, at, false).unwrap();
+                write_at(&img, at, &block);
+            }
+            fsck_ok(&img);
+            let stats = debugfs(&img, &[], "stats");
+            assert!(!stats.contains(" local "), "{stats}");
+            assert!(stats.contains("Clusters: 614400"), "{stats}");
+            let backup = debugfs(&img, &["-s", "1"], "stats");
+            assert!(!backup.contains(" local "), "{backup}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //!    by all three guests at once, each its own files;
 //! 2. a clone while it is mounted: FailedPrecondition naming the nodes,
 //!    the table unchanged;
-//! 3. unstaged everywhere, cloned: the copy's time and the bytes it read
-//!    (the used clusters only) against the volume's size;
+//! 3. unstaged everywhere, cloned 2 GiB big: the copy's time and the
+//!    bytes it read (the used clusters only) against the volume's size,
+//!    then the filesystem grown offline to the clone's partition;
 //! 4. the clone mounted on node2 while the source is mounted on node3 in
 //!    the same o2cb cluster (two UUIDs, or the mount fails): every file's
 //!    sha256 equal; a write to the clone leaves the source as it was;
@@ -23,6 +24,8 @@ use tonic::Code;
 const MIB: u64 = 1 << 20;
 const NODES: usize = 3;
 const SOURCE: u64 = 1536 * MIB;
+/// The clone asks for more: copied at the source's size, grown offline.
+const CLONE: u64 = 2048 * MIB;
 
 fn clone_request(name: &str, source: &Volume, bytes: u64) -> CreateVolumeRequest {
     let mut req = create_request(name, bytes);
@@ -113,13 +116,17 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     }
     let started = Instant::now();
     let copy = rt
-        .block_on(c.create_volume(clone_request("pvc-copy", &src, SOURCE)))
+        .block_on(c.create_volume(clone_request("pvc-copy", &src, CLONE)))
         .expect("clone the unused source")
         .into_inner()
         .volume
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(copy.capacity_bytes, src.capacity_bytes);
+    assert!(
+        copy.capacity_bytes as u64 >= CLONE,
+        "{}",
+        copy.capacity_bytes
+    );
     let from = match copy.content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
         Some(volume_content_source::Type::Volume(v)) => v.volume_id.clone(),
         other => panic!("no content source in the answer: {other:?}"),
@@ -156,6 +163,18 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     rt.block_on(stage_and_publish(lab, 3, &src));
     let ct = target(&copy);
     assert_eq!(sums(lab, 2, &ct), before, "the clone's files differ");
+    let size: u64 = lab
+        .must(
+            2,
+            &format!("echo $(( $(stat -f -c %b {ct}) * $(stat -f -c %S {ct}) ))"),
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        size > SOURCE && size <= copy.capacity_bytes as u64 + 64 * MIB,
+        "the clone's filesystem holds {size} bytes"
+    );
     let ids: Vec<String> = [(2, &copy), (3, &src)]
         .iter()
         .map(|(node, v)| {
@@ -171,7 +190,7 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         .collect();
     assert_ne!(ids[0], ids[1], "clone and source share their identity");
     assert!(ids[0].contains("pvc-copy"), "the clone's label: {}", ids[0]);
-    println!("clone 4: the same 15 files on the clone (node2) as on the source (node3), mounted at once; UUID and label {ids:?}");
+    println!("clone 4: the same 15 files on the clone (node2) as on the source (node3), mounted at once; the clone's filesystem {} MiB; UUID and label {ids:?}", size / MIB);
     lab.must(2, &format!("echo changed > {ct}/n1/small && sync"));
     assert_eq!(
         sums(lab, 3, &t),

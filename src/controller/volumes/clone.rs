@@ -6,7 +6,10 @@
 //! refuses (FailedPrecondition) when a node has it:
 //!
 //! 1. a node mounts the source (slot map) or holds it (block marks):
-//!    refuse, nothing changed;
+//!    refuse, nothing changed. An empty slot map also means clean
+//!    journals: a node that crashed with it mounted keeps its slot until
+//!    another node recovers it, so what the bitmap says used is all there
+//!    is;
 //! 2. reserve the clone's partition (pending), then write the source
 //!    Cloning: nodes refuse to stage it from then on, and a stage that read
 //!    it Ready before backs out when it looks again after mounting;
@@ -14,7 +17,8 @@
 //!    the source goes back to Ready and the pending partition is wiped;
 //! 4. copy: a filesystem's used clusters only (its global bitmap), or a
 //!    block volume's whole device and zeros after it; give a filesystem the
-//!    clone's UUID and label;
+//!    clone's UUID and label, and grow it to the clone's size (offline: the
+//!    clone is pending, no node can mount it);
 //! 5. one table write marks the clone Ready and the source Ready again,
 //!    only if no other writer generation wrote the table since step 2 (a
 //!    controller that took over may have put the source back to Ready, and
@@ -294,6 +298,9 @@ impl Volumes {
                 label: label(name),
             };
             self.images.restamp(lun, target, &id).await?;
+            if target.size > src.size {
+                self.images.grow(lun, target).await?;
+            }
         }
         Ok(())
     }
@@ -330,11 +337,8 @@ impl Volumes {
     }
 }
 
-/// The clone's partition bytes: the source's, or more for a raw block
-/// volume asked bigger. A filesystem is copied at its size and cannot grow
-/// here (offline growth needs the cluster's lock, which the controller,
-/// not a cluster member, cannot take): a bigger filesystem clone is
-/// OutOfRange, as CSI allows, and grows by ControllerExpandVolume after.
+/// The clone's partition bytes: the source's, or more when asked bigger
+/// (a filesystem is then grown after the copy, `FsImage::grow`).
 fn clone_bytes(src: &VolumeEntry, required: i64, limit: i64) -> Result<u64, CreateError> {
     if required < 0 || limit < 0 {
         return Err(CreateError::InvalidArgument(
@@ -352,16 +356,10 @@ fn clone_bytes(src: &VolumeEntry, required: i64, limit: i64) -> Result<u64, Crea
     if required <= have {
         return Ok(src.size);
     }
-    match src.content {
-        Content::Block => Ok(src
-            .sizing()
-            .partition_bytes(required.div_ceil(MIB) * MIB)
-            .max(src.size)),
-        Content::Ocfs2 => Err(CreateError::CapacityOutOfRange(format!(
-            "a filesystem clone has its source's size, {have} bytes, and {required} were asked; \
-             clone at the source's size, then expand the clone"
-        ))),
-    }
+    Ok(src
+        .sizing()
+        .partition_bytes(required.div_ceil(MIB) * MIB)
+        .max(src.size))
 }
 
 fn in_use(source: &str, users: Users) -> CreateError {
