@@ -10,7 +10,9 @@
 //!   never-mounted volume: same guest, same tool (busybox dd, O_DIRECT);
 //! - a raw block volume published on the guests against the raw partition
 //!   of another volume: same guests, same dd;
-//! - heartbeat I/O of one node as its mounted volumes grow in number.
+//! - heartbeat I/O of one node as its mounted volumes grow in number;
+//! - a clone of a 20 GiB volume holding 2 GiB: its time, and its copy
+//!   rate beside a raw `dd` of the same bytes on the same LUN file.
 //!
 //! Local-heartbeat lab: the stage latency and heartbeat I/O again.
 //!
@@ -26,7 +28,8 @@
 //! `LAB_BENCH_ONLY=node-loss` runs the node-loss lab alone,
 //! `LAB_BENCH_ONLY=stage` the NodeStageVolume figures alone,
 //! `LAB_BENCH_ONLY=transport` the transport comparison alone,
-//! `LAB_BENCH_ONLY=block` the raw block volume figures alone.
+//! `LAB_BENCH_ONLY=block` the raw block volume figures alone,
+//! `LAB_BENCH_ONLY=clone` the clone figures alone.
 //!
 //! Each figure is a table and an SVG chart in target/bench/. Printed, never
 //! enforced: absolute times in TCG guests are not production figures.
@@ -43,7 +46,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 const CLUSTER: &str = "testclu"; // the name the test harness gives the controller
-const LAB_LUN: &str = "32G";
+/// Room for the clone bench's 20 GiB source and its 20 GiB clone.
+const LAB_LUN: &str = "48G";
 const GLOBAL_STAGES: usize = 10;
 /// Each local-heartbeat stage waits ~10 s for its region: fewer rounds.
 const LOCAL_STAGES: usize = 5;
@@ -851,6 +855,153 @@ fn report_block(r: &mut Report, rows: &[Io]) {
     }
 }
 
+// --- clones ---------------------------------------------------------------------
+
+const CLONE_SOURCE: u64 = 20 * GIB;
+const CLONE_FILLED_MIB: u64 = 2048;
+
+struct CloneRun {
+    /// CreateVolume from the source, end to end (looks, grace, copy, names).
+    create_s: f64,
+    /// What the controller copied (the used clusters) and how long it took.
+    copied_mib: u64,
+    copy_s: f64,
+    /// `dd` of as many bytes from the source to the clone's place, O_DIRECT,
+    /// on the same LUN file, on the same host.
+    dd_s: f64,
+}
+
+/// A 20 GiB volume holding 2 GiB of files (written by node1), unstaged,
+/// cloned; then the anchor: the same number of bytes copied by `dd`.
+fn clone_rate(rt: &Rt, lab: &Lab, controller: &Controller) -> CloneRun {
+    let src = create(rt, controller, "bench-clone-src", CLONE_SOURCE, &[]);
+    rt.block_on(stage_and_publish(lab, 1, &src));
+    let t = target(&src);
+    lab.must(
+        1,
+        &format!(
+            "for i in $(seq 1 {n}); do dd if=/dev/zero of={t}/f$i bs=4M count=64 oflag=direct \
+             2>/dev/null || exit 1; done; sync",
+            n = CLONE_FILLED_MIB / 256
+        ),
+    );
+    rt.block_on(unpublish_and_unstage(lab, 1, &src));
+    let mut req = create_request("bench-clone", CLONE_SOURCE);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: src.volume_id.clone(),
+            },
+        )),
+    });
+    let started = Instant::now();
+    let copy = rt
+        .block_on(async { controller.client().await.create_volume(req).await })
+        .expect("clone")
+        .into_inner()
+        .volume
+        .unwrap();
+    let create_s = started.elapsed().as_secs_f64();
+    let log = controller.log_text();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("copied the clone's source"))
+        .expect("the controller logs its copy")
+        .to_string();
+    let field = |key: &str| -> f64 {
+        line.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(|v| v.trim_matches('"'))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    let (copied_mib, copy_s) = (field("mib") as u64, field("seconds"));
+    let lun = lab.lun();
+    let (from, to) = (
+        volume_on(&lun, &src.volume_context["partitionGuid"]).offset,
+        volume_on(&lun, &copy.volume_context["partitionGuid"]).offset,
+    );
+    let dd = Instant::now();
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", lun.display()))
+        .arg(format!("of={}", lun.display()))
+        .args([
+            "bs=8M",
+            "iflag=direct,skip_bytes",
+            "oflag=direct,seek_bytes",
+        ])
+        .args(["conv=notrunc,fsync", "status=none"])
+        .arg(format!("skip={from}"))
+        .arg(format!("seek={to}"))
+        .arg(format!("count={}", copied_mib / 8))
+        .output()
+        .unwrap();
+    let dd_s = dd.elapsed().as_secs_f64();
+    assert!(out.status.success(), "dd: {out:?}");
+    println!(
+        "  20 GiB volume holding {CLONE_FILLED_MIB} MiB cloned in {create_s:.1} s; {copied_mib} MiB \
+         copied in {copy_s:.2} s; dd of as many bytes {dd_s:.2} s"
+    );
+    rt.block_on(async {
+        let mut c = controller.client().await;
+        // The dd overwrote the clone: it goes first.
+        for v in [&copy, &src] {
+            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
+        }
+    });
+    CloneRun {
+        create_s,
+        copied_mib,
+        copy_s,
+        dd_s,
+    }
+}
+
+fn report_clone(r: &mut Report, run: &CloneRun) {
+    let rate = |s: f64| run.copied_mib as f64 / s.max(1e-6);
+    let mut t = Table::new(
+        "Clone: a 20 GiB filesystem volume holding 2 GiB of files",
+        &["figure", "value"],
+    )
+    .note(
+        "The controller (on the host, as in the lab tests) copies only the clusters the \
+         filesystem's global bitmap marks used, 8 MiB O_DIRECT reads and writes on the LUN \
+         file; the anchor is GNU dd copying as many bytes the same way on the same file, \
+         right after",
+    )
+    .note("CreateVolume includes the 3 s wait for stages that began before the source was marked");
+    t.row(vec![
+        "CreateVolume from the volume (s)".into(),
+        format!("{:.1}", run.create_s),
+    ]);
+    t.row(vec![
+        "bytes copied (MiB)".into(),
+        run.copied_mib.to_string(),
+    ]);
+    t.row(vec!["copy (s)".into(), format!("{:.2}", run.copy_s)]);
+    t.row(vec!["copy rate (MiB/s)".into(), num(rate(run.copy_s))]);
+    t.row(vec![
+        "dd of the same bytes (MiB/s)".into(),
+        num(rate(run.dd_s)),
+    ]);
+    t.row(vec![
+        "copy / dd".into(),
+        format!("{:.2}", rate(run.copy_s) / rate(run.dd_s)),
+    ]);
+    r.table(&t);
+    println!(
+        "BENCH clone source_gib=20 filled_mib={CLONE_FILLED_MIB} create_s={:.2} copied_mib={} \
+         copy_s={:.2} copy_mib_s={:.1} dd_mib_s={:.1} ratio={:.3}",
+        run.create_s,
+        run.copied_mib,
+        run.copy_s,
+        rate(run.copy_s),
+        rate(run.dd_s),
+        rate(run.copy_s) / rate(run.dd_s)
+    );
+}
+
 // --- node loss with o2cb's default timeouts ---------------------------------------
 
 struct Loss {
@@ -1320,6 +1471,16 @@ fn main() {
         return;
     }
 
+    if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("clone") {
+        step("global heartbeat lab, clones");
+        let (lab, controller) = cluster(&rt, "bench-global", "global");
+        let clone = clone_rate(&rt, &lab, &controller);
+        report_clone(&mut report, &clone);
+        report.finish();
+        step("done");
+        return;
+    }
+
     if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("block") {
         step("global heartbeat lab, raw block volumes");
         let (lab, controller) = cluster(&rt, "bench-global", "global");
@@ -1357,6 +1518,8 @@ fn main() {
     let (io, spawn_ms) = throughput(&rt, &lab, &controller);
     step("throughput, raw block volume vs raw");
     let block = block_throughput(&rt, &lab, &controller);
+    step("clone of a 20 GiB volume holding 2 GiB");
+    let clone = clone_rate(&rt, &lab, &controller);
     step("transport figures, virtio LUN");
     let virtio = transport_of(&rt, &lab, &controller, "virtio (shared file)");
     step("heartbeat I/O, global");
@@ -1372,6 +1535,7 @@ fn main() {
     report_growth(&mut report, &growth);
     report_io(&mut report, &io, spawn_ms);
     report_block(&mut report, &block);
+    report_clone(&mut report, &clone);
 
     step("local heartbeat lab");
     let (lab, controller) = cluster(&rt, "bench-local", "local");

@@ -551,7 +551,7 @@ spec:
         "the clone holds other bytes: {read} (written {written})"
     );
     println!(
-        "block-rwx: claim raw-copy cloned from raw through dataSource; a pod on node3 read          the same sha256 {}, {:.1} s from the claim",
+        "block-rwx: claim raw-copy cloned from raw through dataSource; a pod on node3 read the same sha256 {}, {:.1} s from the claim",
         &written[..16],
         t.elapsed().as_secs_f64()
     );

@@ -119,37 +119,13 @@ impl FsImage for Ocfs2Image {
         e: &'a VolumeEntry,
         id: &'a Identity,
     ) -> BoxFuture<'a, Result<(), LunError>> {
-        Box::pin(async move {
-            let (io, e2, id2) = (lun.io.clone(), e.clone(), id.clone());
-            let done = run_blocking(IO_TIMEOUT, move || {
-                let io = io.as_ref();
-                let (block, bs) = match primary_io(io, &e2)? {
-                    Ok(p) => p,
-                    Err(why) => return Ok(Err(why)),
-                };
-                let offsets = match restamp::superblock_offsets(&block) {
-                    Ok(o) => o,
-                    Err(why) => return Ok(Err(why)),
-                };
-                let mut buf = vec![0u8; bs as usize];
-                for at in offsets {
-                    let Some(lun_at) = e2.lun_offset(at) else {
-                        return Ok(Err(format!("superblock at {at} lies outside the volume")));
-                    };
-                    io.read_at(lun_at, &mut buf)?;
-                    if let Err(why) = restamp::restamp(&mut buf, at, &id2) {
-                        return Ok(Err(why));
-                    }
-                    io.write_at(lun_at, &buf)?;
-                }
-                io.sync()?;
-                Ok(Ok(()))
-            })
-            .await
-            .map_err(|s| lun.stalled("writing a clone's superblocks", s))?
-            .map_err(|err| lun.io_error(err))?;
-            done.map_err(|w| corrupt(e, w))
-        })
+        let id = id.clone();
+        Box::pin(rewrite_superblocks(
+            lun,
+            e,
+            Superblocks::All,
+            move |b, at| restamp::restamp(b, at, &id),
+        ))
     }
 
     fn grow<'a>(&'a self, lun: &'a Lun, e: &'a VolumeEntry) -> BoxFuture<'a, Result<(), LunError>> {
@@ -159,7 +135,11 @@ impl FsImage for Ocfs2Image {
                 [one] => (one.offset, one.size),
                 _ => return Err(corrupt(e, "a clone to grow lies in one extent".into())),
             };
-            self.set_local(lun, e, true).await?;
+            // Local for the grow only: tunefs then needs no cluster lock.
+            rewrite_superblocks(lun, e, Superblocks::Primary, |b, at| {
+                restamp::set_local(b, at, true)
+            })
+            .await?;
             let tools = &self.tools;
             with_region(
                 self.regions.as_ref(),
@@ -169,47 +149,63 @@ impl FsImage for Ocfs2Image {
                 |dev| async move { tools.grow(&dev).await.map_err(LunError::from) },
             )
             .await?;
-            self.set_local(lun, e, false).await
+            rewrite_superblocks(lun, e, Superblocks::All, |b, at| {
+                restamp::set_local(b, at, false)
+            })
+            .await
         })
     }
 }
 
-impl Ocfs2Image {
-    /// Marks every superblock of `e`'s filesystem local (`restamp::set_local`)
-    /// or a cluster filesystem again; only the primary when marking local
-    /// (tunefs reads that one and writes the backups from it).
-    async fn set_local(&self, lun: &Lun, e: &VolumeEntry, local: bool) -> Result<(), LunError> {
-        let (io, e2) = (lun.io.clone(), e.clone());
-        let done = run_blocking(IO_TIMEOUT, move || {
-            let io = io.as_ref();
-            let (block, bs) = match primary_io(io, &e2)? {
-                Ok(p) => p,
+/// Which superblocks [`rewrite_superblocks`] rewrites.
+#[derive(Clone, Copy)]
+enum Superblocks {
+    /// tunefs reads this one, and writes the backups from it.
+    Primary,
+    /// The primary and every backup it says exists.
+    All,
+}
+
+/// Reads, changes with `change` and writes back the superblocks of `e`'s
+/// filesystem, durably.
+async fn rewrite_superblocks(
+    lun: &Lun,
+    e: &VolumeEntry,
+    which: Superblocks,
+    change: impl Fn(&mut [u8], u64) -> Result<(), String> + Send + 'static,
+) -> Result<(), LunError> {
+    let (io, e2) = (lun.io.clone(), e.clone());
+    let done = run_blocking(IO_TIMEOUT, move || {
+        let io = io.as_ref();
+        let (block, bs) = match primary_io(io, &e2)? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        let offsets = match which {
+            Superblocks::Primary => vec![2 * bs],
+            Superblocks::All => match restamp::superblock_offsets(&block) {
+                Ok(o) => o,
                 Err(why) => return Ok(Err(why)),
+            },
+        };
+        let mut buf = vec![0u8; bs as usize];
+        for at in offsets {
+            let Some(lun_at) = e2.lun_offset(at) else {
+                return Ok(Err(format!("superblock at {at} lies outside the volume")));
             };
-            let offsets = match (local, restamp::superblock_offsets(&block)) {
-                (true, _) => vec![2 * bs],
-                (false, Ok(o)) => o,
-                (false, Err(why)) => return Ok(Err(why)),
-            };
-            let mut buf = vec![0u8; bs as usize];
-            for at in offsets {
-                let Some(lun_at) = e2.lun_offset(at) else {
-                    return Ok(Err(format!("superblock at {at} lies outside the volume")));
-                };
-                io.read_at(lun_at, &mut buf)?;
-                if let Err(why) = restamp::set_local(&mut buf, at, local) {
-                    return Ok(Err(why));
-                }
-                io.write_at(lun_at, &buf)?;
+            io.read_at(lun_at, &mut buf)?;
+            if let Err(why) = change(&mut buf, at) {
+                return Ok(Err(why));
             }
-            io.sync()?;
-            Ok(Ok(()))
-        })
-        .await
-        .map_err(|s| lun.stalled("writing a clone's superblocks", s))?
-        .map_err(|err| lun.io_error(err))?;
-        done.map_err(|w| corrupt(e, w))
-    }
+            io.write_at(lun_at, &buf)?;
+        }
+        io.sync()?;
+        Ok(Ok(()))
+    })
+    .await
+    .map_err(|s| lun.stalled("writing a clone's superblocks", s))?
+    .map_err(|err| lun.io_error(err))?;
+    done.map_err(|w| corrupt(e, w))
 }
 
 /// The primary superblock block of `e`'s filesystem, and its block size.

@@ -8,6 +8,7 @@ use super::params::{check_capabilities, content_of, VolumeParams};
 use super::pool::Lun;
 use crate::csi::VolumeCapability;
 use crate::disk::blocking::run_blocking;
+use crate::disk::gpt::{Gpt, Partition};
 use crate::disk::region::{with_region, RegionDevices};
 use crate::ocfs2::layout::{round_up, HeartbeatMode, Layout, GIB, MIB};
 use crate::ocfs2::tools::{MkfsSpec, Ocfs2Tools};
@@ -1064,7 +1065,19 @@ impl Users {
 async fn set_state(lun: &Lun, e: &VolumeEntry, state: State) -> Result<(), LunError> {
     let _locked = lun.lock().await;
     let mut table = lun.read_table().await?;
-    let p = table
+    let p = entry_mut(&mut table, e)?;
+    let wanted = e.type_in(state);
+    if p.type_guid == wanted {
+        return Ok(());
+    }
+    p.type_guid = wanted;
+    lun.write_table(&table).await
+}
+
+/// `e`'s head entry in `table` (same place, same GUID), or NotReady when
+/// it vanished since `e` was read.
+fn entry_mut<'t>(table: &'t mut Gpt, e: &VolumeEntry) -> Result<&'t mut Partition, LunError> {
+    table
         .partitions
         .iter_mut()
         .find(|p| p.unique_guid == e.guid && p.number == e.number)
@@ -1073,13 +1086,7 @@ async fn set_state(lun: &Lun, e: &VolumeEntry, state: State) -> Result<(), LunEr
                 "partition {} of {} vanished meanwhile",
                 e.number, e.name
             ))
-        })?;
-    let wanted = e.type_in(state);
-    if p.type_guid == wanted {
-        return Ok(());
-    }
-    p.type_guid = wanted;
-    lun.write_table(&table).await
+        })
 }
 
 /// When a LUN has no room left as this host sees it: whether the array
@@ -1258,5 +1265,6 @@ async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunEr
 
 mod block;
 mod clone;
+mod progress;
 #[cfg(test)]
 mod tests;

@@ -689,6 +689,28 @@ fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
 }
 
 impl Lab {
+    /// What a scenario on this lab starts with: a controller on the LUN
+    /// (its state in `dir`), every guest's node plugin ready, and no
+    /// volume left by an earlier scenario.
+    pub fn scenario_controller(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        dir: &Path,
+    ) -> super::Controller {
+        let lun = self.lun();
+        let controller = rt.block_on(super::Controller::start(std::slice::from_ref(&lun), dir));
+        for node in 1..=self.nodes {
+            rt.block_on(self.wait_node_ready(node, Duration::from_secs(60)));
+        }
+        assert!(
+            super::volume_partitions(&lun).is_empty(),
+            "volumes left by an earlier scenario"
+        );
+        controller
+    }
+}
+
+impl Lab {
     /// What a failed test needs from the guests before they go: whether each
     /// node plugin still runs, its log's tail and the kernel's; also kept in
     /// the state folder as node-N.failure.log.

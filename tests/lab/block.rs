@@ -77,15 +77,8 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let controller = lab.scenario_controller(rt, dir.path());
     let mut c = rt.block_on(controller.client());
-    for node in 1..=NODES {
-        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
-    }
-    assert!(
-        volume_partitions(&lun).is_empty(),
-        "volumes left by an earlier scenario"
-    );
 
     // --- 1. created zeroed ------------------------------------------------
     // Old bytes where the volume will go: the first free space after the

@@ -18,7 +18,7 @@
 use crate::common::lab::*;
 use crate::common::*;
 use ocfs2_csi::csi::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
@@ -58,15 +58,8 @@ fn sums(lab: &Lab, node: usize, dir: &str) -> String {
 pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let controller = lab.scenario_controller(rt, dir.path());
     let mut c = rt.block_on(controller.client());
-    for node in 1..=NODES {
-        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
-    }
-    assert!(
-        volume_partitions(&lun).is_empty(),
-        "volumes left by an earlier scenario"
-    );
 
     // --- 1. a source written by three nodes at once ------------------------
     let src = rt

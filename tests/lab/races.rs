@@ -70,15 +70,8 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     let total = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let lun = lab.lun();
-    let controller = rt.block_on(Controller::start(std::slice::from_ref(&lun), dir.path()));
+    let controller = lab.scenario_controller(rt, dir.path());
     let mut c = rt.block_on(controller.client());
-    for node in 1..=NODES {
-        rt.block_on(lab.wait_node_ready(node, Duration::from_secs(60)));
-    }
-    assert!(
-        volume_partitions(&lun).is_empty(),
-        "volumes left by an earlier scenario"
-    );
 
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_lead: BTreeMap<i64, (usize, usize, usize)> = BTreeMap::new();

@@ -8,6 +8,7 @@
 //! would not do: what a discarded range reads back as is the device's
 //! choice, and the kernel no longer reports it.
 
+use super::progress::Progress;
 use super::{set_state, Volumes, WIPE_TIMEOUT};
 use crate::controller::allocate::Growth;
 use crate::controller::error::LunError;
@@ -18,12 +19,10 @@ use crate::server::inflight::Guard;
 use crate::volume::block_header::{self, Holder};
 use crate::volume::entry::{State, VolumeEntry};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Zeroing goes in steps this big, so its progress can be logged.
 const STEP: u64 = 256 << 20;
-/// How often a long zeroing says how far it got.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Longest wait for zeroing a volume's new space in ControllerExpandVolume
 /// (it holds the LUN's lock meanwhile).
 const GROW_ZERO_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -134,34 +133,18 @@ pub(super) fn zero_ranges(
     what: &str,
 ) -> std::io::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let (start, mut said) = (Instant::now(), Instant::now());
-    let mut done = 0u64;
+    let doing = format!("zeroing the {what}");
+    let mut progress = Progress::new(volume, &doing, total);
     for &(offset, len) in ranges {
         let mut at = 0;
         while at < len {
             let n = (len - at).min(STEP);
             io.zero_out(offset + at, n)?;
             at += n;
-            done += n;
-            if said.elapsed() >= PROGRESS_EVERY {
-                said = Instant::now();
-                tracing::info!(
-                    volume,
-                    done_mib = done >> 20,
-                    total_mib = total >> 20,
-                    "zeroing the {what}"
-                );
-            }
+            progress.add(n);
         }
     }
     io.sync()?;
-    let secs = start.elapsed().as_secs_f64();
-    tracing::info!(
-        volume,
-        mib = total >> 20,
-        seconds = format!("{secs:.2}"),
-        mib_per_s = format!("{:.0}", (total >> 20) as f64 / secs.max(1e-6)),
-        "zeroed the {what}"
-    );
+    progress.finish(&format!("zeroed the {what}"));
     Ok(())
 }

@@ -28,7 +28,8 @@
 //! DeleteVolume wipes it) and the source Cloning until `end_stale_clones`
 //! of the LUN's writer puts it back.
 
-use super::{label, set_state, Users, Volumes, WIPE_TIMEOUT};
+use super::progress::Progress;
+use super::{entry_mut, label, set_state, Users, Volumes, WIPE_TIMEOUT};
 use crate::controller::error::{CreateError, LunError};
 use crate::controller::params::VolumeParams;
 use crate::controller::pool::Lun;
@@ -44,12 +45,9 @@ use crate::volume::entry::{
 };
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Copies go in steps this big: large direct I/O, and progress to log.
 const STEP: u64 = 8 << 20;
-/// How often a long copy says how far it got.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// What a clone request asks for, checked.
 pub(super) struct CloneRequest<'a> {
@@ -402,18 +400,8 @@ async fn finish(
             lun.name()
         )));
     }
-    for (e, state) in [(src, State::Ready), (target, State::Ready)] {
-        let p = table
-            .partitions
-            .iter_mut()
-            .find(|p| p.unique_guid == e.guid && p.number == e.number)
-            .ok_or_else(|| {
-                LunError::NotReady(format!(
-                    "partition {} of {} vanished during the clone",
-                    e.number, e.name
-                ))
-            })?;
-        p.type_guid = e.type_in(state);
+    for e in [src, target] {
+        entry_mut(&mut table, e)?.type_guid = e.type_in(State::Ready);
     }
     lun.write_table(&table).await?;
     Ok(())
@@ -448,9 +436,8 @@ fn copy_ranges(
     volume: &str,
 ) -> std::io::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let (start, mut said) = (Instant::now(), Instant::now());
+    let mut progress = Progress::new(volume, "copying the clone's source", total);
     let mut buf = vec![0u8; STEP as usize];
-    let mut done = 0u64;
     let outside = |at: u64| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -466,27 +453,11 @@ fn copy_ranges(
             io.read_at(src, &mut buf[..n])?;
             io.write_at(dst, &buf[..n])?;
             at += n as u64;
-            done += n as u64;
-            if said.elapsed() >= PROGRESS_EVERY {
-                said = Instant::now();
-                tracing::info!(
-                    volume,
-                    done_mib = done >> 20,
-                    total_mib = total >> 20,
-                    "copying the clone's source"
-                );
-            }
+            progress.add(n as u64);
         }
     }
     io.sync()?;
-    let secs = start.elapsed().as_secs_f64();
-    tracing::info!(
-        volume,
-        mib = total >> 20,
-        seconds = format!("{secs:.2}"),
-        mib_per_s = format!("{:.0}", (total >> 20) as f64 / secs.max(1e-6)),
-        "copied the clone's source"
-    );
+    progress.finish("copied the clone's source");
     Ok(())
 }
 
