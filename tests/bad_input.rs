@@ -708,8 +708,28 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
             "volume_content_source",
         ),
         (
-            "clone of a real volume".into(),
+            "clone of a volume that does not exist".into(),
             create_with(&|r| {
+                r.volume_content_source = Some(VolumeContentSource {
+                    r#type: Some(volume_content_source::Type::Volume(
+                        volume_content_source::VolumeSource {
+                            volume_id: format!("{lun_guid}:{}", uuid::Uuid::nil()),
+                        },
+                    )),
+                })
+            }),
+            Code::NotFound,
+            "source",
+        ),
+        (
+            "clone of a filesystem volume as block".into(),
+            create_with(&|r| {
+                r.volume_capabilities = vec![VolumeCapability {
+                    access_type: Some(AccessType::Block(BlockVolume {})),
+                    access_mode: Some(AccessMode {
+                        mode: Mode::MultiNodeMultiWriter as i32,
+                    }),
+                }];
                 r.volume_content_source = Some(VolumeContentSource {
                     r#type: Some(volume_content_source::Type::Volume(
                         volume_content_source::VolumeSource {
@@ -719,7 +739,7 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
                 })
             }),
             Code::InvalidArgument,
-            "volume_content_source",
+            "filesystem",
         ),
         (
             "journal under nine clusters".into(),
@@ -1379,17 +1399,19 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
                         _ => None,
                     })
                     .collect();
-                // CREATE_DELETE_VOLUME, and never what it answers Unimplemented.
+                // CREATE_DELETE_VOLUME and CLONE_VOLUME, and never what it
+                // answers Unimplemented.
                 let never = [
                     RpcType::PublishUnpublishVolume,
                     RpcType::CreateDeleteSnapshot,
                     RpcType::ListSnapshots,
-                    RpcType::CloneVolume,
                     RpcType::ModifyVolume,
                 ];
                 let advertised = |t: RpcType| rpcs.contains(&(t as i32));
                 Ok(
-                    if advertised(RpcType::CreateDeleteVolume) && !never.into_iter().any(advertised)
+                    if advertised(RpcType::CreateDeleteVolume)
+                        && advertised(RpcType::CloneVolume)
+                        && !never.into_iter().any(advertised)
                     {
                         Ok(String::new())
                     } else {

@@ -47,12 +47,18 @@ fn volume(info: &VolumeInfo) -> Volume {
     }
 }
 
-/// The request's content source; one with no type is no source.
-fn content_source(source: Option<VolumeContentSource>) -> Option<ContentSource> {
+/// The request's content source; one that names nothing is bad input.
+fn content_source(source: Option<VolumeContentSource>) -> Result<Option<ContentSource>, Status> {
     use crate::csi::volume_content_source::Type;
-    match source?.r#type? {
-        Type::Volume(v) => Some(ContentSource::Volume(v.volume_id)),
-        Type::Snapshot(s) => Some(ContentSource::Snapshot(s.snapshot_id)),
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    match source.r#type {
+        Some(Type::Volume(v)) => Ok(Some(ContentSource::Volume(v.volume_id))),
+        Some(Type::Snapshot(s)) => Ok(Some(ContentSource::Snapshot(s.snapshot_id))),
+        None => Err(Status::invalid_argument(
+            "volume_content_source names neither a volume nor a snapshot",
+        )),
     }
 }
 
@@ -66,8 +72,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         record_volume(&r.name);
+        let source = content_source(r.volume_content_source.take())?;
         let volumes = self.volumes.clone();
         let info = detached(async move {
             let capacity = r.capacity_range.unwrap_or_default();
@@ -78,7 +85,7 @@ impl Controller for ControllerService {
                     limit_bytes: capacity.limit_bytes,
                     capabilities: &r.volume_capabilities,
                     parameters: &r.parameters,
-                    source: content_source(r.volume_content_source),
+                    source,
                 })
                 .await
                 .map_err(status)

@@ -334,7 +334,9 @@ impl Volumes {
             None => {}
             Some(ContentSource::Snapshot(_)) => {
                 return Err(CreateError::InvalidArgument(
-                    "snapshots are not supported; a volume can be cloned from a volume".into(),
+                    "volume_content_source: snapshots are not supported; a volume can be \
+                     cloned from a volume"
+                        .into(),
                 ))
             }
             Some(ContentSource::Volume(source_id)) => {
