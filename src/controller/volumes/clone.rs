@@ -92,6 +92,22 @@ impl Volumes {
         let partition_bytes = clone_bytes(src, req.required_bytes, req.limit_bytes)?;
         let lun = &source.lun;
         let guid = partition_guid(name);
+        // A volume of this name elsewhere is another volume: one GUID, one
+        // partition, across the pool.
+        for other in self.all_luns("a clone")? {
+            if !Arc::ptr_eq(&other, lun) && other.read_table().await?.find_by_guid(&guid).is_some()
+            {
+                return Err(CreateError::Incompatible {
+                    name: name.to_string(),
+                    why: format!(
+                        "it lives on {}, and a clone of {} would live on its source's LUN {}",
+                        other.name(),
+                        req.source_id,
+                        lun.name()
+                    ),
+                });
+            }
+        }
         let table = lun.read_table().await?;
         let existing = table.find_by_guid(&guid).and_then(|p| volume_in(&table, p));
         let target = match existing {
