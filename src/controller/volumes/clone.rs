@@ -35,7 +35,7 @@ use crate::controller::params::VolumeParams;
 use crate::controller::pool::Lun;
 use crate::controller::writer::Stamp;
 use crate::disk::gpt::Gpt;
-use crate::disk::lun_io::BlockIo;
+use crate::disk::lun_io::{AlignedBuf, BlockIo};
 use crate::ocfs2::layout::MIB;
 use crate::ocfs2::restamp::Identity;
 use crate::server::inflight::Guard;
@@ -453,7 +453,9 @@ fn copy_ranges(
 ) -> std::io::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut progress = Progress::new(volume, "copying the clone's source", total);
-    let mut buf = vec![0u8; STEP as usize];
+    // Aligned: each step goes to the LUN in one call, no bounce copy.
+    let mut aligned = AlignedBuf::new(STEP as usize);
+    let buf = aligned.as_mut_slice(STEP as usize);
     let outside = |at: u64| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
