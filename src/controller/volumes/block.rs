@@ -19,13 +19,9 @@ use crate::server::inflight::Guard;
 use crate::volume::block_header::{self, Holder};
 use crate::volume::entry::{State, VolumeEntry};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Zeroing goes in steps this big, so its progress can be logged.
 const STEP: u64 = 256 << 20;
-/// Longest wait for zeroing a volume's new space in ControllerExpandVolume
-/// (it holds the LUN's lock meanwhile).
-const GROW_ZERO_TIMEOUT: Duration = Duration::from_secs(1800);
 
 impl Volumes {
     /// Zeroes a pending raw block volume, writes its header's identity,
@@ -94,7 +90,10 @@ impl Volumes {
                 .map(|&(first, last)| (first * ss, (last - first + 1) * ss)),
         );
         let (io, name) = (lun.io.clone(), e.name.clone());
-        run_blocking(GROW_ZERO_TIMEOUT, move || {
+        // Awaited to its end with the LUN's lock held, however long: a wait
+        // that gave up would free the lock while the zeroing still runs,
+        // and a create could place a new volume in that very space.
+        tokio::task::spawn_blocking(move || {
             zero_ranges(
                 io.as_ref(),
                 &ranges,
@@ -103,7 +102,9 @@ impl Volumes {
             )
         })
         .await
-        .map_err(|stalled| lun.stalled("zeroing a volume's new space", stalled))?
+        .map_err(|j| {
+            LunError::NotReady(format!("zeroing {}'s new space ended early: {j}", e.name))
+        })?
         .map_err(|err| lun.io_error(err))
     }
 

@@ -29,7 +29,7 @@
 //! of the LUN's writer puts it back.
 
 use super::progress::Progress;
-use super::{entry_mut, label, set_state, Users, Volumes, WIPE_TIMEOUT};
+use super::{entry_mut, label, set_state, Users, Volumes};
 use crate::controller::error::{CreateError, LunError};
 use crate::controller::params::VolumeParams;
 use crate::controller::pool::Lun;
@@ -297,13 +297,12 @@ impl Volumes {
                 }
             }
         });
-        let copied = tokio::time::timeout(WIPE_TIMEOUT * 6, copied)
+        // Awaited to its end, however long: a failure here wipes the clone's
+        // partition and frees its space, which a copy still writing into it
+        // would then overwrite under the next volume. The create runs
+        // detached from its caller, and retries meanwhile are Aborted.
+        let copied = copied
             .await
-            .map_err(|_| {
-                LunError::NotReady(format!(
-                    "copying into {name} takes longer than an hour; it goes on"
-                ))
-            })?
             .map_err(|j| LunError::NotReady(format!("copying into {name} ended early: {j}")))?;
         copied.map_err(|e| lun.io_error(e))?;
         if target.content == Content::Ocfs2 {
