@@ -119,10 +119,17 @@ pub enum CreateError {
     /// CDI and the CSI spec clone only unused sources: OCFS2 cannot be
     /// frozen, so a copy of a volume in use is not a consistent one.
     #[error(
-        "source volume {volume} is in use ({users}); a volume is cloned only while no node \
-         mounts or publishes it, so stop its users first"
+        "source volume {volume} is in use ({users}); OCFS2 cannot be frozen, so a volume is \
+         {action} only while no node mounts or publishes it (a copy of a volume in use would \
+         not be consistent): stop its users first"
     )]
-    SourceInUse { volume: String, users: String },
+    SourceInUse {
+        volume: String,
+        users: String,
+        action: &'static str,
+    },
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(String),
     /// The copy may not match its source; a retry copies again.
     #[error("{0}")]
     CopyVoided(String),
@@ -212,7 +219,7 @@ impl RpcError for CreateError {
                 Code::ResourceExhausted
             }
             CreateError::BeingDeleted(_) | CreateError::CopyVoided(_) => Code::Aborted,
-            CreateError::SourceNotFound(_) => Code::NotFound,
+            CreateError::SourceNotFound(_) | CreateError::SnapshotNotFound(_) => Code::NotFound,
             CreateError::SourceInUse { .. } => Code::FailedPrecondition,
             CreateError::Lun(e) => e.code(),
         }

@@ -2,12 +2,12 @@
 //! each RPC's error to its status. No business logic lives here.
 
 use super::error::{status, ExpandError};
-use super::volumes::{ContentSource, CreateRequest, VolumeInfo, Volumes};
+use super::volumes::{ContentSource, CreateRequest, SnapshotInfo, VolumeInfo, Volumes};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{rpc, Rpc, Type as CapType};
-use crate::csi::list_volumes_response;
 use crate::csi::validate_volume_capabilities_response::Confirmed;
 use crate::csi::*;
+use crate::csi::{list_snapshots_response, list_volumes_response};
 use crate::server::{detached, record_volume};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -23,9 +23,11 @@ impl ControllerService {
 }
 
 /// Capabilities we implement; nothing else is advertised.
-const CAPABILITIES: [rpc::Type; 6] = [
+const CAPABILITIES: [rpc::Type; 8] = [
     rpc::Type::CreateDeleteVolume,
     rpc::Type::CloneVolume,
+    rpc::Type::CreateDeleteSnapshot,
+    rpc::Type::ListSnapshots,
     rpc::Type::ExpandVolume,
     rpc::Type::ListVolumes,
     rpc::Type::GetCapacity,
@@ -33,17 +35,37 @@ const CAPABILITIES: [rpc::Type; 6] = [
 ];
 
 fn volume(info: &VolumeInfo) -> Volume {
-    use crate::csi::volume_content_source::{Type, VolumeSource};
+    use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
     Volume {
         capacity_bytes: info.capacity as i64,
         volume_id: info.id.to_string(),
         volume_context: info.context.clone(),
-        content_source: info.source.as_ref().map(|id| VolumeContentSource {
-            r#type: Some(Type::Volume(VolumeSource {
-                volume_id: id.clone(),
-            })),
+        content_source: info.source.as_ref().map(|source| VolumeContentSource {
+            r#type: Some(match source {
+                ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                    volume_id: id.clone(),
+                }),
+                ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                    snapshot_id: id.clone(),
+                }),
+            }),
         }),
         ..Default::default()
+    }
+}
+
+/// A snapshot as CreateSnapshot and ListSnapshots report it: ready, since
+/// CreateSnapshot returns once the copy is done.
+fn snapshot(info: &SnapshotInfo) -> Snapshot {
+    Snapshot {
+        size_bytes: info.size as i64,
+        snapshot_id: info.id.to_string(),
+        source_volume_id: info.source.map(|s| s.to_string()).unwrap_or_default(),
+        creation_time: info
+            .created
+            .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
     }
 }
 
@@ -207,23 +229,64 @@ impl Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _request: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        Err(unsupported("CreateSnapshot"))
+        let r = request.into_inner();
+        record_volume(&r.source_volume_id);
+        let volumes = self.volumes.clone();
+        let info = detached(async move {
+            volumes
+                .create_snapshot(&r.name, &r.source_volume_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(snapshot(&info)),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<DeleteSnapshotRequest>,
+        request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        Err(unsupported("DeleteSnapshot"))
+        let r = request.into_inner();
+        let volumes = self.volumes.clone();
+        detached(async move {
+            volumes
+                .delete_snapshot(&r.snapshot_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        Err(unsupported("ListSnapshots"))
+        let r = request.into_inner();
+        let (page, next_token) = self
+            .volumes
+            .list_snapshots(
+                i64::from(r.max_entries),
+                &r.starting_token,
+                &r.snapshot_id,
+                &r.source_volume_id,
+            )
+            .await
+            .map_err(status)?;
+        let entries = page
+            .iter()
+            .map(|info| list_snapshots_response::Entry {
+                snapshot: Some(snapshot(info)),
+            })
+            .collect();
+        Ok(Response::new(ListSnapshotsResponse {
+            entries,
+            next_token,
+        }))
     }
 
     async fn get_snapshot(

@@ -50,12 +50,12 @@ pub struct VolumeInfo {
     pub id: VolumeId,
     pub capacity: u64,
     pub context: HashMap<String, String>,
-    /// A clone's source volume ID.
-    pub source: Option<String>,
+    /// What a clone or a restored snapshot was made from.
+    pub source: Option<ContentSource>,
 }
 
 /// What a new volume starts from, besides nothing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContentSource {
     Volume(String),
     Snapshot(String),
@@ -332,12 +332,17 @@ impl Volumes {
         let params = VolumeParams::parse(req.parameters).map_err(CreateError::InvalidArgument)?;
         match &req.source {
             None => {}
-            Some(ContentSource::Snapshot(_)) => {
-                return Err(CreateError::InvalidArgument(
-                    "volume_content_source: snapshots are not supported; a volume can be \
-                     cloned from a volume"
-                        .into(),
-                ))
+            Some(ContentSource::Snapshot(snapshot_id)) => {
+                let guard = self.begin(partition_guid(name), name)?;
+                let restore = snapshot::RestoreRequest {
+                    name,
+                    snapshot_id,
+                    content,
+                    required_bytes: req.required_bytes,
+                    limit_bytes: req.limit_bytes,
+                    params: &params,
+                };
+                return self.create_from_snapshot(restore, &guard).await;
             }
             Some(ContentSource::Volume(source_id)) => {
                 let guard = self.begin(partition_guid(name), name)?;
@@ -436,7 +441,7 @@ impl Volumes {
 
         let partition_bytes = sizing.partition_bytes(usable);
         let (lun, created) = self
-            .allocate(
+            .allocate_volume(
                 &candidates,
                 name,
                 &sizing,
@@ -490,8 +495,8 @@ impl Volumes {
         }
     }
 
-    /// Reserves a pending partition on the first LUN with room.
-    async fn allocate<'l>(
+    /// Reserves a pending volume partition on the first LUN with room.
+    async fn allocate_volume<'l>(
         &self,
         candidates: &[&'l Arc<Lun>],
         name: &str,
@@ -500,6 +505,32 @@ impl Volumes {
         usable: u64,
         heartbeat: HeartbeatMode,
     ) -> Result<(&'l Arc<Lun>, VolumeEntry), CreateError> {
+        let guid = partition_guid(name);
+        let build = |at| match sizing {
+            Sizing::Ocfs2(layout) => {
+                volume_partition(at, guid, name, State::Pending, heartbeat, layout)
+            }
+            Sizing::Block => block_partition(at, guid, name, State::Pending),
+        };
+        let (lun, p) = self
+            .allocate(candidates, sizing, partition_bytes, usable, &build)
+            .await?;
+        let e = volume_entry(&p, lun.sector_size()).expect("a volume partition");
+        Ok((lun, e))
+    }
+
+    /// Reserves a pending partition that `build` makes on the first LUN
+    /// with room.
+    /// `build` makes the pending entry for a place; `sizing` says what a
+    /// LUN's free space would give, for the refusal's figures.
+    async fn allocate<'l>(
+        &self,
+        candidates: &[&'l Arc<Lun>],
+        sizing: &Sizing,
+        partition_bytes: u64,
+        usable: u64,
+        build: &(dyn Fn(Placement) -> Partition + Send + Sync),
+    ) -> Result<(&'l Arc<Lun>, Partition), CreateError> {
         let mut largest = 0u64;
         let mut lun_capacity = 0u64;
         let mut numbers_left = false;
@@ -537,22 +568,11 @@ impl Volumes {
                 first_lba: first,
                 last_lba: first + sectors - 1,
             };
-            let p = match sizing {
-                Sizing::Ocfs2(layout) => volume_partition(
-                    at,
-                    partition_guid(name),
-                    name,
-                    State::Pending,
-                    heartbeat,
-                    layout,
-                ),
-                Sizing::Block => block_partition(at, partition_guid(name), name, State::Pending),
-            };
-            let e = volume_entry(&p, ss).expect("a volume partition");
-            table.partitions.push(p);
+            let p = build(at);
+            table.partitions.push(p.clone());
             table.partitions.sort_by_key(|p| p.number);
             lun.write_table(&table).await?;
-            return Ok((lun, e));
+            return Ok((lun, p));
         }
         if !numbers_left {
             return Err(CreateError::NoPartitionNumber {
@@ -1268,5 +1288,7 @@ async fn wipe(lun: &Lun, e: &VolumeEntry, claim: Arc<Guard>) -> Result<(), LunEr
 mod block;
 mod clone;
 mod progress;
+mod snapshot;
+pub use snapshot::SnapshotInfo;
 #[cfg(test)]
 mod tests;

@@ -218,7 +218,7 @@ pub fn attributes(layout: &Layout) -> u64 {
     (slots << 48) | (cluster << 56) | (journal << 60)
 }
 
-fn layout_from(attributes: u64) -> Layout {
+pub fn layout_from(attributes: u64) -> Layout {
     Layout {
         slots: ((attributes >> 48) & 0xff) as u32,
         block_size: 4096,
@@ -497,6 +497,12 @@ mod tests {
             TYPE_CLONING_LOCAL,
             TYPE_CLONING_BLOCK,
             super::extents::TYPE_EXTENT,
+            crate::volume::snapshot::TYPE_SNAPSHOT_PENDING_GLOBAL,
+            crate::volume::snapshot::TYPE_SNAPSHOT_PENDING_LOCAL,
+            crate::volume::snapshot::TYPE_SNAPSHOT_PENDING_BLOCK,
+            crate::volume::snapshot::TYPE_SNAPSHOT_GLOBAL,
+            crate::volume::snapshot::TYPE_SNAPSHOT_LOCAL,
+            crate::volume::snapshot::TYPE_SNAPSHOT_BLOCK,
         ];
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());

@@ -7,3 +7,4 @@ pub mod entry;
 pub mod extents;
 pub mod id;
 pub mod mount_options;
+pub mod snapshot;

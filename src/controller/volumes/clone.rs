@@ -29,7 +29,7 @@
 //! of the LUN's writer puts it back.
 
 use super::progress::Progress;
-use super::{entry_mut, label, set_state, Users, Volumes};
+use super::{entry_mut, label, set_state, ContentSource, Users, Volumes};
 use crate::controller::error::{CreateError, LunError};
 use crate::controller::params::VolumeParams;
 use crate::controller::pool::Lun;
@@ -44,7 +44,9 @@ use crate::volume::entry::{
     volume_in, Content, State, VolumeEntry, BLOCK_HEADER_BYTES, HEARTBEAT_NUMBER,
 };
 use crate::volume::id::{filesystem_uuid, partition_guid, VolumeId};
+use crate::volume::snapshot::{self, SnapshotEntry};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Copies go in steps this big: large direct I/O, and progress to log.
 const STEP: u64 = 8 << 20;
@@ -59,10 +61,40 @@ pub(super) struct CloneRequest<'a> {
     pub params: &'a VolumeParams,
 }
 
+/// Where an offline copy goes.
+pub(super) struct Target<'a> {
+    /// The pending entry to copy into (a snapshot's image).
+    pub entry: &'a VolumeEntry,
+    /// Its name, for logs.
+    pub name: &'a str,
+    /// Its entry's type once ready.
+    pub ready: uuid::Uuid,
+    /// A filesystem copy's new identity; None keeps the source's.
+    pub identity: Option<Identity>,
+    /// The snapshot whose header to write after the copy.
+    pub snapshot: Option<&'a SnapshotEntry>,
+    /// What is done to the source, for refusals: [`CLONED`] or
+    /// "snapshotted".
+    pub action: &'static str,
+}
+
+pub(super) const CLONED: &str = "cloned";
+
+/// What an earlier try of a copy left (`Volumes::prior_copy`).
+pub(super) enum Prior {
+    Fresh,
+    Resume(VolumeEntry),
+    Done(VolumeEntry),
+}
+
+fn volume_source(id: &str) -> ContentSource {
+    ContentSource::Volume(id.to_string())
+}
+
 /// The source as found, on its LUN.
-struct Source {
-    lun: Arc<Lun>,
-    entry: VolumeEntry,
+pub(super) struct Source {
+    pub lun: Arc<Lun>,
+    pub entry: VolumeEntry,
 }
 
 impl Volumes {
@@ -91,68 +123,28 @@ impl Volumes {
         }
         let partition_bytes = clone_bytes(src, req.required_bytes, req.limit_bytes)?;
         let lun = &source.lun;
-        let guid = partition_guid(name);
-        // A volume of this name elsewhere is another volume: one GUID, one
-        // partition, across the pool.
-        for other in self.all_luns("a clone")? {
-            if !Arc::ptr_eq(&other, lun) && other.read_table().await?.find_by_guid(&guid).is_some()
-            {
-                return Err(CreateError::Incompatible {
-                    name: name.to_string(),
-                    why: format!(
-                        "it lives on {}, and a clone of {} would live on its source's LUN {}",
-                        other.name(),
-                        req.source_id,
-                        lun.name()
-                    ),
-                });
+        let target = match self
+            .prior_copy(lun, name, src, partition_bytes, req.source_id)
+            .await?
+        {
+            Prior::Done(e) => {
+                return Ok(self.copy_info(lun, &e, name, volume_source(req.source_id)))
             }
-        }
-        let table = lun.read_table().await?;
-        let existing = table.find_by_guid(&guid).and_then(|p| volume_in(&table, p));
-        let target = match existing {
-            Some(e) if e.state == State::Deleting => {
-                return Err(CreateError::BeingDeleted(name.to_string()))
-            }
-            Some(e) => {
-                let same = e.content == src.content
-                    && (e.content == Content::Block || e.layout == src.layout)
-                    && e.heartbeat == src.heartbeat
-                    && e.size == partition_bytes;
-                if !same {
-                    return Err(CreateError::Incompatible {
-                        name: name.to_string(),
-                        why: format!(
-                            "it is a {} volume of {} partition bytes; a clone of {} would be a {} \
-                             volume of {partition_bytes}",
-                            e.content, e.size, req.source_id, src.content
-                        ),
-                    });
-                }
-                if e.state.is_live() {
-                    return Ok(self.clone_info(lun, &e, name, req.source_id));
-                }
-                tracing::info!(
-                    volume = name,
-                    source = req.source_id,
-                    "resuming an interrupted clone"
-                );
-                Some(e)
-            }
-            None => None,
+            Prior::Resume(e) => Some(e),
+            Prior::Fresh => None,
         };
         let _source_claim = self.begin(
             src.guid,
             &format!("{} (the source of clone {name})", req.source_id),
         )?;
         if let Some(users) = self.users(lun, src).await?.filter(|u| !u.is_empty()) {
-            return Err(in_use(req.source_id, users));
+            return Err(in_use(req.source_id, users, CLONED));
         }
         let target = match target {
             Some(e) => e,
             None => {
                 let (_, e) = self
-                    .allocate(
+                    .allocate_volume(
                         &[lun],
                         name,
                         &src.sizing(),
@@ -171,12 +163,49 @@ impl Volumes {
             partition_bytes,
             "partition allocated for a clone; taking the source out of use"
         );
+        let into = Target {
+            entry: &target,
+            name,
+            ready: target.type_in(State::Ready),
+            identity: Some(Identity {
+                uuid: filesystem_uuid(name),
+                label: label(name),
+            }),
+            snapshot: None,
+            action: CLONED,
+        };
+        self.copy_offline(lun, src, req.source_id, into, guard)
+            .await?;
+        tracing::info!(
+            volume = name,
+            source = req.source_id,
+            partition = target.number,
+            "clone ready; source usable again"
+        );
+        Ok(self.copy_info(lun, &target, name, volume_source(req.source_id)))
+    }
+
+    /// Steps 2-5 of the module's comment for a source whose users were
+    /// checked and a pending `into` that was reserved: takes the source out
+    /// of use, copies it, and makes both ready in one table write. On any
+    /// failure the source is put back and `into` wiped. Returns when the
+    /// copy began (after the source was found unused the second time).
+    pub(super) async fn copy_offline(
+        &self,
+        lun: &Arc<Lun>,
+        src: &VolumeEntry,
+        source_id: &str,
+        into: Target<'_>,
+        guard: &Arc<Guard>,
+    ) -> Result<SystemTime, CreateError> {
+        let target = into.entry;
+        let name = into.name;
         let undo = |err: CreateError| async {
             if let Err(e) = set_state(lun, src, State::Ready).await {
                 tracing::error!(volume = %src.name, error = %e, "could not put the source back to ready; the LUN's writer does");
             }
-            if let Err(e) = self.wipe_and_remove(lun, &target, guard).await {
-                tracing::error!(volume = name, error = %e, "could not remove the clone's pending partition; a retry or DeleteVolume will");
+            if let Err(e) = self.wipe_and_remove(lun, target, guard).await {
+                tracing::error!(target = name, error = %e, "could not remove the copy's pending partition; a retry or a delete will");
             }
             err
         };
@@ -198,48 +227,116 @@ impl Volumes {
         tokio::time::sleep(grace).await;
         match self.users(lun, src).await {
             Ok(Some(users)) if !users.is_empty() => {
-                return Err(undo(in_use(req.source_id, users)).await)
+                return Err(undo(in_use(source_id, users, into.action)).await)
             }
             Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(undo(CreateError::InvalidArgument(format!(
-                    "source volume {} holds nothing to copy (no filesystem or block header)",
-                    req.source_id
-                )))
-                .await)
-            }
+            Ok(None) => return Err(undo(CreateError::InvalidArgument(format!(
+                "source volume {source_id} holds nothing to copy (no filesystem or block header)"
+            )))
+            .await),
             Err(e) => return Err(undo(e.into()).await),
         }
-        if let Err(e) = self.copy(lun, src, &target, name, guard).await {
-            tracing::error!(volume = name, source = req.source_id, error = %e, "clone failed; removing its partition");
+        let began = SystemTime::now();
+        if let Err(e) = self
+            .copy(lun, src, target, name, into.identity.as_ref(), guard)
+            .await
+        {
+            tracing::error!(target = name, source = source_id, error = %e, "copy failed; removing its partition");
             return Err(undo(e.into()).await);
         }
-        if let Err(e) = finish(lun, src, &target, marked).await {
-            tracing::error!(volume = name, source = req.source_id, error = %e, "clone not finished; removing its partition");
+        if let Some(snapshot) = into.snapshot {
+            if let Err(e) = write_snapshot_header(lun, snapshot, src, began).await {
+                return Err(undo(e.into()).await);
+            }
+        }
+        let ready = [(src, src.type_in(State::Ready)), (target, into.ready)];
+        if let Err(e) = finish(lun, marked, &ready).await {
+            tracing::error!(target = name, source = source_id, error = %e, "copy not finished; removing its partition");
             return Err(undo(e).await);
         }
-        tracing::info!(
-            volume = name,
-            source = req.source_id,
-            partition = target.number,
-            "clone ready; source usable again"
-        );
-        Ok(self.clone_info(lun, &target, name, req.source_id))
+        Ok(began)
     }
 
-    fn clone_info(
+    pub(super) fn copy_info(
         &self,
         lun: &Lun,
         e: &VolumeEntry,
         name: &str,
-        source: &str,
+        source: ContentSource,
     ) -> super::VolumeInfo {
         let mut info = self.info(lun, e, Some(name));
-        info.source = Some(source.to_string());
+        info.source = Some(source);
         info
     }
 
-    async fn find_source(&self, source_id: &str) -> Result<Source, CreateError> {
+    /// What an earlier try of a copy named `name` of `src` (a volume, or a
+    /// snapshot's image) into `partition_bytes` on `lun` left: nothing, a
+    /// pending copy to do again, or the copy. Anything else of that name is
+    /// another volume: AlreadyExists.
+    pub(super) async fn prior_copy(
+        &self,
+        lun: &Arc<Lun>,
+        name: &str,
+        src: &VolumeEntry,
+        partition_bytes: u64,
+        source_id: &str,
+    ) -> Result<Prior, CreateError> {
+        let guid = partition_guid(name);
+        // A volume of this name elsewhere is another volume: one GUID, one
+        // partition, across the pool.
+        for other in self.all_luns("a copy")? {
+            if !Arc::ptr_eq(&other, lun) && other.read_table().await?.find_by_guid(&guid).is_some()
+            {
+                return Err(CreateError::Incompatible {
+                    name: name.to_string(),
+                    why: format!(
+                        "it lives on {}, and a copy of {source_id} would live on its source's \
+                         LUN {}",
+                        other.name(),
+                        lun.name()
+                    ),
+                });
+            }
+        }
+        let table = lun.read_table().await?;
+        let Some(p) = table.find_by_guid(&guid) else {
+            return Ok(Prior::Fresh);
+        };
+        let Some(e) = volume_in(&table, p) else {
+            return Err(CreateError::Incompatible {
+                name: name.to_string(),
+                why: format!("partition {} with its GUID is not a volume", p.number),
+            });
+        };
+        if e.state == State::Deleting {
+            return Err(CreateError::BeingDeleted(name.to_string()));
+        }
+        let same = e.content == src.content
+            && (e.content == Content::Block || e.layout == src.layout)
+            && e.heartbeat == src.heartbeat
+            && e.size == partition_bytes;
+        if !same {
+            return Err(CreateError::Incompatible {
+                name: name.to_string(),
+                why: format!(
+                    "it is a {} volume of {} partition bytes; a copy of {source_id} would be a \
+                     {} volume of {partition_bytes}",
+                    e.content, e.size, src.content
+                ),
+            });
+        }
+        if e.state.is_live() {
+            return Ok(Prior::Done(e));
+        }
+        tracing::info!(
+            volume = name,
+            source = source_id,
+            "resuming an interrupted copy"
+        );
+        Ok(Prior::Resume(e))
+    }
+
+    pub(super) async fn find_source(&self, source_id: &str) -> Result<Source, CreateError> {
         let not_found = || CreateError::SourceNotFound(super::super::params::clip(source_id));
         let id = VolumeId::parse(source_id).ok_or_else(not_found)?;
         let lun = self.lun_by_guid(&id.lun)?.ok_or_else(not_found)?;
@@ -254,12 +351,13 @@ impl Volumes {
     /// Copies `src` into the pending `target` and makes it a volume of its
     /// own, on a task holding the clone's claim (a caller that gives up
     /// leaves it running; retries are told it is in progress).
-    async fn copy(
+    pub(super) async fn copy(
         &self,
         lun: &Arc<Lun>,
         src: &VolumeEntry,
         target: &VolumeEntry,
         name: &str,
+        identity: Option<&Identity>,
         guard: &Arc<Guard>,
     ) -> Result<(), LunError> {
         let ranges = match src.content {
@@ -306,11 +404,9 @@ impl Volumes {
             .map_err(|j| LunError::NotReady(format!("copying into {name} ended early: {j}")))?;
         copied.map_err(|e| lun.io_error(e))?;
         if target.content == Content::Ocfs2 {
-            let id = Identity {
-                uuid: filesystem_uuid(name),
-                label: label(name),
-            };
-            self.images.restamp(lun, target, &id).await?;
+            if let Some(id) = identity {
+                self.images.restamp(lun, target, id).await?;
+            }
             if target.size > src.size {
                 self.images.grow(lun, target).await?;
             }
@@ -352,7 +448,11 @@ impl Volumes {
 
 /// The clone's partition bytes: the source's, or more when asked bigger
 /// (a filesystem is then grown after the copy, `FsImage::grow`).
-fn clone_bytes(src: &VolumeEntry, required: i64, limit: i64) -> Result<u64, CreateError> {
+pub(super) fn clone_bytes(
+    src: &VolumeEntry,
+    required: i64,
+    limit: i64,
+) -> Result<u64, CreateError> {
     if required < 0 || limit < 0 {
         return Err(CreateError::InvalidArgument(
             "capacity_range bytes must not be negative".into(),
@@ -375,9 +475,10 @@ fn clone_bytes(src: &VolumeEntry, required: i64, limit: i64) -> Result<u64, Crea
         .max(src.size))
 }
 
-fn in_use(source: &str, users: Users) -> CreateError {
+pub(super) fn in_use(source: &str, users: Users, action: &'static str) -> CreateError {
     CreateError::SourceInUse {
         volume: source.to_string(),
+        action,
         users: match users {
             Users::Mounted(nodes) => format!("mounted by o2cb node(s) {nodes:?}"),
             Users::Held(h) => format!(
@@ -393,18 +494,18 @@ fn in_use(source: &str, users: Users) -> CreateError {
 
 /// Who wrote the table last, less the write count: the same for every
 /// write of one writer's holding of the lease.
-fn writer_of(table: &Gpt) -> Option<(u32, u32)> {
+pub(super) fn writer_of(table: &Gpt) -> Option<(u32, u32)> {
     let stamp = Stamp::parse(&table.partition(HEARTBEAT_NUMBER)?.name)?;
     Some((stamp.writer, stamp.generation))
 }
 
-/// Step 5: the clone Ready and the source Ready again, in one table write,
-/// if the table's writer is still who wrote the source Cloning.
-async fn finish(
+/// Step 5: each entry of `ready` gets its type (the copy Ready, the source
+/// Ready again) in one table write, if the table's writer is still the one
+/// that was `marked` before the copy.
+pub(super) async fn finish(
     lun: &Lun,
-    src: &VolumeEntry,
-    target: &VolumeEntry,
     marked: (u32, u32),
+    ready: &[(&VolumeEntry, uuid::Uuid)],
 ) -> Result<(), CreateError> {
     let _locked = lun.lock().await;
     let mut table = lun.read_table().await?;
@@ -415,8 +516,8 @@ async fn finish(
             lun.name()
         )));
     }
-    for e in [src, target] {
-        entry_mut(&mut table, e)?.type_guid = e.type_in(State::Ready);
+    for (e, ty) in ready {
+        entry_mut(&mut table, e)?.type_guid = *ty;
     }
     lun.write_table(&table).await?;
     Ok(())
@@ -468,7 +569,14 @@ fn copy_ranges(
             let (dst, dst_left) = lun_at(to, at).ok_or_else(|| outside(at))?;
             let n = (first + len - at).min(src_left).min(dst_left).min(STEP) as usize;
             io.read_at(src, &mut buf[..n])?;
-            io.write_at(dst, &buf[..n])?;
+            // Zeros (a block volume's unwritten space) become a zeroing of
+            // the target: an offloaded WRITE ZEROES or a punched hole
+            // where the LUN has one, the same bytes either way.
+            if buf[..n].iter().all(|b| *b == 0) {
+                io.zero_out(dst, n as u64)?;
+            } else {
+                io.write_at(dst, &buf[..n])?;
+            }
             at += n as u64;
             progress.add(n as u64);
         }
@@ -476,6 +584,24 @@ fn copy_ranges(
     io.sync()?;
     progress.finish("copied the clone's source");
     Ok(())
+}
+
+/// Records in the snapshot's header what it is a copy of and when the copy
+/// began, durably, before the table marks it ready.
+async fn write_snapshot_header(
+    lun: &Lun,
+    e: &SnapshotEntry,
+    src: &VolumeEntry,
+    began: SystemTime,
+) -> Result<(), LunError> {
+    let header = snapshot::Header::new(src.guid, began);
+    let (io, e) = (lun.io.clone(), e.clone());
+    crate::disk::blocking::run_blocking(std::time::Duration::from_secs(60), move || {
+        snapshot::write_header(io.as_ref(), &e, &header)
+    })
+    .await
+    .map_err(|s| lun.stalled("writing a snapshot's header", s))?
+    .map_err(|err| lun.io_error(err))
 }
 
 #[cfg(test)]

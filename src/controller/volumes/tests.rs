@@ -854,13 +854,17 @@ mod in_process {
             let r = create_with(&volumes, name, required, limit, &params(&pairs)).await;
             assert_eq!(code(r), want, "{what}");
         }
-        // Capabilities and content sources we do not serve: block and
-        // mount at once, none, a snapshot.
+        // Capabilities we do not serve (block and mount at once, none), and
+        // a snapshot that is not there.
         let mut mixed = block_caps();
         mixed.extend(mount_caps());
         let none = params(&[]);
         let snapshot = Some(super::ContentSource::Snapshot("snap-1".into()));
-        for (caps, source) in [(mixed, None), (vec![], None), (mount_caps(), snapshot)] {
+        for (caps, source, want) in [
+            (mixed, None, Code::InvalidArgument),
+            (vec![], None, Code::InvalidArgument),
+            (mount_caps(), snapshot, Code::NotFound),
+        ] {
             let r = volumes
                 .create(CreateRequest {
                     name: "pvc-a",
@@ -871,7 +875,7 @@ mod in_process {
                     source,
                 })
                 .await;
-            assert_eq!(code(r), Code::InvalidArgument);
+            assert_eq!(code(r), want);
         }
         assert_eq!(counting.writes_attempted(), writes);
         let ran = &p.san.commands()[commands..];
@@ -1157,4 +1161,5 @@ mod in_process {
 
     mod block;
     mod clone;
+    mod snapshot;
 }

@@ -45,7 +45,12 @@ async fn a_filesystem_clone_copies_the_source_and_takes_a_new_identity() {
     let info = clone_of(&p.volumes, "pvc-copy", &src, 64 * MIB, mount_caps())
         .await
         .unwrap();
-    assert_eq!(info.source.as_deref(), Some(src.id.to_string().as_str()));
+    assert_eq!(
+        info.source,
+        Some(crate::controller::volumes::ContentSource::Volume(
+            src.id.to_string()
+        ))
+    );
     assert_eq!(info.capacity, src.capacity);
     let t = volume(&p.disk, &info.id.partition);
     assert_eq!(
