@@ -704,8 +704,8 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
                     )),
                 })
             }),
-            Code::InvalidArgument,
-            "volume_content_source",
+            Code::NotFound,
+            "does not exist",
         ),
         (
             "clone of a volume that does not exist".into(),
@@ -1399,20 +1399,18 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
                         _ => None,
                     })
                     .collect();
-                // CREATE_DELETE_VOLUME and CLONE_VOLUME, and never what it
-                // answers Unimplemented.
-                let never = [
-                    RpcType::PublishUnpublishVolume,
+                // Volumes, clones and snapshots, and never what it answers
+                // Unimplemented.
+                let never = [RpcType::PublishUnpublishVolume, RpcType::ModifyVolume];
+                let offered = [
+                    RpcType::CreateDeleteVolume,
+                    RpcType::CloneVolume,
                     RpcType::CreateDeleteSnapshot,
                     RpcType::ListSnapshots,
-                    RpcType::ModifyVolume,
                 ];
                 let advertised = |t: RpcType| rpcs.contains(&(t as i32));
                 Ok(
-                    if advertised(RpcType::CreateDeleteVolume)
-                        && advertised(RpcType::CloneVolume)
-                        && !never.into_iter().any(advertised)
-                    {
+                    if offered.into_iter().all(advertised) && !never.into_iter().any(advertised) {
                         Ok(String::new())
                     } else {
                         Err(format!("capabilities {rpcs:?}"))
@@ -1422,7 +1420,7 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
         );
     }
 
-    // ---- Snapshots and ModifyVolume: not offered.
+    // ---- Snapshots (GetSnapshot and ModifyVolume: not offered).
     let snapshot_ids = [
         ("traversal".to_string(), "../../etc/passwd".to_string()),
         ("1 MB".to_string(), "s".repeat(HUGE)),
@@ -1439,22 +1437,48 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
         };
         b.add(
             "CreateSnapshot",
-            what.clone(),
-            Code::Unimplemented,
-            "not supported",
+            format!("{what}, with a parameter"),
+            Code::InvalidArgument,
+            "no parameters",
             async move { ok_empty(c1.create_snapshot(create).await) },
+        );
+        if *what != "real volume" {
+            let mut c = fresh();
+            let create = CreateSnapshotRequest {
+                source_volume_id: sid.clone(),
+                name: format!("$(touch /tmp/pwned-{tag}-snap)"),
+                secrets: junk_secrets(&tag),
+                parameters: HashMap::new(),
+            };
+            b.add(
+                "CreateSnapshot",
+                what.clone(),
+                Code::NotFound,
+                "does not exist",
+                async move { ok_empty(c.create_snapshot(create).await) },
+            );
+        }
+        let mut c = fresh();
+        let list = ListSnapshotsRequest {
+            max_entries: 0,
+            starting_token: sid.clone(),
+            ..Default::default()
+        };
+        b.add(
+            "ListSnapshots",
+            format!("{what} as the token"),
+            Code::Aborted,
+            "starting_token",
+            async move { ok_empty(c.list_snapshots(list).await) },
         );
         let delete = DeleteSnapshotRequest {
             snapshot_id: sid.clone(),
             secrets: HashMap::new(),
         };
-        b.add(
-            "DeleteSnapshot",
-            what.clone(),
-            Code::Unimplemented,
-            "not supported",
-            async move { ok_empty(c2.delete_snapshot(delete).await) },
-        );
+        // Not a snapshot ID of ours: nothing to delete, done.
+        b.add("DeleteSnapshot", what.clone(), Code::Ok, "", async move {
+            ok_empty(c2.delete_snapshot(delete).await)
+        });
         let list = ListSnapshotsRequest {
             max_entries: -1,
             starting_token: sid.clone(),
@@ -1465,8 +1489,8 @@ async fn every_rpc_refuses_bad_input_and_changes_nothing() {
         b.add(
             "ListSnapshots",
             what.clone(),
-            Code::Unimplemented,
-            "not supported",
+            Code::InvalidArgument,
+            "max_entries",
             async move { ok_empty(c3.list_snapshots(list).await) },
         );
         let get = GetSnapshotRequest {

@@ -39,7 +39,7 @@ impl Default for VolumeParams {
 }
 
 /// Keys Kubernetes adds on its own (PVC/PV names, secrets references).
-const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
+pub const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
 
 impl VolumeParams {
     pub fn parse(params: &HashMap<String, String>) -> Result<VolumeParams, String> {

@@ -2,13 +2,15 @@
 //! is gone or in doubt. Reads only. Every OCFS2 superblock at a 1 MiB
 //! boundary is listed with what an operator needs to rebuild the table
 //! (start and end sectors, the volume's name from its label, its UUID),
-//! and whether the table on disk, if any, has a partition there.
+//! and whether the table on disk, if any, has a partition there (or a
+//! snapshot whose copy of its source lies there).
 
 use crate::disk::gpt::{self, Gpt};
 use crate::disk::lun_io::BlockIo;
 use crate::disk::signatures::{self, Found};
 use crate::ocfs2::superblock::{self, Superblock};
 use crate::volume::entry::{ALIGN, HEARTBEAT_BYTES};
+use crate::volume::snapshot;
 use std::fmt::Write;
 
 /// One filesystem (or other signature) found on the LUN.
@@ -18,6 +20,9 @@ pub struct Finding {
     pub superblock: Option<Superblock>,
     /// The partition of the table on disk that starts there, if any.
     pub partition: Option<u32>,
+    /// The snapshot partition of the table on disk whose image (the copy
+    /// of its source, 1 MiB in) starts there, if any: not a volume.
+    pub snapshot: Option<u32>,
     /// The last sector it may reach: just before the next finding, or the
     /// last sector a GPT leaves usable.
     pub max_last_lba: u64,
@@ -44,6 +49,12 @@ pub fn scan(io: &dyn BlockIo, progress: &mut dyn FnMut(u64, u64)) -> std::io::Re
                         .iter()
                         .find(|p| p.first_lba == first)
                         .map(|p| p.number)
+                }),
+                snapshot: table.as_ref().and_then(|t| {
+                    snapshot::snapshots(t)
+                        .into_iter()
+                        .find(|e| e.image().offset == found.offset)
+                        .map(|e| e.number)
                 }),
                 max_last_lba,
                 found,
@@ -77,12 +88,20 @@ pub fn report(io: &dyn BlockIo, findings: &[Finding]) -> String {
     }
     for f in findings {
         let first = f.found.offset / ss;
-        let table = f
-            .partition
-            .map_or("absent".to_string(), |n| format!("partition-{n}"));
+        let table = match (f.partition, f.snapshot) {
+            (Some(n), _) => format!("partition-{n}"),
+            (None, Some(n)) => format!("snapshot-partition-{n}"),
+            (None, None) => "absent".to_string(),
+        };
         match &f.superblock {
             Some(sb) => {
-                let kind = if sb.heartbeat { "heartbeat" } else { "volume" };
+                // A snapshot's image is a copy of its source, label and all:
+                // rebuilding a table from it would make a twin volume.
+                let kind = match (sb.heartbeat, f.snapshot.is_some()) {
+                    (true, _) => "heartbeat",
+                    (false, true) => "snapshot-image",
+                    (false, false) => "volume",
+                };
                 // mkfs -H records only the 1 MiB it uses; ours spans
                 // HEARTBEAT_BYTES.
                 let bytes = if sb.heartbeat {
@@ -152,5 +171,39 @@ mod tests {
             lines[1].starts_with("other what=\"XFS filesystem\" start=18432"),
             "{text}"
         );
+
+        // The same superblock as a snapshot's image: named so, with its
+        // partition.
+        use crate::volume::entry::{block_partition, volume_entry, Placement, State};
+        let source = volume_entry(
+            &block_partition(
+                Placement {
+                    number: 2,
+                    first_lba: 2048,
+                    last_lba: 4095,
+                },
+                uuid::Uuid::nil(),
+                "s",
+                State::Ready,
+            ),
+            512,
+        )
+        .unwrap();
+        let mut table = Gpt::new(512, 64 * MIB / 512, uuid::Uuid::new_v4());
+        table.partitions.push(snapshot::pending_partition(
+            Placement {
+                number: 5,
+                first_lba: 3 * 2048,
+                last_lba: 5 * 2048 - 1,
+            },
+            uuid::Uuid::new_v4(),
+            "snap",
+            &source,
+        ));
+        gpt::write(&io, &table).unwrap();
+        let text = report(&io, &scan(&io, &mut |_, _| {}).unwrap());
+        let line = text.lines().find(|l| l.contains("pvc-x")).unwrap();
+        assert!(line.starts_with("snapshot-image name=pvc-x"), "{text}");
+        assert!(line.ends_with("table=snapshot-partition-5"), "{text}");
     }
 }

@@ -236,7 +236,7 @@ impl Controller for ControllerService {
         let volumes = self.volumes.clone();
         let info = detached(async move {
             volumes
-                .create_snapshot(&r.name, &r.source_volume_id)
+                .create_snapshot(&r.name, &r.source_volume_id, &r.parameters)
                 .await
                 .map_err(status)
         })

@@ -530,6 +530,17 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
         "too few passed: {:?}",
         split.passed
     );
+    // The snapshot specs run, in both modes: none is skipped any more.
+    for run in [&split, &block] {
+        let skipped: Vec<_> = run
+            .skipped
+            .iter()
+            .filter(|(why, _)| why.to_lowercase().contains("snapshot"))
+            .collect();
+        assert!(skipped.is_empty(), "snapshot specs skipped: {skipped:?}");
+        let passed = run.passed.iter().filter(|p| p.contains("Snapshot")).count();
+        assert!(passed >= 10, "snapshot specs passed: {:?}", run.passed);
+    }
     for name in LIFECYCLE {
         for run in [&whole, &whole_block] {
             assert!(
@@ -549,6 +560,11 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
         .filter_map(|p| volume_in(&table, p))
         .collect();
     assert!(left.is_empty(), "csi-sanity left volumes: {left:?}");
+    let snapshots = crate::volume::snapshot::snapshots(&table);
+    assert!(
+        snapshots.is_empty(),
+        "csi-sanity left snapshots: {snapshots:?}"
+    );
     assert_eq!(kernel.kernel.table(), vec![], "csi-sanity left mounts");
     assert_eq!(san.violations(), Vec::<String>::new());
     // NodeExpandVolume grew a filesystem (its partition grown first).

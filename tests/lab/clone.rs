@@ -14,6 +14,19 @@
 //!    fsck of the clone clean;
 //! 5. a raw block volume written with O_DIRECT on node1, cloned bigger:
 //!    the same bytes on node2, zeros past them.
+//!
+//! Snapshots, on the same volumes:
+//!
+//! 6. CreateSnapshot of the mounted source (step 2): FailedPrecondition
+//!    saying why, the table unchanged; of the unused source (after step 3):
+//!    a snapshot partition in which blkid finds no filesystem at its start
+//!    (nothing can mount it) and the image 1 MiB in; ListSnapshots names
+//!    its source;
+//! 7. the source is written again in step 4; a volume restored from the
+//!    snapshot mounted on node1 holds the files of the snapshot's moment,
+//!    with its own UUID and label; fsck clean;
+//! 8. the block volume of step 5 snapshotted and restored: the same bytes
+//!    on node3; then every snapshot deleted, nothing left.
 
 use crate::common::lab::*;
 use crate::common::*;
@@ -45,6 +58,37 @@ fn source_caps(v: &Volume) -> Vec<VolumeCapability> {
         "block" => vec![block_cap()],
         _ => create_request("x", 1).volume_capabilities,
     }
+}
+
+fn snapshot_request(name: &str, source: &Volume) -> CreateSnapshotRequest {
+    CreateSnapshotRequest {
+        source_volume_id: source.volume_id.clone(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn restore_request(name: &str, snap: &Snapshot, like: &Volume, bytes: u64) -> CreateVolumeRequest {
+    let mut req = create_request(name, bytes);
+    req.volume_capabilities = source_caps(like);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            },
+        )),
+    });
+    req
+}
+
+/// What blkid finds at byte `offset` of the LUN file: a type, or nothing.
+fn blkid_at(lun: &std::path::Path, offset: u64) -> String {
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE", "-O", &offset.to_string()])
+        .arg(lun)
+        .output()
+        .expect("run blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Every file under `dir` on `node` with its sha256, sorted by name.
@@ -102,6 +146,16 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         table,
         "a refused clone changed the table"
     );
+    let err = rt
+        .block_on(c.create_snapshot(snapshot_request("snap-golden", &src)))
+        .expect_err("a mounted volume is not snapshotted");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("cannot be frozen"), "{err:?}");
+    assert_eq!(
+        parsed_table(&lun),
+        table,
+        "a refused snapshot changed the table"
+    );
 
     // --- 3. cloned once unused ----------------------------------------------
     for node in 1..=NODES {
@@ -151,6 +205,45 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         copied.split("source ").nth(1).unwrap_or_default().trim()
     );
 
+    // --- 6. a snapshot of the unused source ---------------------------------
+    let started = Instant::now();
+    let snap = rt
+        .block_on(c.create_snapshot(snapshot_request("snap-golden", &src)))
+        .expect("snapshot the unused source")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let took = started.elapsed();
+    assert!(snap.ready_to_use);
+    assert_eq!(snap.source_volume_id, src.volume_id);
+    assert_eq!(snap.size_bytes, src.capacity_bytes);
+    let listed = rt
+        .block_on(c.list_snapshots(ListSnapshotsRequest {
+            source_volume_id: src.volume_id.clone(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].snapshot.as_ref(), Some(&snap));
+    let entry = ocfs2_csi::volume::snapshot::snapshots(&parsed_table(&lun))
+        .into_iter()
+        .next()
+        .expect("a snapshot partition");
+    assert_eq!(
+        blkid_at(&lun, entry.offset),
+        "",
+        "a filesystem at the snapshot partition's start could be mounted"
+    );
+    assert_eq!(blkid_at(&lun, entry.image().offset), "ocfs2");
+    println!(
+        "snapshot 6: {} MiB filesystem snapshotted in {:.1} s (refused while mounted); no \
+         filesystem at the partition's start, its image 1 MiB in",
+        SOURCE / MIB,
+        took.as_secs_f64()
+    );
+
     // --- 4. both mounted in one cluster; the same files ---------------------
     rt.block_on(stage_and_publish(lab, 2, &copy));
     rt.block_on(stage_and_publish(lab, 3, &src));
@@ -193,9 +286,41 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
         before,
         "writing the clone changed the source"
     );
+    // After the snapshot: the source changes.
+    lab.must(
+        3,
+        &format!("echo later > {t}/n2/small && rm {t}/n3/f1 && sync"),
+    );
     rt.block_on(unpublish_and_unstage(lab, 2, &copy));
     rt.block_on(unpublish_and_unstage(lab, 3, &src));
     lab.fsck_volume(1, &copy.volume_context["partitionGuid"]);
+
+    // --- 7. restored from the snapshot: the files of its moment --------------
+    let started = Instant::now();
+    let back = rt
+        .block_on(c.create_volume(restore_request("pvc-restored", &snap, &src, SOURCE)))
+        .expect("restore the snapshot")
+        .into_inner()
+        .volume
+        .unwrap();
+    let took = started.elapsed();
+    rt.block_on(stage_and_publish(lab, 1, &back));
+    let bt = target(&back);
+    assert_eq!(
+        sums(lab, 1, &bt),
+        before,
+        "the restored files differ from the snapshot's"
+    );
+    let dev = lab.must(1, &format!("findmnt -no SOURCE {}", staging(&back)));
+    let id = lab.must(1, &format!("blkid -s LABEL -o value {}", dev.trim()));
+    assert_eq!(id.trim(), "pvc-restored");
+    rt.block_on(unpublish_and_unstage(lab, 1, &back));
+    lab.fsck_volume(1, &back.volume_context["partitionGuid"]);
+    println!(
+        "snapshot 7: restored in {:.1} s; the 15 files of the snapshot's moment (the source \
+         changed since), label pvc-restored, fsck clean",
+        took.as_secs_f64()
+    );
 
     // --- 5. raw block, cloned bigger ----------------------------------------
     let mut req = create_request("pvc-blk-src", 64 * MIB);
@@ -245,9 +370,45 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     println!("clone 5: 64 MiB block volume cloned to 128 MiB; 16 MiB written on node1 read back on node2, zeros after");
     rt.block_on(unpublish_and_unstage_block(lab, 2, &bcopy));
 
-    for v in [&copy, &src, &bcopy, &bsrc] {
+    // --- 8. raw block, snapshotted and restored ---------------------------
+    let bsnap = rt
+        .block_on(c.create_snapshot(snapshot_request("snap-blk", &bsrc)))
+        .expect("snapshot the block volume")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let bback = rt
+        .block_on(c.create_volume(restore_request("pvc-blk-restored", &bsnap, &bsrc, 64 * MIB)))
+        .expect("restore the block snapshot")
+        .into_inner()
+        .volume
+        .unwrap();
+    rt.block_on(stage_and_publish_block(lab, 3, &bback));
+    let rdev = block_target(&bback);
+    let read = lab.must(
+        3,
+        &format!("dd if={rdev} bs=1M count=16 iflag=direct 2>/dev/null | sha256sum"),
+    );
+    assert_eq!(
+        read.trim(),
+        written.trim(),
+        "the restored block bytes differ"
+    );
+    rt.block_on(unpublish_and_unstage_block(lab, 3, &bback));
+    println!("snapshot 8: 64 MiB block volume snapshotted and restored; the 16 MiB written on node1 read back on node3");
+
+    for v in [&copy, &src, &bcopy, &bsrc, &back, &bback] {
         rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
             .expect("delete");
+    }
+    // Snapshots outlive their sources, until deleted.
+    assert_eq!(volume_partitions(&lun).len(), 2);
+    for s in [&snap, &bsnap] {
+        rt.block_on(c.delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: s.snapshot_id.clone(),
+            ..Default::default()
+        }))
+        .expect("delete a snapshot");
     }
     assert!(volume_partitions(&lun).is_empty());
 }

@@ -230,10 +230,12 @@ impl Volumes {
                 return Err(undo(in_use(source_id, users, into.action)).await)
             }
             Ok(Some(_)) => {}
-            Ok(None) => return Err(undo(CreateError::InvalidArgument(format!(
+            Ok(None) => {
+                return Err(undo(CreateError::InvalidArgument(format!(
                 "source volume {source_id} holds nothing to copy (no filesystem or block header)"
             )))
-            .await),
+                .await)
+            }
             Err(e) => return Err(undo(e.into()).await),
         }
         let began = SystemTime::now();

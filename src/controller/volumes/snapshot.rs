@@ -17,7 +17,7 @@
 use super::clone::{finish, in_use, writer_of, Prior, Target};
 use super::{label, validate_name, ContentSource, Volumes};
 use crate::controller::error::{CreateError, DeleteError, ListError, LunError};
-use crate::controller::params::{clip, VolumeParams};
+use crate::controller::params::{clip, VolumeParams, KUBERNETES_PREFIX};
 use crate::controller::pool::Lun;
 use crate::disk::blocking::run_blocking;
 use crate::ocfs2::restamp::Identity;
@@ -25,6 +25,7 @@ use crate::server::inflight::Guard;
 use crate::volume::entry::{Content, State};
 use crate::volume::id::{filesystem_uuid, snapshot_guid, SnapshotId, VolumeId};
 use crate::volume::snapshot::{self, Header, SnapshotEntry};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,8 +61,19 @@ impl Volumes {
         &self,
         name: &str,
         source_id: &str,
+        parameters: &HashMap<String, String>,
     ) -> Result<SnapshotInfo, CreateError> {
         validate_name(name).map_err(CreateError::InvalidArgument)?;
+        // A snapshot is the source's bytes: nothing to choose. A parameter
+        // of a VolumeSnapshotClass is a mistake to report, not to ignore;
+        // those Kubernetes adds itself (names) are not.
+        let ours = |k: &&String| !k.starts_with(KUBERNETES_PREFIX);
+        if let Some(key) = parameters.keys().filter(ours).min() {
+            return Err(CreateError::InvalidArgument(format!(
+                "CreateSnapshot takes no parameters; got {:?}",
+                clip(key)
+            )));
+        }
         if source_id.is_empty() {
             return Err(CreateError::InvalidArgument(
                 "source_volume_id must not be empty".into(),

@@ -20,6 +20,10 @@ fn read(disk: &SparseIo, at: u64) -> Vec<u8> {
     buf
 }
 
+fn none() -> HashMap<String, String> {
+    HashMap::new()
+}
+
 fn snapshots(disk: &dyn BlockIo) -> Vec<SnapshotEntry> {
     snapshot::snapshots(&table(disk))
 }
@@ -60,7 +64,7 @@ async fn a_snapshot_keeps_the_bytes_of_its_moment_and_restores_into_new_volumes(
     p.disk.write_at(s.offset + 5 * MIB, &pattern(7)).unwrap();
     let snap = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .unwrap();
     assert_eq!(snap.source, Some(src.id));
@@ -79,7 +83,7 @@ async fn a_snapshot_keeps_the_bytes_of_its_moment_and_restores_into_new_volumes(
     // A retry is the same snapshot, cut once.
     let again = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .unwrap();
     assert_eq!(again, snap);
@@ -128,7 +132,7 @@ async fn a_snapshot_of_a_volume_in_use_is_refused_and_changes_nothing() {
     let before = table(&p.disk);
     let err = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -147,7 +151,7 @@ async fn a_mount_during_the_grace_undoes_the_snapshot() {
     p.san.after_slotmap(move || san.set_mounted(fs, &[4]));
     let r = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await;
     assert_eq!(code(r), Code::FailedPrecondition);
     assert!(
@@ -165,7 +169,7 @@ async fn a_block_snapshot_restores_bigger_with_a_zero_tail() {
     p.disk.write_at(s.offset + 2 * MIB, &pattern(3)).unwrap();
     let snap = p
         .volumes
-        .create_snapshot("blk-snap", &src.id.to_string())
+        .create_snapshot("blk-snap", &src.id.to_string(), &none())
         .await
         .unwrap();
     assert_eq!(snap.size, 8 * MIB);
@@ -207,7 +211,7 @@ async fn snapshots_are_listed_in_pages_and_by_id_or_source() {
     for (name, src) in [("s1", &a), ("s2", &b), ("s3", &a)] {
         let info = p
             .volumes
-            .create_snapshot(name, &src.id.to_string())
+            .create_snapshot(name, &src.id.to_string(), &none())
             .await
             .unwrap();
         made.push(info);
@@ -264,11 +268,14 @@ async fn a_snapshot_name_belongs_to_one_source() {
     let a = create(&p.volumes, "pvc-a", 64 * MIB).await.unwrap();
     let b = create(&p.volumes, "pvc-b", 64 * MIB).await.unwrap();
     p.volumes
-        .create_snapshot("s", &a.id.to_string())
+        .create_snapshot("s", &a.id.to_string(), &none())
         .await
         .unwrap();
     let before = table(&p.disk);
-    let other = p.volumes.create_snapshot("s", &b.id.to_string()).await;
+    let other = p
+        .volumes
+        .create_snapshot("s", &b.id.to_string(), &none())
+        .await;
     assert_eq!(code(other), Code::AlreadyExists);
     let mut gone = a.id;
     gone.partition = uuid::Uuid::new_v4();
@@ -278,10 +285,29 @@ async fn a_snapshot_name_belongs_to_one_source() {
         ("t", String::new(), Code::InvalidArgument),
         ("", a.id.to_string(), Code::InvalidArgument),
     ] {
-        let r = p.volumes.create_snapshot(name, &source).await;
+        let r = p.volumes.create_snapshot(name, &source, &none()).await;
         assert_eq!(code(r), want, "{name:?} {source:?}");
     }
+    for (key, value) in [("nodeSlots", "4"), ("x", "")] {
+        let pairs = HashMap::from([(key.to_string(), value.to_string())]);
+        let r = p
+            .volumes
+            .create_snapshot("t", &a.id.to_string(), &pairs)
+            .await;
+        let err = r.expect_err("a parameter");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.to_string().contains(key), "{err}");
+    }
     assert_eq!(table(&p.disk), before);
+    // The names Kubernetes adds are no choice of the user's.
+    let named = HashMap::from([(
+        "csi.storage.k8s.io/volumesnapshot/name".to_string(),
+        "s-of-a".to_string(),
+    )]);
+    p.volumes
+        .create_snapshot("named", &a.id.to_string(), &named)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -290,7 +316,7 @@ async fn deleting_a_snapshot_wipes_it_and_waits_for_its_restores() {
     let src = create(&p.volumes, "pvc-src", 64 * MIB).await.unwrap();
     let snap = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .unwrap();
     let e = snapshots(&p.disk)[0].clone();
@@ -330,7 +356,7 @@ async fn deleting_a_snapshot_wipes_it_and_waits_for_its_restores() {
     // snapshots restorable.
     let snap2 = p
         .volumes
-        .create_snapshot("snap-2", &src.id.to_string())
+        .create_snapshot("snap-2", &src.id.to_string(), &none())
         .await
         .unwrap();
     p.volumes.delete(&src.id.to_string()).await.unwrap();
@@ -347,7 +373,7 @@ async fn an_interrupted_snapshot_is_never_listed_and_a_retry_finishes_it() {
     p.disk.write_at(s.offset + 5 * MIB, &pattern(1)).unwrap();
     let snap = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .unwrap();
     // As a crash before the last table write leaves it: pending, and the
@@ -388,7 +414,7 @@ async fn an_interrupted_snapshot_is_never_listed_and_a_retry_finishes_it() {
     p.disk.write_at(s.offset + 5 * MIB, &pattern(2)).unwrap();
     let again = p
         .volumes
-        .create_snapshot("snap-1", &src.id.to_string())
+        .create_snapshot("snap-1", &src.id.to_string(), &none())
         .await
         .unwrap();
     assert_eq!(again.id, snap.id);
