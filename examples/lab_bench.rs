@@ -869,6 +869,10 @@ struct CloneRun {
     /// `dd` of as many bytes from the source to the clone's place, O_DIRECT,
     /// on the same LUN file, on the same host.
     dd_s: f64,
+    /// CreateSnapshot of the source (the same looks, grace and copy), and
+    /// CreateVolume from that snapshot (a copy, no grace).
+    snapshot_s: f64,
+    restore_s: f64,
 }
 
 /// A 20 GiB volume holding 2 GiB of files (written by node1), unstaged,
@@ -877,11 +881,14 @@ fn clone_rate(rt: &Rt, lab: &Lab, controller: &Controller) -> CloneRun {
     let src = create(rt, controller, "bench-clone-src", CLONE_SOURCE, &[]);
     rt.block_on(stage_and_publish(lab, 1, &src));
     let t = target(&src);
+    // Random bytes, not zeros: the copy turns zeros into a zeroing of the
+    // target (a punched hole on the LUN file), which dd does not.
     lab.must(
         1,
         &format!(
-            "for i in $(seq 1 {n}); do dd if=/dev/zero of={t}/f$i bs=4M count=64 oflag=direct \
-             2>/dev/null || exit 1; done; sync",
+            "dd if=/dev/urandom of=/tmp/r bs=4M count=64 2>/dev/null && \
+             for i in $(seq 1 {n}); do dd if=/tmp/r of={t}/f$i bs=4M oflag=direct \
+             2>/dev/null || exit 1; done; rm /tmp/r; sync",
             n = CLONE_FILLED_MIB / 256
         ),
     );
@@ -943,18 +950,64 @@ fn clone_rate(rt: &Rt, lab: &Lab, controller: &Controller) -> CloneRun {
         "  20 GiB volume holding {CLONE_FILLED_MIB} MiB cloned in {create_s:.1} s; {copied_mib} MiB \
          copied in {copy_s:.2} s; dd of as many bytes {dd_s:.2} s"
     );
-    rt.block_on(async {
+    // The dd overwrote the clone: it goes first. Then a snapshot of the
+    // source, and a volume restored from it.
+    let (snapshot_s, restore_s) = rt.block_on(async {
         let mut c = controller.client().await;
-        // The dd overwrote the clone: it goes first.
-        for v in [&copy, &src] {
+        c.delete_volume(delete_request(&copy.volume_id))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let snap = c
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: src.volume_id.clone(),
+                name: "bench-snap".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("snapshot")
+            .into_inner()
+            .snapshot
+            .unwrap();
+        let snapshot_s = started.elapsed().as_secs_f64();
+        let mut req = create_request("bench-restored", CLONE_SOURCE);
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource {
+                    snapshot_id: snap.snapshot_id.clone(),
+                },
+            )),
+        });
+        let started = Instant::now();
+        let back = c
+            .create_volume(req)
+            .await
+            .expect("restore")
+            .into_inner()
+            .volume
+            .unwrap();
+        let restore_s = started.elapsed().as_secs_f64();
+        for v in [&back, &src] {
             c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
         }
+        c.delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        (snapshot_s, restore_s)
     });
+    println!(
+        "  snapshot of it {snapshot_s:.1} s; a volume restored from the snapshot {restore_s:.1} s"
+    );
     CloneRun {
         create_s,
         copied_mib,
         copy_s,
         dd_s,
+        snapshot_s,
+        restore_s,
     }
 }
 
@@ -989,16 +1042,26 @@ fn report_clone(r: &mut Report, run: &CloneRun) {
         "copy / dd".into(),
         format!("{:.2}", rate(run.copy_s) / rate(run.dd_s)),
     ]);
+    t.row(vec![
+        "CreateSnapshot of the source (s)".into(),
+        format!("{:.1}", run.snapshot_s),
+    ]);
+    t.row(vec![
+        "CreateVolume from the snapshot (s)".into(),
+        format!("{:.1}", run.restore_s),
+    ]);
     r.table(&t);
     println!(
         "BENCH clone source_gib=20 filled_mib={CLONE_FILLED_MIB} create_s={:.2} copied_mib={} \
-         copy_s={:.2} copy_mib_s={:.1} dd_mib_s={:.1} ratio={:.3}",
+         copy_s={:.2} copy_mib_s={:.1} dd_mib_s={:.1} ratio={:.3} snapshot_s={:.2} restore_s={:.2}",
         run.create_s,
         run.copied_mib,
         run.copy_s,
         rate(run.copy_s),
         rate(run.dd_s),
-        rate(run.copy_s) / rate(run.dd_s)
+        rate(run.copy_s) / rate(run.dd_s),
+        run.snapshot_s,
+        run.restore_s
     );
 }
 

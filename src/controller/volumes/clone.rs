@@ -76,6 +76,8 @@ pub(super) struct Target<'a> {
     /// What is done to the source, for refusals: [`CLONED`] or
     /// "snapshotted".
     pub action: &'static str,
+    /// What the copy's log lines call it ("the clone's source").
+    pub copying: &'static str,
 }
 
 pub(super) const CLONED: &str = "cloned";
@@ -173,6 +175,7 @@ impl Volumes {
             }),
             snapshot: None,
             action: CLONED,
+            copying: "the clone's source",
         };
         self.copy_offline(lun, src, req.source_id, into, guard)
             .await?;
@@ -240,7 +243,15 @@ impl Volumes {
         }
         let began = SystemTime::now();
         if let Err(e) = self
-            .copy(lun, src, target, name, into.identity.as_ref(), guard)
+            .copy(
+                lun,
+                src,
+                target,
+                name,
+                into.identity.as_ref(),
+                into.copying,
+                guard,
+            )
             .await
         {
             tracing::error!(target = name, source = source_id, error = %e, "copy failed; removing its partition");
@@ -360,6 +371,7 @@ impl Volumes {
         target: &VolumeEntry,
         name: &str,
         identity: Option<&Identity>,
+        copying: &'static str,
         guard: &Arc<Guard>,
     ) -> Result<(), LunError> {
         let ranges = match src.content {
@@ -374,13 +386,13 @@ impl Volumes {
             match s.content {
                 Content::Ocfs2 => {
                     let (from, to) = (extents(&s), extents(&t));
-                    copy_ranges(io, &from, &to, &ranges, &volume)
+                    copy_ranges(io, &from, &to, &ranges, &volume, copying)
                 }
                 Content::Block => {
                     // The header first: no marks of an earlier volume.
                     io.zero_out(t.offset, BLOCK_HEADER_BYTES)?;
                     let (from, to) = (s.device_extents(), t.device_extents());
-                    copy_ranges(io, &from, &to, &ranges, &volume)?;
+                    copy_ranges(io, &from, &to, &ranges, &volume, copying)?;
                     let tail: Vec<(u64, u64)> = t
                         .device_extents()
                         .into_iter()
@@ -552,9 +564,11 @@ fn copy_ranges(
     to: &[(u64, u64)],
     ranges: &[(u64, u64)],
     volume: &str,
+    what: &str,
 ) -> std::io::Result<()> {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let mut progress = Progress::new(volume, "copying the clone's source", total);
+    let copying = format!("copying {what}");
+    let mut progress = Progress::new(volume, &copying, total);
     // Aligned: each step goes to the LUN in one call, no bounce copy.
     let mut aligned = AlignedBuf::new(STEP as usize);
     let buf = aligned.as_mut_slice(STEP as usize);
@@ -584,7 +598,7 @@ fn copy_ranges(
         }
     }
     io.sync()?;
-    progress.finish("copied the clone's source");
+    progress.finish(&format!("copied {what}"));
     Ok(())
 }
 
@@ -627,11 +641,11 @@ mod tests {
         io.write_at(20 * MIB, &data[MIB as usize..]).unwrap();
         let from = [(4 * MIB, MIB), (20 * MIB, 2 * MIB)];
         let to = [(40 * MIB, 3 * MIB)];
-        copy_ranges(&io, &from, &to, &[(0, 3 * MIB)], "t").unwrap();
+        copy_ranges(&io, &from, &to, &[(0, 3 * MIB)], "t", "x").unwrap();
         let mut back = vec![0u8; 3 * MIB as usize];
         io.read_at(40 * MIB, &mut back).unwrap();
         assert!(back == data);
         // A range past the source's end is an error, not a short copy.
-        assert!(copy_ranges(&io, &from, &to, &[(2 * MIB, 2 * MIB)], "t").is_err());
+        assert!(copy_ranges(&io, &from, &to, &[(2 * MIB, 2 * MIB)], "t", "x").is_err());
     }
 }

@@ -171,6 +171,7 @@ impl Volumes {
             identity: None,
             snapshot: Some(&snap),
             action: SNAPSHOTTED,
+            copying: "the snapshot's source",
         };
         let began = self.copy_offline(lun, src, source_id, into, &guard).await?;
         tracing::info!(
@@ -410,7 +411,15 @@ impl Volumes {
             label: label(name),
         };
         if let Err(e) = self
-            .copy(&lun, &image, &target, name, Some(&identity), guard)
+            .copy(
+                &lun,
+                &image,
+                &target,
+                name,
+                Some(&identity),
+                "the snapshot into its new volume",
+                guard,
+            )
             .await
         {
             tracing::error!(volume = name, error = %e, "restoring the snapshot failed; removing the partition");
