@@ -242,18 +242,7 @@ impl Volumes {
             Err(e) => return Err(undo(e.into()).await),
         }
         let began = SystemTime::now();
-        if let Err(e) = self
-            .copy(
-                lun,
-                src,
-                target,
-                name,
-                into.identity.as_ref(),
-                into.copying,
-                guard,
-            )
-            .await
-        {
+        if let Err(e) = self.copy(lun, src, &into, guard).await {
             tracing::error!(target = name, source = source_id, error = %e, "copy failed; removing its partition");
             return Err(undo(e.into()).await);
         }
@@ -361,19 +350,17 @@ impl Volumes {
         Ok(Source { lun, entry })
     }
 
-    /// Copies `src` into the pending `target` and makes it a volume of its
-    /// own, on a task holding the clone's claim (a caller that gives up
+    /// Copies `src` into the pending `into.entry` and gives it its
+    /// identity, on a task holding the copy's claim (a caller that gives up
     /// leaves it running; retries are told it is in progress).
     pub(super) async fn copy(
         &self,
         lun: &Arc<Lun>,
         src: &VolumeEntry,
-        target: &VolumeEntry,
-        name: &str,
-        identity: Option<&Identity>,
-        copying: &'static str,
+        into: &Target<'_>,
         guard: &Arc<Guard>,
     ) -> Result<(), LunError> {
+        let (target, name, copying) = (into.entry, into.name, into.copying);
         let ranges = match src.content {
             Content::Ocfs2 => self.images.used_ranges(lun, src).await?,
             Content::Block => vec![(0, src.device_bytes())],
@@ -418,7 +405,7 @@ impl Volumes {
             .map_err(|j| LunError::NotReady(format!("copying into {name} ended early: {j}")))?;
         copied.map_err(|e| lun.io_error(e))?;
         if target.content == Content::Ocfs2 {
-            if let Some(id) = identity {
+            if let Some(id) = &into.identity {
                 self.images.restamp(lun, target, id).await?;
             }
             if target.size > src.size {

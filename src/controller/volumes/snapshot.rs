@@ -406,26 +406,23 @@ impl Volumes {
                 return Err(undo(e.into()).await);
             }
         };
-        let identity = Identity {
-            uuid: filesystem_uuid(name),
-            label: label(name),
+        let into = Target {
+            entry: &target,
+            name,
+            ready: target.type_in(State::Ready),
+            identity: Some(Identity {
+                uuid: filesystem_uuid(name),
+                label: label(name),
+            }),
+            snapshot: None,
+            action: "restored",
+            copying: "the snapshot into its new volume",
         };
-        if let Err(e) = self
-            .copy(
-                &lun,
-                &image,
-                &target,
-                name,
-                Some(&identity),
-                "the snapshot into its new volume",
-                guard,
-            )
-            .await
-        {
+        if let Err(e) = self.copy(&lun, &image, &into, guard).await {
             tracing::error!(volume = name, error = %e, "restoring the snapshot failed; removing the partition");
             return Err(undo(e.into()).await);
         }
-        if let Err(e) = finish(&lun, marked, &[(&target, target.type_in(State::Ready))]).await {
+        if let Err(e) = finish(&lun, marked, &[(&target, into.ready)]).await {
             tracing::error!(volume = name, error = %e, "restore not finished; removing the partition");
             return Err(undo(e).await);
         }
