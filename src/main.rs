@@ -101,7 +101,9 @@ struct PoolArgs {
     /// How often, in seconds, to look whether the array grew a LUN. Nodes
     /// rescan its paths and have multipathd resize its map when they grew;
     /// the controller then extends the partition table over the new space.
-    /// A create or expand that finds no room looks at once, too.
+    /// A create or expand that finds no room looks at once, too. The
+    /// controller that writes a LUN's table also puts back, as often, a
+    /// volume left out of use by a clone or snapshot that was interrupted.
     #[arg(long, env = "OCFS2_CSI_LUN_CHECK_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
     lun_check_secs: u64,
 }
