@@ -423,3 +423,107 @@ async fn an_interrupted_snapshot_is_never_listed_and_a_retry_finishes_it() {
     assert_eq!(read(&p.disk, e.image().offset + 5 * MIB), pattern(2));
     assert_eq!(volume(&p.disk, &s.guid).state, State::Ready);
 }
+
+/// A source with a pattern at 5 MiB, made whole on a fresh disk.
+async fn crash_source(disk: &SparseIo) -> (String, VolumeEntry) {
+    let p = pool_on(disk.clone()).await;
+    // Small (two slots, 8 MiB): every crash point is tried, twice.
+    let small = params(&[("nodeSlots", "2")]);
+    let src = create_with(&p.volumes, "pvc-src", (8 * MIB) as i64, 0, &small)
+        .await
+        .unwrap();
+    let s = volume(&p.disk, &src.id.partition);
+    p.disk.write_at(s.offset + 5 * MIB, &pattern(5)).unwrap();
+    (src.id.to_string(), s)
+}
+
+/// The controller stops for good at every write of a CreateSnapshot in
+/// turn (the write fails, or silently never lands); one restarted on what
+/// reached the disk never lists a snapshot that does not hold the source's
+/// bytes, puts the source back in use, and its retry finishes the one
+/// snapshot of that name, which restores the source's bytes.
+#[tokio::test]
+async fn a_snapshot_crashed_at_any_write_is_never_ready_half_made() {
+    // How many writes opening the LUN makes, then the snapshot.
+    let (opening, total) = {
+        let disk = SparseIo::new(512, GIB);
+        let (src, _) = crash_source(&disk).await;
+        let san = FakeSan::new();
+        let counting = Arc::new(FailingIo::counting(disk.clone()));
+        let lun = san.open_lun(LUN, counting.clone()).await;
+        let before = counting.writes_attempted();
+        san.volumes(vec![lun])
+            .create_snapshot("snap", &src, &none())
+            .await
+            .unwrap();
+        (before, counting.writes_attempted() - before)
+    };
+    assert!(total >= 4, "two tables, a copy and a header: {total}");
+    let mut left_pending = 0;
+    for mode in [CrashMode::Fail, CrashMode::Drop] {
+        for pass in 0..total {
+            let disk = SparseIo::new(512, GIB);
+            let (src, s) = crash_source(&disk).await;
+            let san = FakeSan::new();
+            let crashing = Arc::new(FailingIo::new(disk.clone(), opening + pass, mode));
+            let lun = san.open_lun(LUN, crashing.clone()).await;
+            assert_eq!(crashing.writes_attempted(), opening);
+            let _ = san
+                .volumes(vec![lun])
+                .create_snapshot("snap", &src, &none())
+                .await;
+            let at = format!("{mode:?} at write {pass}");
+
+            let san = FakeSan::new();
+            let lun = san.open_lun(LUN, Arc::new(disk.clone())).await;
+            let volumes = san.volumes(vec![lun.clone()]);
+            volumes.end_stale_clones(&lun).await;
+            assert_eq!(volume(&disk, &s.guid).state, State::Ready, "{at}");
+            let listed = volumes.list_snapshots(0, "", "", "").await.unwrap().0;
+            assert!(listed.len() <= 1, "{at}: {listed:?}");
+            for info in &listed {
+                // Listed means whole: its header names the source.
+                assert_eq!(
+                    info.source.map(|v| v.to_string()),
+                    Some(src.clone()),
+                    "{at}"
+                );
+            }
+            let left = snapshots(&disk);
+            assert!(left.len() <= 1, "{at}: {left:?}");
+            for e in &left {
+                match e.state {
+                    State::Ready => {
+                        assert_eq!(read(&disk, e.image().offset + 5 * MIB), pattern(5), "{at}")
+                    }
+                    _ => {
+                        left_pending += 1;
+                        assert!(listed.is_empty(), "{at}: a pending snapshot listed");
+                    }
+                }
+            }
+            let snap = volumes
+                .create_snapshot("snap", &src, &none())
+                .await
+                .unwrap_or_else(|e| panic!("{at}: retry failed: {e}"));
+            assert_eq!(
+                snap.source.map(|v| v.to_string()),
+                Some(src.clone()),
+                "{at}"
+            );
+            let e = &snapshots(&disk)[..];
+            assert_eq!(e.len(), 1, "{at}: {e:?}");
+            assert_eq!(e[0].state, State::Ready, "{at}");
+            let back = restore(&volumes, "back", &snap, 0, mount_caps())
+                .await
+                .unwrap_or_else(|e| panic!("{at}: restore failed: {e}"));
+            let b = volume(&disk, &back.id.partition);
+            assert_eq!(read(&disk, b.offset + 5 * MIB), pattern(5), "{at}");
+            assert_eq!(volume_entries(&disk).len(), 2, "{at}");
+        }
+    }
+    assert!(
+        left_pending >= 2,
+        "{left_pending} crash points left a pending snapshot"
+    );
+}
