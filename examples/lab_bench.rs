@@ -970,6 +970,11 @@ fn clone_rate(rt: &Rt, lab: &Lab, controller: &Controller) -> CloneRun {
             .snapshot
             .unwrap();
         let snapshot_s = started.elapsed().as_secs_f64();
+        // Room for the restore (the LUN holds two 20 GiB volumes): the
+        // snapshot outlives its source.
+        c.delete_volume(delete_request(&src.volume_id))
+            .await
+            .unwrap();
         let mut req = create_request("bench-restored", CLONE_SOURCE);
         req.volume_content_source = Some(VolumeContentSource {
             r#type: Some(volume_content_source::Type::Snapshot(
@@ -987,9 +992,9 @@ fn clone_rate(rt: &Rt, lab: &Lab, controller: &Controller) -> CloneRun {
             .volume
             .unwrap();
         let restore_s = started.elapsed().as_secs_f64();
-        for v in [&back, &src] {
-            c.delete_volume(delete_request(&v.volume_id)).await.unwrap();
-        }
+        c.delete_volume(delete_request(&back.volume_id))
+            .await
+            .unwrap();
         c.delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: snap.snapshot_id,
             ..Default::default()

@@ -82,6 +82,30 @@ pub(super) struct Target<'a> {
 
 pub(super) const CLONED: &str = "cloned";
 
+impl<'a> Target<'a> {
+    /// A new volume called `name`: ready as a volume, with its own
+    /// filesystem identity.
+    pub fn volume(
+        entry: &'a VolumeEntry,
+        name: &'a str,
+        action: &'static str,
+        copying: &'static str,
+    ) -> Self {
+        Target {
+            entry,
+            name,
+            ready: entry.type_in(State::Ready),
+            identity: Some(Identity {
+                uuid: filesystem_uuid(name),
+                label: label(name),
+            }),
+            snapshot: None,
+            action,
+            copying,
+        }
+    }
+}
+
 /// What an earlier try of a copy left (`Volumes::prior_copy`).
 pub(super) enum Prior {
     Fresh,
@@ -165,18 +189,7 @@ impl Volumes {
             partition_bytes,
             "partition allocated for a clone; taking the source out of use"
         );
-        let into = Target {
-            entry: &target,
-            name,
-            ready: target.type_in(State::Ready),
-            identity: Some(Identity {
-                uuid: filesystem_uuid(name),
-                label: label(name),
-            }),
-            snapshot: None,
-            action: CLONED,
-            copying: "the clone's source",
-        };
+        let into = Target::volume(&target, name, CLONED, "the clone's source");
         self.copy_offline(lun, src, req.source_id, into, guard)
             .await?;
         tracing::info!(

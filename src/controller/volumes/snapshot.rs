@@ -15,15 +15,14 @@
 //! have deleted the snapshot and reused its space).
 
 use super::clone::{finish, in_use, writer_of, Prior, Target};
-use super::{label, validate_name, ContentSource, Volumes};
+use super::{validate_name, ContentSource, Volumes};
 use crate::controller::error::{CreateError, DeleteError, ListError, LunError};
 use crate::controller::params::{clip, VolumeParams, KUBERNETES_PREFIX};
 use crate::controller::pool::Lun;
 use crate::disk::blocking::run_blocking;
-use crate::ocfs2::restamp::Identity;
 use crate::server::inflight::Guard;
 use crate::volume::entry::{Content, State};
-use crate::volume::id::{filesystem_uuid, snapshot_guid, SnapshotId, VolumeId};
+use crate::volume::id::{snapshot_guid, SnapshotId, VolumeId};
 use crate::volume::snapshot::{self, Header, SnapshotEntry};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -406,18 +405,12 @@ impl Volumes {
                 return Err(undo(e.into()).await);
             }
         };
-        let into = Target {
-            entry: &target,
+        let into = Target::volume(
+            &target,
             name,
-            ready: target.type_in(State::Ready),
-            identity: Some(Identity {
-                uuid: filesystem_uuid(name),
-                label: label(name),
-            }),
-            snapshot: None,
-            action: "restored",
-            copying: "the snapshot into its new volume",
-        };
+            "restored",
+            "the snapshot into its new volume",
+        );
         if let Err(e) = self.copy(&lun, &image, &into, guard).await {
             tracing::error!(volume = name, error = %e, "restoring the snapshot failed; removing the partition");
             return Err(undo(e.into()).await);
