@@ -54,6 +54,10 @@ use ocfs2_csi::cluster::Timeouts;
 
 /// The test controller's cluster (testkit: Controller::start).
 const CLUSTER: &str = "testclu";
+/// Longest a whole csi-sanity run inside a guest may take (lab.sh's
+/// default bound is 300 s): it grew with the snapshot specs, and a loaded
+/// machine stretches it; a hang still ends.
+const SANITY_LIMIT: std::time::Duration = std::time::Duration::from_secs(1200);
 
 /// o2cb timeouts of the node-loss lab. A silent member is declared dead
 /// after 11 heartbeats (22 s instead of 62 s) and fences itself when its

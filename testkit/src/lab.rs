@@ -295,8 +295,18 @@ impl Lab {
 
     /// Runs a shell script on node `node` (1-based): exit code and output.
     pub fn exec(&self, node: usize, script: &str) -> (i32, String) {
-        let mut child = self
-            .script()
+        self.exec_within(node, script, None)
+    }
+
+    /// `exec` with its own bound instead of lab.sh's LAB_EXEC_TIMEOUT (300 s
+    /// by default): for whole suites, whose length is their size, not a
+    /// hang.
+    pub fn exec_within(&self, node: usize, script: &str, limit: Option<Duration>) -> (i32, String) {
+        let mut cmd = self.script();
+        if let Some(limit) = limit {
+            cmd.env("LAB_EXEC_TIMEOUT", limit.as_secs().max(1).to_string());
+        }
+        let mut child = cmd
             .args(["exec", &node.to_string(), "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -318,7 +328,12 @@ impl Lab {
     /// Runs a script that must succeed; the panic names node, script, output
     /// and where the console logs are.
     pub fn must(&self, node: usize, script: &str) -> String {
-        let (rc, out) = self.exec(node, script);
+        self.must_within(node, script, None)
+    }
+
+    /// `must` with `exec_within`'s bound.
+    pub fn must_within(&self, node: usize, script: &str, limit: Option<Duration>) -> String {
+        let (rc, out) = self.exec_within(node, script, limit);
         assert!(
             rc == 0,
             "node{node}: `{}` exited {rc}:\n{out}\n(console logs in {})",

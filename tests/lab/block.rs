@@ -30,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-use super::CLUSTER;
+use super::{CLUSTER, SANITY_LIMIT};
 
 const MIB: u64 = 1 << 20;
 const NODES: usize = 3;
@@ -360,8 +360,14 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     }
 
     // --- 7. csi-sanity with block access inside a guest -----------------
+    // 64 MiB volumes, and no snapshot specs: they copy a block volume whole
+    // (raw bytes have no bitmap) at the 30 MiB/s a TCG guest manages, and
+    // each waits the 3 s grace (one page of ListSnapshots alone is minutes
+    // here). They run with block access in-process and on the host against
+    // the real controller, inside a guest with mount access (basics), and
+    // the lab's clone scenario snapshots and restores a block volume.
     let t = Instant::now();
-    let out = lab.must(
+    let out = lab.must_within(
         1,
         &format!(
             "mkdir -p /tmp/bsanity /run/csi
@@ -372,14 +378,16 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
              csi-sanity -csi.endpoint 127.0.0.1:10000 \
                -csi.controllerendpoint unix:///run/csi/bcontroller.sock \
                -csi.mountdir /tmp/bsanity/mnt -csi.stagingdir /tmp/bsanity/stage \
-               -csi.testvolumesize 1073741824 -csi.testvolumeexpandsize 2147483648 \
-               -csi.testvolumeaccesstype block \
+               -csi.testvolumesize 67108864 -csi.testvolumeexpandsize 134217728 \
+               -csi.testvolumeaccesstype block -ginkgo.skip '[Ss]napshot' \
                -csi.junitfile /tmp/bsanity.xml -ginkgo.no-color > /tmp/bsanity.log 2>&1
              rc=$?; kill $(cat /tmp/bcontroller.pid)
              for i in $(seq 100); do kill -0 $(cat /tmp/bcontroller.pid) 2>/dev/null || break; sleep 0.1; done
              tail -n 3 /tmp/bsanity.log; [ $rc = 0 ] || tail -n 80 /tmp/bsanity.log; exit $rc",
             lun = lab.guest_lun
         ),
+        // The whole suite: its length is its size, not a hang.
+        Some(SANITY_LIMIT),
     );
     assert!(out.contains("SUCCESS!"), "{out}");
     println!(
