@@ -11,8 +11,13 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// Whether every byte is zero. Checked a word at a time: copies test every
+/// 1 MiB step with it, and byte by byte that costs a debug build seconds
+/// per GiB.
 pub fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
+    // SAFETY: every bit pattern is a valid u128.
+    let (head, words, tail) = unsafe { b.align_to::<u128>() };
+    head.iter().all(|&x| x == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&x| x == 0)
 }
 
 pub fn at(b: &[u8], offset: usize, magic: &[u8]) -> bool {

@@ -588,7 +588,7 @@ fn copy_ranges(
             // Zeros (a block volume's unwritten space) become a zeroing of
             // the target: an offloaded WRITE ZEROES or a punched hole
             // where the LUN has one, the same bytes either way.
-            if buf[..n].iter().all(|b| *b == 0) {
+            if crate::disk::signatures::is_zero(&buf[..n]) {
                 io.zero_out(dst, n as u64)?;
             } else {
                 io.write_at(dst, &buf[..n])?;
