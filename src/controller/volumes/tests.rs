@@ -1159,6 +1159,20 @@ mod in_process {
         p.volumes.delete(&id).await.unwrap();
     }
 
+    /// A MiB of bytes that differ with `seed`: data a copy must carry.
+    fn pattern(seed: u8) -> Vec<u8> {
+        (0..MIB as usize)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// The MiB of the LUN at `at`.
+    fn read(disk: &SparseIo, at: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; MIB as usize];
+        disk.read_at(at, &mut buf).unwrap();
+        buf
+    }
+
     mod block;
     mod clone;
     mod snapshot;

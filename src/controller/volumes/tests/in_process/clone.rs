@@ -23,18 +23,6 @@ async fn clone_of(
     .await
 }
 
-fn pattern(seed: u8) -> Vec<u8> {
-    (0..MIB as usize)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-fn read(disk: &SparseIo, at: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; MIB as usize];
-    disk.read_at(at, &mut buf).unwrap();
-    buf
-}
-
 #[tokio::test]
 async fn a_filesystem_clone_copies_the_source_and_takes_a_new_identity() {
     let p = pool().await;

@@ -8,18 +8,6 @@ use crate::controller::volumes::{ContentSource, SnapshotInfo};
 use crate::volume::id::SnapshotId;
 use crate::volume::snapshot::{self, SnapshotEntry};
 
-fn pattern(seed: u8) -> Vec<u8> {
-    (0..MIB as usize)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
-        .collect()
-}
-
-fn read(disk: &SparseIo, at: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; MIB as usize];
-    disk.read_at(at, &mut buf).unwrap();
-    buf
-}
-
 fn none() -> HashMap<String, String> {
     HashMap::new()
 }
