@@ -14,6 +14,9 @@
 #   node/             k8s.io/kubernetes again: kubelet, kube-proxy,
 #                     kube-scheduler, kubectl (the lab's Kubernetes nodes; apart from
 #                     controlplane so that the kube tier never builds them)
+#   e2e-storage/      k8s.io/kubernetes once more: the storage e2e suite (its
+#                     storage_test.go lives there) and the ginkgo CLI, which thus
+#                     has the version of the ginkgo library the suite is built with
 #   containerd/ runc/ cni-plugins/   the nodes' container runtime and CNI
 #
 # `go install MODULE/cmd/X@VERSION` refuses a module whose go.mod has replace
@@ -107,6 +110,11 @@ write csi-resizer "$(goversion "$rmod")" "$r/cmd/csi-resizer" "$r $RESIZER" "$(r
 
 write node "$(goversion "$k8s")" \
   "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl" \
+  "k8s.io/kubernetes $K8S" \
+  "$(replaces "$k8s" "v0.${K8S#v1.}")"
+
+# tidy reads storage_test.go's imports, so the graph is the suite's own.
+write e2e-storage "$(goversion "$k8s")" "github.com/onsi/ginkgo/v2/ginkgo" \
   "k8s.io/kubernetes $K8S" \
   "$(replaces "$k8s" "v0.${K8S#v1.}")"
 
