@@ -9,14 +9,18 @@
 #   containerd, containerd-shim-runc-v2, ctr        (e2e/kube/containerd)
 #   runc                                            (e2e/kube/runc)
 #   bridge, loopback, host-local, portmap           (e2e/kube/cni-plugins)
+# and with --e2e the Kubernetes storage e2e suite, run against a real cluster
+# (e2e/k8s-storage/; make test never builds it):
+#   e2e-storage.test, ginkgo                        (e2e/kube/e2e-storage)
 # The versions are the ones pinned in those wrapper modules (go.mod and
 # go.sum, committed; e2e/kube/README.md says why wrappers and how to bump).
 #
 # Idempotent: each module's binaries are kept while a stamp beside them still
-# matches the module's go.mod/go.sum, the Go version and the build flags, so a
-# second run returns in well under a second. A changed pin rebuilds that
-# module only. Safe to run from several tests at once (one builder at a time,
-# the others wait and then find the stamps fresh).
+# matches the module's go.mod/go.sum (and Go sources: e2e-storage's test), the
+# Go version and the build flags, so a second run returns in well under a
+# second. A changed pin rebuilds that module only. Safe to run from several
+# tests at once (one builder at a time, the others wait and then find the
+# stamps fresh).
 #
 #   KUBE_TOOLS_BIN   where the binaries go (default: $OCFS2_CSI_CACHE/kube/bin)
 #   KUBE_TOOLS_JOBS  go build -p (default: 2)
@@ -42,6 +46,9 @@ declare -A TOOLS=(
   [containerd]="containerd=github.com/containerd/containerd/v2/cmd/containerd containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 ctr=github.com/containerd/containerd/v2/cmd/ctr"
   [runc]="runc=github.com/opencontainers/runc"
   [cni-plugins]="bridge=github.com/containernetworking/plugins/plugins/main/bridge loopback=github.com/containernetworking/plugins/plugins/main/loopback host-local=github.com/containernetworking/plugins/plugins/ipam/host-local portmap=github.com/containernetworking/plugins/plugins/meta/portmap"
+  # NAME.test is the wrapper's own test package, built with go test -c (the
+  # ginkgo CLI runs a precompiled suite only under a name ending in .test).
+  [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo"
 )
 # Environment and build tags per module, where upstream's own build differs
 # from the default: containerd's release builds static without btrfs (no
@@ -51,13 +58,21 @@ declare -A TOOLS=(
 declare -A ENVS=([containerd]="CGO_ENABLED=0" [cni-plugins]="CGO_ENABLED=0")
 declare -A TAGS=([containerd]="no_btrfs" [runc]="seccomp")
 ORDER=(controlplane csi-provisioner csi-resizer)
-[ "${1:-}" != --node ] || ORDER+=(node containerd runc cni-plugins)
+for arg in "$@"; do
+  case $arg in
+    --node) ORDER+=(node containerd runc cni-plugins) ;;
+    --e2e) ORDER+=(e2e-storage) ;;
+    *) echo "usage: kube-tools.sh [--node] [--e2e]" >&2; exit 2 ;;
+  esac
+done
 
 command -v go >/dev/null || { echo "kube-tools: go is not installed" >&2; exit 1; }
 goversion=$(go env GOVERSION)
 
 key() { # module dir -> cache key
+  # The other wrappers have no .go files, so their keys stay as they were.
   { cat "$root/e2e/kube/$1/go.mod" "$root/e2e/kube/$1/go.sum"
+    find "$root/e2e/kube/$1" -maxdepth 1 -name '*.go' | sort | xargs -r cat
     echo "$goversion ${FLAGS[*]} recipe $RECIPE ${TOOLS[$1]}${ENVS[$1]:+ ${ENVS[$1]}}${TAGS[$1]:+ tags ${TAGS[$1]}}"; } | sha256sum | cut -c1-16
 }
 
@@ -91,7 +106,12 @@ for m in "${ORDER[@]}"; do
   for t in ${TOOLS[$m]}; do
     name=${t%%=*} pkg=${t#*=}
     t0=$(date +%s)
-    read -r modpath version < <(cd "$dir" && go list -f '{{.Module.Path}} {{.Module.Version}}' "$pkg")
+    if [[ $name == *.test ]]; then
+      # Stamped with the Kubernetes release whose tests it holds.
+      read -r modpath version < <(cd "$dir" && go list -m -f '{{.Path}} {{.Version}}' k8s.io/kubernetes)
+    else
+      read -r modpath version < <(cd "$dir" && go list -f '{{.Module.Path}} {{.Module.Version}}' "$pkg")
+    fi
     echo "kube-tools: building $name ($modpath $version)"
     # Stamp the version the way the upstream release builds do, so that
     # /version, --version and user agents say v1.37.1 rather than v0.0.0.
@@ -108,8 +128,12 @@ for m in "${ORDER[@]}"; do
       github.com/containernetworking/plugins)
         ldflags+=" -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$version" ;;
     esac
+    # -vet=off: this is a build, not a lint; go test -c would otherwise vet
+    # storage_test.go on each rebuild.
+    gocmd=(build)
+    [[ $name != *.test ]] || gocmd=(test -c -vet=off)
     # shellcheck disable=SC2086 # ENVS holds VAR=value words
-    (cd "$dir" && env ${ENVS[$m]:-} go build "${FLAGS[@]}" -tags "${TAGS[$m]:-}" \
+    (cd "$dir" && env ${ENVS[$m]:-} go "${gocmd[@]}" "${FLAGS[@]}" -tags "${TAGS[$m]:-}" \
       -ldflags="$ldflags" -o "$BIN/.$name.tmp" "$pkg")
     mv -f "$BIN/.$name.tmp" "$BIN/$name"
     secs=$(( $(date +%s) - t0 ))
