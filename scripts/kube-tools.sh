@@ -9,6 +9,7 @@
 #   containerd, containerd-shim-runc-v2, ctr        (e2e/kube/containerd)
 #   runc                                            (e2e/kube/runc)
 #   bridge, loopback, host-local, portmap           (e2e/kube/cni-plugins)
+#   csi-snapshotter, snapshot-controller            (e2e/kube/snapshotter)
 # and with --e2e the Kubernetes storage e2e suite, run against a real cluster
 # (e2e/k8s-storage/; make test never builds it):
 #   e2e-storage.test, ginkgo                        (e2e/kube/e2e-storage)
@@ -49,6 +50,7 @@ declare -A TOOLS=(
   # NAME.test is the wrapper's own test package, built with go test -c (the
   # ginkgo CLI runs a precompiled suite only under a name ending in .test).
   [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo"
+  [snapshotter]="csi-snapshotter=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter snapshot-controller=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller"
 )
 # Environment and build tags per module, where upstream's own build differs
 # from the default: containerd's release builds static without btrfs (no
@@ -60,7 +62,7 @@ declare -A TAGS=([containerd]="no_btrfs" [runc]="seccomp")
 ORDER=(controlplane csi-provisioner csi-resizer)
 for arg in "$@"; do
   case $arg in
-    --node) ORDER+=(node containerd runc cni-plugins) ;;
+    --node) ORDER+=(node containerd runc cni-plugins snapshotter) ;;
     --e2e) ORDER+=(e2e-storage) ;;
     *) echo "usage: kube-tools.sh [--node] [--e2e]" >&2; exit 2 ;;
   esac

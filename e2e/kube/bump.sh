@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the wrapper modules for new versions (downloads only, no
 # compiling; scripts/kube-tools.sh builds):
-#   e2e/kube/bump.sh K8S PROVISIONER RESIZER CONTAINERD RUNC CNI_PLUGINS
-#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0 v2.4.2 v1.5.3 v1.10.0
+#   e2e/kube/bump.sh K8S PROVISIONER RESIZER CONTAINERD RUNC CNI_PLUGINS SNAPSHOTTER
+#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0 v2.4.2 v1.5.3 v1.10.0 v8.2.0
 #
 # One wrapper per upstream main module, each reproducing that module's own
 # build (README.md says why):
@@ -18,6 +18,10 @@
 #                     storage_test.go lives there) and the ginkgo CLI, which thus
 #                     has the version of the ginkgo library the suite is built with
 #   containerd/ runc/ cni-plugins/   the nodes' container runtime and CNI
+#   snapshotter/      github.com/kubernetes-csi/external-snapshotter/v8:
+#                     csi-snapshotter and snapshot-controller, with the client/v8
+#                     module of the same version (upstream replaces it with its
+#                     ./client folder), whose config/crd holds the CRDs
 #
 # `go install MODULE/cmd/X@VERSION` refuses a module whose go.mod has replace
 # directives, and ignores them when the module is a dependency. A wrapper
@@ -29,8 +33,8 @@
 # go.mod each time, so a staging module added later is picked up by itself.
 set -euo pipefail
 cd "$(dirname "$0")"
-[ $# -eq 6 ] || { sed -n '2,5p' "$0"; exit 2; }
-K8S=$1 PROV=$2 RESIZER=$3 CONTAINERD=$4 RUNC=$5 CNI=$6
+[ $# -eq 7 ] || { sed -n '2,5p' "$0"; exit 2; }
+K8S=$1 PROV=$2 RESIZER=$3 CONTAINERD=$4 RUNC=$5 CNI=$6 SNAP=$7
 
 gomod() { # module@version -> path of its go.mod in the module cache
   go mod download -json "$1" \
@@ -133,5 +137,11 @@ write cni-plugins "$(goversion "$nmod")" \
   "$n/plugins/main/bridge $n/plugins/main/loopback $n/plugins/ipam/host-local $n/plugins/meta/portmap" \
   "$n $CNI" "$(replaces "$nmod" -)"
 
+s=github.com/kubernetes-csi/external-snapshotter/v8
+smod=$(gomod "$s@$SNAP")
+write snapshotter "$(goversion "$smod")" "$s/cmd/csi-snapshotter $s/cmd/snapshot-controller" \
+  "$s $SNAP
+github.com/kubernetes-csi/external-snapshotter/client/v8 $SNAP" "$(replaces "$smod" -)"
+
 echo "kubernetes $K8S (staging v0.${K8S#v1.}), etcd $etcd, csi-provisioner $PROV, csi-resizer $RESIZER"
-echo "containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI"
+echo "containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI, external-snapshotter $SNAP"
