@@ -12,7 +12,7 @@
 #   csi-snapshotter, snapshot-controller            (e2e/kube/snapshotter)
 # and with --e2e the Kubernetes storage e2e suite, run against a real cluster
 # (e2e/k8s-storage/; make test never builds it):
-#   e2e-storage.test, ginkgo                        (e2e/kube/e2e-storage)
+#   e2e-storage.test, ginkgo, agnhost               (e2e/kube/e2e-storage)
 # The versions are the ones pinned in those wrapper modules (go.mod and
 # go.sum, committed; e2e/kube/README.md says why wrappers and how to bump).
 #
@@ -49,7 +49,11 @@ declare -A TOOLS=(
   [cni-plugins]="bridge=github.com/containernetworking/plugins/plugins/main/bridge loopback=github.com/containernetworking/plugins/plugins/main/loopback host-local=github.com/containernetworking/plugins/plugins/ipam/host-local portmap=github.com/containernetworking/plugins/plugins/meta/portmap"
   # NAME.test is the wrapper's own test package, built with go test -c (the
   # ginkgo CLI runs a precompiled suite only under a name ending in .test).
-  [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo"
+  # agnhost: the suite's test image's binary (scripts/lab-images.sh), from
+  # the same release as the suite; with cgo, as everything here but
+  # containerd and the CNI plugins (upstream's image build links it static),
+  # the image carries the libraries ldd lists.
+  [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo agnhost=k8s.io/kubernetes/test/images/agnhost"
   [snapshotter]="csi-snapshotter=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter snapshot-controller=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller"
 )
 # Environment and build tags per module, where upstream's own build differs
@@ -123,7 +127,12 @@ for m in "${ORDER[@]}"; do
         minor=${version#v1.}; minor=${minor%%.*}
         for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
           ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
-        done ;;
+        done
+        # agnhost has a version of its own, kept beside it (its Makefile
+        # stamps it the same way); the image's tag is that version.
+        if [ "$name" = agnhost ]; then
+          ldflags+=" -X main.Version=$(cat "$(cd "$dir" && go list -f '{{.Dir}}' "$pkg")/VERSION")"
+        fi ;;
       github.com/kubernetes-csi/*) ldflags+=" -X main.version=$version" ;;
       github.com/opencontainers/runc) ldflags+=" -X main.version=${version#v}" ;;
       github.com/containerd/containerd/v2) ldflags+=" -X $modpath/version.Version=$version" ;;

@@ -117,8 +117,9 @@ write node "$(goversion "$k8s")" \
   "k8s.io/kubernetes $K8S" \
   "$(replaces "$k8s" "v0.${K8S#v1.}")"
 
-# tidy reads storage_test.go's imports, so the graph is the suite's own.
-write e2e-storage "$(goversion "$k8s")" "github.com/onsi/ginkgo/v2/ginkgo" \
+# tidy reads storage_test.go's imports, so the graph is the suite's own;
+# agnhost is the suite's test image's binary, of the same release.
+write e2e-storage "$(goversion "$k8s")" "github.com/onsi/ginkgo/v2/ginkgo k8s.io/kubernetes/test/images/agnhost" \
   "k8s.io/kubernetes $K8S" \
   "$(replaces "$k8s" "v0.${K8S#v1.}")"
 
