@@ -24,7 +24,7 @@
 # Usage: scripts/lab-images.sh OUTDIR [IMAGE...]   (IMAGE: pause busybox
 #        csi-provisioner csi-resizer ocfs2-csi; default all)
 # Cached: OUTDIR/.IMAGE.key holds the hash of the image's inputs (this script,
-# the C source, the binaries and their libraries, the .deb, the driver's
+# the C source, the binaries and their libraries, the .debs, the driver's
 # sources); an archive whose key still matches is kept, so a run with nothing
 # changed takes about a second. FORCE=1 rebuilds all. Prints each image's
 # build time and size, then `lab-images: N images in OUTDIR (X MiB)`.
@@ -93,56 +93,62 @@ inputs_pause() {
   gcc --version | head -n1
 }
 
-BB_DEB=""
-bb_candidate() { apt-cache policy busybox-static 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+# Debian packages by name -> their .deb in $CACHE/debs (set by deb below)
+declare -A DEBS=()
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
 apt_lists() { stat -c '%n %Y %s' /var/lib/apt/lists/*_Packages* 2>/dev/null | sha256sum | cut -c1-16; }
-inputs_busybox() {
-  local v d lists memo=$CACHE/busybox-static.version
+# deb PACKAGE: apt's candidate of an amd64 package, downloaded once into
+# $CACHE/debs (older versions removed), its path in DEBS[PACKAGE]; prints
+# its input line.
+deb() {
+  local p=$1 v d lists memo=$CACHE/$1.version
   # apt-cache takes half a second: its answer is kept while apt's lists stay
   lists=$(apt_lists)
   v=$(sed -n "s/^$lists //p" "$memo" 2>/dev/null || true)
   if [ -z "$v" ]; then
-    v=$(bb_candidate)
+    v=$(candidate "$p")
     if [ -z "$v" ] || [ "$v" = "(none)" ]; then
       apt-get update -qq >/dev/null
       lists=$(apt_lists)
-      v=$(bb_candidate)
+      v=$(candidate "$p")
     fi
     case $v in "" | "(none)") ;; *) echo "$lists $v" >"$memo" ;; esac
   fi
-  case $v in "" | "(none)") echo "lab-images: apt knows no busybox-static" >&2; return 1 ;; esac
+  case $v in "" | "(none)") echo "lab-images: apt knows no $p" >&2; return 1 ;; esac
   # apt writes the epoch's ':' as %3a; e2e/image.sh may have it already.
-  d=busybox-static_${v//:/%3a}_amd64.deb
+  d=${p}_${v//:/%3a}_amd64.deb
   if [ ! -s "$CACHE/debs/$d" ]; then
     if [ -s "$OCFS2_CSI_CACHE/lab/debs/$d" ]; then
       cp "$OCFS2_CSI_CACHE/lab/debs/$d" "$CACHE/debs/$d.$$"
     else
-      (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "busybox-static=$v" >/dev/null) ||
-        { echo "lab-images: apt-get download busybox-static=$v failed" >&2; return 1; }
+      (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$p=$v" >/dev/null) ||
+        { echo "lab-images: apt-get download $p=$v failed" >&2; return 1; }
       mv "$work/$d" "$CACHE/debs/$d.$$"
     fi
     mv -f "$CACHE/debs/$d.$$" "$CACHE/debs/$d"
-    find "$CACHE/debs" -name 'busybox-static_*.deb' ! -name "$d" -delete
+    find "$CACHE/debs" -name "${p}_*.deb" ! -name "$d" -delete
   fi
-  BB_DEB=$CACHE/debs/$d
-  echo "busybox-static $v $(sum "$BB_DEB")"
+  DEBS[$p]=$CACHE/debs/$d
+  echo "$p $v $(sum "${DEBS[$p]}")"
 }
+inputs_busybox() { deb busybox-static; }
 
-KUBE_TOOLS_RAN=""
-# sidecar binaries, built (or found cached) by scripts/kube-tools.sh
+KUBE_TOOLS_RAN=" "
+# inputs_sidecar NAME [kube-tools.sh option]: a binary built (or found cached)
+# by scripts/kube-tools.sh, run once per option.
 inputs_sidecar() {
-  local bin=$KUBE_BIN/$1 lib
-  if [ -z "$KUBE_TOOLS_RAN" ]; then
-    scripts/kube-tools.sh >"$work/kube-tools.log" 2>&1 || {
-      cat "$work/kube-tools.log" >&2; echo "lab-images: scripts/kube-tools.sh failed" >&2; return 1; }
-    KUBE_TOOLS_RAN=1
+  local bin=$KUBE_BIN/$1 opt=${2:-} lib
+  if [[ $KUBE_TOOLS_RAN != *" $opt "* ]]; then
+    # shellcheck disable=SC2086 # no option: no word
+    scripts/kube-tools.sh $opt >"$work/kube-tools.log" 2>&1 || {
+      cat "$work/kube-tools.log" >&2; echo "lab-images: scripts/kube-tools.sh $opt failed" >&2; return 1; }
+    KUBE_TOOLS_RAN+="$opt "
   fi
   echo "$1 $(sum "$bin")"
   for lib in $(libs "$bin"); do echo "$lib $(sum "$lib")"; done
 }
 inputs_csi-provisioner() { inputs_sidecar csi-provisioner; }
 inputs_csi-resizer() { inputs_sidecar csi-resizer; }
-
 # What scripts/image.sh builds from (the files it copies into its build
 # context, itself and the base image's script, the Rust toolchain). The git
 # revision it stamps into a label is left out: a commit elsewhere in the tree
@@ -283,9 +289,12 @@ build_pause() { # LAYOUT REF
     --label "org.opencontainers.image.description=Pod sandbox process of the ocfs2-csi lab"
 }
 
-build_busybox() { # LAYOUT REF
-  local x=$work/bb-deb t=$work/busybox a v
-  dpkg-deb -x "$BB_DEB" "$x"
+# bb_tree DIR: Debian's busybox-static with its applet links, /tmp, users
+# root, qemu and nobody, checked in a chroot.
+bb_tree() {
+  local x=$work/bb-deb t=$1 a
+  rm -rf "$x"
+  dpkg-deb -x "${DEBS[busybox-static]}" "$x"
   mkdir -p "$t/bin" "$t/root" "$t/home/qemu" "$t/tmp" "$t/etc"
   cp "$x/bin/busybox" "$t/bin/busybox"
   for a in $("$t/bin/busybox" --list-full); do
@@ -304,7 +313,12 @@ build_busybox() { # LAYOUT REF
       [ -n "$(command -v $a)" ] || { echo "no $a" >&2; exit 1; }; done
     [ "$(id -u qemu):$(id -g qemu):$(id -gn qemu)" = 107:107:qemu ] && [ "$(id -u)" = 0 ]' ||
     { echo "lab-images: busybox tree check failed" >&2; return 1; }
-  v=$(dpkg-deb -f "$BB_DEB" Version)
+}
+
+build_busybox() { # LAYOUT REF
+  local t=$work/busybox v
+  bb_tree "$t"
+  v=$(dpkg-deb -f "${DEBS[busybox-static]}" Version)
   from_tree "$t" "$2" "$1" --cmd '["/bin/sh"]' \
     --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     --label "org.opencontainers.image.title=busybox" \
@@ -351,7 +365,7 @@ for n in "${want[@]}"; do
   t=$(now)
   ref=localhost/$n:lab
   archive=$OUT/$n.tar
-  # (not in a subshell: inputs_busybox sets BB_DEB)
+  # (not in a subshell: deb sets DEBS)
   "inputs_$n" >"$work/inputs"
   key=$({ cat "$work/inputs"; echo "script $SELF ref $ref"; } | sha256sum | cut -c1-64)
   if [ "${FORCE:-0}" != 1 ] && [ -s "$archive" ] && [ "$(cat "$OUT/.$n.key" 2>/dev/null)" = "$key" ]; then
