@@ -15,14 +15,21 @@
 #                        with the libraries ldd lists
 #   ocfs2-csi.tar        localhost/ocfs2-csi:lab        scripts/image.sh's image
 #                        (localhost/ocfs2-csi:<version>) under the lab's name
-# All but the last are made from scratch, x86_64 only (as the guests are).
+# and only when asked for by name or group (the nodes tier does not use them
+# yet, and every archive in OUTDIR is imported into every guest at boot):
+#   group snapshot: the snapshot stack (e2e/kube/snapshotter), built by
+#   scripts/kube-tools.sh --node, like the sidecars above
+#   csi-snapshotter.tar      localhost/csi-snapshotter:lab
+#   snapshot-controller.tar  localhost/snapshot-controller:lab
+# All but ocfs2-csi are made from scratch, x86_64 only (as the guests are).
 # Runs as root (buildah, chroot for the smoke checks of each tree).
 # Each archive's index.json names its image in io.containerd.image.name
 # (which ctr import uses as is) and org.opencontainers.image.ref.name; layers
 # are left uncompressed, so the emulated guests need not gunzip them.
 #
-# Usage: scripts/lab-images.sh OUTDIR [IMAGE...]   (IMAGE: pause busybox
-#        csi-provisioner csi-resizer ocfs2-csi; default all)
+# Usage: scripts/lab-images.sh OUTDIR [IMAGE|GROUP...]   (IMAGE: any name
+#        above without .tar; GROUP: default (pause busybox csi-provisioner
+#        csi-resizer ocfs2-csi, also what no argument means), snapshot)
 # Cached: OUTDIR/.IMAGE.key holds the hash of the image's inputs (this script,
 # the C source, the binaries and their libraries, the .debs, the driver's
 # sources); an archive whose key still matches is kept, so a run with nothing
@@ -33,16 +40,23 @@
 # driver image stays in it, the others go straight to archives.
 set -euo pipefail
 
-ALL=(pause busybox csi-provisioner csi-resizer ocfs2-csi)
-usage() { echo "usage: $0 OUTDIR [${ALL[*]}]" >&2; exit 2; }
+DEFAULT=(pause busybox csi-provisioner csi-resizer ocfs2-csi)
+SNAPSHOT=(csi-snapshotter snapshot-controller)
+ALL=("${DEFAULT[@]}" "${SNAPSHOT[@]}")
+usage() { echo "usage: $0 OUTDIR [default snapshot ${ALL[*]}]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$(realpath -m -- "$1")
 shift
-want=("$@")
-[ ${#want[@]} -gt 0 ] || want=("${ALL[@]}")
-for n in "${want[@]}"; do
-  [[ " ${ALL[*]} " == *" $n "* ]] || { echo "lab-images: unknown image '$n'" >&2; usage; }
+want=()
+for n in "$@"; do
+  case $n in
+    default) want+=("${DEFAULT[@]}") ;;
+    snapshot) want+=("${SNAPSHOT[@]}") ;;
+    *) [[ " ${ALL[*]} " == *" $n "* ]] || { echo "lab-images: unknown image '$n'" >&2; usage; }
+       want+=("$n") ;;
+  esac
 done
+[ ${#want[@]} -gt 0 ] || want=("${DEFAULT[@]}")
 
 self=$(realpath -- "$0")
 root=$(cd "$(dirname "$self")/.." && pwd)
@@ -149,6 +163,8 @@ inputs_sidecar() {
 }
 inputs_csi-provisioner() { inputs_sidecar csi-provisioner; }
 inputs_csi-resizer() { inputs_sidecar csi-resizer; }
+inputs_csi-snapshotter() { inputs_sidecar csi-snapshotter --node; }
+inputs_snapshot-controller() { inputs_sidecar snapshot-controller --node; }
 # What scripts/image.sh builds from (the files it copies into its build
 # context, itself and the base image's script, the Rust toolchain). The git
 # revision it stamps into a label is left out: a commit elsewhere in the tree
@@ -347,6 +363,8 @@ build_sidecar() { # NAME LAYOUT REF
 }
 build_csi-provisioner() { build_sidecar csi-provisioner "$@"; }
 build_csi-resizer() { build_sidecar csi-resizer "$@"; }
+build_csi-snapshotter() { build_sidecar csi-snapshotter "$@"; }
+build_snapshot-controller() { build_sidecar snapshot-controller "$@"; }
 
 build_ocfs2-csi() { # LAYOUT REF
   local version image
