@@ -21,6 +21,26 @@
 #   scripts/kube-tools.sh --node, like the sidecars above
 #   csi-snapshotter.tar      localhost/csi-snapshotter:lab
 #   snapshot-controller.tar  localhost/snapshot-controller:lab
+#   group e2e: the images the Kubernetes storage e2e suite (v1.37.1) runs its
+#   pods with, under the names and tags its test/utils/image/manifest.go asks
+#   for, in a registry of our own (e2e/k8s-storage/repo-list.yaml, given to the
+#   suite as -kube-test-repo-list, maps promoterE2eRegistry to it):
+#   e2e-busybox.tar    localhost/e2e-test-images/busybox:1.37.0-2
+#                      the busybox image above under the suite's name
+#   e2e-agnhost.tar    localhost/e2e-test-images/agnhost:2.66.1
+#                      agnhost of k8s.io/kubernetes v1.37.1 (scripts/kube-tools.sh
+#                      --e2e) at /agnhost (entrypoint, `pause` by default, as
+#                      upstream), with busybox's applets for the shell that the
+#                      suite's hostexec and subpath pods use
+#   e2e-nginx.tar      localhost/e2e-test-images/nginx:1.27.0-2
+#                      Debian's nginx (1.22, not 1.27: the suite only runs
+#                      `/bin/sh -ec` in it) with busybox's applets and a
+#                      minimal config serving /usr/share/nginx/html on port 80
+#   e2e-glibc-dns-testing.tar  localhost/e2e-test-images/glibc-dns-testing:2.1.1
+#                      a stand-in: the busybox image under this name. The
+#                      storage suite (multivolume) only runs dd, base64,
+#                      sha256sum, blockdev and test in it through /bin/sh; the
+#                      DNS tests the upstream image is made for are not run here.
 # All but ocfs2-csi are made from scratch, x86_64 only (as the guests are).
 # Runs as root (buildah, chroot for the smoke checks of each tree).
 # Each archive's index.json names its image in io.containerd.image.name
@@ -29,7 +49,7 @@
 #
 # Usage: scripts/lab-images.sh OUTDIR [IMAGE|GROUP...]   (IMAGE: any name
 #        above without .tar; GROUP: default (pause busybox csi-provisioner
-#        csi-resizer ocfs2-csi, also what no argument means), snapshot)
+#        csi-resizer ocfs2-csi, also what no argument means), snapshot, e2e)
 # Cached: OUTDIR/.IMAGE.key holds the hash of the image's inputs (this script,
 # the C source, the binaries and their libraries, the .debs, the driver's
 # sources); an archive whose key still matches is kept, so a run with nothing
@@ -42,8 +62,12 @@ set -euo pipefail
 
 DEFAULT=(pause busybox csi-provisioner csi-resizer ocfs2-csi)
 SNAPSHOT=(csi-snapshotter snapshot-controller)
-ALL=("${DEFAULT[@]}" "${SNAPSHOT[@]}")
-usage() { echo "usage: $0 OUTDIR [default snapshot ${ALL[*]}]" >&2; exit 2; }
+E2E=(e2e-busybox e2e-agnhost e2e-nginx e2e-glibc-dns-testing)
+ALL=("${DEFAULT[@]}" "${SNAPSHOT[@]}" "${E2E[@]}")
+# The e2e images' tags: what Kubernetes v1.37.1's test/utils/image/manifest.go
+# asks for (agnhost's is also checked against the binary's own version).
+declare -A E2E_TAGS=([busybox]=1.37.0-2 [agnhost]=2.66.1 [nginx]=1.27.0-2 [glibc-dns-testing]=2.1.1)
+usage() { echo "usage: $0 OUTDIR [default snapshot e2e ${ALL[*]}]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$(realpath -m -- "$1")
 shift
@@ -52,6 +76,7 @@ for n in "$@"; do
   case $n in
     default) want+=("${DEFAULT[@]}") ;;
     snapshot) want+=("${SNAPSHOT[@]}") ;;
+    e2e) want+=("${E2E[@]}") ;;
     *) [[ " ${ALL[*]} " == *" $n "* ]] || { echo "lab-images: unknown image '$n'" >&2; usage; }
        want+=("$n") ;;
   esac
@@ -165,6 +190,18 @@ inputs_csi-provisioner() { inputs_sidecar csi-provisioner; }
 inputs_csi-resizer() { inputs_sidecar csi-resizer; }
 inputs_csi-snapshotter() { inputs_sidecar csi-snapshotter --node; }
 inputs_snapshot-controller() { inputs_sidecar snapshot-controller --node; }
+inputs_e2e-busybox() { deb busybox-static; }
+inputs_e2e-glibc-dns-testing() { deb busybox-static; }
+inputs_e2e-agnhost() { deb busybox-static && inputs_sidecar agnhost --e2e; }
+# nginx's binary and the libraries ldd finds for it on this machine (the
+# package's dependencies, installed here)
+inputs_e2e-nginx() {
+  local lib
+  deb busybox-static && deb nginx || return 1
+  dpkg-deb -x "${DEBS[nginx]}" "$work/nginx-deb"
+  for lib in $(libs "$work/nginx-deb/usr/sbin/nginx"); do echo "$lib $(sum "$lib")"; done
+}
+
 # What scripts/image.sh builds from (the files it copies into its build
 # context, itself and the base image's script, the Rust toolchain). The git
 # revision it stamps into a label is left out: a commit elsewhere in the tree
@@ -366,6 +403,111 @@ build_csi-resizer() { build_sidecar csi-resizer "$@"; }
 build_csi-snapshotter() { build_sidecar csi-snapshotter "$@"; }
 build_snapshot-controller() { build_sidecar snapshot-controller "$@"; }
 
+# --- the storage e2e suite's images ----------------------------------------
+
+# e2e_shell_check DIR: what the storage suite runs in its pods' shells
+# (volumes, multivolume, provisioning, subpath: framework/volume,
+# storage/utils) is there, dd with direct I/O for block volumes included.
+e2e_shell_check() {
+  chroot "$1" /bin/sh -ec 'for a in sh sleep dd sha256sum base64 blockdev grep head cat echo chmod \
+        ls mkdir rm touch test stat mount find; do
+      [ -n "$(command -v $a)" ] || { echo "no $a" >&2; exit 1; }; done
+    trap exit TERM
+    echo lab | base64 | base64 -d | dd of=/tmp/f oflag=direct bs=512 conv=sync 2>/tmp/dd.err
+    dd if=/tmp/f iflag=direct bs=512 count=1 2>/tmp/dd.err | sha256sum | grep -q "^[0-9a-f]\{64\} "
+    rm /tmp/f /tmp/dd.err' || { echo "lab-images: $1: shell check failed" >&2; cat "$1/tmp/dd.err" >&2 || true; return 1; }
+}
+
+# e2e_busybox_like NAME LAYOUT REF: the busybox tree under an e2e image's name
+e2e_busybox_like() {
+  local t=$work/$1 v
+  bb_tree "$t"
+  e2e_shell_check "$t"
+  v=$(dpkg-deb -f "${DEBS[busybox-static]}" Version)
+  from_tree "$t" "$3" "$2" --cmd '["/bin/sh"]' \
+    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    --label "org.opencontainers.image.title=$1" \
+    --label "org.opencontainers.image.version=${E2E_TAGS[$1]}" \
+    --label "org.opencontainers.image.description=Debian busybox-static $v as the storage e2e suite's $1 image, ocfs2-csi lab"
+}
+build_e2e-busybox() { e2e_busybox_like busybox "$@"; }
+# Upstream's is a glibc image with DNS tools; see the header.
+build_e2e-glibc-dns-testing() { e2e_busybox_like glibc-dns-testing "$@"; }
+
+build_e2e-agnhost() { # LAYOUT REF
+  local t=$work/agnhost bin=$KUBE_BIN/agnhost lib v
+  bb_tree "$t"
+  cp "$bin" "$t/agnhost"
+  # as upstream's image: the entrypoint-tester's second name, netexec's
+  # upload folder, a user and group defined in the image
+  ln -s agnhost "$t/agnhost-2"
+  mkdir -p "$t/uploads"
+  echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >>"$t/etc/passwd"
+  printf '%s\n' 'user-defined-in-image:x:1000:' 'group-defined-in-image:x:50000:user-defined-in-image' >>"$t/etc/group"
+  for lib in $(libs "$bin"); do
+    mkdir -p "$t$(dirname "$lib")"
+    cp -L "$lib" "$t$lib"
+  done
+  e2e_shell_check "$t"
+  chroot "$t" /agnhost --help >/dev/null ||
+    { echo "lab-images: /agnhost --help failed in its tree" >&2; return 1; }
+  # the suite's subpath tests run mounttest
+  chroot "$t" /agnhost mounttest --fs_type=/tmp >/dev/null ||
+    { echo "lab-images: /agnhost mounttest failed in its tree" >&2; return 1; }
+  v=$(chroot "$t" /agnhost --version | awk '{ print $NF }')
+  [ "$v" = "${E2E_TAGS[agnhost]}" ] ||
+    { echo "lab-images: agnhost says version $v, the suite asks for ${E2E_TAGS[agnhost]}" >&2; return 1; }
+  from_tree "$t" "$2" "$1" --entrypoint '["/agnhost"]' --cmd '["pause"]' \
+    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    --label "org.opencontainers.image.title=agnhost" \
+    --label "org.opencontainers.image.version=$v" \
+    --label "org.opencontainers.image.description=agnhost $v of Kubernetes v1.37.1 with busybox, ocfs2-csi lab"
+}
+
+build_e2e-nginx() { # LAYOUT REF
+  local t=$work/nginx x=$work/nginx-deb lib v
+  bb_tree "$t"
+  mkdir -p "$t/usr/sbin" "$t/etc/nginx" "$t/usr/share/nginx/html" "$t/var/log/nginx" \
+    "$t/var/lib/nginx" "$t/run"
+  cp "$x/usr/sbin/nginx" "$t/usr/sbin/nginx"
+  for lib in $(libs "$x/usr/sbin/nginx"); do
+    mkdir -p "$t$(dirname "$lib")"
+    cp -L "$lib" "$t$lib"
+  done
+  # Debian's compiled-in paths (nginx -V); the logs go to the container's
+  # output, as upstream's image links them there.
+  cat >"$t/etc/nginx/nginx.conf" <<'CONF'
+user nobody nogroup;
+worker_processes 1;
+error_log stderr;
+pid /run/nginx.pid;
+events { worker_connections 64; }
+http {
+  access_log /dev/stdout;
+  types { text/html html; text/plain txt; }
+  default_type application/octet-stream;
+  server {
+    listen 80;
+    root /usr/share/nginx/html;
+  }
+}
+CONF
+  echo '<html><body>nginx of the ocfs2-csi lab</body></html>' >"$t/usr/share/nginx/html/index.html"
+  e2e_shell_check "$t"
+  # (the chroot has no /dev; the container's /dev/stdout stands in for a moment)
+  mkdir "$t/dev"
+  : >"$t/dev/stdout"
+  chroot "$t" /usr/sbin/nginx -t -q ||
+    { echo "lab-images: nginx -t failed in its tree" >&2; return 1; }
+  rm -r "${t:?}/dev"
+  v=$(dpkg-deb -f "${DEBS[nginx]}" Version)
+  from_tree "$t" "$2" "$1" --cmd '["/usr/sbin/nginx", "-g", "daemon off;"]' \
+    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    --label "org.opencontainers.image.title=nginx" \
+    --label "org.opencontainers.image.version=${E2E_TAGS[nginx]}" \
+    --label "org.opencontainers.image.description=Debian nginx $v with busybox as the storage e2e suite's nginx image, ocfs2-csi lab"
+}
+
 build_ocfs2-csi() { # LAYOUT REF
   local version image
   check_storage
@@ -381,7 +523,10 @@ build_ocfs2-csi() { # LAYOUT REF
 
 for n in "${want[@]}"; do
   t=$(now)
-  ref=localhost/$n:lab
+  case $n in
+    e2e-*) ref=localhost/e2e-test-images/${n#e2e-}:${E2E_TAGS[${n#e2e-}]} ;;
+    *) ref=localhost/$n:lab ;;
+  esac
   archive=$OUT/$n.tar
   # (not in a subshell: deb sets DEBS)
   "inputs_$n" >"$work/inputs"
