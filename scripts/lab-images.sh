@@ -407,10 +407,12 @@ build_snapshot-controller() { build_sidecar snapshot-controller "$@"; }
 
 # e2e_shell_check DIR: what the storage suite runs in its pods' shells
 # (volumes, multivolume, provisioning, subpath: framework/volume,
-# storage/utils) is there, dd with direct I/O for block volumes included.
+# storage/utils) is there, dd with direct I/O for block volumes included,
+# and nsenter, with which its hostexec pods (agnhost) enter the node's mount
+# namespace to run the node's own sh.
 e2e_shell_check() {
   chroot "$1" /bin/sh -ec 'for a in sh sleep dd sha256sum base64 blockdev grep head cat echo chmod \
-        ls mkdir rm touch test stat mount find; do
+        ls mkdir rm touch test stat mount find nsenter; do
       [ -n "$(command -v $a)" ] || { echo "no $a" >&2; exit 1; }; done
     trap exit TERM
     echo lab | base64 | base64 -d | dd of=/tmp/f oflag=direct bs=512 conv=sync 2>/tmp/dd.err
