@@ -91,7 +91,7 @@ case ${1:-} in
     timed check clippy "$CARGO" clippy --workspace --all-targets -- -D warnings
     timed check shellcheck shellcheck_all
     timed check layers scripts/check-layers.sh
-    timed check "unit and in-process tests" "$CARGO" test --lib --bins
+    timed check "unit and in-process tests" "$CARGO" test --workspace --lib --bins
     for t in "${CHECK_TESTS[@]}"; do test_file check "$t"; done
     ;;
   host)

@@ -27,6 +27,7 @@ use crate::ocfs2::tools::Ocfs2Error;
 use crate::volume::entry::{volume_in, VolumeEntry};
 use crate::volume::id::VolumeId;
 use futures::future::BoxFuture;
+use ocfs2_csi_testkit::junit::{self, Outcome};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -242,67 +243,6 @@ fn sanity_binary() -> PathBuf {
     cache.join("bin/csi-sanity")
 }
 
-/// One test case of the junit report.
-#[derive(Debug)]
-struct Case {
-    name: String,
-    outcome: Outcome,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    Failed(String),
-    Skipped(String),
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&#xA;", "\n")
-        .replace("&#x9;", "\t")
-        .replace("&amp;", "&")
-}
-
-/// The value of attribute `name` in the tag text `tag`.
-fn attribute(tag: &str, name: &str) -> Option<String> {
-    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let len = tag[at..].find('"')?;
-    Some(unescape(&tag[at..at + len]))
-}
-
-/// The test cases of a ginkgo junit report (just what we read of it).
-fn junit_cases(xml: &str) -> Vec<Case> {
-    let mut cases = Vec::new();
-    for chunk in xml.split("<testcase ").skip(1) {
-        let chunk = chunk.split("</testcase>").next().unwrap_or(chunk);
-        let head = &chunk[..chunk.find('>').unwrap_or(chunk.len())];
-        let name = attribute(&format!(" {head}"), "name")
-            .unwrap_or_default()
-            .replace("[It] ", "");
-        let child = |tag: &str| {
-            chunk
-                .find(&format!("<{tag}"))
-                .map(|at| &chunk[at..at + chunk[at..].find('>').unwrap_or(0)])
-        };
-        let message = |tag: &str| attribute(tag, "message").unwrap_or_default();
-        let outcome = if let Some(f) = child("failure").or_else(|| child("error")) {
-            Outcome::Failed(message(f))
-        } else if let Some(s) = child("skipped") {
-            Outcome::Skipped(message(s).replace("skipped - ", ""))
-        } else if attribute(&format!(" {head}"), "status").as_deref() == Some("pending") {
-            Outcome::Skipped("marked pending in csi-sanity itself".into())
-        } else {
-            Outcome::Passed
-        };
-        cases.push(Case { name, outcome });
-    }
-    cases
-}
-
 /// What one csi-sanity run reported.
 struct Report {
     passed: Vec<String>,
@@ -438,11 +378,16 @@ async fn csi_sanity_once(
         skipped: BTreeMap::new(),
         took,
     };
-    for case in junit_cases(&xml) {
+    for case in junit::cases(&xml) {
         match case.outcome {
             Outcome::Passed => report.passed.push(case.name),
             Outcome::Failed(why) => report.failed.push(format!("{}: {why}", case.name)),
             Outcome::Skipped(why) => report.skipped.entry(why).or_default().push(case.name),
+            Outcome::Pending => report
+                .skipped
+                .entry("pending".into())
+                .or_default()
+                .push(case.name),
         }
     }
     if !report.failed.is_empty() || !out.status.success() {
@@ -583,24 +528,4 @@ fn only_a_failed_connect_is_run_again() {
     assert!(report(&["a: Unexpected error: Connection timed out"]).only_connect_timeouts());
     assert!(!report(&[]).only_connect_timeouts());
     assert!(!report(&["a: Connection timed out", "b: Expected <x>"]).only_connect_timeouts());
-}
-
-#[test]
-fn junit_cases_are_read() {
-    let xml = r#"<testsuites><testsuite name="CSI Driver Test Suite">
-<testcase name="[It] Node Service should work" classname="x" status="passed" time="0.1"></testcase>
-<testcase name="[It] Controller Service a &amp; b" classname="x" status="skipped" time="0">
-<skipped message="skipped - ControllerPublishVolume not supported"></skipped></testcase>
-<testcase name="[It] c" status="failed"><failure message="Expected &lt;x&gt;" type="failed">...</failure></testcase>
-</testsuite></testsuites>"#;
-    let cases = junit_cases(xml);
-    assert_eq!(cases.len(), 3);
-    assert_eq!(cases[0].name, "Node Service should work");
-    assert_eq!(cases[0].outcome, Outcome::Passed);
-    assert_eq!(cases[1].name, "Controller Service a & b");
-    assert_eq!(
-        cases[1].outcome,
-        Outcome::Skipped("ControllerPublishVolume not supported".into())
-    );
-    assert_eq!(cases[2].outcome, Outcome::Failed("Expected <x>".into()));
 }

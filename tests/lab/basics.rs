@@ -656,15 +656,14 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
         secs(t),
         out.trim().lines().last().unwrap_or("")
     );
-    let junit = lab.must(1, "cat /tmp/sanity.xml");
-    for (reason, count) in skipped_by_reason(&junit) {
+    let cases = junit::cases(&lab.must(1, "cat /tmp/sanity.xml"));
+    for (reason, count) in junit::skipped_by_reason(&cases) {
         println!("scenario 8: skipped {count:>2}: {reason}");
     }
     // The snapshot specs run here, on real OCFS2 (the block run skips them).
-    let snapshot_specs = junit
-        .split("<testcase")
-        .skip(1)
-        .filter(|c| c.contains("napshot") && c.contains("status=\"passed\""))
+    let snapshot_specs = cases
+        .iter()
+        .filter(|c| c.name.contains("napshot") && c.outcome == junit::Outcome::Passed)
         .count();
     println!("scenario 8: {snapshot_specs} snapshot specs passed");
     assert!(
@@ -761,24 +760,6 @@ fn lun_added(
          by all three, in {}",
         secs(t)
     );
-}
-
-/// csi-sanity's skipped specs from its JUnit file, counted by the message
-/// it gave (usually the capability the driver does not offer).
-pub(crate) fn skipped_by_reason(junit: &str) -> std::collections::BTreeMap<String, usize> {
-    let mut by = std::collections::BTreeMap::new();
-    for case in junit.split("<testcase").skip(1) {
-        let Some(at) = case.find("<skipped message=\"") else {
-            continue;
-        };
-        let rest = &case[at + 18..];
-        let message = rest[..rest.find('"').unwrap_or(rest.len())]
-            .replace("&#39;", "'")
-            .replace("&#34;", "\"");
-        let message = message.trim().trim_start_matches("skipped - ").to_string();
-        *by.entry(message.chars().take(120).collect()).or_insert(0) += 1;
-    }
-    by
 }
 
 /// Hostile and malformed Node requests on node1: each gets the expected

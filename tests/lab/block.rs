@@ -395,8 +395,8 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
         t.elapsed().as_secs_f64(),
         out.trim().lines().last().unwrap_or("")
     );
-    let junit = lab.must(1, "cat /tmp/bsanity.xml");
-    for (reason, count) in super::basics::skipped_by_reason(&junit) {
+    let cases = junit::cases(&lab.must(1, "cat /tmp/bsanity.xml"));
+    for (reason, count) in junit::skipped_by_reason(&cases) {
         println!("block 7: skipped {count:>2}: {reason}");
     }
     let zeroed = lab.must(
