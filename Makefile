@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo demo-grpc demo-controller test check host lab kube nodes deps deps-check deps-host deps-lab deps-kube deps-nodes \
+.PHONY: demo demo-grpc demo-controller test check host lab kube nodes e2e-k8s deps deps-check deps-host deps-lab deps-kube deps-nodes \
 	chart manifests bench fmt
 
 ## demo: three lab guests as Kubernetes nodes; helm install; a RWX claim shared by pods on all three, grown while they write
@@ -45,6 +45,12 @@ kube: deps-kube
 ## nodes: lab guests as Kubernetes nodes; the chart installed with helm; the user's flows
 nodes: deps-nodes
 	scripts/tier.sh nodes
+
+## e2e-k8s: the Kubernetes storage e2e suite on the lab's Kubernetes nodes, outside make test (E2E_FOCUS, E2E_SKIP, E2E_PROCS: examples/e2e_k8s.rs)
+e2e-k8s: deps-nodes
+	scripts/kube-tools.sh --node --e2e
+	$(CARGO) build --example e2e_k8s
+	./target/debug/examples/e2e_k8s
 
 deps: deps-check deps-host deps-lab deps-kube deps-nodes
 

@@ -107,6 +107,10 @@ done
 # version" (tests/kube_nodes.rs).
 ctr -n k8s.io images tag --force localhost/ocfs2-csi:lab localhost/ocfs2-csi:lab-next >/dev/null
 
+# Where the API server reaches the kubelet (logs, exec: Lab::connect_proxy),
+# it shows a client certificate from this CA.
+x509='{}'
+[ ! -s /root/kubelet-client-ca.crt ] || x509='{clientCAFile: /root/kubelet-client-ca.crt}'
 cat >/var/lib/kubelet/config.yaml <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -116,7 +120,7 @@ failSwapOn: false
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}
-  x509: {}
+  x509: $x509
 authorization: {mode: Webhook}
 clusterDNS: []
 resolvConf: ""

@@ -335,7 +335,9 @@ boot_node() {
 	ns=$(ns_name)
 	mac=$(printf '%02x' "$i")
 	api=$(cat "$STATE/api_port" 2>/dev/null || true)
-	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api"
+	# With an API server, also its way back to the kubelet (logs, exec):
+	# 11250+I on the namespace's loopback (testkit's Lab::connect_proxy).
+	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api,hostfwd=tcp:127.0.0.1:$((11250 + i))-:10250"
 	rm -f "$STATE/node-$i.console.log" "$STATE/node-$i.qemu.log" "$STATE/node-$i.qmp"
 	local lun_args=()
 	if [ -f "$STATE/san" ]; then

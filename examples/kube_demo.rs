@@ -103,9 +103,8 @@ fn main() {
         println!(
             "\nThe cluster stays up until you press Enter. In another shell:\n\
              \n  export KUBECONFIG={}\n  export PATH={}:$PATH\n  kubectl get nodes,pods -A -o wide\n  \
-             kubectl get pvc,pv\n\nThe API server cannot reach the kubelets (they live behind QEMU's \
-             network), so `kubectl logs` and `exec` do not work; a pod's log is on its node:\n  \
-             LAB_STATE_DIR={} e2e/lab.sh exec 1 'tail /var/log/pods/default_writers-*/writer/0.log'",
+             kubectl get pvc,pv\n  kubectl logs -l app=writers --prefix\n\nA guest's own \
+             shell: LAB_STATE_DIR={} e2e/lab.sh exec 1 'uptime'",
             c.kube.kubeconfig.display(),
             bin_dir().display(),
             c.lab.state_dir().display()

@@ -24,6 +24,10 @@
 #   KUBE_UP_TIMEOUT    seconds to wait for readiness (default: 120)
 #   KUBE_SCHEDULER=1   also start kube-scheduler, for clusters with kubelets
 #                      (the lab's Kubernetes nodes; kube-tools.sh --node)
+#   KUBE_EGRESS_UDS=P  the API server reaches nodes (kubelets: logs, exec)
+#                      through the HTTP CONNECT proxy on unix socket P (its
+#                      egress selector `cluster`), with a client certificate
+#                      the kubelets trust: DIR/certs/kubelet-client-ca.crt
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/cache.sh"
@@ -142,6 +146,37 @@ for attempt in 1 2 3; do
 done
 t_etcd=$(ms)
 
+# ---- the API server's way to the kubelets (optional) ----
+EGRESS=()
+if [ -n "${KUBE_EGRESS_UDS:-}" ]; then
+  certs=$DIR/certs
+  mkdir -p "$certs"
+  # A CA of their own for the kubelets' client-certificate check, and the
+  # API server's certificate from it; system:masters passes the kubelets'
+  # authorization (a SubjectAccessReview to this API server).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=lab-kubelet-client-ca \
+    -keyout "$certs/kubelet-client-ca.key" -out "$certs/kubelet-client-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$certs/kubelet-client.key" -out "$certs/kubelet-client.csr" 2>/dev/null
+  openssl x509 -req -in "$certs/kubelet-client.csr" -days 30 \
+    -CA "$certs/kubelet-client-ca.crt" -CAkey "$certs/kubelet-client-ca.key" -CAcreateserial \
+    -out "$certs/kubelet-client.crt" 2>/dev/null
+  cat >"$DIR/egress.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $KUBE_EGRESS_UDS
+EOF
+  EGRESS=(--egress-selector-config-file "$DIR/egress.yaml"
+    --kubelet-client-certificate "$certs/kubelet-client.crt"
+    --kubelet-client-key "$certs/kubelet-client.key")
+fi
+
 # ---- kube-apiserver ----
 CA=$DIR/certs/apiserver.crt
 for attempt in 1 2 3; do
@@ -158,7 +193,7 @@ for attempt in 1 2 3; do
     --service-account-signing-key-file "$DIR/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 \
     --endpoint-reconciler-type none \
-    --profiling=false
+    --profiling=false "${EGRESS[@]}"
   API_PID=$STARTED
   if wait_for kube-apiserver "$API_PID" \
       curl -sf --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$SERVER/readyz"; then

@@ -56,8 +56,23 @@ pub fn cases(xml: &str) -> Vec<Case> {
                 .map(|at| &chunk[at..at + chunk[at..].find('>').unwrap_or(0)])
         };
         let message = |tag: &str| attribute(tag, "message").unwrap_or_default();
+        // A failure's message attribute may be empty (the e2e framework's
+        // short report): then its text says what failed.
+        let text = |tag: &str| {
+            let open = chunk.find(&format!("<{tag}"))?;
+            let body = open + chunk[open..].find('>')? + 1;
+            let end = body + chunk[body..].find(&format!("</{tag}>"))?;
+            Some(unescape(chunk[body..end].trim()))
+        };
         let outcome = if let Some(f) = child("failure").or_else(|| child("error")) {
-            Outcome::Failed(message(f))
+            let m = message(f);
+            Outcome::Failed(if m.is_empty() {
+                text("failure")
+                    .or_else(|| text("error"))
+                    .unwrap_or_default()
+            } else {
+                m
+            })
         } else if let Some(s) = child("skipped") {
             Outcome::Skipped(message(s).trim().replace("skipped - ", ""))
         } else if attribute(&head, "status").as_deref() == Some("pending") {
@@ -103,14 +118,21 @@ mod tests {
   <testcase name="[It] two" classname="x" status="failed" time="2"><failure message="boom &amp; more" type="failed">x</failure></testcase>
   <testcase name="[It] three" classname="x" status="skipped" time="0"><skipped message="skipped - not &#39;here&#39;"></skipped></testcase>
   <testcase name="[It] four" classname="x" status="pending" time="0"></testcase>
+  <testcase name="[It] five" classname="x" status="failed" time="1"><failure message="" type="failed">
+    [FAILED] it broke &lt;here&gt;
+  </failure></testcase>
 </testsuite></testsuites>"#;
         let c = cases(xml);
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 5);
         assert_eq!(c[0].name, "one \"a\"");
         assert_eq!((c[0].outcome.clone(), c[0].seconds), (Outcome::Passed, 1.5));
         assert_eq!(c[1].outcome, Outcome::Failed("boom & more".into()));
         assert_eq!(c[2].outcome, Outcome::Skipped("not 'here'".into()));
         assert_eq!(c[3].outcome, Outcome::Pending);
+        assert_eq!(
+            c[4].outcome,
+            Outcome::Failed("[FAILED] it broke <here>".into())
+        );
         let by = skipped_by_reason(&c);
         assert_eq!(by.get("not 'here'"), Some(&1));
         assert_eq!(by.get("pending"), Some(&1));

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 const RELAY_PORT: u16 = 16443;
 /// The API server as every node and pod sees it.
 const GUEST_API: &str = "10.0.2.100";
+/// The kubelets' port, and the first of the ports QEMU forwards to it in
+/// the lab's namespace (guest I's at this + I: e2e/lab.sh).
+const KUBELET_PORT: u16 = 10250;
+const KUBELET_FORWARDS: u16 = 11250;
 /// Where the chart is installed.
 pub const DRIVER_NS: &str = "kube-system";
 
@@ -26,18 +30,23 @@ pub struct Cluster {
 
 /// Runs a repository script with its output shown; panics unless it succeeds.
 fn run_script(args: &[&str]) {
+    print!("{}", script_output(args));
+}
+
+/// What a repository script printed; panics unless it succeeds.
+fn script_output(args: &[&str]) -> String {
     let out = Command::new(super::repo_root().join(args[0]))
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", args[0]));
-    print!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "{args:?} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An ext4 image holding every file of `dir` (no mount needed: mke2fs -d).
@@ -67,10 +76,22 @@ impl Cluster {
     /// Boots `nodes` guests on one virtio LUN of `lun_size` and makes each a
     /// Ready Kubernetes node named nodeI, labelled as one that sees the SAN.
     pub fn up(name: &str, nodes: usize, lun_size: &str) -> Cluster {
+        Self::up_with_images(name, nodes, lun_size, &["default"])
+    }
+
+    /// [`Cluster::up`] with the images of `groups` (scripts/lab-images.sh:
+    /// default, snapshot, e2e) on the nodes. Each set of groups has a folder
+    /// of its own: the guests import every archive of it at boot.
+    pub fn up_with_images(name: &str, nodes: usize, lun_size: &str, groups: &[&str]) -> Cluster {
         let started = Instant::now();
         run_script(&["scripts/kube-tools.sh", "--node"]);
-        let images = user_cache().join("lab/kube-images");
-        run_script(&["scripts/lab-images.sh", images.to_str().unwrap()]);
+        let images = match groups {
+            ["default"] => user_cache().join("lab/kube-images"),
+            _ => user_cache().join(format!("lab/kube-images-{}", groups.join("-"))),
+        };
+        let mut args = vec!["scripts/lab-images.sh", images.to_str().unwrap()];
+        args.extend_from_slice(groups);
+        run_script(&args);
         // Beside the lab's state folder, which is the lab's own to clear.
         let labs = super::repo_root().join(".cache/lab");
         std::fs::create_dir_all(&labs).unwrap();
@@ -81,7 +102,14 @@ impl Cluster {
             started.elapsed().as_secs_f64()
         );
 
-        let kube = Kube::up_with(&[("KUBE_SCHEDULER", "1"), ("KUBE_CONTROLLERS", "*")]);
+        // The API server reaches the kubelets (logs, exec) through the lab's
+        // proxy; the socket is made once the lab is up.
+        let proxy = labs.join(format!("{name}.kubelets.sock"));
+        let kube = Kube::up_with(&[
+            ("KUBE_SCHEDULER", "1"),
+            ("KUBE_CONTROLLERS", "*"),
+            ("KUBE_EGRESS_UDS", proxy.to_str().unwrap()),
+        ]);
         let image_dir = user_cache().join("lab/kube-node-image");
         let env = vec![
             ("LAB_IMAGE_DIR".into(), image_dir.display().to_string()),
@@ -95,6 +123,7 @@ impl Cluster {
         let lab = Lab::boot_with(name, nodes, lun_size, Some(RELAY_PORT), false, env);
         let port: u16 = kube.server.rsplit(':').next().unwrap().parse().unwrap();
         lab.relay_into(RELAY_PORT, port);
+        lab.connect_proxy(&proxy, KUBELET_PORT, KUBELET_FORWARDS);
         let cluster = Cluster { lab, kube };
         cluster.api_service_endpoint();
         cluster.join_nodes();
@@ -141,17 +170,20 @@ impl Cluster {
     /// Node is Ready and labels it as one that sees the SAN.
     fn join_nodes(&self) {
         let ca = std::fs::read_to_string(&self.kube.ca).unwrap();
+        let client_ca =
+            std::fs::read_to_string(self.kube.path().join("certs/kubelet-client-ca.crt")).unwrap();
         let kubeconfig = self.guest_kubeconfig();
         let script = std::fs::read_to_string(super::repo_root().join("e2e/kube-node.sh")).unwrap();
         let nodes = self.lab.nodes;
         std::thread::scope(|s| {
             for node in 1..=nodes {
-                let (ca, kubeconfig, script) = (&ca, &kubeconfig, &script);
+                let (ca, client_ca, kubeconfig, script) = (&ca, &client_ca, &kubeconfig, &script);
                 s.spawn(move || {
                     let out = self.lab.must(
                         node,
                         &format!(
                             "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\n\
+                             cat >/root/kubelet-client-ca.crt <<'CA'\n{client_ca}CA\n\
                              cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
                              export NODE_INDEX={node} NODE_COUNT={nodes}\n{script}"
                         ),
@@ -205,8 +237,13 @@ impl Cluster {
     /// `helm install` with values that only point the images at the ones the
     /// nodes imported, and name the lab's LUN.
     pub fn helm_install(&self) {
+        self.helm_install_with(&[]);
+    }
+
+    /// [`Cluster::helm_install`] with more `helm` arguments (`--set ...`).
+    pub fn helm_install_with(&self, extra: &[&str]) {
         let c = self;
-        let out = c.kube.helm(&[
+        let mut args = vec![
             "install",
             "ocfs2-csi",
             "deploy/helm/ocfs2-csi",
@@ -226,7 +263,9 @@ impl Cluster {
             "test.image.registry=localhost,test.image.repository=busybox,test.image.tag=lab,test.image.pullPolicy=Never",
             "--set",
             "luns={/dev/vda},initLuns={/dev/vda}",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = c.kube.helm(&args);
         println!("{}", out.lines().take(6).collect::<Vec<_>>().join("\n"));
         let t = Instant::now();
         c.kubectl(&[
@@ -273,6 +312,41 @@ impl Cluster {
                     .count()
                     == self.lab.nodes
             },
+        );
+    }
+
+    /// The snapshot stack a cluster provides and a driver's chart does not:
+    /// the VolumeSnapshot CRDs of the pinned external-snapshotter
+    /// (e2e/kube/snapshotter/crds.sh) and its snapshot-controller
+    /// (e2e/k8s-storage/snapshot-controller.yaml, image group `snapshot`).
+    pub fn install_snapshot_stack(&self) {
+        let t = Instant::now();
+        self.apply(&script_output(&["e2e/kube/snapshotter/crds.sh"]));
+        for crd in [
+            "volumesnapshotclasses",
+            "volumesnapshotcontents",
+            "volumesnapshots",
+        ] {
+            self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{crd}.snapshot.storage.k8s.io"),
+                "--timeout=120s",
+            ]);
+        }
+        let manifest = super::repo_root().join("e2e/k8s-storage/snapshot-controller.yaml");
+        self.apply(&std::fs::read_to_string(manifest).unwrap());
+        self.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            DRIVER_NS,
+            "deployment/snapshot-controller",
+            "--timeout=600s",
+        ]);
+        println!(
+            "snapshot stack: CRDs and snapshot-controller ready in {:.1} s",
+            t.elapsed().as_secs_f64()
         );
     }
 
@@ -364,9 +438,9 @@ impl Cluster {
             .unwrap_or_else(|| panic!("pod {namespace}/{pod} is on no lab node: {name:?}"))
     }
 
-    /// A container's log as the kubelet wrote it on its node. (The API
-    /// server cannot reach the kubelets, which live behind QEMU's network,
-    /// so `kubectl logs` and `exec` do not work here.)
+    /// A container's log as the kubelet wrote it on its node, read there:
+    /// it holds what `kubectl logs` would show, also once the container or
+    /// the API server's way to the kubelet is gone.
     pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
         let node = self.node_of(namespace, pod);
         self.lab

@@ -477,6 +477,48 @@ impl Lab {
         });
     }
 
+    /// An HTTP CONNECT proxy on the unix socket `uds` for the Kubernetes API
+    /// server's traffic to the nodes (its egress selector `cluster`: logs,
+    /// exec, port-forward): a CONNECT to guest I (nodeI or its lab address)
+    /// and `port` goes to `first + I` on the namespace's loopback, which
+    /// QEMU forwards to that port of guest I (lab.sh: the kubelet's, 10250,
+    /// from 11250+I).
+    /// Anything else is refused (502).
+    pub fn connect_proxy(&self, uds: &Path, port: u16, first: u16) {
+        use std::io::Write;
+        let ns = self.netns();
+        let _ = std::fs::remove_file(uds);
+        let listener = std::os::unix::net::UnixListener::bind(uds).expect("bind the proxy socket");
+        let nodes = self.nodes;
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    let Some(target) = connect_request(&mut client) else {
+                        return;
+                    };
+                    // The API server dials a Node by its hostname (nodeI)
+                    // or its InternalIP, whichever it prefers.
+                    let guest = (1..=nodes).find(|i| {
+                        target == format!("node{i}:{port}")
+                            || target == format!("192.168.77.{}:{port}", 10 + i)
+                    });
+                    let inner = guest.and_then(|i| connect_in_netns(&ns, first + i as u16).ok());
+                    let Some(inner) = inner else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .is_ok()
+                    {
+                        splice(client, inner);
+                    }
+                });
+            }
+        });
+    }
+
     fn netns(&self) -> String {
         std::fs::read_to_string(self.state.join("netns"))
             .expect("lab netns name")
@@ -687,20 +729,70 @@ fn connect_in_netns(ns: &str, port: u16) -> std::io::Result<std::net::TcpStream>
     std::net::TcpStream::connect(("127.0.0.1", port))
 }
 
+/// A stream [`splice`] can copy both ways: TCP or unix.
+trait Duplex: std::io::Read + std::io::Write + Send + Sized + 'static {
+    fn dup(&self) -> std::io::Result<Self>;
+    fn close_write(&self);
+}
+
+impl Duplex for std::net::TcpStream {
+    fn dup(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Duplex for std::os::unix::net::UnixStream {
+    fn dup(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Copies both ways until both sides are done.
-fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
-    use std::net::Shutdown;
-    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+fn splice<A: Duplex, B: Duplex>(a: A, b: B) {
+    let (Ok(mut a2), Ok(mut b2)) = (a.dup(), b.dup()) else {
         return;
     };
     let up = std::thread::spawn(move || {
         let _ = std::io::copy(&mut a2, &mut b2);
-        let _ = b2.shutdown(Shutdown::Write);
+        b2.close_write();
     });
     let (mut a, mut b) = (a, b);
     let _ = std::io::copy(&mut b, &mut a);
-    let _ = a.shutdown(Shutdown::Write);
+    a.close_write();
     let _ = up.join();
+}
+
+/// Reads an HTTP CONNECT request's head from `s` and answers it: the
+/// target "host:port" it names, or None (answered 400) for anything else.
+fn connect_request(s: &mut std::os::unix::net::UnixStream) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: nothing after the head may be read here, it is the
+    // tunnel's. Heads are a few hundred bytes.
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let target = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("CONNECT "))
+        .and_then(|l| l.split(' ').next())
+        .map(str::to_string);
+    if target.is_none() {
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    }
+    target
 }
 
 impl Lab {

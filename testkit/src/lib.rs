@@ -10,6 +10,7 @@ pub mod kube;
 pub mod kube_nodes;
 pub mod lab;
 pub mod report;
+pub mod storage_e2e;
 
 use ocfs2_csi::csi::controller_client::ControllerClient;
 use ocfs2_csi::csi::identity_client::IdentityClient;
