@@ -15,8 +15,8 @@
 #                        with the libraries ldd lists
 #   ocfs2-csi.tar        localhost/ocfs2-csi:lab        scripts/image.sh's image
 #                        (localhost/ocfs2-csi:<version>) under the lab's name
-# and only when asked for by name or group (the nodes tier does not use them
-# yet, and every archive in OUTDIR is imported into every guest at boot):
+# and only when asked for by name or group (every archive in OUTDIR is
+# imported into every guest at boot; the nodes tier and make e2e-k8s ask):
 #   group snapshot: the snapshot stack (e2e/kube/snapshotter), built by
 #   scripts/kube-tools.sh --node, like the sidecars above
 #   csi-snapshotter.tar      localhost/csi-snapshotter:lab
@@ -37,10 +37,12 @@
 #                      `/bin/sh -ec` in it) with busybox's applets and a
 #                      minimal config serving /usr/share/nginx/html on port 80
 #   e2e-glibc-dns-testing.tar  localhost/e2e-test-images/glibc-dns-testing:2.1.1
-#                      a stand-in: the busybox image under this name. The
-#                      storage suite (multivolume) only runs dd, base64,
-#                      sha256sum, blockdev and test in it through /bin/sh; the
-#                      DNS tests the upstream image is made for are not run here.
+#                      a stand-in: the busybox image with Debian coreutils'
+#                      dd and dash as /bin/sh (glibc). The storage suite
+#                      (multivolume) only runs dd (GNU's: oflag=nocache),
+#                      base64, sha256sum, blockdev and test in it through
+#                      /bin/sh; the DNS tests the upstream image is made for
+#                      are not run here.
 # All but ocfs2-csi are made from scratch, x86_64 only (as the guests are).
 # Runs as root (buildah, chroot for the smoke checks of each tree).
 # Each archive's index.json names its image in io.containerd.image.name
@@ -191,7 +193,16 @@ inputs_csi-resizer() { inputs_sidecar csi-resizer; }
 inputs_csi-snapshotter() { inputs_sidecar csi-snapshotter --node; }
 inputs_snapshot-controller() { inputs_sidecar snapshot-controller --node; }
 inputs_e2e-busybox() { deb busybox-static; }
-inputs_e2e-glibc-dns-testing() { deb busybox-static; }
+# coreutils' dd, dash, and the libraries ldd finds for them on this machine
+inputs_e2e-glibc-dns-testing() {
+  local p lib
+  deb busybox-static || return 1
+  for p in coreutils:dd dash:dash; do
+    deb "${p%%:*}" || return 1
+    dpkg-deb -x "${DEBS[${p%%:*}]}" "$work/${p%%:*}-deb"
+    for lib in $(libs "$work/${p%%:*}-deb/bin/${p#*:}"); do echo "$lib $(sum "$lib")"; done
+  done
+}
 inputs_e2e-agnhost() { deb busybox-static && inputs_sidecar agnhost --e2e; }
 # nginx's binary and the libraries ldd finds for it on this machine (the
 # package's dependencies, installed here)
@@ -368,15 +379,21 @@ bb_tree() {
     { echo "lab-images: busybox tree check failed" >&2; return 1; }
 }
 
+# bb_image TREE LAYOUT REF TITLE VERSION DESCRIPTION: a tree that bb_tree
+# made (and more) as an image whose command is its shell
+bb_image() {
+  from_tree "$1" "$3" "$2" --cmd '["/bin/sh"]' \
+    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    --label "org.opencontainers.image.title=$4" \
+    --label "org.opencontainers.image.version=$5" \
+    --label "org.opencontainers.image.description=$6"
+}
+
 build_busybox() { # LAYOUT REF
   local t=$work/busybox v
   bb_tree "$t"
   v=$(dpkg-deb -f "${DEBS[busybox-static]}" Version)
-  from_tree "$t" "$2" "$1" --cmd '["/bin/sh"]' \
-    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    --label "org.opencontainers.image.title=busybox" \
-    --label "org.opencontainers.image.version=$v" \
-    --label "org.opencontainers.image.description=Debian busybox-static $v, test image of the ocfs2-csi lab"
+  bb_image "$t" "$1" "$2" busybox "$v" "Debian busybox-static $v, test image of the ocfs2-csi lab"
 }
 
 build_sidecar() { # NAME LAYOUT REF
@@ -420,21 +437,39 @@ e2e_shell_check() {
     rm /tmp/f /tmp/dd.err' || { echo "lab-images: $1: shell check failed" >&2; cat "$1/tmp/dd.err" >&2 || true; return 1; }
 }
 
-# e2e_busybox_like NAME LAYOUT REF: the busybox tree under an e2e image's name
-e2e_busybox_like() {
-  local t=$work/$1 v
+build_e2e-busybox() { # LAYOUT REF
+  local t=$work/busybox v
   bb_tree "$t"
   e2e_shell_check "$t"
   v=$(dpkg-deb -f "${DEBS[busybox-static]}" Version)
-  from_tree "$t" "$3" "$2" --cmd '["/bin/sh"]' \
-    --env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    --label "org.opencontainers.image.title=$1" \
-    --label "org.opencontainers.image.version=${E2E_TAGS[$1]}" \
-    --label "org.opencontainers.image.description=Debian busybox-static $v as the storage e2e suite's $1 image, ocfs2-csi lab"
+  bb_image "$t" "$1" "$2" busybox "${E2E_TAGS[busybox]}" \
+    "Debian busybox-static $v as the storage e2e suite's busybox image, ocfs2-csi lab"
 }
-build_e2e-busybox() { e2e_busybox_like busybox "$@"; }
-# Upstream's is a glibc image with DNS tools; see the header.
-build_e2e-glibc-dns-testing() { e2e_busybox_like glibc-dns-testing "$@"; }
+
+# Upstream's is a glibc image with DNS tools; see the header. Its users here,
+# the multivolume tests, run GNU dd in it: oflag=nocache, which busybox's dd
+# refuses. Its /bin/sh is dash: busybox's shell would run its own dd applet
+# whatever PATH says.
+build_e2e-glibc-dns-testing() { # LAYOUT REF
+  local t=$work/glibc-dns-testing b v lib
+  bb_tree "$t"
+  for b in "$work/coreutils-deb/bin/dd" "$work/dash-deb/bin/dash"; do
+    rm -f "$t/bin/${b##*/}"
+    cp "$b" "$t/bin/${b##*/}"
+    for lib in $(libs "$b"); do
+      mkdir -p "$t$(dirname "$lib")"
+      cp -L "$lib" "$t$lib"
+    done
+  done
+  ln -sf dash "$t/bin/sh"
+  e2e_shell_check "$t"
+  # (the chroot has no /dev)
+  chroot "$t" /bin/sh -ec 'echo lab | dd of=/tmp/f oflag=nocache bs=512 count=1 2>/tmp/dd.err; rm /tmp/f /tmp/dd.err' ||
+    { echo "lab-images: GNU dd with oflag=nocache failed in its tree:" >&2; cat "$t/tmp/dd.err" >&2 || true; return 1; }
+  v=$(dpkg-deb -f "${DEBS[busybox-static]}" Version)
+  bb_image "$t" "$1" "$2" glibc-dns-testing "${E2E_TAGS[glibc-dns-testing]}" \
+    "Debian busybox-static $v with coreutils' dd $(dpkg-deb -f "${DEBS[coreutils]}" Version) and dash $(dpkg-deb -f "${DEBS[dash]}" Version) as the storage e2e suite's glibc-dns-testing image, ocfs2-csi lab"
+}
 
 build_e2e-agnhost() { # LAYOUT REF
   local t=$work/agnhost bin=$KUBE_BIN/agnhost lib v
