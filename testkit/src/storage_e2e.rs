@@ -8,13 +8,107 @@
 use super::junit::{self, Case, Outcome};
 use super::kube::bin_dir;
 use super::kube_nodes::Cluster;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What the names of the specs for this driver hold.
 pub const DRIVER_SPECS: &str = "External Storage [Driver: ocfs2.csi.dev]";
+
+/// The specs CI runs (the nodes tier, tests/kube_nodes.rs), each with the
+/// capabilities of e2e/k8s-storage/ocfs2.yaml it exercises: together every
+/// capability claimed there (a unit test below holds the two together), by
+/// the quickest spec that shows each on the lab's TCG nodes. `make e2e-k8s`
+/// runs every spec.
+pub const CI_SUBSET: &[(&[&str], &str)] = &[
+    (
+        &["persistence", "block"],
+        "[Testpattern: Dynamic PV (block volmode)] volumes should store data",
+    ),
+    (
+        &["exec"],
+        "[Testpattern: Dynamic PV (default fs)] volumes should allow exec of files on the volume",
+    ),
+    (
+        &["RWX", "multipods"],
+        "[Testpattern: Dynamic PV (filesystem volmode)] multiVolume should concurrently access \
+         the single volume from pods on different node",
+    ),
+    (
+        &["fsGroup"],
+        "[Testpattern: Dynamic PV (default fs)] fsgroupchangepolicy (OnRootMismatch)[LinuxOnly], \
+         pod created with an initial fsgroup, new pod fsgroup applied to volume contents",
+    ),
+    (
+        &["controllerExpansion", "nodeExpansion", "onlineExpansion"],
+        "[Testpattern: Dynamic PV (block volmode)(allowExpansion)] volume-expand should resize \
+         volume when PVC is edited while pod is using it",
+    ),
+    (
+        &["offlineExpansion"],
+        "[Testpattern: Dynamic PV (default fs)(allowExpansion)] volume-expand Verify if offline \
+         PVC expansion works",
+    ),
+    (
+        &["pvcDataSource", "capReadOnlyMany"],
+        "[Testpattern: Dynamic PV (default fs)] provisioning should provision storage with pvc \
+         data source (ROX mode)",
+    ),
+    (
+        &["snapshotDataSource"],
+        "[Testpattern: Dynamic Snapshot (delete policy)] snapshottable \
+         [Feature:VolumeSnapshotDataSource] volume snapshot controller should check snapshot \
+         fields, check restore correctly works after modifying source data, check deletion \
+         (persistent)",
+    ),
+    (
+        &["readWriteOncePod"],
+        "[Testpattern: Dynamic PV (default fs)] read-write-once-pod should block a second pod \
+         from using an in-use ReadWriteOncePod volume on the same node",
+    ),
+    (
+        &["multiplePVsSameID"],
+        "[Testpattern: Dynamic PV (default fs)] provisioning should mount multiple PV pointing \
+         to the same storage on the same node",
+    ),
+];
+
+/// `s` as a regular expression that matches it literally.
+pub fn regex_quote(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A ginkgo focus that selects exactly the specs whose names hold one of
+/// `specs`.
+pub fn focus_on<'a>(specs: impl IntoIterator<Item = &'a str>) -> String {
+    specs
+        .into_iter()
+        .map(regex_quote)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The capabilities a driver file claims: `name: true` under
+/// `Capabilities:` (the file's own layout, not YAML in general).
+pub fn claimed_capabilities(driver_file: &str) -> Vec<String> {
+    driver_file
+        .lines()
+        .skip_while(|l| l.trim() != "Capabilities:")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .filter_map(|l| l.trim().strip_suffix(": true"))
+        .map(str::to_string)
+        .collect()
+}
 
 /// The reason ginkgo's report gives a spec the focus or skip left out.
 const NOT_SELECTED: &str = "skipped";
@@ -59,6 +153,16 @@ impl Summary {
 
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Skipped(_) | Outcome::Pending))
+    }
+
+    /// The outcome of the one spec whose name holds `spec`; None if no
+    /// spec or several did.
+    pub fn outcome_of(&self, spec: &str) -> Option<&Outcome> {
+        let mut found = self.cases.iter().filter(|c| c.name.contains(spec));
+        match (found.next(), found.next()) {
+            (Some(c), None) => Some(&c.outcome),
+            _ => None,
+        }
     }
 
     /// Ran / passed / failed / skipped, the skipped by reason and each
@@ -137,11 +241,21 @@ pub fn run(c: &Cluster, sel: &Selection, out: &Path) -> Summary {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("run ginkgo (scripts/kube-tools.sh --e2e builds it)");
+    // Copied as it comes, not by lines: ginkgo's progress is one line of
+    // a character per spec.
     let mut log = std::fs::File::create(out.join("e2e.log")).unwrap();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap_or_default();
-        println!("{line}");
-        let _ = writeln!(log, "{line}");
+    let mut from = child.stdout.take().unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&buf[..n]);
+                let _ = stdout.flush();
+                let _ = log.write_all(&buf[..n]);
+            }
+        }
     }
     let status = child.wait().expect("wait for ginkgo");
     let report = out.join("junit_01.xml");
@@ -167,5 +281,41 @@ pub fn run(c: &Cluster, sel: &Selection, out: &Path) -> Summary {
         cases,
         took: started.elapsed(),
         exit_ok: status.success(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// CI's subset shows every capability the driver file claims, and names
+    /// none it does not.
+    #[test]
+    fn ci_subset_covers_every_claimed_capability() {
+        let file = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/k8s-storage/ocfs2.yaml"),
+        )
+        .unwrap();
+        let claimed: BTreeSet<String> = claimed_capabilities(&file).into_iter().collect();
+        assert!(claimed.contains("RWX") && claimed.len() > 10, "{claimed:?}");
+        let shown: BTreeSet<String> = CI_SUBSET
+            .iter()
+            .flat_map(|(caps, _)| caps.iter().map(|c| c.to_string()))
+            .collect();
+        assert_eq!(claimed, shown);
+    }
+
+    #[test]
+    fn the_focus_matches_names_literally() {
+        let f = focus_on(["a (b) [c]", "x|y"]);
+        assert_eq!(f, "a \\(b\\) \\[c\\]|x\\|y");
+    }
+
+    #[test]
+    fn capabilities_are_read_from_their_block_only() {
+        let file = "DriverInfo:\n  Capabilities:\n    # why\n    exec: true\n\n    \
+                    topology: false\n    RWX: true\nTimeouts:\n  PodStart: 10m\n";
+        assert_eq!(claimed_capabilities(file), ["exec", "RWX"]);
     }
 }
