@@ -48,7 +48,6 @@ nodes: deps-nodes
 
 ## e2e-k8s: the Kubernetes storage e2e suite on the lab's Kubernetes nodes, outside make test (E2E_FOCUS, E2E_SKIP, E2E_PROCS: examples/e2e_k8s.rs)
 e2e-k8s: deps-nodes
-	scripts/kube-tools.sh --node --e2e
 	$(CARGO) build --example e2e_k8s
 	./target/debug/examples/e2e_k8s
 
@@ -65,10 +64,11 @@ deps-lab: deps-kube
 	e2e/deps.sh
 deps-kube: deps-host
 	scripts/kube-tools.sh
-# The kubelet, containerd, runc, CNI plugins and kubectl for the nodes tier
-# (its container images are built by the test: scripts/lab-images.sh).
+# The kubelet, containerd, runc, CNI plugins, kubectl, the snapshot stack
+# and the storage e2e suite for the nodes tier (its container images are
+# built by the test: scripts/lab-images.sh).
 deps-nodes: deps-lab
-	scripts/kube-tools.sh --node
+	scripts/kube-tools.sh --node --e2e
 
 ## chart: helm lint, render, strict schema validation for Kubernetes 1.31-1.35, manifests fresh
 chart: deps-host

@@ -17,16 +17,10 @@
 
 use ocfs2_csi_testkit as common;
 
-use common::kube_nodes::Cluster;
+use common::kube_nodes::{self, Cluster};
 use common::report::Report;
 use common::storage_e2e::{self, Selection};
 use std::time::{Duration, Instant};
-
-/// The chart's snapshotter sidecar, from the image the nodes imported.
-const SNAPSHOTTER: &str = "sidecars.snapshotter.enabled=true,\
-     sidecars.snapshotter.image.registry=localhost,\
-     sidecars.snapshotter.image.repository=csi-snapshotter,\
-     sidecars.snapshotter.image.tag=lab,sidecars.snapshotter.image.pullPolicy=Never";
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
@@ -35,7 +29,10 @@ fn env_or(key: &str, default: &str) -> String {
 fn main() {
     let total = Instant::now();
     let mut report = Report::default();
-    let focus = env_or("E2E_FOCUS", &regex_quote(storage_e2e::DRIVER_SPECS));
+    let focus = env_or(
+        "E2E_FOCUS",
+        &storage_e2e::regex_quote(storage_e2e::DRIVER_SPECS),
+    );
     let skip = env_or("E2E_SKIP", "");
     let procs: usize = env_or("E2E_PROCS", "3")
         .parse()
@@ -58,7 +55,7 @@ fn main() {
         || c.install_snapshot_stack(),
     );
     report.step("helm install the chart, snapshotter on", || {
-        c.helm_install_with(&["--set", SNAPSHOTTER])
+        c.helm_install_with(&["--set", kube_nodes::SNAPSHOTTER])
     });
     let sel = Selection {
         focus: &focus,
@@ -80,17 +77,4 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
-}
-
-/// `s` as a regular expression that matches it literally.
-fn regex_quote(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                format!("\\{c}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }

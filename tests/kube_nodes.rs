@@ -9,16 +9,19 @@
 //! install, a RWX Deployment on all three nodes, `kubectl patch pvc` under
 //! its writers, a pod as uid 107 with an fsGroup, the node DaemonSet rolled
 //! and a kubelet restarted under the writers' I/O, a pod moved between
-//! nodes, a raw block claim used on two nodes at once, cleanup, `helm
-//! test`, `helm uninstall`. Each prints
+//! nodes, a raw block claim used on two nodes at once, cleanup, CI's subset
+//! of the Kubernetes storage e2e suite (testkit `storage_e2e::CI_SUBSET`),
+//! `helm test`, `helm uninstall`. Each prints
 //! `scenario-time: NAME SECONDS`.
 
 use ocfs2_csi_testkit as common;
 
+use common::junit::Outcome;
 use common::kube_nodes::{
-    last_report, one_shot_pod, writer_pods, writers_manifest, Cluster, DRIVER_NS as NS,
+    last_report, one_shot_pod, writer_pods, writers_manifest, Cluster, DRIVER_NS as NS, SNAPSHOTTER,
 };
 use common::lab::{scenario, wait_until};
+use common::storage_e2e::{self, Selection, CI_SUBSET};
 use std::time::{Duration, Instant};
 
 const APP_NS: &str = "default";
@@ -593,13 +596,49 @@ fn cleanup(c: &Cluster) {
     println!("cleanup: unstaged on every node, {pv} deleted");
 }
 
+/// CI's fixed subset of the Kubernetes storage e2e suite (every capability
+/// e2e/k8s-storage/ocfs2.yaml claims; `make e2e-k8s` runs all of it), on
+/// this cluster: each spec of it must run and pass, none may skip.
+fn storage_e2e_subset(c: &Cluster) {
+    let focus = storage_e2e::focus_on(CI_SUBSET.iter().map(|(_, spec)| *spec));
+    let sel = Selection {
+        focus: &focus,
+        skip: "",
+        procs: 3,
+        timeout: Duration::from_secs(3600),
+    };
+    let out = common::repo_root().join(".cache/e2e-k8s/nodes-tier");
+    let _ = std::fs::remove_dir_all(&out);
+    let summary = storage_e2e::run(c, &sel, &out);
+    summary.print("the nodes tier's CI subset");
+    let mut wrong = Vec::new();
+    for (caps, spec) in CI_SUBSET {
+        match summary.outcome_of(spec) {
+            Some(Outcome::Passed) => println!("storage-e2e: passed ({}) {spec}", caps.join(", ")),
+            other => wrong.push(format!("{spec} ({}): {other:?}", caps.join(", "))),
+        }
+    }
+    assert!(
+        wrong.is_empty() && summary.exit_ok,
+        "storage e2e subset: not passed:\n{}\nlog and junit report: {}",
+        wrong.join("\n"),
+        out.display()
+    );
+}
+
 #[test]
 fn kube_nodes() {
-    let c = scenario("nodes-up", || Cluster::up("kube-nodes", 3, "8G"));
+    // The snapshot and e2e images: the storage e2e subset runs here too.
+    let c = scenario("nodes-up", || {
+        Cluster::up_with_images("kube-nodes", 3, "12G", &["default", "snapshot", "e2e"])
+    });
     for line in c.memory_report() {
         println!("memory: {line}");
     }
-    scenario("helm-install", || c.helm_install());
+    scenario("helm-install", || {
+        c.install_snapshot_stack();
+        c.helm_install_with(&["--set", SNAPSHOTTER]);
+    });
     let pods = scenario("rwx-deployment", || rwx_deployment(&c));
     scenario("patch-pvc", || patch_pvc(&c, &pods));
     scenario("fsgroup-107", || fs_group(&c));
@@ -608,6 +647,7 @@ fn kube_nodes() {
     scenario("pod-move", || pod_move(&c));
     scenario("block-rwx", || block_rwx(&c));
     scenario("cleanup", || cleanup(&c));
+    scenario("storage-e2e-subset", || storage_e2e_subset(&c));
     scenario("helm-test", || {
         let out = c
             .kube

@@ -23,6 +23,14 @@ const KUBELET_FORWARDS: u16 = 11250;
 /// Where the chart is installed.
 pub const DRIVER_NS: &str = "kube-system";
 
+/// `helm --set` values that turn the chart's snapshotter sidecar on, from
+/// the image the nodes imported (image group `snapshot`); the cluster needs
+/// [`Cluster::install_snapshot_stack`] first.
+pub const SNAPSHOTTER: &str = "sidecars.snapshotter.enabled=true,\
+     sidecars.snapshotter.image.registry=localhost,\
+     sidecars.snapshotter.image.repository=csi-snapshotter,\
+     sidecars.snapshotter.image.tag=lab,sidecars.snapshotter.image.pullPolicy=Never";
+
 pub struct Cluster {
     pub lab: Lab,
     pub kube: Kube,
@@ -179,7 +187,9 @@ impl Cluster {
             for node in 1..=nodes {
                 let (ca, client_ca, kubeconfig, script) = (&ca, &client_ca, &kubeconfig, &script);
                 s.spawn(move || {
-                    let out = self.lab.must(
+                    // Bounded against a hang, not timed: importing the
+                    // images is most of it, and its pace is the machine's.
+                    let out = self.lab.must_within(
                         node,
                         &format!(
                             "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\n\
@@ -187,6 +197,7 @@ impl Cluster {
                              cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
                              export NODE_INDEX={node} NODE_COUNT={nodes}\n{script}"
                         ),
+                        Some(Duration::from_secs(1800)),
                     );
                     println!("node{node}: {}", out.trim());
                 });
