@@ -3,7 +3,9 @@
 //! CSI drivers run) against the driver on the lab's Kubernetes nodes: three
 //! QEMU guests, the chart installed with helm and its snapshotter on, the
 //! cluster's snapshot CRDs and snapshot-controller, the suite's test images.
-//! The driver is described by e2e/k8s-storage/ocfs2.yaml.
+//! The driver is described by e2e/k8s-storage/ocfs2.yaml. The suite's SSH
+//! (the [Disruptive] specs stop and start kubelets) reaches every node as
+//! root through node1's SSH server (`kube_nodes::Ssh`, `-provider=local`).
 //!
 //!   E2E_FOCUS   ginkgo --focus (default: every spec for this driver)
 //!   E2E_SKIP    ginkgo --skip (default: none; what the suite cannot run
@@ -48,7 +50,14 @@ fn main() {
         });
     let c = report.step(
         "3 QEMU guests become Kubernetes nodes, with the snapshot and e2e images",
-        || Cluster::up_with_images("e2e-k8s", 3, "32G", &["default", "snapshot", "e2e"]),
+        || {
+            Cluster::up_with_images(
+                "e2e-k8s",
+                3,
+                "32G",
+                &["default", "snapshot", "e2e", "e2e-hello-populator"],
+            )
+        },
     );
     report.step(
         "the cluster's snapshot CRDs and snapshot-controller",

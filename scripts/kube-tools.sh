@@ -13,6 +13,7 @@
 # and with --e2e the Kubernetes storage e2e suite, run against a real cluster
 # (e2e/k8s-storage/; make test never builds it):
 #   e2e-storage.test, ginkgo, agnhost               (e2e/kube/e2e-storage)
+#   hello-populator                                 (e2e/kube/populator)
 # The versions are the ones pinned in those wrapper modules (go.mod and
 # go.sum, committed; e2e/kube/README.md says why wrappers and how to bump).
 #
@@ -54,6 +55,8 @@ declare -A TOOLS=(
   # containerd and the CNI plugins (upstream's image build links it static),
   # the image carries the libraries ldd lists.
   [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo agnhost=k8s.io/kubernetes/test/images/agnhost"
+  # The volume populator the suite's "any volume data source" spec deploys.
+  [populator]="hello-populator=github.com/kubernetes-csi/lib-volume-populator/example/hello-populator"
   [snapshotter]="csi-snapshotter=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter snapshot-controller=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller"
 )
 # Environment and build tags per module, where upstream's own build differs
@@ -67,7 +70,7 @@ ORDER=(controlplane csi-provisioner csi-resizer)
 for arg in "$@"; do
   case $arg in
     --node) ORDER+=(node containerd runc cni-plugins snapshotter) ;;
-    --e2e) ORDER+=(e2e-storage) ;;
+    --e2e) ORDER+=(e2e-storage populator) ;;
     *) echo "usage: kube-tools.sh [--node] [--e2e]" >&2; exit 2 ;;
   esac
 done

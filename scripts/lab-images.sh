@@ -43,6 +43,14 @@
 #                      base64, sha256sum, blockdev and test in it through
 #                      /bin/sh; the DNS tests the upstream image is made for
 #                      are not run here.
+#   and by name alone (make e2e-k8s asks for it; CI's subset does not run
+#   the one spec that needs it):
+#   e2e-hello-populator.tar  localhost/sig-storage/hello-populator:v1.0.1
+#                      the example volume populator of lib-volume-populator
+#                      (scripts/kube-tools.sh --e2e), at /hello-populator
+#                      (the entrypoint), with its libraries: the [Serial]
+#                      "any volume data source" spec deploys it (its
+#                      registry is sigStorageRegistry in the repo list)
 # All but ocfs2-csi are made from scratch, x86_64 only (as the guests are).
 # Runs as root (buildah, chroot for the smoke checks of each tree).
 # Each archive's index.json names its image in io.containerd.image.name
@@ -65,10 +73,11 @@ set -euo pipefail
 DEFAULT=(pause busybox csi-provisioner csi-resizer ocfs2-csi)
 SNAPSHOT=(csi-snapshotter snapshot-controller)
 E2E=(e2e-busybox e2e-agnhost e2e-nginx e2e-glibc-dns-testing)
-ALL=("${DEFAULT[@]}" "${SNAPSHOT[@]}" "${E2E[@]}")
+ALL=("${DEFAULT[@]}" "${SNAPSHOT[@]}" "${E2E[@]}" e2e-hello-populator)
 # The e2e images' tags: what Kubernetes v1.37.1's test/utils/image/manifest.go
 # asks for (agnhost's is also checked against the binary's own version).
-declare -A E2E_TAGS=([busybox]=1.37.0-2 [agnhost]=2.66.1 [nginx]=1.27.0-2 [glibc-dns-testing]=2.1.1)
+declare -A E2E_TAGS=([busybox]=1.37.0-2 [agnhost]=2.66.1 [nginx]=1.27.0-2 [glibc-dns-testing]=2.1.1
+  [hello-populator]=v1.0.1)
 usage() { echo "usage: $0 OUTDIR [default snapshot e2e ${ALL[*]}]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 OUT=$(realpath -m -- "$1")
@@ -178,7 +187,7 @@ KUBE_TOOLS_RAN=" "
 # inputs_sidecar NAME [kube-tools.sh option]: a binary built (or found cached)
 # by scripts/kube-tools.sh, run once per option.
 inputs_sidecar() {
-  local bin=$KUBE_BIN/$1 opt=${2:-} lib
+  local bin=$KUBE_BIN/$1 opt=${2:-}
   if [[ $KUBE_TOOLS_RAN != *" $opt "* ]]; then
     # shellcheck disable=SC2086 # no option: no word
     scripts/kube-tools.sh $opt >"$work/kube-tools.log" 2>&1 || {
@@ -186,7 +195,7 @@ inputs_sidecar() {
     KUBE_TOOLS_RAN+="$opt "
   fi
   echo "$1 $(sum "$bin")"
-  for lib in $(libs "$bin"); do echo "$lib $(sum "$lib")"; done
+  lib_sums "$bin"
 }
 inputs_csi-provisioner() { inputs_sidecar csi-provisioner; }
 inputs_csi-resizer() { inputs_sidecar csi-resizer; }
@@ -195,22 +204,22 @@ inputs_snapshot-controller() { inputs_sidecar snapshot-controller --node; }
 inputs_e2e-busybox() { deb busybox-static; }
 # coreutils' dd, dash, and the libraries ldd finds for them on this machine
 inputs_e2e-glibc-dns-testing() {
-  local p lib
+  local p
   deb busybox-static || return 1
   for p in coreutils:dd dash:dash; do
     deb "${p%%:*}" || return 1
     dpkg-deb -x "${DEBS[${p%%:*}]}" "$work/${p%%:*}-deb"
-    for lib in $(libs "$work/${p%%:*}-deb/bin/${p#*:}"); do echo "$lib $(sum "$lib")"; done
+    lib_sums "$work/${p%%:*}-deb/bin/${p#*:}"
   done
 }
+inputs_e2e-hello-populator() { inputs_sidecar hello-populator --e2e; }
 inputs_e2e-agnhost() { deb busybox-static && inputs_sidecar agnhost --e2e; }
 # nginx's binary and the libraries ldd finds for it on this machine (the
 # package's dependencies, installed here)
 inputs_e2e-nginx() {
-  local lib
   deb busybox-static && deb nginx || return 1
   dpkg-deb -x "${DEBS[nginx]}" "$work/nginx-deb"
-  for lib in $(libs "$work/nginx-deb/usr/sbin/nginx"); do echo "$lib $(sum "$lib")"; done
+  lib_sums "$work/nginx-deb/usr/sbin/nginx"
 }
 
 # What scripts/image.sh builds from (the files it copies into its build
@@ -227,6 +236,22 @@ inputs_ocfs2-csi() {
 # libs BINARY: the loader and shared libraries ldd lists, as absolute paths.
 libs() {
   ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }'
+}
+
+# lib_sums BINARY: a key line for each library BINARY needs (libs)
+lib_sums() {
+  local lib
+  for lib in $(libs "$1"); do echo "$lib $(sum "$lib")"; done
+}
+
+# with_libs TREE BINARY: the libraries BINARY needs (libs), copied into TREE
+# at their paths
+with_libs() {
+  local lib
+  for lib in $(libs "$2"); do
+    mkdir -p "$1$(dirname "$lib")"
+    cp -L "$lib" "$1$lib"
+  done
 }
 
 # --- building ------------------------------------------------------------------
@@ -397,14 +422,11 @@ build_busybox() { # LAYOUT REF
 }
 
 build_sidecar() { # NAME LAYOUT REF
-  local name=$1 bin=$KUBE_BIN/$1 t=$work/$1 lib v
+  local name=$1 bin=$KUBE_BIN/$1 t=$work/$1 v
   mkdir -p "$t/tmp"
   chmod 1777 "$t/tmp"
   cp "$bin" "$t/$name"
-  for lib in $(libs "$bin"); do
-    mkdir -p "$t$(dirname "$lib")"
-    cp -L "$lib" "$t$lib"
-  done
+  with_libs "$t" "$bin"
   etc_files "$t"
   # loader and libraries complete: it runs alone in its tree
   v=$(chroot "$t" "/$name" --version 2>&1) ||
@@ -419,6 +441,7 @@ build_csi-provisioner() { build_sidecar csi-provisioner "$@"; }
 build_csi-resizer() { build_sidecar csi-resizer "$@"; }
 build_csi-snapshotter() { build_sidecar csi-snapshotter "$@"; }
 build_snapshot-controller() { build_sidecar snapshot-controller "$@"; }
+build_e2e-hello-populator() { build_sidecar hello-populator "$@"; }
 
 # --- the storage e2e suite's images ----------------------------------------
 
@@ -451,15 +474,12 @@ build_e2e-busybox() { # LAYOUT REF
 # refuses. Its /bin/sh is dash: busybox's shell would run its own dd applet
 # whatever PATH says.
 build_e2e-glibc-dns-testing() { # LAYOUT REF
-  local t=$work/glibc-dns-testing b v lib
+  local t=$work/glibc-dns-testing b v
   bb_tree "$t"
   for b in "$work/coreutils-deb/bin/dd" "$work/dash-deb/bin/dash"; do
     rm -f "$t/bin/${b##*/}"
     cp "$b" "$t/bin/${b##*/}"
-    for lib in $(libs "$b"); do
-      mkdir -p "$t$(dirname "$lib")"
-      cp -L "$lib" "$t$lib"
-    done
+    with_libs "$t" "$b"
   done
   ln -sf dash "$t/bin/sh"
   e2e_shell_check "$t"
@@ -472,7 +492,7 @@ build_e2e-glibc-dns-testing() { # LAYOUT REF
 }
 
 build_e2e-agnhost() { # LAYOUT REF
-  local t=$work/agnhost bin=$KUBE_BIN/agnhost lib v
+  local t=$work/agnhost bin=$KUBE_BIN/agnhost v
   bb_tree "$t"
   cp "$bin" "$t/agnhost"
   # as upstream's image: the entrypoint-tester's second name, netexec's
@@ -481,10 +501,7 @@ build_e2e-agnhost() { # LAYOUT REF
   mkdir -p "$t/uploads"
   echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >>"$t/etc/passwd"
   printf '%s\n' 'user-defined-in-image:x:1000:' 'group-defined-in-image:x:50000:user-defined-in-image' >>"$t/etc/group"
-  for lib in $(libs "$bin"); do
-    mkdir -p "$t$(dirname "$lib")"
-    cp -L "$lib" "$t$lib"
-  done
+  with_libs "$t" "$bin"
   e2e_shell_check "$t"
   chroot "$t" /agnhost --help >/dev/null ||
     { echo "lab-images: /agnhost --help failed in its tree" >&2; return 1; }
@@ -502,15 +519,12 @@ build_e2e-agnhost() { # LAYOUT REF
 }
 
 build_e2e-nginx() { # LAYOUT REF
-  local t=$work/nginx x=$work/nginx-deb lib v
+  local t=$work/nginx x=$work/nginx-deb v
   bb_tree "$t"
   mkdir -p "$t/usr/sbin" "$t/etc/nginx" "$t/usr/share/nginx/html" "$t/var/log/nginx" \
     "$t/var/lib/nginx" "$t/run"
   cp "$x/usr/sbin/nginx" "$t/usr/sbin/nginx"
-  for lib in $(libs "$x/usr/sbin/nginx"); do
-    mkdir -p "$t$(dirname "$lib")"
-    cp -L "$lib" "$t$lib"
-  done
+  with_libs "$t" "$x/usr/sbin/nginx"
   # Debian's compiled-in paths (nginx -V); the logs go to the container's
   # output, as upstream's image links them there.
   cat >"$t/etc/nginx/nginx.conf" <<'CONF'
@@ -561,6 +575,7 @@ build_ocfs2-csi() { # LAYOUT REF
 for n in "${want[@]}"; do
   t=$(now)
   case $n in
+    e2e-hello-populator) ref=localhost/sig-storage/${n#e2e-}:${E2E_TAGS[${n#e2e-}]} ;;
     e2e-*) ref=localhost/e2e-test-images/${n#e2e-}:${E2E_TAGS[${n#e2e-}]} ;;
     *) ref=localhost/$n:lab ;;
   esac
