@@ -27,6 +27,10 @@ declare -A PKG=(
   [objcopy]=binutils                     # strips debug info from binaries in the image
   [base64]=coreutils
   [/usr/include/seccomp.h]=libseccomp-dev  # runc for the Kubernetes-node lab (scripts/kube-tools.sh --node)
+  # the Kubernetes nodes' SSH server (dropbear, for the storage e2e suite's
+  # [Disruptive] specs): its libraries go into the node image
+  [/usr/lib/x86_64-linux-gnu/libtomcrypt.so.1]=libtomcrypt1
+  [/usr/lib/x86_64-linux-gnu/libtommath.so.1]=libtommath1
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

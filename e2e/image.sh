@@ -59,7 +59,10 @@ USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup op
 KUBE_BIN=${LAB_KUBE_NODE_BIN:-}
 KUBE_NODE_TOOLS=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc)
 CNI_PLUGINS=(bridge loopback host-local portmap)
-[ -z "$KUBE_BIN" ] || USERLAND_PKGS+=(iptables libip4tc2 libip6tc2 libxtables12 libnftnl11 libnetfilter-conntrack3 libnfnetlink0 libmnl0)
+# dropbear: an SSH server for the storage e2e suite's [Disruptive] specs,
+# which stop and start the kubelet over SSH (e2e/kube-node.sh starts it).
+[ -z "$KUBE_BIN" ] || USERLAND_PKGS+=(iptables libip4tc2 libip6tc2 libxtables12 libnftnl11 libnetfilter-conntrack3 libnfnetlink0 libmnl0
+	dropbear-bin)
 # iscsi_tcp, sd_mod, dm_multipath and its path selectors: a --san lab's
 # initiator and multipath (e2e/san-guest.sh).
 MODULES=(virtio_pci virtio_blk virtio_net ocfs2 ocfs2_stack_o2cb ocfs2_dlmfs loop dm_mod
@@ -257,6 +260,7 @@ if [ -n "$KUBE_BIN" ]; then
 		done
 	done
 	cp "$X/usr/sbin/xtables-legacy-multi" "$S/usr/sbin/"
+	cp "$X/usr/sbin/dropbear" "$S/usr/sbin/"
 	mkdir -p "$S/usr/lib/x86_64-linux-gnu/xtables"
 	cp -a "$X/usr/lib/x86_64-linux-gnu/xtables/." "$S/usr/lib/x86_64-linux-gnu/xtables/"
 fi

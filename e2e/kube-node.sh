@@ -10,7 +10,8 @@
 #   - the kubelet and kube-proxy (iptables mode: Services, among them the
 #     API server's own at 10.0.0.1:443).
 # Expects /root/kubeconfig (the API server as 10.0.2.100:6443, which QEMU
-# forwards to the test's API server) and NODE_INDEX and NODE_COUNT set.
+# forwards to the test's API server) and NODE_INDEX and NODE_COUNT set;
+# CONTROLLER_NODE and CONTROLLER_IMAGES as below, /root/ssh.pub for SSH.
 # Idempotent: a second run starts only what is not running.
 set -eu
 export PATH="/usr/local/bin:/usr/local/sbin:$PATH"
@@ -100,7 +101,13 @@ if ! mounted /mnt/lab-data; then
 	[ -n "$disk" ] || { echo "kube-node: no lab-data disk (LAB_DATA_DISK)" >&2; exit 1; }
 	mount -t ext4 -o ro "$disk" /mnt/lab-data
 fi
+# The controllers' images (CONTROLLER_IMAGES: archive names without .tar)
+# only on the node that runs the controllers (CONTROLLER_NODE): they are
+# half of all, and importing is most of a node's start under TCG.
 for t in /mnt/lab-data/*.tar; do
+	case " ${CONTROLLER_IMAGES:-} " in
+	*" $(basename "$t" .tar) "*) [ "$i" = "${CONTROLLER_NODE:-$i}" ] || continue ;;
+	esac
 	ctr -n k8s.io images import --all-platforms --local --discard-unpacked-layers "$t" >/dev/null
 done
 # A second tag of the driver's image, for rolling the DaemonSet to "a new
@@ -129,13 +136,85 @@ serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%"}
 EOF
-if ! pidof kubelet >/dev/null; then
-	kubelet --config /var/lib/kubelet/config.yaml --kubeconfig /root/kubeconfig \
-		--hostname-override "$name" --node-ip "$ip" --v 2 >/var/log/kubelet.log 2>&1 &
-fi
+# The kubelet as a service: kubelet-start, and stand-ins for systemctl
+# (the kubelet its only unit) and sudo (everything runs as root), for the
+# storage e2e suite's [Disruptive] specs, which stop and start the kubelet
+# over SSH. In /usr/bin: an SSH session's PATH has no /usr/local.
+mkdir -p /usr/local/sbin
+cat >/usr/local/sbin/kubelet-start <<EOF
+#!/bin/sh
+# Starts the kubelet unless it runs, detached from the caller's session;
+# its log starts afresh (the last one is kubelet.log.1).
+pidof kubelet >/dev/null && exit 0
+[ ! -f /var/log/kubelet.log ] || mv -f /var/log/kubelet.log /var/log/kubelet.log.1
+setsid /usr/local/bin/kubelet --config /var/lib/kubelet/config.yaml --kubeconfig /root/kubeconfig \\
+	--hostname-override "$name" --node-ip "$ip" --v 2 </dev/null >/var/log/kubelet.log 2>&1 &
+EOF
+cat >/usr/bin/systemctl <<'EOF'
+#!/bin/sh
+# systemctl of the lab's Kubernetes nodes (e2e/kube-node.sh): the kubelet is
+# the only unit. start, stop, restart, is-active, and show (ActiveState).
+unit=${2:-}
+case $unit in kubelet | kubelet.service) ;; *)
+	echo "systemctl (lab): unit '$unit' not known here; only the kubelet is one" >&2
+	exit 5 ;;
+esac
+state() { if pidof kubelet >/dev/null; then echo active; else echo inactive; fi; }
+stop() {
+	pids=$(pidof kubelet) || return 0
+	kill $pids
+	n=0
+	while pidof kubelet >/dev/null; do
+		n=$((n + 1))
+		# SIGKILL after 30 s, as systemd's default stop timeout
+		[ $n -ne 300 ] || kill -9 $pids
+		sleep 0.1
+	done
+}
+case $1 in
+start) /usr/local/sbin/kubelet-start ;;
+stop) stop ;;
+restart) stop && /usr/local/sbin/kubelet-start ;;
+is-active)
+	s=$(state)
+	echo "$s"
+	[ "$s" = active ] ;;
+show)
+	case " $* " in
+	*" --value "*) state ;;
+	*) echo "ActiveState=$(state)" ;;
+	esac ;;
+*)
+	echo "systemctl (lab): '$1' is not supported here" >&2
+	exit 1 ;;
+esac
+EOF
+cat >/usr/bin/sudo <<'EOF'
+#!/bin/sh
+# sudo of the lab's Kubernetes nodes: everything runs as root already.
+[ "${1:-}" != --version ] || { echo "sudo (ocfs2-csi lab: root already)"; exit 0; }
+exec "$@"
+EOF
+chmod 755 /usr/local/sbin/kubelet-start /usr/bin/systemctl /usr/bin/sudo
+/usr/local/sbin/kubelet-start
 # conntrack-max-per-core=0: leave the guest's conntrack table size alone.
 if ! pidof kube-proxy >/dev/null; then
 	kube-proxy --kubeconfig /root/kubeconfig --hostname-override "$name" --proxy-mode iptables \
 		--cluster-cidr 10.244.0.0/16 --conntrack-max-per-core 0 --v 2 >/var/log/kube-proxy.log 2>&1 &
 fi
-echo "kube-node: $name ($ip) containerd, kubelet and kube-proxy started"
+
+# SSH for root with the key the test gave (/root/ssh.pub), by dropbear
+# (host keys made at the first connection), on port 22 of every address:
+# the test reaches node1's through QEMU (e2e/lab.sh) and the other nodes'
+# through node1 (the e2e suite's KUBE_SSH_BASTION).
+ssh=
+if [ -s /root/ssh.pub ]; then
+	mkdir -p /root/.ssh /etc/dropbear
+	chmod 700 /root /root/.ssh
+	cp /root/ssh.pub /root/.ssh/authorized_keys
+	chmod 600 /root/.ssh/authorized_keys
+	# (its output elsewhere: a daemon holding ours would hang the caller)
+	pidof dropbear >/dev/null || dropbear -R -s -p 22 -E </dev/null >/dev/null 2>>/var/log/dropbear.log
+	ssh=", SSH"
+fi
+echo "kube-node: $name ($ip) containerd, kubelet, kube-proxy$ssh started"

@@ -336,8 +336,9 @@ boot_node() {
 	mac=$(printf '%02x' "$i")
 	api=$(cat "$STATE/api_port" 2>/dev/null || true)
 	# With an API server, also its way back to the kubelet (logs, exec):
-	# 11250+I on the namespace's loopback (testkit's Lab::connect_proxy).
-	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api,hostfwd=tcp:127.0.0.1:$((11250 + i))-:10250"
+	# 11250+I on the namespace's loopback (testkit's Lab::connect_proxy);
+	# and the node's SSH server (e2e/kube-node.sh) at 12220+I.
+	[ -z "$api" ] || api_fwd=",guestfwd=tcp:10.0.2.100:6443-cmd:/bin/busybox nc 127.0.0.1 $api,hostfwd=tcp:127.0.0.1:$((11250 + i))-:10250,hostfwd=tcp:127.0.0.1:$((12220 + i))-:22"
 	rm -f "$STATE/node-$i.console.log" "$STATE/node-$i.qemu.log" "$STATE/node-$i.qmp"
 	local lun_args=()
 	if [ -f "$STATE/san" ]; then

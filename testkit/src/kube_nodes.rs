@@ -20,6 +20,19 @@ const GUEST_API: &str = "10.0.2.100";
 /// the lab's namespace (guest I's at this + I: e2e/lab.sh).
 const KUBELET_PORT: u16 = 10250;
 const KUBELET_FORWARDS: u16 = 11250;
+/// The first of the ports QEMU forwards to the guests' SSH servers
+/// (e2e/kube-node.sh) in the lab's namespace (guest I's at this + I).
+const SSH_FORWARDS: u16 = 12220;
+/// Guest I's address on the cluster network: its Node's InternalIP.
+fn node_address(node: usize) -> String {
+    format!("192.168.77.{}", 10 + node)
+}
+/// The node the controllers run on (the chart's controller, the
+/// snapshot-controller: both pinned to it), the only one that imports their
+/// images (the archives named here, e2e/kube-node.sh): half of what each
+/// node imported before, and importing is most of a node's start.
+pub const CONTROLLER_NODE: usize = 1;
+const CONTROLLER_IMAGES: &str = "csi-provisioner csi-resizer csi-snapshotter snapshot-controller";
 /// Where the chart is installed.
 pub const DRIVER_NS: &str = "kube-system";
 
@@ -34,6 +47,86 @@ pub const SNAPSHOTTER: &str = "sidecars.snapshotter.enabled=true,\
 pub struct Cluster {
     pub lab: Lab,
     pub kube: Kube,
+    pub ssh: Ssh,
+}
+
+/// SSH to the nodes as root, as the storage e2e suite's [Disruptive] specs
+/// do: every node (its Node address, port 22) through node1's SSH server,
+/// which this machine reaches at `bastion`.
+pub struct Ssh {
+    /// The private key (ed25519) whose public half every node trusts.
+    pub key: std::path::PathBuf,
+    /// 127.0.0.1:PORT, relayed to node1's port 22.
+    pub bastion: String,
+}
+
+impl Ssh {
+    /// A fresh key pair in `dir`.
+    fn keygen(dir: &Path) -> std::path::PathBuf {
+        let key = dir.join("id_ed25519");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ocfs2-csi-lab", "-f"])
+            .arg(&key)
+            .output()
+            .expect("run ssh-keygen (openssh-client)");
+        assert!(
+            out.status.success(),
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        key
+    }
+
+    /// Runs `cmd` on guest `node` as the e2e suite does: OpenSSH's client
+    /// to its cluster address through the bastion. Panics unless it
+    /// succeeds; returns its output.
+    pub fn must(&self, node: usize, cmd: &str) -> String {
+        let (host, port) = self.bastion.rsplit_once(':').unwrap();
+        let opts = |args: &mut Vec<String>| {
+            for o in [
+                "StrictHostKeyChecking=no",
+                "UserKnownHostsFile=/dev/null",
+                "LogLevel=ERROR",
+                "BatchMode=yes",
+            ] {
+                args.extend(["-o".into(), o.into()]);
+            }
+            args.extend(["-i".into(), self.key.display().to_string()]);
+        };
+        let mut jump = vec!["ssh".to_string()];
+        opts(&mut jump);
+        jump.extend(["-p".into(), port.into(), "-W".into(), "%h:%p".into()]);
+        jump.push(format!("root@{host}"));
+        let mut args = Vec::new();
+        opts(&mut args);
+        args.extend(["-o".into(), format!("ProxyCommand={}", jump.join(" "))]);
+        args.push(format!("root@{}", node_address(node)));
+        args.push(cmd.into());
+        let out = Command::new("ssh")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh (openssh-client)");
+        assert!(
+            out.status.success(),
+            "ssh node{node} {cmd:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The environment of the e2e suite's SSH client (test/e2e/framework/ssh).
+    pub fn e2e_env(&self) -> [(&'static str, String); 3] {
+        [
+            ("KUBE_SSH_BASTION", self.bastion.clone()),
+            ("KUBE_SSH_KEY_PATH", self.key.display().to_string()),
+            ("KUBE_SSH_USER", "root".into()),
+        ]
+    }
 }
 
 /// Runs a repository script with its output shown; panics unless it succeeds.
@@ -88,8 +181,9 @@ impl Cluster {
     }
 
     /// [`Cluster::up`] with the images of `groups` (scripts/lab-images.sh:
-    /// default, snapshot, e2e) on the nodes. Each set of groups has a folder
-    /// of its own: the guests import every archive of it at boot.
+    /// default, snapshot, e2e, or an image's name) on the nodes. Each set of
+    /// groups has a folder of its own: the guests import every archive of it
+    /// at boot (the controllers' on CONTROLLER_NODE alone).
     pub fn up_with_images(name: &str, nodes: usize, lun_size: &str, groups: &[&str]) -> Cluster {
         let started = Instant::now();
         run_script(&["scripts/kube-tools.sh", "--node"]);
@@ -132,7 +226,13 @@ impl Cluster {
         let port: u16 = kube.server.rsplit(':').next().unwrap().parse().unwrap();
         lab.relay_into(RELAY_PORT, port);
         lab.connect_proxy(&proxy, KUBELET_PORT, KUBELET_FORWARDS);
-        let cluster = Cluster { lab, kube };
+        let ssh_dir = labs.join(format!("{name}.ssh"));
+        std::fs::create_dir_all(&ssh_dir).unwrap();
+        let ssh = Ssh {
+            key: Ssh::keygen(&ssh_dir),
+            bastion: format!("127.0.0.1:{}", lab.relay_out(SSH_FORWARDS + 1)),
+        };
+        let cluster = Cluster { lab, kube, ssh };
         cluster.api_service_endpoint();
         cluster.join_nodes();
         println!(
@@ -181,11 +281,13 @@ impl Cluster {
         let client_ca =
             std::fs::read_to_string(self.kube.path().join("certs/kubelet-client-ca.crt")).unwrap();
         let kubeconfig = self.guest_kubeconfig();
+        let ssh_pub = std::fs::read_to_string(self.ssh.key.with_extension("pub")).unwrap();
         let script = std::fs::read_to_string(super::repo_root().join("e2e/kube-node.sh")).unwrap();
         let nodes = self.lab.nodes;
         std::thread::scope(|s| {
             for node in 1..=nodes {
-                let (ca, client_ca, kubeconfig, script) = (&ca, &client_ca, &kubeconfig, &script);
+                let (ca, client_ca, kubeconfig, ssh_pub, script) =
+                    (&ca, &client_ca, &kubeconfig, &ssh_pub, &script);
                 s.spawn(move || {
                     // Bounded against a hang, not timed: importing the
                     // images is most of it, and its pace is the machine's.
@@ -195,7 +297,10 @@ impl Cluster {
                             "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\n\
                              cat >/root/kubelet-client-ca.crt <<'CA'\n{client_ca}CA\n\
                              cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
-                             export NODE_INDEX={node} NODE_COUNT={nodes}\n{script}"
+                             cat >/root/ssh.pub <<'KEY'\n{ssh_pub}KEY\n\
+                             export NODE_INDEX={node} NODE_COUNT={nodes} \
+                             CONTROLLER_NODE={CONTROLLER_NODE} \
+                             CONTROLLER_IMAGES='{CONTROLLER_IMAGES}'\n{script}"
                         ),
                         Some(Duration::from_secs(1800)),
                     );
@@ -228,20 +333,20 @@ impl Cluster {
         }
     }
 
-    /// Stops node's kubelet (SIGTERM, as a service manager does) and starts
-    /// it again with e2e/kube-node.sh, which starts only what is not running.
+    /// Stops node's kubelet (SIGTERM, as a service manager does), waits for
+    /// its end and starts it again with a fresh log: e2e/kube-node.sh's
+    /// systemctl stand-in, which the e2e suite's [Disruptive] specs use too.
+    /// Over SSH through node1, as the suite's: that path is under test too.
     pub fn restart_kubelet(&self, node: usize) {
-        self.lab.must(
+        self.ssh.must(node, "sudo systemctl restart kubelet");
+        let state = self.ssh.must(
             node,
-            "p=$(pidof kubelet); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.2; done",
+            "systemctl show kubelet --property ActiveState --value",
         );
-        let script = std::fs::read_to_string(super::repo_root().join("e2e/kube-node.sh")).unwrap();
-        self.lab.must(
-            node,
-            &format!(
-                "export NODE_INDEX={node} NODE_COUNT={}\n{script}",
-                self.lab.nodes
-            ),
+        assert_eq!(
+            state.trim(),
+            "active",
+            "node{node}'s kubelet after the restart"
         );
     }
 
@@ -254,6 +359,7 @@ impl Cluster {
     /// [`Cluster::helm_install`] with more `helm` arguments (`--set ...`).
     pub fn helm_install_with(&self, extra: &[&str]) {
         let c = self;
+        let pin = format!("controller.nodeSelector.kubernetes\\.io/hostname=node{CONTROLLER_NODE}");
         let mut args = vec![
             "install",
             "ocfs2-csi",
@@ -274,6 +380,9 @@ impl Cluster {
             "test.image.registry=localhost,test.image.repository=busybox,test.image.tag=lab,test.image.pullPolicy=Never",
             "--set",
             "luns={/dev/vda},initLuns={/dev/vda}",
+            // Where its sidecars' images are (CONTROLLER_NODE).
+            "--set",
+            &pin,
         ];
         args.extend_from_slice(extra);
         let out = c.kube.helm(&args);

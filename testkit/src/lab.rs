@@ -477,6 +477,27 @@ impl Lab {
         });
     }
 
+    /// Serves `in_ns` of the lab namespace's loopback (say, a port QEMU
+    /// forwards to a guest) on this machine's loopback, at the port it
+    /// returns. The relay lives as long as the test process.
+    pub fn relay_out(&self, in_ns: u16) -> u16 {
+        let ns = self.netns();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a relay port");
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for outer in listener.incoming().flatten() {
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    // (this thread enters the namespace for good)
+                    if let Ok(inner) = connect_in_netns(&ns, in_ns) {
+                        splice(outer, inner);
+                    }
+                });
+            }
+        });
+        port
+    }
+
     /// An HTTP CONNECT proxy on the unix socket `uds` for the Kubernetes API
     /// server's traffic to the nodes (its egress selector `cluster`: logs,
     /// exec, port-forward): a CONNECT to guest I (nodeI or its lab address)

@@ -221,8 +221,9 @@ pub fn run(c: &Cluster, sel: &Selection, out: &Path) -> Summary {
             "-kube-test-repo-list={}",
             root.join("e2e/k8s-storage/repo-list.yaml").display()
         ),
-        // No cloud: the suite's provider-bound tests skip, saying so.
-        "-provider=skeleton".into(),
+        // No cloud: the suite's cloud-bound tests skip, saying so. "local"
+        // is a provider with SSH to the nodes (the [Disruptive] specs).
+        "-provider=local".into(),
         format!("-report-dir={}", out.display()),
     ];
     println!(
@@ -236,6 +237,7 @@ pub fn run(c: &Cluster, sel: &Selection, out: &Path) -> Summary {
         .arg(bin.join("e2e-storage.test"))
         .arg("--")
         .args(&suite)
+        .envs(c.ssh.e2e_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
