@@ -52,12 +52,12 @@ flock -w 900 9 || { echo "image: another build holds $OUT/.lock" >&2; exit 1; }
 
 USERLAND_PKGS=(busybox-static ocfs2-tools kmod util-linux mount gdisk dmsetup open-iscsi multipath-tools udev)
 # LAB_KUBE_NODE_BIN=DIR makes a Kubernetes node image (e2e/kube-node.sh):
-# the kubelet, kube-proxy, containerd and runc from DIR (scripts/kube-tools.sh
+# the kubelet, kube-proxy, containerd, runc and crictl from DIR (scripts/kube-tools.sh
 # --node builds them there) in /usr/local/bin, the CNI plugins in
 # /opt/cni/bin, iptables (legacy: what kube-proxy's iptables mode and the
 # CNI plugins drive) and the modules containers and Services need.
 KUBE_BIN=${LAB_KUBE_NODE_BIN:-}
-KUBE_NODE_TOOLS=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc)
+KUBE_NODE_TOOLS=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc crictl)
 CNI_PLUGINS=(bridge loopback host-local portmap)
 # dropbear: an SSH server for the storage e2e suite's [Disruptive] specs,
 # which stop and start the kubelet over SSH (e2e/kube-node.sh starts it).
@@ -253,6 +253,9 @@ fi
 if [ -n "$KUBE_BIN" ]; then
 	mkdir -p "$S/usr/local/bin" "$S/opt/cni/bin"
 	for b in "${KUBE_NODE_TOOLS[@]}"; do cp "$KUBE_BIN/$b" "$S/usr/local/bin/"; done
+	# where the storage e2e suite's host commands find it: their PATH has
+	# no /usr/local
+	ln -s /usr/local/bin/crictl "$S/usr/bin/crictl"
 	for b in "${CNI_PLUGINS[@]}"; do cp "$KUBE_BIN/$b" "$S/opt/cni/bin/"; done
 	for t in iptables ip6tables; do
 		for v in "" -save -restore; do

@@ -8,7 +8,9 @@
 #     image of OCI archives, LAB_DATA_DISK) imported into containerd's k8s.io
 #     namespace, as nothing can be pulled;
 #   - the kubelet and kube-proxy (iptables mode: Services, among them the
-#     API server's own at 10.0.0.1:443).
+#     API server's own at 10.0.0.1:443);
+#   - what the storage e2e suite does on a node: SSH (dropbear), systemctl
+#     and sudo stand-ins that stop and start the kubelet, crictl's config.
 # Expects /root/kubeconfig (the API server as 10.0.2.100:6443, which QEMU
 # forwards to the test's API server) and NODE_INDEX and NODE_COUNT set;
 # CONTROLLER_NODE and CONTROLLER_IMAGES as below, /root/ssh.pub for SSH.
@@ -64,6 +66,8 @@ state = "/run/containerd"
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
   NoPivotRoot = true
 EOF
+printf '%s\n' 'runtime-endpoint: unix:///run/containerd/containerd.sock' \
+	'image-endpoint: unix:///run/containerd/containerd.sock' >/etc/crictl.yaml
 cat >/etc/cni/net.d/10-lab.conflist <<EOF
 {"cniVersion": "1.0.0", "name": "lab", "plugins": [
  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,

@@ -10,6 +10,7 @@
 #   runc                                            (e2e/kube/runc)
 #   bridge, loopback, host-local, portmap           (e2e/kube/cni-plugins)
 #   csi-snapshotter, snapshot-controller            (e2e/kube/snapshotter)
+#   crictl                                          (e2e/kube/cri-tools)
 # and with --e2e the Kubernetes storage e2e suite, run against a real cluster
 # (e2e/k8s-storage/; make test never builds it):
 #   e2e-storage.test, ginkgo, agnhost               (e2e/kube/e2e-storage)
@@ -57,19 +58,21 @@ declare -A TOOLS=(
   [e2e-storage]="e2e-storage.test=. ginkgo=github.com/onsi/ginkgo/v2/ginkgo agnhost=k8s.io/kubernetes/test/images/agnhost"
   # The volume populator the suite's "any volume data source" spec deploys.
   [populator]="hello-populator=github.com/kubernetes-csi/lib-volume-populator/example/hello-populator"
+  # crictl: the storage e2e suite stops containers with it on the node.
+  [cri-tools]="crictl=sigs.k8s.io/cri-tools/cmd/crictl"
   [snapshotter]="csi-snapshotter=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter snapshot-controller=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller"
 )
 # Environment and build tags per module, where upstream's own build differs
 # from the default: containerd's release builds static without btrfs (no
 # headers here, and the guests use overlayfs), the CNI plugins' static too;
 # runc needs libseccomp for the seccomp profiles the kubelet asks for
-# (RuntimeDefault).
-declare -A ENVS=([containerd]="CGO_ENABLED=0" [cni-plugins]="CGO_ENABLED=0")
+# (RuntimeDefault); crictl's release builds static.
+declare -A ENVS=([containerd]="CGO_ENABLED=0" [cni-plugins]="CGO_ENABLED=0" [cri-tools]="CGO_ENABLED=0")
 declare -A TAGS=([containerd]="no_btrfs" [runc]="seccomp")
 ORDER=(controlplane csi-provisioner csi-resizer)
 for arg in "$@"; do
   case $arg in
-    --node) ORDER+=(node containerd runc cni-plugins snapshotter) ;;
+    --node) ORDER+=(node containerd runc cni-plugins snapshotter cri-tools) ;;
     --e2e) ORDER+=(e2e-storage populator) ;;
     *) echo "usage: kube-tools.sh [--node] [--e2e]" >&2; exit 2 ;;
   esac
@@ -138,6 +141,7 @@ for m in "${ORDER[@]}"; do
         fi ;;
       github.com/kubernetes-csi/*) ldflags+=" -X main.version=$version" ;;
       github.com/opencontainers/runc) ldflags+=" -X main.version=${version#v}" ;;
+      sigs.k8s.io/cri-tools) ldflags+=" -X $modpath/pkg/version.Version=$version" ;;
       github.com/containerd/containerd/v2) ldflags+=" -X $modpath/version.Version=$version" ;;
       github.com/containernetworking/plugins)
         ldflags+=" -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$version" ;;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the wrapper modules for new versions (downloads only, no
 # compiling; scripts/kube-tools.sh builds):
-#   e2e/kube/bump.sh K8S PROVISIONER RESIZER CONTAINERD RUNC CNI_PLUGINS SNAPSHOTTER POPULATOR
-#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0 v2.4.2 v1.5.3 v1.10.0 v8.2.0 v1.2.0
+#   e2e/kube/bump.sh K8S PROVISIONER RESIZER CONTAINERD RUNC CNI_PLUGINS SNAPSHOTTER POPULATOR CRI_TOOLS
+#   e2e/kube/bump.sh v1.37.1 v6.3.0 v2.3.0 v2.4.2 v1.5.3 v1.10.0 v8.2.0 v1.2.0 v1.37.0
 #
 # One wrapper per upstream main module, each reproducing that module's own
 # build (README.md says why):
@@ -25,6 +25,8 @@
 #   populator/        github.com/kubernetes-csi/lib-volume-populator: its
 #                     example hello-populator, which the storage e2e suite's
 #                     "any volume data source" spec deploys
+#   cri-tools/        sigs.k8s.io/cri-tools: crictl, on the nodes for the
+#                     suite's specs that stop containers with it
 #
 # `go install MODULE/cmd/X@VERSION` refuses a module whose go.mod has replace
 # directives, and ignores them when the module is a dependency. A wrapper
@@ -36,8 +38,8 @@
 # go.mod each time, so a staging module added later is picked up by itself.
 set -euo pipefail
 cd "$(dirname "$0")"
-[ $# -eq 8 ] || { sed -n '2,5p' "$0"; exit 2; }
-K8S=$1 PROV=$2 RESIZER=$3 CONTAINERD=$4 RUNC=$5 CNI=$6 SNAP=$7 POP=$8
+[ $# -eq 9 ] || { sed -n '2,5p' "$0"; exit 2; }
+K8S=$1 PROV=$2 RESIZER=$3 CONTAINERD=$4 RUNC=$5 CNI=$6 SNAP=$7 POP=$8 CRI=$9
 
 gomod() { # module@version -> path of its go.mod in the module cache
   go mod download -json "$1" \
@@ -151,5 +153,9 @@ l=github.com/kubernetes-csi/lib-volume-populator
 lmod=$(gomod "$l@$POP")
 write populator "$(goversion "$lmod")" "$l/example/hello-populator" "$l $POP" "$(replaces "$lmod" -)"
 
+t=sigs.k8s.io/cri-tools
+tmod=$(gomod "$t@$CRI")
+write cri-tools "$(goversion "$tmod")" "$t/cmd/crictl" "$t $CRI" "$(replaces "$tmod" -)"
+
 echo "kubernetes $K8S (staging v0.${K8S#v1.}), etcd $etcd, csi-provisioner $PROV, csi-resizer $RESIZER"
-echo "containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI, external-snapshotter $SNAP, lib-volume-populator $POP"
+echo "containerd $CONTAINERD, runc $RUNC, CNI plugins $CNI, external-snapshotter $SNAP, lib-volume-populator $POP, cri-tools $CRI"
