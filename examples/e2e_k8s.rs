@@ -10,7 +10,8 @@
 //!   E2E_FOCUS   ginkgo --focus (default: every spec for this driver)
 //!   E2E_SKIP    ginkgo --skip (default: none; what the suite cannot run
 //!               here it skips itself and says why)
-//!   E2E_PROCS   parallel ginkgo processes (default 3)
+//!   E2E_PROCS   parallel ginkgo processes (default 3); the [Disruptive]
+//!               specs run after the rest, in one process
 //!   E2E_OUT     where the log and junit report go (default
 //!               .cache/e2e-k8s/<start time>)
 //!
@@ -66,19 +67,30 @@ fn main() {
     report.step("helm install the chart, snapshotter on", || {
         c.helm_install_with(&["--set", kube_nodes::SNAPSHOTTER])
     });
-    let sel = Selection {
+    // The [Disruptive] specs stop and start kubelets: they run after the
+    // others, one at a time, so that no other spec shares a node with them.
+    let pass = |labels: &'static str, procs: usize| Selection {
         focus: &focus,
         skip: &skip,
+        labels,
         procs,
         timeout: Duration::from_secs(6 * 3600),
     };
-    let summary = report.step("the storage e2e suite", || storage_e2e::run(&c, &sel, &out));
+    let summary = report.step("the storage e2e suite but [Disruptive]", || {
+        storage_e2e::run(&c, &pass("!Disruptive", procs), &out.join("parallel"))
+    });
+    let summary = summary.and(report.step("the [Disruptive] specs, one at a time", || {
+        storage_e2e::run(&c, &pass("Disruptive", 1), &out.join("disruptive"))
+    }));
     println!("\nreport:");
     for (what, s) in &report.0 {
         println!("  {s:7.1} s  {what}");
     }
     println!("  {:7.1} s  in all", total.elapsed().as_secs_f64());
-    println!("the suite's log and junit report: {}", out.display());
+    println!(
+        "the suite's logs and junit reports: {}/{{parallel,disruptive}}",
+        out.display()
+    );
     summary.print("make e2e-k8s");
     let failed = !summary.failed().is_empty() || !summary.exit_ok;
     // Down before exiting: exit skips the lab's and API server's Drop.

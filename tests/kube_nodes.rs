@@ -604,6 +604,7 @@ fn storage_e2e_subset(c: &Cluster) {
     let sel = Selection {
         focus: &focus,
         skip: "",
+        labels: "",
         procs: 3,
         timeout: Duration::from_secs(3600),
     };

@@ -121,6 +121,8 @@ pub struct Selection<'a> {
     /// capability not claimed, no SSH to the nodes) it reports with its
     /// reason, so only what it would run and cannot here belongs here.
     pub skip: &'a str,
+    /// ginkgo's --label-filter; empty for none (`Disruptive`, `!Disruptive`).
+    pub labels: &'a str,
     /// Parallel ginkgo processes; the [Serial] specs run alone at the end.
     pub procs: usize,
     /// The whole run's bound (ginkgo --timeout): a hang ends.
@@ -136,6 +138,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// This run's specs and another's, as one run.
+    pub fn and(mut self, other: Summary) -> Summary {
+        self.cases.extend(other.cases);
+        self.took += other.took;
+        self.exit_ok &= other.exit_ok;
+        self
+    }
+
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.cases.iter().filter(|c| f(&c.outcome)).count()
     }
@@ -209,6 +219,9 @@ pub fn run(c: &Cluster, sel: &Selection, out: &Path) -> Summary {
     ];
     if !sel.skip.is_empty() {
         ginkgo.extend(["--skip", sel.skip]);
+    }
+    if !sel.labels.is_empty() {
+        ginkgo.extend(["--label-filter", sel.labels]);
     }
     let suite = [
         format!("-kubeconfig={}", c.kube.kubeconfig.display()),
