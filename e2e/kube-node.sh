@@ -13,7 +13,7 @@
 #     and sudo stand-ins that stop and start the kubelet, crictl's config.
 # Expects /root/kubeconfig (the API server as 10.0.2.100:6443, which QEMU
 # forwards to the test's API server) and NODE_INDEX and NODE_COUNT set;
-# CONTROLLER_NODE and CONTROLLER_IMAGES as below, /root/ssh.pub for SSH.
+# /root/ssh.pub for SSH.
 # Idempotent: a second run starts only what is not running.
 set -eu
 export PATH="/usr/local/bin:/usr/local/sbin:$PATH"
@@ -105,13 +105,7 @@ if ! mounted /mnt/lab-data; then
 	[ -n "$disk" ] || { echo "kube-node: no lab-data disk (LAB_DATA_DISK)" >&2; exit 1; }
 	mount -t ext4 -o ro "$disk" /mnt/lab-data
 fi
-# The controllers' images (CONTROLLER_IMAGES: archive names without .tar)
-# only on the node that runs the controllers (CONTROLLER_NODE): they are
-# half of all, and importing is most of a node's start under TCG.
 for t in /mnt/lab-data/*.tar; do
-	case " ${CONTROLLER_IMAGES:-} " in
-	*" $(basename "$t" .tar) "*) [ "$i" = "${CONTROLLER_NODE:-$i}" ] || continue ;;
-	esac
 	ctr -n k8s.io images import --all-platforms --local --discard-unpacked-layers "$t" >/dev/null
 done
 # A second tag of the driver's image, for rolling the DaemonSet to "a new

@@ -27,12 +27,6 @@ const SSH_FORWARDS: u16 = 12220;
 fn node_address(node: usize) -> String {
     format!("192.168.77.{}", 10 + node)
 }
-/// The node the controllers run on (the chart's controller, the
-/// snapshot-controller: both pinned to it), the only one that imports their
-/// images (the archives named here, e2e/kube-node.sh): half of what each
-/// node imported before, and importing is most of a node's start.
-pub const CONTROLLER_NODE: usize = 1;
-const CONTROLLER_IMAGES: &str = "csi-provisioner csi-resizer csi-snapshotter snapshot-controller";
 /// Where the chart is installed.
 pub const DRIVER_NS: &str = "kube-system";
 
@@ -183,7 +177,7 @@ impl Cluster {
     /// [`Cluster::up`] with the images of `groups` (scripts/lab-images.sh:
     /// default, snapshot, e2e, or an image's name) on the nodes. Each set of
     /// groups has a folder of its own: the guests import every archive of it
-    /// at boot (the controllers' on CONTROLLER_NODE alone).
+    /// at boot.
     pub fn up_with_images(name: &str, nodes: usize, lun_size: &str, groups: &[&str]) -> Cluster {
         let started = Instant::now();
         run_script(&["scripts/kube-tools.sh", "--node"]);
@@ -298,9 +292,7 @@ impl Cluster {
                              cat >/root/kubelet-client-ca.crt <<'CA'\n{client_ca}CA\n\
                              cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
                              cat >/root/ssh.pub <<'KEY'\n{ssh_pub}KEY\n\
-                             export NODE_INDEX={node} NODE_COUNT={nodes} \
-                             CONTROLLER_NODE={CONTROLLER_NODE} \
-                             CONTROLLER_IMAGES='{CONTROLLER_IMAGES}'\n{script}"
+                             export NODE_INDEX={node} NODE_COUNT={nodes}\n{script}"
                         ),
                         Some(Duration::from_secs(1800)),
                     );
@@ -359,7 +351,6 @@ impl Cluster {
     /// [`Cluster::helm_install`] with more `helm` arguments (`--set ...`).
     pub fn helm_install_with(&self, extra: &[&str]) {
         let c = self;
-        let pin = format!("controller.nodeSelector.kubernetes\\.io/hostname=node{CONTROLLER_NODE}");
         let mut args = vec![
             "install",
             "ocfs2-csi",
@@ -380,9 +371,6 @@ impl Cluster {
             "test.image.registry=localhost,test.image.repository=busybox,test.image.tag=lab,test.image.pullPolicy=Never",
             "--set",
             "luns={/dev/vda},initLuns={/dev/vda}",
-            // Where its sidecars' images are (CONTROLLER_NODE).
-            "--set",
-            &pin,
         ];
         args.extend_from_slice(extra);
         let out = c.kube.helm(&args);
