@@ -6,7 +6,7 @@
 //! user does: the real `kubectl` and `helm`.
 
 use super::kube::{bin_dir, user_cache, Kube};
-use super::lab::{wait_until, Lab};
+use super::lab::{cluster_address, wait_until, Lab};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,10 +23,6 @@ const KUBELET_FORWARDS: u16 = 11250;
 /// The first of the ports QEMU forwards to the guests' SSH servers
 /// (e2e/kube-node.sh) in the lab's namespace (guest I's at this + I).
 const SSH_FORWARDS: u16 = 12220;
-/// Guest I's address on the cluster network: its Node's InternalIP.
-fn node_address(node: usize) -> String {
-    format!("192.168.77.{}", 10 + node)
-}
 /// Where the chart is installed.
 pub const DRIVER_NS: &str = "kube-system";
 
@@ -60,15 +56,11 @@ impl Ssh {
         let key = dir.join("id_ed25519");
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(key.with_extension("pub"));
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ocfs2-csi-lab", "-f"])
-            .arg(&key)
-            .output()
-            .expect("run ssh-keygen (openssh-client)");
-        assert!(
-            out.status.success(),
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
+        output_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "ocfs2-csi-lab", "-f"])
+                .arg(&key),
+            "ssh-keygen (openssh-client)",
         );
         key
     }
@@ -96,21 +88,12 @@ impl Ssh {
         let mut args = Vec::new();
         opts(&mut args);
         args.extend(["-o".into(), format!("ProxyCommand={}", jump.join(" "))]);
-        args.push(format!("root@{}", node_address(node)));
+        args.push(format!("root@{}", cluster_address(node)));
         args.push(cmd.into());
-        let out = Command::new("ssh")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ssh (openssh-client)");
-        assert!(
-            out.status.success(),
-            "ssh node{node} {cmd:?}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        output_ok(
+            Command::new("ssh").args(&args),
+            &format!("ssh node{node} {cmd:?}"),
+        )
     }
 
     /// The environment of the e2e suite's SSH client (test/e2e/framework/ssh).
@@ -130,15 +113,24 @@ fn run_script(args: &[&str]) {
 
 /// What a repository script printed; panics unless it succeeds.
 fn script_output(args: &[&str]) -> String {
-    let out = Command::new(super::repo_root().join(args[0]))
-        .args(&args[1..])
+    output_ok(
+        Command::new(super::repo_root().join(args[0])).args(&args[1..]),
+        &format!("{args:?}"),
+    )
+}
+
+/// What `cmd` printed, run with no input; panics naming it (`what`) with
+/// its output unless it succeeds.
+fn output_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", args[0]));
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "{args:?} failed ({}):\n{}",
+        "{what} failed ({}):\n{}{}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -153,17 +145,13 @@ fn data_disk(dir: &Path, file: &Path) {
         .sum();
     let mib = bytes / (1 << 20) * 11 / 10 + 64;
     let _ = std::fs::remove_file(file);
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "lab-data", "-d"])
-        .arg(dir)
-        .arg(file)
-        .arg(format!("{mib}M"))
-        .output()
-        .expect("run mke2fs");
-    assert!(
-        out.status.success(),
-        "mke2fs: {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "lab-data", "-d"])
+            .arg(dir)
+            .arg(file)
+            .arg(format!("{mib}M")),
+        "mke2fs",
     );
 }
 
@@ -326,9 +314,9 @@ impl Cluster {
     }
 
     /// Stops node's kubelet (SIGTERM, as a service manager does), waits for
-    /// its end and starts it again with a fresh log: e2e/kube-node.sh's
-    /// systemctl stand-in, which the e2e suite's [Disruptive] specs use too.
-    /// Over SSH through node1, as the suite's: that path is under test too.
+    /// its end and starts it again with a fresh log, the way the e2e suite's
+    /// [Disruptive] specs do: e2e/kube-node.sh's systemctl, over SSH through
+    /// node1, so that CI exercises that path.
     pub fn restart_kubelet(&self, node: usize) {
         self.ssh.must(node, "sudo systemctl restart kubelet");
         let state = self.ssh.must(

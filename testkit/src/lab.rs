@@ -31,6 +31,12 @@ pub struct Lab {
 /// o2hb's heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Guest `node`'s address on the lab's cluster network (e2e/lab.sh: eth0),
+/// which o2cb and, on the Kubernetes nodes, the Node's InternalIP use.
+pub fn cluster_address(node: usize) -> String {
+    format!("192.168.77.{}", 10 + node)
+}
+
 /// How long o2hb lets a member's heartbeat stand still before it declares
 /// the member dead: the dead threshold's worth of heartbeats.
 pub fn dead_after(t: &Timeouts) -> Duration {
@@ -363,9 +369,9 @@ impl Lab {
         for i in 1..=self.nodes {
             conf += &format!(
                 "node:\n\tnumber = {}\n\tcluster = {cluster}\n\tip_port = 7777\n\t\
-                 ip_address = 192.168.77.{}\n\tname = node{i}\n\n",
+                 ip_address = {}\n\tname = node{i}\n\n",
                 i - 1,
-                10 + i
+                cluster_address(i)
             );
         }
         conf += &format!("heartbeat:\n\tcluster = {cluster}\n\tregion = {heartbeat_region}\n");
@@ -522,7 +528,7 @@ impl Lab {
                     // or its InternalIP, whichever it prefers.
                     let guest = (1..=nodes).find(|i| {
                         target == format!("node{i}:{port}")
-                            || target == format!("192.168.77.{}:{port}", 10 + i)
+                            || target == format!("{}:{port}", cluster_address(*i))
                     });
                     let inner = guest.and_then(|i| connect_in_netns(&ns, first + i as u16).ok());
                     let Some(inner) = inner else {
@@ -731,7 +737,7 @@ impl Lab {
 fn members_script(members: &[usize]) -> String {
     let text: String = members
         .iter()
-        .map(|i| format!("node{i} {} 192.168.77.{}\n", i - 1, 10 + i))
+        .map(|&i| format!("node{i} {} {}\n", i - 1, cluster_address(i)))
         .collect();
     format!(
         "mkdir -p /etc/ocfs2-csi && printf '{text}' > /etc/ocfs2-csi/members.tmp && \

@@ -325,7 +325,7 @@ pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembershi
                 "kind": "Node",
                 "metadata": {"name": format!("node{i}")},
                 "status": {"addresses": [
-                    {"type": "InternalIP", "address": format!("192.168.77.{}", 10 + i)}
+                    {"type": "InternalIP", "address": cluster_address(i)}
                 ]}
             })),
         );
@@ -367,11 +367,7 @@ pub fn run(lab: &Lab, kube: &Kube, rt: &tokio::runtime::Runtime) -> ApiMembershi
     numbers.dedup();
     assert_eq!(numbers.len(), NODES, "numbers not distinct: {claimed:?}");
     for (i, name) in names.iter().enumerate() {
-        assert_eq!(
-            claimed[name].1,
-            format!("192.168.77.{}", 11 + i),
-            "{claimed:?}"
-        );
+        assert_eq!(claimed[name].1, cluster_address(i + 1), "{claimed:?}");
     }
     println!("kube-lab: Leases {claimed:?}");
     // Every guest's configfs holds exactly what the Leases say, and every
