@@ -12,7 +12,8 @@
 //!               here it skips itself and says why)
 //!   E2E_PROCS   parallel ginkgo processes (default 3); the [Disruptive]
 //!               specs run after the rest, in one process
-//!   E2E_OUT     where the log and junit report go (default
+//!   E2E_OUT     where the logs and junit reports go, in parallel/ and
+//!               disruptive/ (default
 //!               .cache/e2e-k8s/<start time>)
 //!
 //! Prints ran / passed / failed / skipped with the reasons, and exits 1 on
