@@ -85,6 +85,13 @@ pub enum OpenError {
     },
     #[error("{path} is the same LUN (disk GUID {guid}) as another --lun")]
     SameLun { path: String, guid: Uuid },
+    /// What was read before this controller held the writer lease is no
+    /// longer what the LUN holds: another writer changed it meanwhile.
+    #[error(
+        "{path} changed while this controller waited for its writer lease (another controller \
+             wrote it first); opening it again from what it holds now"
+    )]
+    Changed { path: String },
     #[error(transparent)]
     Lun(#[from] LunError),
 }
@@ -416,10 +423,16 @@ pub async fn open_lun(
     // the end of a grown LUN after clearing its old backup at `retire`)
     // need the lease too; a live writer elsewhere does them itself, and
     // this open is retried.
+    //
+    // What was read above was read before this controller held the lease
+    // (unless it already did): once it takes the lease, another writer may
+    // have written meanwhile, so a write based on those reads is refused
+    // and the open starts again ([`OpenError::Changed`]).
     let write = |mut table: Gpt, retire: Option<u64>| {
         let (io, writer) = (io.clone(), writer.clone());
         let name = name.clone();
         async move {
+            let held = writer.holds();
             writer
                 .take_if_free()
                 .await
@@ -427,6 +440,9 @@ pub async fn open_lun(
                     lun: name.clone(),
                     source,
                 })?;
+            if !held {
+                return Err(OpenError::Changed { path: name });
+            }
             let stamp = writer.check().await.map_err(|source| LunError::Writer {
                 lun: name.clone(),
                 source,
@@ -440,7 +456,35 @@ pub async fn open_lun(
             })
             .await
             .map_err(stalled("writing the partition table"))?
-            .map_err(table_err)
+            .map_err(table_err)?;
+            Ok::<(), OpenError>(())
+        }
+    };
+    // The stamp is the first write to a blank LUN, after a scan that may
+    // have taken minutes: when the lease was not ours before, the LUN is
+    // read again once it is, and must still hold what it held (no stamp or
+    // the same one, and still blank or the same table), or the open starts
+    // again from what it holds now.
+    let seen_first = seen(&probed);
+    let unchanged = || {
+        let io = io.clone();
+        let (name, stamped, seen_first) = (name.clone(), stamped.clone(), seen_first);
+        async move {
+            let again = run_blocking(TABLE_IO_TIMEOUT, move || {
+                (ownership::read(io.as_ref()), gpt::probe(io.as_ref()))
+            })
+            .await
+            .map_err(|source| LunError::Stalled {
+                lun: name.clone(),
+                what: "reading the LUN again",
+                source,
+            })?;
+            let same_stamp = matches!(&again.0, Ok(now) if *now == stamped);
+            if same_stamp && seen(&again.1) == seen_first {
+                Ok(())
+            } else {
+                Err(OpenError::Changed { path: name })
+            }
         }
     };
     let stamp = |disk_guid: Uuid| {
@@ -455,12 +499,17 @@ pub async fn open_lun(
                 .map_or(0, |d| d.as_secs()),
             stamped_by: writer.who(),
         };
+        let unchanged = unchanged();
         async move {
             let writer_err = |source| LunError::Writer {
                 lun: name.clone(),
                 source,
             };
+            let held = writer.holds();
             writer.take_if_free().await.map_err(writer_err)?;
+            if !held {
+                unchanged.await?;
+            }
             let checked = writer.check().await.map_err(writer_err)?;
             run_blocking(TABLE_IO_TIMEOUT, move || {
                 ownership::write(io.as_ref(), &owner)
@@ -474,7 +523,8 @@ pub async fn open_lun(
                     other => std::io::Error::other(other.to_string()),
                 },
             })?;
-            writer.confirm(checked).await.map_err(writer_err)
+            writer.confirm(checked).await.map_err(writer_err)?;
+            Ok::<(), OpenError>(())
         }
     };
     let table = match probed.map_err(table_err)? {
@@ -575,6 +625,23 @@ fn stamp_of(table: &Gpt) -> String {
         .partition(HEARTBEAT_NUMBER)
         .map(|p| p.name.clone())
         .unwrap_or_default()
+}
+
+/// What a probe found, as far as telling a LUN changed goes: blank, a GPT
+/// (by its disk GUID), or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Blank,
+    Table(Uuid),
+    Other,
+}
+
+fn seen(probed: &Result<Contents, GptError>) -> Seen {
+    match probed {
+        Ok(Contents::Blank) => Seen::Blank,
+        Ok(Contents::Gpt(read)) => Seen::Table(read.gpt.disk_guid),
+        _ => Seen::Other,
+    }
 }
 
 fn set_stamp(table: &mut Gpt, stamp: &Stamp) {
@@ -822,5 +889,92 @@ mod tests {
             Err(other) => panic!("expected SameLun, got {other}"),
             Ok(opened) => panic!("opened {} LUNs", opened.luns.len()),
         }
+    }
+    /// A standby waiting for the writer lease while the writer initialises
+    /// the blank LUN it scanned: it takes the lease when the writer dies,
+    /// and must not initialise the LUN a second time (found in the nodes
+    /// tier: a replica that scanned the blank LUN took the lease minutes
+    /// later, when the node of the writer was lost, and wrote a new table
+    /// over the one whose volume was in use).
+    #[tokio::test]
+    async fn a_blank_lun_initialised_while_waiting_for_the_lease_is_not_initialised_again() {
+        use crate::controller::writer::{SoleWriter, Stamp, WriterError};
+        use crate::disk::lun_io::SparseIo;
+        use futures::future::BoxFuture;
+
+        /// Not the writer until `take_if_free`, which first lets the
+        /// other controller open (initialise) the LUN.
+        struct Late {
+            held: std::sync::atomic::AtomicBool,
+            meanwhile: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
+            inner: SoleWriter,
+        }
+        impl TableWriter for Late {
+            fn take_if_free(&self) -> BoxFuture<'_, Result<(), WriterError>> {
+                let meanwhile = self.meanwhile.lock().unwrap().take();
+                Box::pin(async move {
+                    if let Some(f) = meanwhile {
+                        f.await;
+                    }
+                    self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                })
+            }
+            fn holds(&self) -> bool {
+                self.held.load(std::sync::atomic::Ordering::SeqCst)
+            }
+            fn check(&self) -> BoxFuture<'_, Result<Stamp, WriterError>> {
+                self.inner.check()
+            }
+            fn confirm(&self, stamp: Stamp) -> BoxFuture<'_, Result<(), WriterError>> {
+                self.inner.confirm(stamp)
+            }
+            fn who(&self) -> String {
+                "late standby".into()
+            }
+            fn changes(&self) -> &tokio::sync::Mutex<()> {
+                self.inner.changes()
+            }
+        }
+
+        const PATH: &str = "/dev/disk/by-id/fake-shared";
+        let disk = SparseIo::new(512, 4 << 30);
+        let san = FakeSan::new();
+        san.add_lun(Path::new(PATH), Arc::new(disk.clone()));
+        let (first, other) = (san.clone(), disk.clone());
+        let late = Arc::new(Late {
+            held: false.into(),
+            meanwhile: std::sync::Mutex::new(Some(Box::pin(async move {
+                first.open_lun(PATH, Arc::new(other)).await;
+            }))),
+            inner: SoleWriter::default(),
+        });
+        let (cluster, tools) = (test_cluster(), san.tools());
+        let open = || {
+            open_lun(
+                Path::new(PATH),
+                Arc::new(disk.clone()),
+                true,
+                late.clone(),
+                &cluster,
+                &tools,
+                san.as_ref(),
+            )
+        };
+        let before_guid = || gpt::read(&disk).unwrap().gpt.disk_guid;
+        match open().await {
+            Err(OpenError::Changed { path }) => assert_eq!(path, PATH),
+            Err(e) => panic!("expected Changed, got {e}"),
+            Ok(lun) => panic!(
+                "initialised the LUN again over the first controller's table: disk GUID {} now ({} on disk)",
+                lun.disk_guid,
+                before_guid()
+            ),
+        }
+        let made = before_guid();
+        // Opened again, it finds the first controller's table and keeps it.
+        let lun = open().await.unwrap();
+        assert_eq!(lun.disk_guid, made);
+        assert_eq!(before_guid(), made);
     }
 }

@@ -118,6 +118,9 @@ impl Stamp {
 pub trait TableWriter: Send + Sync {
     /// Becomes the writer for a write at start-up (see `Writer::take_if_free`).
     fn take_if_free(&self) -> BoxFuture<'_, Result<(), WriterError>>;
+    /// Whether this process holds the lease now: what it read before it
+    /// did may be stale by the time it does.
+    fn holds(&self) -> bool;
     /// Right before a table write: the stamp to write, or why not to.
     fn check(&self) -> BoxFuture<'_, Result<Stamp, WriterError>>;
     /// Right after a table write stamped `stamp`: still the writer.
@@ -132,6 +135,9 @@ pub trait TableWriter: Send + Sync {
 impl TableWriter for Writer {
     fn take_if_free(&self) -> BoxFuture<'_, Result<(), WriterError>> {
         Box::pin(Writer::take_if_free(self))
+    }
+    fn holds(&self) -> bool {
+        self.is_writer()
     }
     fn check(&self) -> BoxFuture<'_, Result<Stamp, WriterError>> {
         Box::pin(Writer::check(self))
@@ -163,6 +169,9 @@ pub struct SoleWriter {
 impl TableWriter for SoleWriter {
     fn take_if_free(&self) -> BoxFuture<'_, Result<(), WriterError>> {
         Box::pin(async { Ok(()) })
+    }
+    fn holds(&self) -> bool {
+        true
     }
     fn check(&self) -> BoxFuture<'_, Result<Stamp, WriterError>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) as u32;
