@@ -216,6 +216,20 @@ node_rbac() {
     [ "$(grep -c 'verbs:' "$TMP/crole")" = 1 ] && grep -q 'verbs: \["get"\]' "$TMP/crole"
 }
 check "node RBAC: Nodes get; Leases list, create, and get/update/delete of the 255 membership Leases only" node_rbac
+out_of_service_rbac() {
+  "$HELM" template ocfs2-csi "$CHART" --set outOfService.enabled=true > "$TMP/oos.yaml"
+  object "$TMP/oos.yaml" ClusterRole ocfs2-csi-node > "$TMP/crole"
+  object "$TMP/oos.yaml" DaemonSet ocfs2-csi-node > "$TMP/obj"
+  cat "$TMP/crole"
+  [ "$(grep -c 'verbs:' "$TMP/crole")" = 2 ] && grep -q 'verbs: \["get"\]' "$TMP/crole" &&
+    grep -q 'verbs: \["list", "update"\]' "$TMP/crole" &&
+    ! grep 'verbs:' "$TMP/crole" | grep -Eq 'watch|patch|\*' &&
+    grep -A1 'name: OCFS2_CSI_OUT_OF_SERVICE$' "$TMP/obj" | grep -q 'value: "true"' &&
+    ! "$HELM" template "$CHART" --set outOfService.enabled=true --set membership.source=static \
+      --set 'membership.static[0].name=a' --set 'membership.static[0].number=0' \
+      --set 'membership.static[0].address=10.0.0.1' > /dev/null 2>&1
+}
+check "outOfService.enabled: Nodes list and update added, nothing more; refused with static membership" out_of_service_rbac
 no_host_ip() { ! grep -n 'fieldPath: status.hostIP' "$DEFAULT" "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"; }
 check "no status.hostIP (the o2net address is the Node's IPv4 InternalIP)" no_host_ip
 static_no_node_api() {

@@ -14,7 +14,7 @@ use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{validate_driver_name, IdentityService};
-use ocfs2_csi::k8s::KubeMembers;
+use ocfs2_csi::k8s::{KubeMembers, OutOfService};
 use ocfs2_csi::node::records::Records;
 use ocfs2_csi::node::startup::{DiskSlots, Startup};
 use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
@@ -200,6 +200,11 @@ struct NodeArgs {
         default_value = "/var/lib/ocfs2-csi"
     )]
     state_dir: PathBuf,
+    /// Apply node.kubernetes.io/out-of-service to a member's Node once
+    /// o2cb evicted it and the Node is NotReady, and remove it when it is
+    /// back (src/k8s/out_of_service.rs); with --membership kubernetes only.
+    #[arg(long, env = "OCFS2_CSI_OUT_OF_SERVICE", default_value_t = false, action = clap::ArgAction::Set)]
+    out_of_service: bool,
     /// Seconds between reads of the membership source.
     #[arg(long, env = "OCFS2_CSI_MEMBERS_POLL", default_value_t = 5)]
     members_poll: u64,
@@ -372,6 +377,12 @@ type Keepalive = futures::future::BoxFuture<'static, anyhow::Error>;
 async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource>, u8, Keepalive)> {
     match args.membership {
         Membership::Static => {
+            if args.out_of_service {
+                anyhow::bail!(
+                    "--out-of-service needs --membership kubernetes: the survivors' views of \
+                     o2cb are shared through the membership Leases"
+                );
+            }
             let path = args
                 .members_file
                 .clone()
@@ -389,7 +400,7 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
                 .await
                 .context("connecting to the Kubernetes API")?;
             let km = KubeMembers::new(
-                client,
+                client.clone(),
                 &args.namespace,
                 &args.pool.cluster_name,
                 args.o2cb_port,
@@ -410,11 +421,16 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
             };
             let number = km.claim_until_won(&args.node_id, address, &slots).await;
             tracing::info!(node = %args.node_id, number, %address, "o2cb node number from the Kubernetes API");
+            let oos = args.out_of_service.then(|| {
+                tracing::info!("out-of-service from o2cb evictions: on");
+                OutOfService::new(client.clone(), Arc::new(slots), &args.node_id)
+            });
             let keepalive = km.clone().keep_alive(
                 args.node_id.clone(),
                 number,
                 KernelPaths::default().debugfs,
                 args.dead_threshold,
+                oos,
             );
             Ok((
                 Arc::new(km),

@@ -22,6 +22,7 @@
 //! our Lease deleted or another node's is a lost number ([`KubeError::Lost`]):
 //! the plugin stops, saying so.
 
+use super::out_of_service::{member_views, OutOfService, View, ANNOTATION_VIEW};
 use crate::backoff::Backoff;
 use crate::cluster::slots::{HeartbeatSlots, SlotsInUse};
 use crate::cluster::{live_nodes, Member, MembershipError, MembershipSource};
@@ -361,38 +362,77 @@ impl KubeMembers {
             .await
     }
 
-    /// Renews our Lease and releases departed members' numbers (those that
-    /// no longer heartbeat, as `debugfs` shows, in a round where this node
-    /// is live itself: [`release_gate`]) every [`KEEPALIVE_PERIOD`], for as
-    /// long as the number is ours; returns why it is not any more (our
-    /// Lease deleted or taken). Other failures are logged and retried at
-    /// the next period.
+    /// Renews our Lease with this node's o2cb view ([`View`]) and releases
+    /// departed members' numbers (those that no longer heartbeat, as
+    /// `debugfs` shows, in a round where this node is live itself:
+    /// [`release_gate`]) every [`KEEPALIVE_PERIOD`], for as long as the
+    /// number is ours; with `oos`, the out-of-service round follows. Returns
+    /// why the number is not ours any more (our Lease deleted or taken).
+    /// Other failures are logged and retried at the next period.
     pub async fn keep_alive(
         self,
         me: String,
         number: u8,
         debugfs: PathBuf,
         dead_threshold: u32,
+        mut oos: Option<OutOfService>,
     ) -> KubeError {
+        let boot = boot_id();
+        let mut view: Option<View> = None;
         loop {
             tokio::time::sleep(KEEPALIVE_PERIOD).await;
-            match self.renew(&me, number, None).await {
+            let leases = match self.ours().await {
+                Ok(leases) => leases,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the membership Leases; retrying");
+                    continue;
+                }
+            };
+            let gate = release_gate(live_nodes(&debugfs), number);
+            if let Ok(live) = &gate {
+                let numbers: BTreeSet<u8> = leases.iter().filter_map(lease_number).collect();
+                // A restarted plugin on the same boot goes on from its last
+                // view; after a reboot nothing seen before counts.
+                let last = view.take().or_else(|| {
+                    let mine = leases.iter().find(|l| lease_number(l) == Some(number))?;
+                    let v = View::parse(mine.metadata.annotations.as_ref()?.get(ANNOTATION_VIEW)?)?;
+                    (v.boot == boot).then_some(v)
+                });
+                let last = last.unwrap_or_else(|| View::empty(&boot));
+                let next = last.next(live.clone(), &numbers, Timestamp::now());
+                for (n, since) in &next.evicted {
+                    if !last.evicted.contains_key(n) {
+                        tracing::warn!(number = n, %since, "o2cb member {n} no longer heartbeats: evicted");
+                    }
+                }
+                view = Some(next);
+            }
+            match self.renew_inner(&me, number, None, view.as_ref()).await {
                 Err(e @ KubeError::Lost { .. }) => return e,
                 Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
                 Ok(()) => {}
             }
-            let live = match release_gate(live_nodes(&debugfs), number) {
-                Ok(live) => live,
+            match &gate {
                 Err(why) => {
                     tracing::info!("not releasing departed members' numbers this round: {why}");
-                    continue;
                 }
-            };
-            if let Err(e) = self
-                .release_stale(&me, &live, hold_time(dead_threshold))
-                .await
-            {
-                tracing::warn!(error = %e, "cannot check for departed members");
+                Ok(live) => {
+                    if let Err(e) = self
+                        .release_stale_in(&me, &leases, live, hold_time(dead_threshold))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot check for departed members");
+                    }
+                }
+            }
+            if let (Some(oos), Some(mine)) = (oos.as_mut(), &view) {
+                let mut members = member_views(&leases, lease_number);
+                for m in members.iter_mut().filter(|m| m.number == number) {
+                    m.view = Some(mine.clone());
+                }
+                if let Err(e) = oos.round(number, &members).await {
+                    tracing::warn!(error = %e, "out-of-service round failed; retrying next round");
+                }
             }
         }
     }
@@ -429,6 +469,17 @@ impl KubeMembers {
         number: u8,
         address: Option<Ipv4Addr>,
     ) -> Result<(), KubeError> {
+        self.renew_inner(node, number, address, None).await
+    }
+
+    /// [`renew`](Self::renew), publishing `view` too when given.
+    async fn renew_inner(
+        &self,
+        node: &str,
+        number: u8,
+        address: Option<Ipv4Addr>,
+        view: Option<&View>,
+    ) -> Result<(), KubeError> {
         let name = lease_name(&self.cluster, number);
         let lost = |holder: Option<String>| KubeError::Lost {
             lease: name.clone(),
@@ -451,6 +502,13 @@ impl KubeMembers {
                     .annotations
                     .get_or_insert_with(BTreeMap::new)
                     .insert(ANNOTATION_ADDRESS.to_string(), address.to_string());
+            }
+            if let Some(view) = view {
+                lease
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(ANNOTATION_VIEW.to_string(), view.to_annotation());
             }
             lease.spec.get_or_insert_with(LeaseSpec::default).renew_time =
                 Some(MicroTime(Timestamp::now()));
@@ -477,18 +535,23 @@ impl KubeMembers {
         live: &BTreeSet<u8>,
         dead_after: Duration,
     ) -> Result<Vec<u8>, KubeError> {
+        let leases = self.ours().await?;
+        self.release_stale_in(me, &leases, live, dead_after).await
+    }
+
+    async fn release_stale_in(
+        &self,
+        me: &str,
+        leases: &[Lease],
+        live: &BTreeSet<u8>,
+        dead_after: Duration,
+    ) -> Result<Vec<u8>, KubeError> {
         let mut released = Vec::new();
-        for lease in self.ours().await? {
-            let Some(holder) = holder(&lease).map(str::to_string) else {
+        for lease in leases {
+            let Some(holder) = holder(lease).map(str::to_string) else {
                 continue;
             };
-            let Some(number) = lease
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_NUMBER))
-                .and_then(|n| n.parse::<u8>().ok())
-            else {
+            let Some(number) = lease_number(lease) else {
                 continue;
             };
             if holder == me {
@@ -572,6 +635,24 @@ pub fn o2net_address(node: &str, addresses: &[NodeAddress]) -> Result<Ipv4Addr, 
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(e) if e.code == 404)
+}
+
+/// The o2cb number a membership Lease holds.
+fn lease_number(lease: &Lease) -> Option<u8> {
+    lease
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_NUMBER)?
+        .parse()
+        .ok()
+}
+
+/// This kernel's boot (the host's: /proc is the host's in the plugin's pod).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn holder(lease: &Lease) -> Option<&str> {

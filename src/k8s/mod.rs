@@ -4,5 +4,7 @@
 
 pub mod cluster_id;
 pub mod members;
+pub mod out_of_service;
 
 pub use members::{KubeError, KubeMembers};
+pub use out_of_service::OutOfService;
