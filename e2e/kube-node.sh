@@ -13,7 +13,8 @@
 #     and sudo stand-ins that stop and start the kubelet, crictl's config.
 # Expects /root/kubeconfig (the API server as 10.0.2.100:6443, which QEMU
 # forwards to the test's API server) and NODE_INDEX and NODE_COUNT set;
-# /root/ssh.pub for SSH.
+# /root/ssh.pub for SSH. NODE_IMAGES, when set, names the archives to
+# import (without .tar; a node rejoining after a crash needs fewer).
 # Idempotent: a second run starts only what is not running.
 set -eu
 export PATH="/usr/local/bin:/usr/local/sbin:$PATH"
@@ -105,7 +106,9 @@ if ! mounted /mnt/lab-data; then
 	[ -n "$disk" ] || { echo "kube-node: no lab-data disk (LAB_DATA_DISK)" >&2; exit 1; }
 	mount -t ext4 -o ro "$disk" /mnt/lab-data
 fi
+wanted() { [ -z "${NODE_IMAGES:-}" ] || case " $NODE_IMAGES " in *" $1 "*) true ;; *) false ;; esac; }
 for t in /mnt/lab-data/*.tar; do
+	wanted "$(basename "$t" .tar)" || continue
 	ctr -n k8s.io images import --all-platforms --local --discard-unpacked-layers "$t" >/dev/null
 done
 # A second tag of the driver's image, for rolling the DaemonSet to "a new

@@ -14,6 +14,9 @@
 //! `helm test`, `helm uninstall`. Each prints
 //! `scenario-time: NAME SECONDS`.
 
+#[path = "kube_nodes/node_loss.rs"]
+mod node_loss;
+
 use ocfs2_csi_testkit as common;
 
 use common::junit::Outcome;
@@ -638,7 +641,17 @@ fn kube_nodes() {
     }
     scenario("helm-install", || {
         c.install_snapshot_stack();
-        c.helm_install_with(&["--set", SNAPSHOTTER]);
+        let oos = if node_loss::baseline() {
+            "false"
+        } else {
+            "true"
+        };
+        c.helm_install_with(&[
+            "--set",
+            SNAPSHOTTER,
+            "--set",
+            &format!("outOfService.enabled={oos}"),
+        ]);
     });
     let pods = scenario("rwx-deployment", || rwx_deployment(&c));
     scenario("patch-pvc", || patch_pvc(&c, &pods));
@@ -658,6 +671,8 @@ fn kube_nodes() {
     for line in c.memory_report() {
         println!("memory: {line}");
     }
+    // Last before the uninstall: it loses a node and brings it back.
+    scenario("node-power-off", || node_loss::run(&c));
     scenario("helm-uninstall", || {
         c.kube
             .helm(&["uninstall", "ocfs2-csi", "--namespace", NS, "--wait"]);
@@ -686,4 +701,24 @@ fn kube_nodes() {
             leases.split_whitespace().collect::<Vec<_>>().join(" ")
         );
     });
+}
+
+/// The node-loss scenario alone on a cluster of its own, for working on it,
+/// for the baseline without the feature (`OOS_BASELINE=1`) and for the
+/// network cut (`OOS_LOSS=network-cut`):
+/// `cargo test --test kube_nodes node_loss_alone -- --ignored --nocapture`.
+/// CI runs it in `kube_nodes`.
+#[test]
+#[ignore]
+fn node_loss_alone() {
+    let c = scenario("nodes-up", || Cluster::up("kube-power-off", 3, "8G"));
+    scenario("helm-install", || {
+        let oos = if node_loss::baseline() {
+            "false"
+        } else {
+            "true"
+        };
+        c.helm_install_with(&["--set", &format!("outOfService.enabled={oos}")]);
+    });
+    scenario("node-loss", || node_loss::run(&c));
 }

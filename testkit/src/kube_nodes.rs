@@ -259,44 +259,15 @@ impl Cluster {
     /// Runs e2e/kube-node.sh on every guest at once, then waits until every
     /// Node is Ready and labels it as one that sees the SAN.
     fn join_nodes(&self) {
-        let ca = std::fs::read_to_string(&self.kube.ca).unwrap();
-        let client_ca =
-            std::fs::read_to_string(self.kube.path().join("certs/kubelet-client-ca.crt")).unwrap();
-        let kubeconfig = self.guest_kubeconfig();
-        let ssh_pub = std::fs::read_to_string(self.ssh.key.with_extension("pub")).unwrap();
-        let script = std::fs::read_to_string(super::repo_root().join("e2e/kube-node.sh")).unwrap();
         let nodes = self.lab.nodes;
         std::thread::scope(|s| {
             for node in 1..=nodes {
-                let (ca, client_ca, kubeconfig, ssh_pub, script) =
-                    (&ca, &client_ca, &kubeconfig, &ssh_pub, &script);
-                s.spawn(move || {
-                    // Bounded against a hang, not timed: importing the
-                    // images is most of it, and its pace is the machine's.
-                    let out = self.lab.must_within(
-                        node,
-                        &format!(
-                            "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\n\
-                             cat >/root/kubelet-client-ca.crt <<'CA'\n{client_ca}CA\n\
-                             cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
-                             cat >/root/ssh.pub <<'KEY'\n{ssh_pub}KEY\n\
-                             export NODE_INDEX={node} NODE_COUNT={nodes}\n{script}"
-                        ),
-                        Some(Duration::from_secs(1800)),
-                    );
-                    println!("node{node}: {}", out.trim());
-                });
+                s.spawn(move || self.run_node_script(node, ""));
             }
         });
         let t = Instant::now();
         wait_until("every Node Ready", Duration::from_secs(600), || {
-            let ready = self.kubectl_ok(&[
-                "get",
-                "nodes",
-                "-o",
-                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-            ]);
-            ready.lines().filter(|l| *l == "True").count() == nodes
+            self.ready_nodes().len() == nodes
         });
         println!(
             "kube-nodes: {nodes} Nodes Ready {:.1} s after their kubelets started",
@@ -311,6 +282,60 @@ impl Cluster {
                 "--overwrite",
             ]);
         }
+    }
+
+    /// Boots guest `node` again after [`Lab::crash`] and makes it the same
+    /// Kubernetes node as before (its Node object, labels and all, is
+    /// still there), with only the images of `images` (archive names of
+    /// scripts/lab-images.sh, such as `ocfs2-csi pause`); returns once the
+    /// Node is Ready.
+    pub fn rejoin(&self, node: usize, images: &str) {
+        self.lab.start_again(node);
+        self.run_node_script(node, images);
+        wait_until(
+            &format!("node{node} Ready again"),
+            Duration::from_secs(600),
+            || self.ready_nodes().contains(&format!("node{node}")),
+        );
+    }
+
+    /// The names of the Nodes whose Ready condition is True.
+    pub fn ready_nodes(&self) -> Vec<String> {
+        self.kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter_map(|l| l.strip_suffix(" True").map(String::from))
+        .collect()
+    }
+
+    /// e2e/kube-node.sh on guest `node`: containerd, the images (those
+    /// named in `images`, or all), the kubelet.
+    fn run_node_script(&self, node: usize, images: &str) {
+        let ca = std::fs::read_to_string(&self.kube.ca).unwrap();
+        let client_ca =
+            std::fs::read_to_string(self.kube.path().join("certs/kubelet-client-ca.crt")).unwrap();
+        let kubeconfig = self.guest_kubeconfig();
+        let ssh_pub = std::fs::read_to_string(self.ssh.key.with_extension("pub")).unwrap();
+        let script = std::fs::read_to_string(super::repo_root().join("e2e/kube-node.sh")).unwrap();
+        let nodes = self.lab.nodes;
+        // Bounded against a hang, not timed: importing the images is most
+        // of it, and its pace is the machine's.
+        let out = self.lab.must_within(
+            node,
+            &format!(
+                "cat >/root/kube-ca.crt <<'CA'\n{ca}CA\n\
+                 cat >/root/kubelet-client-ca.crt <<'CA'\n{client_ca}CA\n\
+                 cat >/root/kubeconfig <<'KC'\n{kubeconfig}KC\n\
+                 cat >/root/ssh.pub <<'KEY'\n{ssh_pub}KEY\n\
+                 export NODE_INDEX={node} NODE_COUNT={nodes} NODE_IMAGES='{images}'\n{script}"
+            ),
+            Some(Duration::from_secs(1800)),
+        );
+        println!("node{node}: {}", out.trim());
     }
 
     /// Stops node's kubelet (SIGTERM, as a service manager does), waits for
