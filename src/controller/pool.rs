@@ -420,17 +420,21 @@ pub async fn open_lun(
         .await
         .map_err(stalled("probing what the LUN holds"))?;
     // Writes at start-up (a new table, a repaired copy, a table moved to
-    // the end of a grown LUN after clearing its old backup at `retire`)
-    // need the lease too; a live writer elsewhere does them itself, and
-    // this open is retried.
+    // the end of a grown LUN after clearing its old backup at `retire`, the
+    // ownership stamp) need the lease too; a live writer elsewhere does
+    // them itself, and this open is retried.
     //
     // What was read above was read before this controller held the lease
-    // (unless it already did): once it takes the lease, another writer may
-    // have written meanwhile, so a write based on those reads is refused
-    // and the open starts again ([`OpenError::Changed`]).
-    let write = |mut table: Gpt, retire: Option<u64>| {
+    // (unless it already did), and a blank LUN's scan may have taken
+    // minutes: another writer may have written meanwhile. So when the lease
+    // was not ours before, the LUN is read again once it is, and must still
+    // hold exactly what it held (the same stamp or none, and still blank or
+    // the same table), or the open starts again from what it holds now
+    // ([`OpenError::Changed`]).
+    let first = probed.as_ref().ok().cloned();
+    let take_lease = || {
         let (io, writer) = (io.clone(), writer.clone());
-        let name = name.clone();
+        let (name, stamped, first) = (name.clone(), stamped.clone(), first.clone());
         async move {
             let held = writer.holds();
             writer
@@ -440,9 +444,32 @@ pub async fn open_lun(
                     lun: name.clone(),
                     source,
                 })?;
-            if !held {
-                return Err(OpenError::Changed { path: name });
+            if held {
+                return Ok(());
             }
+            let again = run_blocking(TABLE_IO_TIMEOUT, move || {
+                (ownership::read(io.as_ref()), gpt::probe(io.as_ref()))
+            })
+            .await
+            .map_err(|source| LunError::Stalled {
+                lun: name.clone(),
+                what: "reading the LUN again",
+                source,
+            })?;
+            let same_stamp = matches!(&again.0, Ok(now) if *now == stamped);
+            if same_stamp && again.1.ok() == first {
+                Ok(())
+            } else {
+                Err(OpenError::Changed { path: name })
+            }
+        }
+    };
+    let write = |mut table: Gpt, retire: Option<u64>| {
+        let (io, writer) = (io.clone(), writer.clone());
+        let name = name.clone();
+        let take_lease = take_lease();
+        async move {
+            take_lease.await?;
             let stamp = writer.check().await.map_err(|source| LunError::Writer {
                 lun: name.clone(),
                 source,
@@ -460,33 +487,6 @@ pub async fn open_lun(
             Ok::<(), OpenError>(())
         }
     };
-    // The stamp is the first write to a blank LUN, after a scan that may
-    // have taken minutes: when the lease was not ours before, the LUN is
-    // read again once it is, and must still hold what it held (no stamp or
-    // the same one, and still blank or the same table), or the open starts
-    // again from what it holds now.
-    let seen_first = seen(&probed);
-    let unchanged = || {
-        let io = io.clone();
-        let (name, stamped, seen_first) = (name.clone(), stamped.clone(), seen_first);
-        async move {
-            let again = run_blocking(TABLE_IO_TIMEOUT, move || {
-                (ownership::read(io.as_ref()), gpt::probe(io.as_ref()))
-            })
-            .await
-            .map_err(|source| LunError::Stalled {
-                lun: name.clone(),
-                what: "reading the LUN again",
-                source,
-            })?;
-            let same_stamp = matches!(&again.0, Ok(now) if *now == stamped);
-            if same_stamp && seen(&again.1) == seen_first {
-                Ok(())
-            } else {
-                Err(OpenError::Changed { path: name })
-            }
-        }
-    };
     let stamp = |disk_guid: Uuid| {
         let (io, writer) = (io.clone(), writer.clone());
         let name = name.clone();
@@ -499,17 +499,13 @@ pub async fn open_lun(
                 .map_or(0, |d| d.as_secs()),
             stamped_by: writer.who(),
         };
-        let unchanged = unchanged();
+        let take_lease = take_lease();
         async move {
             let writer_err = |source| LunError::Writer {
                 lun: name.clone(),
                 source,
             };
-            let held = writer.holds();
-            writer.take_if_free().await.map_err(writer_err)?;
-            if !held {
-                unchanged.await?;
-            }
+            take_lease.await?;
             let checked = writer.check().await.map_err(writer_err)?;
             run_blocking(TABLE_IO_TIMEOUT, move || {
                 ownership::write(io.as_ref(), &owner)
@@ -625,23 +621,6 @@ fn stamp_of(table: &Gpt) -> String {
         .partition(HEARTBEAT_NUMBER)
         .map(|p| p.name.clone())
         .unwrap_or_default()
-}
-
-/// What a probe found, as far as telling a LUN changed goes: blank, a GPT
-/// (by its disk GUID), or anything else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    Blank,
-    Table(Uuid),
-    Other,
-}
-
-fn seen(probed: &Result<Contents, GptError>) -> Seen {
-    match probed {
-        Ok(Contents::Blank) => Seen::Blank,
-        Ok(Contents::Gpt(read)) => Seen::Table(read.gpt.disk_guid),
-        _ => Seen::Other,
-    }
 }
 
 fn set_stamp(table: &mut Gpt, stamp: &Stamp) {
