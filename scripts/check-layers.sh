@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # layer of each top-level module of src/ (a module may import only lower ones)
 declare -A LAYER=(
   [backoff]=0 [csi]=0 [escape]=0 [tools]=0
-  [mountinfo]=1 [disk]=1 [ocfs2]=1
+  [mountinfo]=1 [disk]=1 [ocfs2]=1 [metrics]=1
   [volume]=2 [cluster]=2 [server]=2
   [k8s]=3
   [identity]=4 [controller]=4 [node]=4 [vmdisk]=4

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod escape;
 pub mod identity;
 pub mod k8s;
+pub mod metrics;
 pub mod mountinfo;
 pub mod node;
 pub mod ocfs2;

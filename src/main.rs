@@ -6,6 +6,7 @@ use ocfs2_csi::backoff::Backoff;
 use ocfs2_csi::cluster::{
     self, ClusterConfig, KernelPaths, MembershipSource, StaticMembers, Timeouts,
 };
+use ocfs2_csi::controller::gauges::ControllerGauges;
 use ocfs2_csi::controller::pool::{named_in, open_one, watch_size, ClusterIdentity};
 use ocfs2_csi::controller::writer::{Writer, WriterConfig};
 use ocfs2_csi::controller::{ControllerService, Volumes};
@@ -15,6 +16,8 @@ use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{validate_driver_name, IdentityService};
 use ocfs2_csi::k8s::{KubeMembers, OutOfService};
+use ocfs2_csi::metrics;
+use ocfs2_csi::node::gauges::{watch_losses, NodeGauges};
 use ocfs2_csi::node::records::Records;
 use ocfs2_csi::node::startup::{DiskSlots, Startup};
 use ocfs2_csi::node::{NodeConfig, NodeService, NodeVolumes};
@@ -73,6 +76,10 @@ struct CommonArgs {
     /// Log filter (tracing's env-filter syntax), e.g. info or ocfs2_csi=debug.
     #[arg(long, env = "OCFS2_CSI_LOG", default_value = "info")]
     log: String,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g.
+    /// 0.0.0.0:29778 (src/metrics/mod.rs lists them). Off when not given.
+    #[arg(long, env = "OCFS2_CSI_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The shared storage and its cluster, the same for controller and nodes.
@@ -312,6 +319,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let paths = KernelPaths::default();
     let records = Records::open(&args.state_dir)
         .with_context(|| format!("state folder {}", args.state_dir.display()))?;
+    if let Some(address) = common.metrics_address {
+        let gauges = NodeGauges {
+            cluster: args.pool.cluster_name.clone(),
+            paths: paths.clone(),
+            records: Arc::new(records.clone()),
+        };
+        tokio::spawn(metrics::serve(
+            address,
+            metrics::Mode::Node,
+            Arc::new(gauges),
+        ));
+        tokio::spawn(watch_losses(paths.debugfs.clone(), number));
+    }
     let volumes = Arc::new(NodeVolumes::new(
         NodeConfig {
             node_id: args.node_id.clone(),
@@ -454,6 +474,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         regions.clone(),
         args.pool.cluster_name.clone(),
     ));
+
+    if let Some(address) = args.common.metrics_address {
+        let gauges = Arc::new(ControllerGauges(volumes.clone()));
+        tokio::spawn(metrics::serve(address, metrics::Mode::Controller, gauges));
+    }
 
     // Serve at once (Probe says "not ready"), open the LUNs behind it.
     if let Some(stray) = args

@@ -178,11 +178,55 @@ async fn create_list_expand_delete() {
     assert!(cap.available_capacity > 26 * GIB as i64, "{cap:?}");
     assert!(cap.maximum_volume_size.unwrap() <= cap.available_capacity);
 
+    // The metrics agree with the table as sgdisk reads it and with the
+    // calls made above.
+    let m = ctl.metrics();
+    let series = |name: &str| {
+        let lun_label = format!("{{lun=\"{}\"}}", lun.display());
+        metric(&m, &format!("ocfs2_csi_{name}{lun_label}"))
+            .unwrap_or_else(|| panic!("no {name} for the LUN in:\n{m}"))
+    };
+    let parts = partitions(&lun);
+    let used: u64 = parts.iter().map(Part::bytes).sum();
+    assert_eq!(series("lun_used_bytes") as u64, used, "{m}");
+    let (size, free) = (
+        series("lun_size_bytes") as u64,
+        series("lun_free_bytes") as u64,
+    );
+    // Free space counts whole aligned MiB only: at most a MiB less per gap.
+    assert!(
+        free <= size - used && free + (parts.len() as u64 + 1) * MIB >= size - used,
+        "{m}"
+    );
+    assert!(series("lun_largest_free_extent_bytes") as u64 <= free);
+    assert_eq!((series("lun_open"), series("lun_writer")), (1.0, 1.0));
+    let ready = format!(
+        "ocfs2_csi_lun_volumes{{lun=\"{}\",state=\"ready\"}}",
+        lun.display()
+    );
+    assert_eq!(metric(&m, &ready), Some(2.0), "{m}");
+    let calls = |method: &str, code: &str| {
+        let s = format!(
+            "ocfs2_csi_grpc_server_handled_total{{grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+        );
+        metric(&m, &s).unwrap_or(0.0)
+    };
+    assert_eq!(calls("CreateVolume", "OK"), 3.0, "{m}");
+    assert_eq!(calls("CreateVolume", "AlreadyExists"), 2.0);
+    assert_eq!(calls("ListVolumes", "Aborted"), 1.0);
+    assert_eq!(calls("ControllerExpandVolume", "OutOfRange"), 1.0);
+    assert_eq!(calls("ControllerExpandVolume", "OK"), 2.0);
+
     for id in [&v.volume_id, &local.volume_id] {
         c.delete_volume(delete_request(id)).await.unwrap();
         // Idempotent.
         c.delete_volume(delete_request(id)).await.unwrap();
     }
+    let m = ctl.metrics();
+    assert_eq!(metric(&m, &ready), Some(0.0), "{m}");
+    let handled =
+        r#"ocfs2_csi_grpc_server_handled_total{grpc_method="DeleteVolume",grpc_code="OK"}"#;
+    assert_eq!(metric(&m, handled), Some(4.0), "{m}");
     assert!(volume_partitions(&lun).is_empty());
     assert_gpt_valid(&lun);
     // The wiped space holds no filesystem signature any more.

@@ -143,6 +143,12 @@ impl ConfigFs {
         })
     }
 
+    /// The heartbeat regions cluster `name` has in configfs.
+    pub fn regions(&self, name: &str) -> Result<Vec<String>, ClusterError> {
+        let dir = self.root.join(cluster_dir(name)).join("heartbeat");
+        subdirs(&dir).map_err(|source| ClusterError::Read { path: dir, source })
+    }
+
     /// Carries out `steps` in order, stopping at the first failure. What was
     /// done before it stays done; planning again from [`ConfigFs::current`]
     /// picks up from there.

@@ -176,6 +176,30 @@ pub fn region_live_nodes(debugfs_root: &Path, region: &str) -> Result<BTreeSet<u
     read_live(debugfs_root.join("o2hb").join(region).join("livenodes"))
 }
 
+/// How long ago this node's last heartbeat write to `region` completed
+/// (o2hb's `elapsed_time_in_ms`); None before its first.
+pub fn region_write_age(
+    debugfs_root: &Path,
+    region: &str,
+) -> Result<Option<Duration>, ClusterError> {
+    check_region(region)?;
+    let path = debugfs_root
+        .join("o2hb")
+        .join(region)
+        .join("elapsed_time_in_ms");
+    let text = read_trimmed(&path)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .map_err(|_| ClusterError::Value {
+            path,
+            value: text,
+            expected: "milliseconds",
+        })
+}
+
 fn read_live(path: PathBuf) -> Result<BTreeSet<u8>, ClusterError> {
     let text = read_trimmed(&path)?;
     parse_live_nodes(&text).ok_or(ClusterError::Value {

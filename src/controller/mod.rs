@@ -5,6 +5,7 @@
 //! - `volumes`: the work of each RPC, free of gRPC
 //! - `service`: the gRPC glue
 //! - `writer`: the LUN's writer lease (one writer per partition table)
+//! - `gauges`: what the metrics read of the LUNs at each scrape
 //! - `scan`: what a LUN holds when its table is gone (`scan-lun`, read-only)
 //! - `params`, `error`: the pieces they share
 //!
@@ -14,6 +15,7 @@
 pub mod allocate;
 pub mod error;
 pub mod fs_image;
+pub mod gauges;
 pub mod params;
 pub mod pool;
 pub mod scan;

@@ -1004,6 +1004,28 @@ impl Volumes {
         Ok(self.info(lun, &e, None))
     }
 
+    /// What every configured LUN holds now, for the metrics: open or why
+    /// not, and for an open one its space and volumes.
+    pub async fn usage(&self) -> Vec<LunUsage> {
+        let slots: Vec<(PathBuf, Result<Arc<Lun>, String>)> = self
+            .slots()
+            .iter()
+            .map(|s| (s.path.clone(), s.state.clone()))
+            .collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (path, state) in slots {
+            let space = match state {
+                Err(why) => Err(why),
+                Ok(lun) => match lun.read_table().await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(table) => Ok(space_of(&table, lun.sector_size(), lun.writer.holds())),
+                },
+            };
+            out.push(LunUsage { path, space });
+        }
+        out
+    }
+
     /// Free space for volumes with these parameters: the sum over free
     /// extents of what each could hold, and the largest single volume.
     /// Capabilities we cannot serve have no capacity (the spec's answer).
@@ -1053,6 +1075,57 @@ impl Volumes {
             }
         }
         Ok(cap)
+    }
+}
+
+/// One configured LUN as the metrics show it.
+#[derive(Debug)]
+pub struct LunUsage {
+    pub path: PathBuf,
+    /// Its space, or why it is not open (or its table unreadable).
+    pub space: Result<LunSpace, String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LunSpace {
+    /// The table's usable range.
+    pub size_bytes: u64,
+    /// Held by partitions (volumes, and the heartbeat partition).
+    pub used_bytes: u64,
+    /// Free and aligned: what new volumes can have.
+    pub free_bytes: u64,
+    pub largest_free_bytes: u64,
+    /// Volumes by their entry state (pending, ready, deleting, cloning).
+    pub volumes: Vec<(State, u64)>,
+    /// This process holds the LUN's writer lease.
+    pub writer: bool,
+}
+
+fn space_of(table: &Gpt, sector_size: u64, writer: bool) -> LunSpace {
+    let free: Vec<u64> = table
+        .free_extents(ALIGN / sector_size)
+        .iter()
+        .map(|(first, last)| (last - first + 1) * sector_size)
+        .collect();
+    let mut volumes: Vec<(State, u64)> = Vec::new();
+    for e in table.partitions.iter().filter_map(|p| volume_in(table, p)) {
+        match volumes.iter_mut().find(|(s, _)| *s == e.state) {
+            Some((_, n)) => *n += 1,
+            None => volumes.push((e.state, 1)),
+        }
+    }
+    LunSpace {
+        size_bytes: (table.last_usable_lba + 1).saturating_sub(table.first_usable_lba)
+            * sector_size,
+        used_bytes: table
+            .partitions
+            .iter()
+            .map(|p| p.size_sectors() * sector_size)
+            .sum(),
+        free_bytes: free.iter().sum(),
+        largest_free_bytes: free.iter().copied().max().unwrap_or(0),
+        volumes,
+        writer,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod device;
 pub mod dlm;
 pub mod error;
 pub mod filesystem;
+pub mod gauges;
 pub mod grow;
 pub mod holders;
 pub mod lun_owner;

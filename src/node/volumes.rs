@@ -20,6 +20,7 @@ use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
 use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
 use crate::csi::{volume_capability, CapacityRange, VolumeCapability};
+use crate::metrics::{self, GrowOutcome, GrowWait};
 use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
@@ -30,7 +31,7 @@ use crate::volume::id::VolumeId;
 use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What this node is, fixed at start.
 #[derive(Clone, Debug)]
@@ -872,6 +873,24 @@ impl NodeVolumes {
         if capability.is_some() {
             mount_capability(capability)?;
         }
+        let result = self.expand_filesystem(id, path, required).await;
+        metrics::grow_ended(match &result {
+            Ok((_, true)) => GrowOutcome::Grown,
+            Ok((_, false)) => GrowOutcome::AlreadyFull,
+            Err(NodeError::Unconfirmed(_)) => GrowOutcome::NodesBehind,
+            Err(_) => GrowOutcome::Failed,
+        });
+        result.map(|(bytes, _)| bytes)
+    }
+
+    /// `expand` of a filesystem volume: its size, and whether this call
+    /// grew it.
+    async fn expand_filesystem(
+        &self,
+        id: VolumeId,
+        path: &str,
+        required: u64,
+    ) -> Result<(u64, bool), NodeError> {
         self.ensure_ready()?;
         let path = PathBuf::from(path);
         if self.mount_at(&path).await?.is_none() {
@@ -884,6 +903,7 @@ impl NodeVolumes {
         let _busy = self.begin(&id)?;
         let global = self.cfg.heartbeat == HeartbeatMode::Global;
         let domain = if global { Some(self.domain()?) } else { None };
+        let waited = Instant::now();
         let _volume_lock = match &domain {
             Some(d) => Some(
                 d.lock(
@@ -895,6 +915,7 @@ impl NodeVolumes {
             ),
             None => None,
         };
+        metrics::grow_waited(GrowWait::VolumeLock, waited.elapsed().as_secs_f64());
         let located = self.locate(id).await?;
         if record.device != located.device {
             return Err(NodeError::OldDevice {
@@ -913,6 +934,7 @@ impl NodeVolumes {
         let nodes = self.tools.mounted_nodes(&located.device).await?;
         match &domain {
             Some(d) => {
+                let waited = Instant::now();
                 let missing = grow::confirm_all(
                     d,
                     &id.partition,
@@ -921,6 +943,7 @@ impl NodeVolumes {
                     located.entry.size,
                 )
                 .await;
+                metrics::grow_waited(GrowWait::NodeSizes, waited.elapsed().as_secs_f64());
                 if !missing.is_empty() {
                     return Err(NodeError::Unconfirmed(missing));
                 }
@@ -930,14 +953,16 @@ impl NodeVolumes {
             }
             None => {}
         }
+        let waited = Instant::now();
         let (fs_bytes, cluster) = self.settled_size(&located.device, &path).await?;
+        metrics::grow_waited(GrowWait::Journal, waited.elapsed().as_secs_f64());
         if fs_bytes + cluster <= located.entry.size {
             // tunefs grows to this node's map, which must be exactly what
             // every node confirmed: held from here to the end of tunefs, no
             // map change of this plugin (another stage's, a size report's)
             // can grow it further meanwhile.
             let _map_held = self.confirmed_size(&located).await?;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             self.tools.grow(&located.device).await?;
             let after = self.mounted_bytes(&path).await?;
             tracing::info!(
@@ -948,10 +973,10 @@ impl NodeVolumes {
                 seconds = started.elapsed().as_secs_f64(),
                 "filesystem grown online"
             );
-            return Ok(after);
+            return Ok((after, true));
         }
         tracing::info!(device = %located.device.display(), bytes = fs_bytes, "filesystem already fills its device");
-        Ok(fs_bytes)
+        Ok((fs_bytes, false))
     }
 
     /// Takes the map lock and checks, under it, that the size of the

@@ -1,5 +1,6 @@
 //! The layer every gRPC call passes through: a request ID, one log line per
-//! call with method, volume, duration and outcome, and a panic in a handler
+//! call with method, volume, duration and outcome, the call counted in the
+//! metrics (by method and code), and a panic in a handler
 //! turned into Internal instead of a dropped connection.
 //!
 //! Requests are never logged whole (they can carry secrets); handlers name
@@ -88,7 +89,7 @@ where
                             .into_http()
                     }
                 };
-                log_outcome(&response, started, quiet);
+                log_outcome(&method, &response, started, quiet);
                 Ok(response)
             }
             .instrument(span),
@@ -106,8 +107,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Errors travel in the response headers (trailers-only responses); success
 /// carries its status in the trailers, so no header means OK.
-fn log_outcome(response: &HttpResponse, started: Instant, quiet: bool) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+fn log_outcome(method: &str, response: &HttpResponse, started: Instant, quiet: bool) {
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = seconds * 1000.0;
     let code = response
         .headers()
         .get("grpc-status")
@@ -115,6 +117,7 @@ fn log_outcome(response: &HttpResponse, started: Instant, quiet: bool) {
         .and_then(|v| v.parse::<i32>().ok())
         .map(Code::from)
         .unwrap_or(Code::Ok);
+    crate::metrics::rpc_handled(method, code, seconds);
     if code == Code::Ok {
         if quiet {
             tracing::debug!(duration_ms = ms, outcome = "OK", "call finished");

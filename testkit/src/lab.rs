@@ -28,6 +28,9 @@ pub struct Lab {
     env: Vec<(String, String)>,
 }
 
+/// Where the lab's node plugins serve their metrics, inside each guest.
+pub const METRICS_PORT: u16 = 10001;
+
 /// o2hb's heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -417,8 +420,8 @@ impl Lab {
         self.must(node, &members_script(members));
     }
 
-    /// Starts `ocfs2-csi node` on guest `node` (port 10000, log in
-    /// /tmp/node.log), a member of o2cb cluster `cluster` listed in the
+    /// Starts `ocfs2-csi node` on guest `node` (port 10000, metrics on
+    /// [`METRICS_PORT`], log in /tmp/node.log), a member of o2cb cluster `cluster` listed in the
     /// static members file.
     pub fn start_node_plugin(&self, node: usize, cluster: &str) {
         self.start_node_plugin_with(node, cluster, "--members-file /etc/ocfs2-csi/members");
@@ -436,6 +439,7 @@ impl Lab {
                 "mkdir -p /var/lib/ocfs2-csi && \
                  if [ -f /root/kubeconfig ]; then export KUBECONFIG=/root/kubeconfig; fi && \
                  ocfs2-csi node --endpoint tcp://0.0.0.0:10000 --node-id node{node} \
+                   --metrics-address 127.0.0.1:{METRICS_PORT} \
                    --cluster-name {cluster} --cluster-id {cluster}-id {membership} \
                    --dead-threshold {} --idle-timeout-ms {} \
                    --keepalive-delay-ms {} --reconnect-delay-ms {} \
@@ -454,6 +458,14 @@ impl Lab {
                     .collect::<String>(),
             ),
         );
+    }
+
+    /// The node plugin's metrics on guest `node` now (Prometheus text).
+    pub fn metrics(&self, node: usize) -> String {
+        self.must(
+            node,
+            &format!("wget -q -O - http://127.0.0.1:{METRICS_PORT}/metrics"),
+        )
     }
 
     /// Serves 127.0.0.1:`in_ns` inside the lab's namespace by relaying each

@@ -43,6 +43,37 @@ pub struct Controller {
     pub endpoint: String,
     pub log: PathBuf,
     pub luns: Vec<PathBuf>,
+    /// Where its metrics are served (`--metrics-address`).
+    pub metrics_address: String,
+}
+
+/// The body of `GET path` from an HTTP server at `address` (HOST:PORT).
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response from {address}: {response:?}"));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed, or a bare
+/// name) in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The driver binary: Cargo names it for integration tests; examples find it
@@ -106,9 +137,11 @@ impl Controller {
         let port = free_port();
         let endpoint = format!("tcp://127.0.0.1:{port}");
         let log = log_dir.join(format!("controller-{port}.log"));
+        let metrics_address = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(binary());
         cmd.args(["controller", "--endpoint", &endpoint])
             .args(["--cluster-name", "testclu", "--log", "debug"])
+            .args(["--metrics-address", &metrics_address])
             .args(extra);
         // The lab's cluster ID (testkit::lab's nodes run `{cluster}-id`),
         // unless the test plays another installation.
@@ -129,6 +162,7 @@ impl Controller {
             endpoint,
             log,
             luns: luns.to_vec(),
+            metrics_address,
         }
     }
 
@@ -148,6 +182,11 @@ impl Controller {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Its metrics now (the Prometheus text).
+    pub fn metrics(&self) -> String {
+        http_get(&self.metrics_address, "/metrics")
     }
 
     pub fn url(&self) -> String {

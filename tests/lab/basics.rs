@@ -160,6 +160,49 @@ fn assert_writers_clean(lab: &Lab, what: &str) {
     }
 }
 
+/// Every node plugin's metrics against what the scenario knows: three
+/// members, all live, heartbeating within the dead time; the volume staged
+/// and no disk-lock on it. Returns the grows counted over the nodes:
+/// (grown, already full, NodeExpandVolume answered OK).
+fn node_metrics(lab: &Lab, volume: &str) -> (f64, f64, f64) {
+    let (mut grown, mut full, mut expands) = (0.0, 0.0, 0.0);
+    for node in 1..=3 {
+        let m = lab.metrics(node);
+        let value = |series: &str| {
+            metric(&m, series).unwrap_or_else(|| panic!("node{node}: no {series} in:\n{m}"))
+        };
+        assert_eq!(value("ocfs2_csi_o2cb_joined"), 1.0);
+        assert_eq!(value(r#"ocfs2_csi_o2cb_members{state="live"}"#), 3.0, "{m}");
+        assert_eq!(value(r#"ocfs2_csi_o2cb_members{state="down"}"#), 0.0, "{m}");
+        let dead = value("ocfs2_csi_o2cb_heartbeat_dead_seconds");
+        let ages: Vec<f64> = m
+            .lines()
+            .filter(|l| l.starts_with("ocfs2_csi_o2cb_heartbeat_write_age_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            !ages.is_empty() && ages.iter().all(|a| *a < dead),
+            "node{node}: {m}"
+        );
+        assert!(value(r#"ocfs2_csi_volumes_staged{content="filesystem"}"#) >= 1.0);
+        let held = format!("ocfs2_csi_disk_locks_held{{volume=\"{volume}\"}}");
+        assert_eq!(value(&held), 0.0, "node{node}: nobody holds a disk-lock");
+        let count = |series: &str| metric(&m, series).unwrap_or(0.0);
+        grown += count(r#"ocfs2_csi_volume_grows_total{outcome="grown"}"#);
+        full += count(r#"ocfs2_csi_volume_grows_total{outcome="already_full"}"#);
+        expands += count(
+            r#"ocfs2_csi_grpc_server_handled_total{grpc_method="NodeExpandVolume",grpc_code="OK"}"#,
+        );
+        if node == 1 {
+            println!(
+                "metrics: node1: {} series; heartbeat write ages {ages:?} s (dead after {dead} s)",
+                m.lines().filter(|l| !l.starts_with('#')).count()
+            );
+        }
+    }
+    (grown, full, expands)
+}
+
 /// How many times the filesystem was grown, by the plugins' own logs.
 fn grow_counts(lab: &Lab) -> Vec<usize> {
     lab.on_all("grep -c 'filesystem grown online' /tmp/node.log || true")
@@ -363,6 +406,7 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
     }
     // Round 3 asks the node that grew in round 2 first: its grow may still
     // be in its journal only, which tunefs must not mistake for the disk.
+    let counted_before = node_metrics(lab, &shared.volume_id);
     let mut last_grower = 0;
     for (round, bytes) in [(1, grow_to[0]), (2, grow_to[1]), (3, grow_to[2])] {
         let before = grow_counts(lab);
@@ -444,6 +488,14 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
             );
         }
     }
+    // Three rounds on three nodes: grown once each, found grown twice each.
+    let (grown, full, expands) = node_metrics(lab, &shared.volume_id);
+    let counted = (
+        grown - counted_before.0,
+        full - counted_before.1,
+        expands - counted_before.2,
+    );
+    assert_eq!(counted, (3.0, 6.0, 9.0), "grows counted in the metrics");
     // Fill the old space cheaply, then write real data: it lands in the new
     // space, and every node reads it back.
     let used = lab.must(

@@ -588,6 +588,14 @@ pub fn run(lab: &Lab, rt: &tokio::runtime::Runtime) {
     // --- 3. the protection: flock is cluster-wide ---------------------------
     let (f1, log1) = start_holder(lab, 1, "flock", &img);
     let f1 = f1.unwrap_or_else(|| panic!("node1 did not get the flock lock:\n{log1}"));
+    // The node plugins' metrics show the holder where it is, and only there.
+    let held = format!("ocfs2_csi_disk_locks_held{{volume=\"{}\"}}", vol.volume_id);
+    let holders: Vec<Option<f64>> = [1, 2]
+        .iter()
+        .map(|&n| metric(&lab.metrics(n), &held))
+        .collect();
+    assert_eq!(holders, [Some(1.0), Some(0.0)], "{held} on node1 and node2");
+    println!("metrics: {held} is 1 on node1 and 0 on node2 while node1 holds the flock");
     let (rc, out, host) = timed(
         lab,
         2,
