@@ -381,15 +381,17 @@ impl KubeMembers {
         let mut view: Option<View> = None;
         loop {
             tokio::time::sleep(KEEPALIVE_PERIOD).await;
+            // A failed list still renews our Lease (with the last view):
+            // only the work that needs the others' Leases waits a round.
             let leases = match self.ours().await {
-                Ok(leases) => leases,
+                Ok(leases) => Some(leases),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the membership Leases; retrying");
-                    continue;
+                    tracing::warn!(error = %e, "cannot list the membership Leases; renewing ours alone this round");
+                    None
                 }
             };
             let gate = release_gate(live_nodes(&debugfs), number);
-            if let Ok(live) = &gate {
+            if let (Ok(live), Some(leases)) = (&gate, &leases) {
                 let numbers: BTreeSet<u8> = leases.iter().filter_map(lease_number).collect();
                 // A restarted plugin on the same boot goes on from its last
                 // view; after a reboot nothing seen before counts.
@@ -412,6 +414,7 @@ impl KubeMembers {
                 Err(e) => tracing::warn!(error = %e, "cannot renew the membership Lease; retrying"),
                 Ok(()) => {}
             }
+            let Some(leases) = leases else { continue };
             match &gate {
                 Err(why) => {
                     tracing::info!("not releasing departed members' numbers this round: {why}");
