@@ -37,8 +37,8 @@ fn main() {
         || Cluster::up("kube-demo", 3, "16G"),
     );
     report.step(
-        "helm install the chart; the node plugins form the o2cb cluster",
-        || c.helm_install(),
+        "helm install the chart (with outOfService.enabled); the node plugins form the o2cb cluster",
+        || c.helm_install_with(&["--set", "outOfService.enabled=true"]),
     );
     let pods = report.step(
         "a 1Gi ReadWriteMany claim and a writer pod on each node",

@@ -18,6 +18,8 @@
 #   8. the controller: 2 replicas by default, spread, rolled one at a time
 #   9. the registrar and livenessprobe sidecars: present by default; when
 #      off, the node plugin registers itself and no probe needs them
+#  10. metrics: on by default in both workloads, off when disabled, the
+#      node port clear of others; the PodMonitor selects both
 # Exits non-zero on any failure; the last line counts the checks.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -213,15 +215,21 @@ node_rbac() {
     grep -qx '      - ocfs2-ocfs2csi-n0' "$TMP/role" &&
     grep -qx '      - ocfs2-ocfs2csi-n254' "$TMP/role" &&
     ! grep -Eq 'watch|patch|\*' "$TMP/verbs" &&
-    [ "$(grep -c 'verbs:' "$TMP/crole")" = 1 ] && grep -q 'verbs: \["get"\]' "$TMP/crole"
+    [ "$(grep -c 'verbs:' "$TMP/crole")" = 3 ] && grep -q 'verbs: \["get"\]' "$TMP/crole" &&
+    grep -B1 'verbs: \["list"\]' "$TMP/crole" | grep -q 'resources: \["persistentvolumes"\]' &&
+    grep -B1 'verbs: \["create"\]' "$TMP/crole" | grep -q 'resources: \["events"\]' &&
+    "$HELM" template ocfs2-csi "$CHART" --set events.enabled=false > "$TMP/noev.yaml" &&
+    object "$TMP/noev.yaml" ClusterRole ocfs2-csi-node | grep -c 'verbs:' | grep -qx 1 &&
+    ! grep -A1 'name: OCFS2_CSI_EVENTS$' "$TMP/noev.yaml" | grep -q '"true"' &&
+    [ "$(grep -A1 'name: OCFS2_CSI_EVENTS$' "$DEFAULT" | grep -c 'value: "true"')" = 2 ]
 }
-check "node RBAC: Nodes get; Leases list, create, and get/update/delete of the 255 membership Leases only" node_rbac
+check "node RBAC: Nodes get; PersistentVolumes list and Events create (events.enabled); Leases list, create, and get/update/delete of the 255 membership Leases only" node_rbac
 out_of_service_rbac() {
   "$HELM" template ocfs2-csi "$CHART" --set outOfService.enabled=true > "$TMP/oos.yaml"
   object "$TMP/oos.yaml" ClusterRole ocfs2-csi-node > "$TMP/crole"
   object "$TMP/oos.yaml" DaemonSet ocfs2-csi-node > "$TMP/obj"
   cat "$TMP/crole"
-  [ "$(grep -c 'verbs:' "$TMP/crole")" = 2 ] && grep -q 'verbs: \["get"\]' "$TMP/crole" &&
+  [ "$(grep -c 'verbs:' "$TMP/crole")" = 4 ] && grep -q 'verbs: \["get"\]' "$TMP/crole" &&
     grep -q 'verbs: \["list", "update"\]' "$TMP/crole" &&
     ! grep 'verbs:' "$TMP/crole" | grep -Eq 'watch|patch|\*' &&
     grep -A1 'name: OCFS2_CSI_OUT_OF_SERVICE$' "$TMP/obj" | grep -q 'value: "true"' &&
@@ -230,6 +238,49 @@ out_of_service_rbac() {
       --set 'membership.static[0].address=10.0.0.1' > /dev/null 2>&1
 }
 check "outOfService.enabled: Nodes list and update added, nothing more; refused with static membership" out_of_service_rbac
+metrics_endpoints() {
+  local ci="$TMP/ci-${KUBE_VERSIONS[-1]}.yaml" kind_name kind name file port
+  for file in "$DEFAULT:8090:29778" "$ci:18090:19778"; do
+    IFS=: read -r file cport nport <<<"$file"
+    for kind_name in "Deployment ocfs2-csi-controller $cport" "DaemonSet ocfs2-csi-node $nport"; do
+      read -r kind name port <<<"$kind_name"
+      object "$file" "$kind" "$name" > "$TMP/obj"
+      if ! grep -A1 'name: OCFS2_CSI_METRICS_ADDRESS$' "$TMP/obj" | grep -q "value: \"0.0.0.0:$port\"" ||
+        ! grep -B1 "containerPort: $port\$" "$TMP/obj" | grep -q 'name: metrics$'; then
+        echo "$kind $name in $file: no metrics env and port $port"; return 1
+      fi
+      echo "$kind $name: metrics on port $port"
+    done
+  done
+  case "$(object "$DEFAULT" DaemonSet ocfs2-csi-node | grep -B1 'name: metrics$' | head -1)" in
+    *9100*|*9808*|*9809*|*10248*|*10249*|*10250*|*10255*|*10256*|*7777*) return 1 ;;
+  esac
+  "$HELM" template ocfs2-csi "$CHART" --set metrics.enabled=false > "$TMP/off.yaml" &&
+    ! grep -nE 'METRICS|name: metrics$|kind: PodMonitor' "$TMP/off.yaml" &&
+    ! grep -q 'kind: PodMonitor' "$DEFAULT" &&
+    ! "$HELM" template "$CHART" --set metrics.nodePort=7777 > /dev/null 2>&1 &&
+    ! "$HELM" template "$CHART" --set metrics.nodePort=29777 > /dev/null 2>&1
+}
+check "metrics: on by default in both workloads (env and a port named metrics), off when disabled; the node port clear of o2cb and health ports" metrics_endpoints
+pod_monitor() {
+  "$HELM" template ocfs2-csi "$CHART" --namespace kube-system --set metrics.podMonitor.enabled=true \
+    --set metrics.podMonitor.labels.release=prom > "$TMP/pm.yaml" || return 1
+  object "$TMP/pm.yaml" PodMonitor ocfs2-csi > "$TMP/obj"
+  cat "$TMP/obj"
+  grep -qx 'apiVersion: monitoring.coreos.com/v1' "$TMP/obj" &&
+    grep -qx '    release: prom' "$TMP/obj" &&
+    grep -qx '    - port: metrics' "$TMP/obj" &&
+    grep -qx '      - kube-system' "$TMP/obj" &&
+    # Its selector picks both workloads' pods (their template labels).
+    for kind_name in "Deployment ocfs2-csi-controller" "DaemonSet ocfs2-csi-node"; do
+      read -r kind name <<<"$kind_name"
+      object "$TMP/pm.yaml" "$kind" "$name" > "$TMP/wl"
+      sed -n '/^    matchLabels:$/,/^  [a-zA-Z]/p' "$TMP/obj" | grep '^      ' | sed 's/^ *//' | while read -r label; do
+        grep -q "^        $label\$" "$TMP/wl" || { echo "$kind $name lacks $label"; exit 1; }
+      done || return 1
+    done
+}
+check "metrics.podMonitor.enabled: a PodMonitor selecting both workloads' pods, port metrics, extra labels" pod_monitor
 no_host_ip() { ! grep -n 'fieldPath: status.hostIP' "$DEFAULT" "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"; }
 check "no status.hostIP (the o2net address is the Node's IPv4 InternalIP)" no_host_ip
 static_no_node_api() {

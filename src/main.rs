@@ -15,6 +15,7 @@ use ocfs2_csi::csi::identity_server::IdentityServer;
 use ocfs2_csi::csi::node_server::NodeServer;
 use ocfs2_csi::disk::region::LoopDevices;
 use ocfs2_csi::identity::{validate_driver_name, IdentityService};
+use ocfs2_csi::k8s::events::{own_pod, KubeVolumeEvents, PodEvents, Recorder};
 use ocfs2_csi::k8s::{KubeMembers, OutOfService};
 use ocfs2_csi::metrics;
 use ocfs2_csi::node::gauges::{watch_losses, NodeGauges};
@@ -80,6 +81,12 @@ struct CommonArgs {
     /// 0.0.0.0:29778 (src/metrics/mod.rs lists them). Off when not given.
     #[arg(long, env = "OCFS2_CSI_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Post Kubernetes Events for what users wait on or must act on
+    /// (src/k8s/events.rs): the node plugin on claims (a grow waiting for
+    /// nodes; needs --membership kubernetes), the controller on its own pod
+    /// (a LUN refused; needs POD_NAME, POD_NAMESPACE and POD_UID).
+    #[arg(long, env = "OCFS2_CSI_EVENTS", default_value_t = false, action = clap::ArgAction::Set)]
+    events: bool,
 }
 
 /// The shared storage and its cluster, the same for controller and nodes.
@@ -312,7 +319,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cluster_id = args.pool.cluster_id().await?;
-    let (members, number, keepalive) = membership(&args).await?;
+    let (members, number, keepalive, client) = membership(&args).await?;
     let common = args.common;
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());
@@ -360,6 +367,22 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         startup.luns.clone(),
         Duration::from_secs(args.pool.lun_check_secs),
     ));
+    if common.events {
+        let Some(client) = client else {
+            anyhow::bail!(
+                "--events needs --membership kubernetes: with static membership the node \
+                 plugin has no Kubernetes API"
+            );
+        };
+        let recorder = Recorder::new(client, "ocfs2-csi-node", &startup.node_name);
+        let events = KubeVolumeEvents {
+            recorder: Arc::new(recorder),
+            members: startup.members.clone(),
+            driver: common.driver_name.clone(),
+        };
+        volumes.set_events(Arc::new(Arc::new(events)));
+        tracing::info!("events: on (grows that wait for nodes, on their claims)");
+    }
     let ready = volumes.clone();
     let identity = IdentityService::new(common.driver_name, false, volumes.clone());
     let router = tonic::transport::Server::builder()
@@ -393,8 +416,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 type Keepalive = futures::future::BoxFuture<'static, anyhow::Error>;
 
 /// The membership source and this node's o2cb number, plus a task that
-/// keeps an API-claimed number alive (it ends only when the number is lost).
-async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource>, u8, Keepalive)> {
+/// keeps an API-claimed number alive (it ends only when the number is lost),
+/// and the Kubernetes API client when membership uses it.
+async fn membership(
+    args: &NodeArgs,
+) -> anyhow::Result<(
+    Arc<dyn MembershipSource>,
+    u8,
+    Keepalive,
+    Option<kube::Client>,
+)> {
     match args.membership {
         Membership::Static => {
             if args.out_of_service {
@@ -413,6 +444,7 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
                 Arc::new(members),
                 number,
                 Box::pin(futures::future::pending()),
+                None,
             ))
         }
         Membership::Kubernetes => {
@@ -456,6 +488,7 @@ async fn membership(args: &NodeArgs) -> anyhow::Result<(Arc<dyn MembershipSource
                 Arc::new(km),
                 number,
                 Box::pin(async move { keepalive.await.into() }),
+                Some(client),
             ))
         }
     }
@@ -466,14 +499,25 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     validate_driver_name(&args.common.driver_name).map_err(anyhow::Error::msg)?;
     validate_cluster_name(&args.pool.cluster_name).map_err(anyhow::Error::msg)?;
     let cluster_id = args.pool.cluster_id().await?;
+    let (events, members) = match args.common.events {
+        false => (None, None),
+        true => {
+            let (events, members) = controller_events(&args.pool.cluster_name).await?;
+            (Some(Arc::new(events)), Some(members))
+        }
+    };
     let runner: Arc<dyn Runner> = Arc::new(SystemRunner);
     let tools = Ocfs2Tools::new(runner.clone());
     let regions = Arc::new(LoopDevices::new(runner));
-    let volumes = Arc::new(Volumes::new(
+    let mut volumes = Volumes::new(
         tools.clone(),
         regions.clone(),
         args.pool.cluster_name.clone(),
-    ));
+    );
+    if let Some(members) = members {
+        volumes = volumes.with_members(members);
+    }
+    let volumes = Arc::new(volumes);
 
     if let Some(address) = args.common.metrics_address {
         let gauges = Arc::new(ControllerGauges(volumes.clone()));
@@ -512,7 +556,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .map(|path| {
             let (volumes, writers, cluster) = (volumes.clone(), writers.clone(), cluster.clone());
             let (path, init, writer) = (path.clone(), args.init_luns.clone(), writer.clone());
-            let (tools, regions) = (tools.clone(), regions.clone());
+            let (tools, regions, events) = (tools.clone(), regions.clone(), events.clone());
             let check_every = Duration::from_secs(args.pool.lun_check_secs);
             tokio::spawn(async move {
                 let what = format!("cannot open LUN {}", path.display());
@@ -520,7 +564,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                     .retry(&what, |_| async {
                         open_one(&path, &init, &writer, &cluster, &tools, regions.as_ref())
                             .await
-                            .inspect_err(|e| volumes.lun_failed(&path, format!("{e:#}")))
+                            .inspect_err(|e| {
+                                volumes.lun_failed(&path, format!("{e:#}"));
+                                if let Some(events) = events.as_ref().filter(|_| e.needs_operator())
+                                {
+                                    events.lun_refused(format!("{e:#}"));
+                                }
+                            })
                     })
                     .await;
                 if let Err(e) = volumes.lun_opened(lun.clone()) {
@@ -563,6 +613,29 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// The controller's events, on its own pod; and the membership Leases in
+/// its namespace, to name o2cb nodes in its refusals.
+async fn controller_events(
+    cluster: &str,
+) -> anyhow::Result<(PodEvents, Arc<dyn MembershipSource>)> {
+    let pod = own_pod().context(
+        "--events needs POD_NAME, POD_NAMESPACE and POD_UID (the chart sets them from the \
+         downward API): the controller posts its events on its own pod",
+    )?;
+    let client = kube::Client::try_default()
+        .await
+        .context("--events: connecting to the Kubernetes API")?;
+    let host = pod.name.clone().unwrap_or_default();
+    let namespace = pod.namespace.clone().unwrap_or_default();
+    tracing::info!("events: on (LUNs refused, on this pod)");
+    let members = KubeMembers::new(client.clone(), &namespace, cluster, cluster::DEFAULT_PORT);
+    let events = PodEvents {
+        recorder: Arc::new(Recorder::new(client, "ocfs2-csi-controller", &host)),
+        pod,
+    };
+    Ok((events, Arc::new(members)))
 }
 
 /// Who this controller is, in its writer leases: the pod (or host) name and

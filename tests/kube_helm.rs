@@ -158,6 +158,80 @@ async fn node_client(kube: &Kube) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
+/// A grow that waits for a node, as the node plugin tells it with its own
+/// token: one Warning on the volume's claim, naming the node by its Node
+/// name (from its membership Lease).
+async fn grow_waiting_event(kube: &Kube, client: kube::Client, km: KubeMembers, me: u8) {
+    use ocfs2_csi::k8s::events::{KubeVolumeEvents, Recorder, VolumeEvents, GROW_WAITING};
+    use std::sync::Arc;
+    kube.request_ok(
+        "POST",
+        "/api/v1/namespaces",
+        Some(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})),
+    );
+    let claim = kube.request_ok(
+        "POST",
+        "/api/v1/namespaces/apps/persistentvolumeclaims",
+        Some(&serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        })),
+    );
+    let claim_uid = claim["metadata"]["uid"].as_str().unwrap().to_string();
+    kube.request_ok(
+        "POST",
+        "/api/v1/persistentvolumes",
+        Some(&serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-grow"},
+            "spec": {
+                "capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteMany"],
+                "csi": {"driver": "ocfs2.csi.dev", "volumeHandle": "vol-grow"},
+                "claimRef": {"namespace": "apps", "name": "data", "uid": claim_uid}
+            }
+        })),
+    );
+    let events = Arc::new(KubeVolumeEvents {
+        recorder: Arc::new(Recorder::new(client, "ocfs2-csi-node", "san-1")),
+        members: Arc::new(km),
+        driver: "ocfs2.csi.dev".into(),
+    });
+    events.grow_waiting(
+        "vol-grow",
+        2 << 30,
+        vec![(
+            u32::from(me),
+            "sees 1073741824 bytes, needs 2147483648".into(),
+        )],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let event = loop {
+        let list = kube.request_ok("GET", "/api/v1/namespaces/apps/events", None);
+        let found = list["items"].as_array().unwrap().iter().find(|e| {
+            e["reason"] == GROW_WAITING && e["involvedObject"]["uid"] == claim_uid.as_str()
+        });
+        if let Some(e) = found {
+            break e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {GROW_WAITING} event: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("san-1 (o2cb node {me}) sees 1073741824 bytes")),
+        "{message}"
+    );
+    assert_eq!(event["involvedObject"]["kind"], "PersistentVolumeClaim");
+    assert_eq!(event["source"]["host"], "san-1");
+    println!("helm: node event on the claim, with the node's own token: {GROW_WAITING}: {message}");
+    kube.request_ok("DELETE", "/api/v1/persistentvolumes/pv-grow", None);
+}
+
 /// Issue 12, point 9: the node Role limited to what the plugin calls. Every
 /// call of `k8s::members` succeeds with the node's own token (claim, renew,
 /// its Node's address, releasing a departed member); anything else, above
@@ -214,12 +288,13 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         // The control plane's Leases in the same namespace are out of reach
         // for the plugin's own client, existing or not.
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(client, NAMESPACE);
+            kube::Api::namespaced(client.clone(), NAMESPACE);
         match leases.get("kube-controller-manager").await {
             Err(kube::Error::Api(e)) if e.code == 403 => {}
             other => panic!("the node read kube-controller-manager's Lease: {other:?}"),
         }
         println!("helm: node RBAC: o2net address {address}, claimed {me}, released {gone}, all with the node's own token");
+        grow_waiting_event(kube, client, km, me).await;
     });
     let ours = |n| lease_name(CLUSTER, n);
     for (verb, group, resource, ns, name) in [
@@ -228,6 +303,8 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         ("list", "coordination.k8s.io", "leases", NAMESPACE, ""),
         ("create", "coordination.k8s.io", "leases", NAMESPACE, ""),
         ("get", "coordination.k8s.io", "leases", NAMESPACE, &ours(0)),
+        ("list", "", "persistentvolumes", "", ""),
+        ("create", "", "events", "apps", ""),
         (
             "update",
             "coordination.k8s.io",
@@ -300,6 +377,10 @@ fn node_rbac_is_what_the_plugin_calls(kube: &Kube) {
         ),
         ("create", "coordination.k8s.io", "leases", "default", ""),
         ("get", "", "secrets", NAMESPACE, ""),
+        ("update", "", "events", "apps", ""),
+        ("delete", "", "events", "apps", ""),
+        ("get", "", "persistentvolumeclaims", "apps", "data"),
+        ("update", "", "persistentvolumes", "", ""),
     ] {
         assert!(
             !node_may(kube, verb, group, resource, ns, name),

@@ -24,6 +24,7 @@ use common::kube_nodes::{
     last_report, one_shot_pod, writer_pods, writers_manifest, Cluster, DRIVER_NS as NS, SNAPSHOTTER,
 };
 use common::lab::{scenario, wait_until};
+use common::metric;
 use common::storage_e2e::{self, Selection, CI_SUBSET};
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,21 @@ fn patch_pvc(c: &Cluster, pods: &[String]) {
         seen.as_secs_f64()
     );
     assert_eq!(errors, 0, "writes failed during the grow");
+    // The chart's metrics, as every node plugin serves them on its host
+    // network: three live members, the volume staged, grown exactly once.
+    let mut grown = 0.0;
+    for node in 1..=3 {
+        let m = c
+            .lab
+            .must(node, "wget -q -O - http://127.0.0.1:29778/metrics");
+        let live = metric(&m, r#"ocfs2_csi_o2cb_members{state="live"}"#);
+        assert_eq!(live, Some(3.0), "node{node}:\n{m}");
+        let staged = metric(&m, r#"ocfs2_csi_volumes_staged{content="filesystem"}"#);
+        assert!(staged.is_some_and(|n| n >= 1.0), "node{node}:\n{m}");
+        grown += metric(&m, r#"ocfs2_csi_volume_grows_total{outcome="grown"}"#).unwrap_or(0.0);
+    }
+    assert_eq!(grown, 1.0, "the filesystem grew once, by one node's plugin");
+    println!("patch-pvc: metrics: 3 live members and the volume staged on every node, grown once");
 }
 
 /// virt-launcher's user: a pod running as uid 107 with fsGroup 107 writes to

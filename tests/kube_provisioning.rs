@@ -37,6 +37,118 @@ fn quantity_bytes(q: &str) -> u64 {
     num.parse::<u64>().expect("quantity") * mult
 }
 
+const CONTROLLER_POD: &str = "ocfs2-csi-controller-test";
+const CONTROLLER_POD_UID: &str = "6f1c3a52-0d7e-4c59-9a7e-3b5f2d9c1e01";
+
+/// The Events with `reason` on the object named `name` in `namespace`.
+fn events(kube: &Kube, namespace: &str, name: &str, reason: &str) -> Vec<serde_json::Value> {
+    let list = kube.request_ok(
+        "GET",
+        &format!("/api/v1/namespaces/{namespace}/events"),
+        None,
+    );
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+        .cloned()
+        .collect()
+}
+
+/// A blank LUN not named in --init-lun: a controller (as the downward API
+/// names its pod) refuses it with one Warning on its pod saying what to
+/// do, and no second one while it retries.
+fn lun_refused_event(kube: &Kube, dir: &std::path::Path) {
+    let refused = sparse_lun(dir, "refused.raw", GIB);
+    let log = dir.join("refusing-controller.log");
+    let _controller = Killed(
+        Command::new(binary())
+            .args([
+                "controller",
+                "--cluster-name",
+                "testclu",
+                "--events",
+                "true",
+            ])
+            .env("KUBECONFIG", &kube.kubeconfig)
+            .env("POD_NAME", CONTROLLER_POD)
+            .env("POD_NAMESPACE", "kube-system")
+            .env("POD_UID", CONTROLLER_POD_UID)
+            .arg("--endpoint")
+            .arg(format!("unix://{}", dir.join("refusing.sock").display()))
+            .arg("--lun")
+            .arg(&refused)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = log.as_path();
+    let message = kube.wait_for("a LUNRefused event", Duration::from_secs(60), || {
+        let found = events(kube, "kube-system", CONTROLLER_POD, "LUNRefused");
+        let e = found.first()?;
+        assert_eq!(e["involvedObject"]["uid"], CONTROLLER_POD_UID);
+        assert_eq!(e["type"], "Warning");
+        Some(e["message"].as_str().unwrap().to_string())
+    });
+    assert!(
+        message.contains(&refused.display().to_string()) && message.contains("--init-lun"),
+        "{message}"
+    );
+    let failed = format!("cannot open LUN {}", refused.display());
+    kube.wait_for(
+        "the controller to retry the refused LUN",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            (text.matches(&failed).count() >= 2).then_some(())
+        },
+    );
+    let found = events(kube, "kube-system", CONTROLLER_POD, "LUNRefused");
+    assert_eq!(found.len(), 1, "posted again on a retry: {found:?}");
+    println!("kube: event on the controller pod: LUNRefused: {message}");
+}
+
+/// A claim larger than the LUN's free space: the provisioner posts the
+/// driver's answer on the claim (ProvisioningFailed), which says what fits.
+fn lun_full_event(kube: &Kube) {
+    let claims = "/api/v1/namespaces/default/persistentvolumeclaims";
+    kube.request_ok(
+        "POST",
+        claims,
+        Some(&json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "too-big"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "ocfs2",
+                // Within what the empty 32 GiB LUN could hold, more than is
+                // left beside the first claim's volume.
+                "resources": {"requests": {"storage": "31Gi"}}
+            }
+        })),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let message = loop {
+        let found = events(kube, "default", "too-big", "ProvisioningFailed");
+        let said = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
+        if let Some(m) = found.iter().map(said).find(|m| m.contains("not enough contiguous")) {
+            break m;
+        }
+        let all = kube.request_ok("GET", "/api/v1/namespaces/default/events", None);
+        assert!(Instant::now() < deadline, "no ProvisioningFailed event saying so: {all}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        message.contains("the largest volume that fits now is"),
+        "{message}"
+    );
+    kube.request_ok("DELETE", &format!("{claims}/too-big"), None);
+    println!("kube: event on a claim larger than the free space: ProvisioningFailed: {message}");
+}
+
 #[test]
 fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
     let kube = Kube::up();
@@ -49,6 +161,7 @@ fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
     let lun = sparse_lun(dir.path(), "lun.raw", 32 * GIB);
     let sock = dir.path().join("csi.sock");
     let log = dir.path().join("controller.log");
+    lun_refused_event(&kube, dir.path());
     let _controller = Killed(
         Command::new(binary())
             .args(["controller", "--cluster-name", "testclu", "--log", "debug"])
@@ -156,6 +269,8 @@ fn pvc_provisioned_grown_and_deleted_through_kubernetes() {
         "kube: PV {pv_name} -> {handle}, partition {} on the LUN",
         part.number
     );
+
+    lun_full_event(&kube);
 
     // kubectl patch pvc shared -p '{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}'
     let t = Instant::now();

@@ -142,11 +142,12 @@ pub enum DeleteError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error(
-        "volume {volume} is still mounted by o2cb node(s) {nodes:?} (its slot map says so); \
-         unmount it everywhere first. If those nodes crashed, mounting and unmounting the \
-         volume on a live node or running fsck.ocfs2 recovers their slots"
+        "volume {volume} is still mounted on {} (its slot map says so); unmount it \
+         everywhere first. If those nodes crashed, mounting and unmounting the volume on a \
+         live node or running fsck.ocfs2 recovers their slots",
+        .nodes.join(", ")
     )]
-    Mounted { volume: String, nodes: Vec<u32> },
+    Mounted { volume: String, nodes: Vec<String> },
     #[error(
         "raw block volume {volume} is still staged on {} (their marks in its header say so); \
          unstage it there first. A node that crashed clears its mark when its node plugin \
@@ -387,7 +388,7 @@ mod tests {
         push(
             &DeleteError::Mounted {
                 volume: "v".into(),
-                nodes: vec![1],
+                nodes: vec!["o2cb node 1".into()],
             },
             false,
         );

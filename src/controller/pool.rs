@@ -96,6 +96,14 @@ pub enum OpenError {
     Lun(#[from] LunError),
 }
 
+impl OpenError {
+    /// Refused until an operator acts (zoning, --init-lun, a wipe), as
+    /// opposed to what passes by itself (a path down, a writer racing).
+    pub fn needs_operator(&self) -> bool {
+        !matches!(self, OpenError::Changed { .. } | OpenError::Lun(_))
+    }
+}
+
 /// How long opening a LUN's device may take before start-up retries it (a
 /// path that queues I/O while down would otherwise hold the open forever).
 const OPEN_WAIT: Duration = Duration::from_secs(60);
@@ -869,6 +877,7 @@ mod tests {
             Ok(opened) => panic!("opened {} LUNs", opened.luns.len()),
         }
     }
+
     /// A standby waiting for the writer lease while the writer initialises
     /// the blank LUN it scanned: it takes the lease when the writer dies,
     /// and must not initialise the LUN a second time (found in the nodes

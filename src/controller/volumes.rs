@@ -6,6 +6,7 @@ use super::error::{CreateError, DeleteError, ExpandError, ListError, LookupError
 use super::fs_image::{FsImage, Ocfs2Image};
 use super::params::{check_capabilities, content_of, VolumeParams};
 use super::pool::Lun;
+use crate::cluster::MembershipSource;
 use crate::csi::VolumeCapability;
 use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{Gpt, Partition};
@@ -88,6 +89,8 @@ pub struct Volumes {
     delete_grace: Option<Duration>,
     /// The filesystems clones copy.
     images: Arc<dyn FsImage>,
+    /// Who the o2cb node numbers are, to name them in refusals.
+    members: Option<Arc<dyn MembershipSource>>,
 }
 
 /// How long DeleteVolume waits between marking an entry Deleting and its
@@ -141,7 +144,14 @@ impl Volumes {
             cluster_name,
             inflight: InFlight::default(),
             delete_grace: None,
+            members: None,
         }
+    }
+
+    /// Names o2cb nodes in refusals by what `members` says.
+    pub fn with_members(mut self, members: Arc<dyn MembershipSource>) -> Self {
+        self.members = Some(members);
+        self
     }
 
     /// Tests with fakes: clones see filesystems through `images`.
@@ -744,7 +754,7 @@ impl Volumes {
                 // An interrupted delete that found a node mounted.
                 set_state(lun, &e, State::Ready).await?;
             }
-            return Err(nodes.refusal(volume_id));
+            return Err(nodes.refusal(volume_id, self.members.as_deref()).await);
         }
         // A pending entry was never stageable: no node can be mid-stage.
         let stageable = e.state != State::Pending;
@@ -767,7 +777,7 @@ impl Volumes {
                     "a stage took the volume while it was being deleted; it stays"
                 );
                 set_state(lun, &e, State::Ready).await?;
-                return Err(nodes.refusal(volume_id));
+                return Err(nodes.refusal(volume_id, self.members.as_deref()).await);
             }
         }
         self.wipe_and_remove(lun, &e, &guard).await?;
@@ -1144,10 +1154,25 @@ impl Users {
         }
     }
 
-    fn refusal(self, volume: &str) -> DeleteError {
+    /// The refusal of a delete, naming o2cb nodes by their members' names
+    /// where `members` knows them.
+    async fn refusal(self, volume: &str, members: Option<&dyn MembershipSource>) -> DeleteError {
         let volume = volume.to_string();
         match self {
-            Users::Mounted(nodes) => DeleteError::Mounted { volume, nodes },
+            Users::Mounted(numbers) => {
+                let known = match members {
+                    Some(m) => m.members().await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let nodes = numbers
+                    .iter()
+                    .map(|n| match known.iter().find(|m| u32::from(m.number) == *n) {
+                        Some(m) => format!("{} (o2cb node {n})", m.name),
+                        None => format!("o2cb node {n}"),
+                    })
+                    .collect();
+                DeleteError::Mounted { volume, nodes }
+            }
             Users::Held(h) => DeleteError::Held {
                 volume,
                 holders: h.iter().map(|h| h.to_string()).collect(),

@@ -227,6 +227,8 @@ async fn publish(lock: &Lock, resync: &Resync) -> Result<u64, String> {
 pub struct Unconfirmed {
     pub node: u32,
     pub why: String,
+    /// The size it must see.
+    pub wanted: u64,
 }
 
 /// Reads node `node`'s reported partition size of `guid`.
@@ -265,7 +267,7 @@ pub async fn confirm_all(
                     Err(e) => Some(format!("did not answer: {e}")),
                 },
             };
-            why.map(|why| Unconfirmed { node, why })
+            why.map(|why| Unconfirmed { node, why, wanted })
         });
     futures::future::join_all(asks)
         .await

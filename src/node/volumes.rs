@@ -20,6 +20,7 @@ use super::mounts::{MountTable, Mounter, ProcMountTable, SystemMounter};
 use super::records::{Records, StageRecord, StageRecords};
 use super::request::{self, BadRequest};
 use crate::csi::{volume_capability, CapacityRange, VolumeCapability};
+use crate::k8s::events::VolumeEvents;
 use crate::metrics::{self, GrowOutcome, GrowWait};
 use crate::mountinfo::MountEntry;
 use crate::ocfs2::layout::HeartbeatMode;
@@ -96,6 +97,8 @@ pub struct NodeVolumes {
     statfs: InFlight,
     /// None when ready; else why not (joining the cluster, heartbeat).
     not_ready: Mutex<Option<String>>,
+    /// Where news for users goes (Kubernetes Events), when it goes anywhere.
+    events: Mutex<Option<Arc<dyn VolumeEvents>>>,
 }
 
 pub struct StageRequest<'a> {
@@ -295,7 +298,13 @@ impl NodeVolumes {
             inflight: InFlight::default(),
             statfs: InFlight::default(),
             not_ready: Mutex::new(Some("joining the o2cb cluster".into())),
+            events: Mutex::new(None),
         }
+    }
+
+    /// Posts news for users (a grow that waits for nodes) to `events`.
+    pub fn set_events(&self, events: Arc<dyn VolumeEvents>) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -874,6 +883,17 @@ impl NodeVolumes {
             mount_capability(capability)?;
         }
         let result = self.expand_filesystem(id, path, required).await;
+        if let Err(NodeError::Unconfirmed(missing)) = &result {
+            let events = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let (Some(events), Some(size)) = (events, missing.first().map(|u| u.wanted)) {
+                let waiting = missing.iter().map(|u| (u.node, u.why.clone())).collect();
+                events.grow_waiting(volume, size, waiting);
+            }
+        }
         metrics::grow_ended(match &result {
             Ok((_, true)) => GrowOutcome::Grown,
             Ok((_, false)) => GrowOutcome::AlreadyFull,

@@ -515,7 +515,11 @@ mod in_process {
         let r = p.volumes.delete(&id).await;
         let err = r.expect_err("refused");
         assert_eq!(err.code(), Code::FailedPrecondition);
-        assert!(err.to_string().contains("[2, 5]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("mounted on o2cb node 2, o2cb node 5 "),
+            "{err}"
+        );
         assert_eq!(table(&p.disk), before);
         assert!(p.san.filesystem_at(Path::new(LUN), entry.offset).is_some());
         assert_eq!(p.volumes.get(&id).await.unwrap().id, info.id);
@@ -1176,4 +1180,25 @@ mod in_process {
     mod block;
     mod clone;
     mod snapshot;
+}
+
+#[tokio::test]
+async fn a_delete_refusal_names_the_nodes_the_members_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("members");
+    std::fs::write(&file, "worker-a 0 10.0.0.1\nworker-b 3 10.0.0.4\n").unwrap();
+    let members = crate::cluster::StaticMembers::new(&file, 7777);
+    let refusal = Users::Mounted(vec![3, 5])
+        .refusal("pvc-1", Some(&members))
+        .await;
+    let text = refusal.to_string();
+    assert!(
+        text.contains("still mounted on worker-b (o2cb node 3), o2cb node 5"),
+        "{text}"
+    );
+    let unnamed = Users::Mounted(vec![3]).refusal("pvc-1", None).await;
+    assert!(
+        unnamed.to_string().contains("mounted on o2cb node 3 "),
+        "{unnamed}"
+    );
 }
