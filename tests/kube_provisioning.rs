@@ -134,11 +134,18 @@ fn lun_full_event(kube: &Kube) {
     let message = loop {
         let found = events(kube, "default", "too-big", "ProvisioningFailed");
         let said = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
-        if let Some(m) = found.iter().map(said).find(|m| m.contains("not enough contiguous")) {
+        if let Some(m) = found
+            .iter()
+            .map(said)
+            .find(|m| m.contains("not enough contiguous"))
+        {
             break m;
         }
         let all = kube.request_ok("GET", "/api/v1/namespaces/default/events", None);
-        assert!(Instant::now() < deadline, "no ProvisioningFailed event saying so: {all}");
+        assert!(
+            Instant::now() < deadline,
+            "no ProvisioningFailed event saying so: {all}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(
