@@ -375,11 +375,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             );
         };
         let recorder = Recorder::new(client, "ocfs2-csi-node", &startup.node_name);
-        let events = KubeVolumeEvents {
-            recorder: Arc::new(recorder),
-            members: startup.members.clone(),
-            driver: common.driver_name.clone(),
-        };
+        let events = KubeVolumeEvents::new(
+            Arc::new(recorder),
+            startup.members.clone(),
+            &common.driver_name,
+        );
         volumes.set_events(Arc::new(Arc::new(events)));
         tracing::info!("events: on (grows that wait for nodes, on their claims)");
     }

@@ -193,11 +193,11 @@ async fn grow_waiting_event(kube: &Kube, client: kube::Client, km: KubeMembers, 
             }
         })),
     );
-    let events = Arc::new(KubeVolumeEvents {
-        recorder: Arc::new(Recorder::new(client, "ocfs2-csi-node", "san-1")),
-        members: Arc::new(km),
-        driver: "ocfs2.csi.dev".into(),
-    });
+    let events = Arc::new(KubeVolumeEvents::new(
+        Arc::new(Recorder::new(client, "ocfs2-csi-node", "san-1")),
+        Arc::new(km),
+        "ocfs2.csi.dev",
+    ));
     events.grow_waiting(
         "vol-grow",
         2 << 30,

@@ -172,23 +172,43 @@ pub trait VolumeEvents: Send + Sync {
 /// Volume events on the claims of this driver's PVs, naming nodes through
 /// the membership.
 pub struct KubeVolumeEvents {
-    pub recorder: Arc<Recorder>,
-    pub members: Arc<dyn MembershipSource>,
-    pub driver: String,
+    recorder: Arc<Recorder>,
+    members: Arc<dyn MembershipSource>,
+    driver: String,
+    /// Volume handle -> the object its events go on (a PV's handle and
+    /// claim never change), so a grow that waits lists the PVs once.
+    objects: Mutex<HashMap<String, ObjectReference>>,
 }
 
 impl KubeVolumeEvents {
-    async fn post_grow_waiting(
-        &self,
-        handle: &str,
-        size: u64,
-        waiting: &[(u32, String)],
-    ) -> Result<(), String> {
+    pub fn new(
+        recorder: Arc<Recorder>,
+        members: Arc<dyn MembershipSource>,
+        driver: &str,
+    ) -> KubeVolumeEvents {
+        KubeVolumeEvents {
+            recorder,
+            members,
+            driver: driver.to_string(),
+            objects: Mutex::default(),
+        }
+    }
+
+    async fn object_of(&self, handle: &str) -> Result<ObjectReference, String> {
+        let known = self
+            .objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(handle)
+            .cloned();
+        if let Some(object) = known {
+            return Ok(object);
+        }
         let pvs = Api::<PersistentVolume>::all(self.recorder.client.clone())
             .list(&ListParams::default())
             .await
             .map_err(|e| format!("listing PersistentVolumes: {e}"))?;
-        let pv = pvs
+        let object = pvs
             .items
             .iter()
             .find(|pv| {
@@ -197,11 +217,26 @@ impl KubeVolumeEvents {
                     .and_then(|s| s.csi.as_ref())
                     .is_some_and(|c| c.driver == self.driver && c.volume_handle == handle)
             })
+            .map(volume_object)
             .ok_or_else(|| format!("no PersistentVolume of {} has handle {handle}", self.driver))?;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.to_string(), object.clone());
+        Ok(object)
+    }
+
+    async fn post_grow_waiting(
+        &self,
+        handle: &str,
+        size: u64,
+        waiting: &[(u32, String)],
+    ) -> Result<(), String> {
+        let object = self.object_of(handle).await?;
         let members = self.members.members().await.unwrap_or_default();
         let message = grow_waiting_message(size, waiting, &members);
         self.recorder
-            .warn(&volume_object(pv), GROW_WAITING, &message)
+            .warn(&object, GROW_WAITING, &message)
             .await
             .map_err(|e| format!("posting the event: {e}"))
     }

@@ -76,8 +76,11 @@ impl NodeGauges {
                     .join("ocfs2")
                     .join(dir)
                     .join("locking_state");
-                let text = std::fs::read_to_string(path).ok()?;
-                Some((r.volume_id.clone(), flock_holders(&text)))
+                // Read a line at a time: a filesystem with many cached
+                // inodes lists several lock resources for each.
+                let file = std::fs::File::open(path).ok()?;
+                let held = flock_holders(std::io::BufReader::new(file)).ok()?;
+                Some((r.volume_id.clone(), held))
             })
             .collect()
     }
@@ -93,18 +96,19 @@ const DLM_EX: i32 = 5;
 /// resource per line, tab-separated: format version, name, level, ...).
 /// A flock's resource is named `F` + padding + inode and is per open file;
 /// unlocked, it drops to the null level.
-pub fn flock_holders(locking_state: &str) -> u64 {
-    locking_state
-        .lines()
-        .filter(|line| {
-            let mut fields = line.split('\t');
-            let (_version, name, level) = (fields.next(), fields.next(), fields.next());
-            name.is_some_and(|n| n.starts_with('F'))
-                && level
-                    .and_then(|l| l.trim().parse::<i32>().ok())
-                    .is_some_and(|l| l == DLM_PR || l == DLM_EX)
-        })
-        .count() as u64
+pub fn flock_holders(locking_state: impl std::io::BufRead) -> std::io::Result<u64> {
+    let mut held = 0;
+    for line in locking_state.lines() {
+        let line = line?;
+        let mut fields = line.split('\t');
+        let (_version, name, level) = (fields.next(), fields.next(), fields.next());
+        let flock = name.is_some_and(|n| n.starts_with('F'));
+        let level = level.and_then(|l| l.trim().parse::<i32>().ok());
+        if flock && level.is_some_and(|l| l == DLM_PR || l == DLM_EX) {
+            held += 1;
+        }
+    }
+    Ok(held)
 }
 
 impl Gauges for NodeGauges {
@@ -287,8 +291,8 @@ mod tests {
                      0x4\tF$$$$$000000000000a00d0b1c2d3e\t0\t0x41\t0x0\t0x0\t0\t0\t0\t-1\n\
                      0x4\tM000000000000000000a00c0b1c2d3e\t5\t0x41\t0x0\t0x0\t0\t1\t5\t-1\n\
                      0x4\tF$$$$$000000000000a00e0b1c2d3e\t3\t0x41\t0x0\t0x0\t0\t0\t3\t-1\n";
-        assert_eq!(flock_holders(state), 2);
-        assert_eq!(flock_holders(""), 0);
+        assert_eq!(flock_holders(state.as_bytes()).unwrap(), 2);
+        assert_eq!(flock_holders(&b""[..]).unwrap(), 0);
     }
 
     #[test]
