@@ -526,9 +526,10 @@ async fn expand_beyond_the_partition_is_out_of_range() {
             Code::InvalidArgument
         );
     }
-    // Within range, expand goes on to the OCFS2 tools, which this fake node
-    // does not have (growth itself is proven in the lab): the error is the
-    // tool's, not a range check's.
+    // Within range, a filesystem short of its partition goes on to the
+    // OCFS2 tools, which this fake node does not have (growth itself is
+    // proven in the lab): the error is the tool's, not a range check's.
+    node.kernel.set_fs_bytes(GIB / 2);
     let fits = range(GIB as i64, 0);
     let err = node
         .volumes
@@ -536,6 +537,32 @@ async fn expand_beyond_the_partition_is_out_of_range() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.to_string().contains("debugfs.ocfs2"), "{err}");
+}
+
+/// A filesystem another node grew already: the answer comes from statfs,
+/// with no OCFS2 tool run (this fake node has none, so any would fail).
+#[tokio::test]
+async fn expand_of_a_filesystem_already_grown_reads_no_disk() {
+    let (node, vol, staging) = staged(&[]).await;
+    let id = vol.id.to_string();
+    let size = vol.located.entry.size;
+    for live in [size, size - (1 << 20) + 4096] {
+        node.kernel.set_fs_bytes(live);
+        let bytes = node
+            .volumes
+            .expand(&id, s(&staging), None, None)
+            .await
+            .unwrap();
+        assert_eq!(bytes, live);
+    }
+    // A whole MiB short: the tools are asked (and fail here).
+    node.kernel.set_fs_bytes(size - (1 << 20));
+    let err = node
+        .volumes
+        .expand(&id, s(&staging), None, None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("debugfs.ocfs2"), "{err}");
 }
 

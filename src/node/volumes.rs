@@ -27,7 +27,7 @@ use crate::ocfs2::layout::HeartbeatMode;
 use crate::ocfs2::tools::Ocfs2Tools;
 use crate::server::inflight::{Guard, InFlight};
 use crate::server::Readiness;
-use crate::volume::entry::Content;
+use crate::volume::entry::{Content, ALIGN};
 use crate::volume::id::VolumeId;
 use crate::volume::mount_options::mount_options;
 use std::path::{Path, PathBuf};
@@ -950,6 +950,18 @@ impl NodeVolumes {
                 required,
                 partition: located.entry.size,
             });
+        }
+        // Grown already (by another node, or an earlier call): the mounted
+        // filesystem says so without reading the disk, which the slot map,
+        // the size checks and tunefs below all do. A partition grows by
+        // whole MiB and every OCFS2 cluster size divides one, so a
+        // filesystem less than a MiB short of its partition has no whole
+        // cluster to grow into. (statfs takes the global bitmap's cluster
+        // lock: it sees another node's grow at once.)
+        let live = self.mounted_bytes(&path).await?;
+        if live + ALIGN > located.entry.size {
+            tracing::info!(device = %located.device.display(), bytes = live, "filesystem already fills its device");
+            return Ok((live, false));
         }
         let nodes = self.tools.mounted_nodes(&located.device).await?;
         match &domain {

@@ -63,10 +63,16 @@ fn fs_total(lab: &Lab, node: usize, path: &str) -> u64 {
 
 /// Starts a direct-I/O and a buffered writer in `dir` on every guest; each
 /// error is appended to /tmp/writers/errors. On a SAN lab the writes are a
-/// quarter the size: its iSCSI paths carry a few MB/s under TCG, and full
-/// writers would queue every other I/O (the growth's tools) for seconds.
+/// quarter the size and paced: its iSCSI paths carry a few MB/s under TCG,
+/// and writers flat out queue every other I/O behind theirs (each of the
+/// growth's tool runs took 10 s, and three grows one after the other
+/// outwaited the 90 s volume lock).
 fn start_writers(lab: &Lab, dir: &str) {
-    let (direct_mib, buffered_blocks) = if lab.is_san() { (1, 4) } else { (4, 16) };
+    let (direct_mib, buffered_blocks, pause) = if lab.is_san() {
+        (1, 4, "sleep 0.3")
+    } else {
+        (4, 16, ":")
+    };
     lab.on_all(&format!(
         "W=/tmp/writers; rm -rf $W; mkdir -p $W; H=$(hostname)
          ( i=0; while [ ! -e $W/stop ]; do
@@ -74,14 +80,14 @@ fn start_writers(lab: &Lab, dir: &str) {
                seek=$(( (i % 16) * {direct_mib} )) \
                oflag=direct conv=notrunc >/dev/null 2>$W/d.err \
                || echo \"direct $i: $(cat $W/d.err)\" >> $W/errors
-             i=$((i+1)); echo $i > $W/direct.count
+             i=$((i+1)); echo $i > $W/direct.count; {pause}
            done; touch $W/direct.done ) </dev/null >/dev/null 2>&1 &
          ( i=0; while [ ! -e $W/stop ]; do
              dd if=/dev/urandom of={dir}/buffered-$H bs=64k count={buffered_blocks} \
                seek=$(( (i % 32) * {buffered_blocks} )) \
                conv=notrunc,fsync >/dev/null 2>$W/b.err \
                || echo \"buffered $i: $(cat $W/b.err)\" >> $W/errors
-             i=$((i+1)); echo $i > $W/buffered.count
+             i=$((i+1)); echo $i > $W/buffered.count; {pause}
            done; touch $W/buffered.done ) </dev/null >/dev/null 2>&1 &
          true"
     ));
