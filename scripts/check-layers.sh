@@ -15,7 +15,7 @@ declare -A LAYER=(
   [volume]=2 [cluster]=2 [server]=2
   [k8s]=3
   [identity]=4 [controller]=4 [node]=4 [vmdisk]=4
-  [sanity]=5
+  [sanity]=5 [status]=5
 )
 
 fail=0

@@ -76,7 +76,7 @@ every_test_file_has_a_tier() {
 
 shellcheck_all() {
   command -v shellcheck >/dev/null || { echo "tier: shellcheck is missing (scripts/deps.sh installs it)" >&2; return 1; }
-  mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+  mapfile -t scripts < <(git ls-files '*.sh' .ci/run deploy/kubectl-ocfs2_csi)
   shellcheck "${scripts[@]}"
   echo "shellcheck: ${#scripts[@]} scripts clean"
 }

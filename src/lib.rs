@@ -18,6 +18,7 @@ pub mod ocfs2;
 #[cfg(test)]
 mod sanity;
 pub mod server;
+pub mod status;
 pub mod tools;
 pub mod vmdisk;
 pub mod volume;

@@ -64,6 +64,34 @@ enum Mode {
     /// Run a command (a VM's hypervisor) holding an exclusive lock on its
     /// disk image; exits 75 when another holder, maybe on another node, has it.
     DiskLock(ocfs2_csi::vmdisk::DiskLockArgs),
+    /// What an operator asks first: o2cb members and heartbeat regions as
+    /// this node's kernel sees them, each LUN's volumes and space, the
+    /// volumes staged here and who mounts them. Reads only; run it in a
+    /// node plugin pod (deploy/kubectl-ocfs2_csi does, and adds what the
+    /// Kubernetes API says).
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The LUNs (as the node plugin has them).
+    #[arg(long = "lun", env = "OCFS2_CSI_LUNS", value_delimiter = ',')]
+    luns: Vec<PathBuf>,
+    #[arg(long, env = "OCFS2_CSI_CLUSTER_NAME", default_value = "ocfs2csi")]
+    cluster_name: String,
+    /// This node's name, for the headings.
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    /// The node plugin's state folder (its stage records).
+    #[arg(
+        long,
+        env = "OCFS2_CSI_STATE_DIR",
+        default_value = "/var/lib/ocfs2-csi"
+    )]
+    state_dir: PathBuf,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -268,7 +296,26 @@ async fn main() -> anyhow::Result<()> {
         Mode::Node(args) => run_node(args).await,
         Mode::ScanLun { lun } => scan_lun(&lun),
         Mode::DiskLock(args) => std::process::exit(ocfs2_csi::vmdisk::main(args)),
+        Mode::Status(args) => status(args).await,
     }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    use ocfs2_csi::status;
+    let sources = status::Sources {
+        cluster: args.cluster_name,
+        node: args.node_id,
+        luns: args.luns,
+        state_dir: args.state_dir,
+        paths: KernelPaths::default(),
+        tools: Ocfs2Tools::new(Arc::new(SystemRunner)),
+    };
+    let report = status::gather(&sources).await;
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&report)?),
+        false => print!("{}", status::render::text(&report)),
+    }
+    Ok(())
 }
 
 fn scan_lun(lun: &std::path::Path) -> anyhow::Result<()> {

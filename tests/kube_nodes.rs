@@ -167,6 +167,54 @@ fn patch_pvc(c: &Cluster, pods: &[String]) {
 /// virt-launcher's user: a pod running as uid 107 with fsGroup 107 writes to
 /// the shared volume (the kubelet applies the fsGroup: CSIDriver
 /// fsGroupPolicy File) while the writers go on.
+/// `kubectl ocfs2-csi status` (deploy/kubectl-ocfs2_csi) after the grow,
+/// with the writers on: node2's kernel sees three live members, the claim's
+/// volume is mounted on all three by its slot map and grown through, every
+/// kubelet reports it in use, three membership Leases, nobody tainted.
+fn status_view(c: &Cluster) {
+    let t = Instant::now();
+    let out = c.kubectl_plugin(&["status", "--node", "node2"]);
+    println!(
+        "status: kubectl ocfs2-csi status --node node2 in {:.1} s:\n{out}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(out.contains("== node node2 (pod kube-system/"), "{out}");
+    for n in 1..=3 {
+        let member = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(&format!("node{n}")))
+            .unwrap_or_else(|| panic!("node{n} is not a member:\n{out}"));
+        assert!(member.ends_with(" live"), "{member}");
+    }
+    let pv = shared_pv(c);
+    // The GPT holds the first 36 characters of a name.
+    let named = &pv[..pv.len().min(36)];
+    let mounted = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{named}: mounted on ")))
+        .unwrap_or_else(|| panic!("{pv} is not staged on node2:\n{out}"));
+    for n in 1..=3 {
+        assert!(mounted.contains(&format!("node{n} (")), "{mounted}");
+    }
+    assert!(!out.contains("grow not finished"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{APP_NS}/{PVC} ({pv})\n  in use on: node1 node2 node3"
+        )),
+        "{out}"
+    );
+    let leases = out
+        .lines()
+        .filter(|l| l.contains("\"live\":[0,1,2]"))
+        .count();
+    assert_eq!(leases, 3, "three members each see three live:\n{out}");
+    let tainted = out
+        .split("== Nodes taken out of service")
+        .nth(1)
+        .and_then(|s| s.lines().nth(1));
+    assert_eq!(tainted, Some("none"), "{out}");
+}
+
 fn fs_group(c: &Cluster) {
     let mounts: Vec<usize> = (1..=3).map(|n| ocfs2_mounts(c, n)).collect();
     c.apply(&one_shot_pod(
@@ -671,6 +719,7 @@ fn kube_nodes() {
     });
     let pods = scenario("rwx-deployment", || rwx_deployment(&c));
     scenario("patch-pvc", || patch_pvc(&c, &pods));
+    scenario("status", || status_view(&c));
     scenario("fsgroup-107", || fs_group(&c));
     scenario("daemonset-roll", || daemonset_roll(&c, &pods));
     scenario("kubelet-restart", || kubelet_restart(&c, &pods));

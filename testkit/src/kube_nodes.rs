@@ -517,6 +517,28 @@ impl Cluster {
         (out.status.success(), text)
     }
 
+    /// The project's kubectl plugin (deploy/kubectl-ocfs2_csi) as an
+    /// operator runs it: kubectl on PATH, this cluster's kubeconfig.
+    /// Panics with the output unless it succeeds.
+    pub fn kubectl_plugin(&self, args: &[&str]) -> String {
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new(super::repo_root().join("deploy/kubectl-ocfs2_csi"))
+            .args(args)
+            .env("KUBECONFIG", &self.kube.kubeconfig)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run deploy/kubectl-ocfs2_csi");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl-ocfs2_csi {args:?}:\n{text}");
+        text
+    }
+
     /// Like `kubectl_try`; panics with the output unless it succeeds.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let (ok, text) = self.kubectl_try(args);

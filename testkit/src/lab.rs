@@ -468,6 +468,24 @@ impl Lab {
         )
     }
 
+    /// `ocfs2-csi status` on guest `node`, given what its node plugin is
+    /// given (`start_node_plugin`); `extra` adds flags (`--json`).
+    pub fn status(&self, node: usize, cluster: &str, extra: &str) -> String {
+        self.must(
+            node,
+            &format!(
+                "ocfs2-csi status --node-id node{node} --cluster-name {cluster} \
+                   --lun {lun}{added} --state-dir /var/lib/ocfs2-csi {extra}",
+                lun = self.guest_lun_of(node),
+                added = self
+                    .added_luns()
+                    .iter()
+                    .map(|l| format!(" --lun {l}"))
+                    .collect::<String>(),
+            ),
+        )
+    }
+
     /// Serves 127.0.0.1:`in_ns` inside the lab's namespace by relaying each
     /// connection to this machine's 127.0.0.1:`to` (say, a Kubernetes API
     /// server the test started). With `up_with_api(.., Some(in_ns))` the

@@ -209,6 +209,72 @@ fn node_metrics(lab: &Lab, volume: &str) -> (f64, f64, f64) {
     (grown, full, expands)
 }
 
+/// The first value of a metric family (the lab's controller has one LUN).
+fn first_value(text: &str, family: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{family}{{")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {family} in:\n{text}"))
+}
+
+/// `ocfs2-csi status` on a guest against what the scenario knows: three
+/// members heartbeating in every region, the shared volume mounted on all
+/// three by its slot map, and the LUN's space as the controller counts it.
+fn status_view(lab: &Lab, controller: &Controller, shared: &Volume, neighbour: &Volume) {
+    let node = 2;
+    let t = Instant::now();
+    let text = lab.status(node, CLUSTER, "");
+    println!(
+        "status: ocfs2-csi status on node{node} in {} (wall, through the lab's shell):\n{text}",
+        secs(t)
+    );
+    for n in 1..=3 {
+        let member = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(&format!("node{n}")))
+            .unwrap_or_else(|| panic!("node{n} not listed:\n{text}"));
+        assert!(member.ends_with(" live"), "{member}");
+    }
+    // Global heartbeat: one region, the LUN's heartbeat partition.
+    let regions: Vec<&str> = text.lines().filter(|l| l.contains(": live ")).collect();
+    assert_eq!(regions.len(), 1, "{text}");
+    assert!(
+        regions[0].contains("heartbeat of ") && regions[0].contains("live 0 1 2;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pvc-shared: mounted on node1 (0), node2 (1), node3 (2) (its slot map)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&shared.volume_id) && text.contains(&neighbour.volume_id),
+        "{text}"
+    );
+    assert!(!text.contains("grow not finished"), "{text}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&lab.status(node, CLUSTER, "--json")).unwrap();
+    let lun = &json["luns"][0];
+    let m = controller.metrics();
+    assert_eq!(
+        lun["free_bytes"].as_f64(),
+        Some(first_value(&m, "ocfs2_csi_lun_free_bytes")),
+        "{lun}"
+    );
+    assert_eq!(
+        lun["largest_free_bytes"].as_f64(),
+        Some(first_value(&m, "ocfs2_csi_lun_largest_free_extent_bytes")),
+        "{lun}"
+    );
+    let v = lun["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["handle"] == shared.volume_id.as_str())
+        .unwrap();
+    assert_eq!(v["partition_bytes"], v["filesystem_bytes"], "{v}");
+}
+
 /// How many times the filesystem was grown, by the plugins' own logs.
 fn grow_counts(lab: &Lab) -> Vec<usize> {
     lab.on_all("grep -c 'filesystem grown online' /tmp/node.log || true")
@@ -495,6 +561,7 @@ fn run_parts(lab: &Lab, rt: &tokio::runtime::Runtime, all: bool) {
         }
     }
     // Three rounds on three nodes: grown once each, found grown twice each.
+    status_view(lab, &controller, &shared, &neighbour);
     let (grown, full, expands) = node_metrics(lab, &shared.volume_id);
     let counted = (
         grown - counted_before.0,
