@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: demo demo-grpc demo-controller test check host lab kube nodes e2e-k8s deps deps-check deps-host deps-lab deps-kube deps-nodes \
-	chart manifests bench fmt
+	chart manifests bench soak fmt
 
 ## demo: three lab guests as Kubernetes nodes; helm install; a RWX claim shared by pods on all three, grown while they write
 demo:
@@ -84,6 +84,12 @@ bench: deps-check
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/bench
 	./target/release/examples/lab_bench
+
+## soak: an hour of load per o2cb profile (default, fast) on the SAN lab; fails on a false fence (SOAK_MINUTES, SOAK_PROFILES; outside CI)
+soak: deps-check
+	e2e/deps.sh
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/lab_soak
 
 fmt:
 	$(CARGO) fmt

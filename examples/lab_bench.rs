@@ -16,10 +16,11 @@
 //!
 //! Local-heartbeat lab: the stage latency and heartbeat I/O again.
 //!
-//! Node-loss lab, o2cb's default timeouts (the lab tests run node loss
-//! with short ones): node3 loses power, later its cluster network; how
-//! long until the survivors write again and their plugins report it dead,
-//! and how long node3 takes to boot and rejoin.
+//! Node-loss labs, one per o2cb profile of the chart (`o2cb.profile`:
+//! default, fast; the lab tests run node loss with shorter ones still):
+//! node3 loses power, later its cluster network; how long until the
+//! survivors write again (beside the profile's dead time) and their
+//! plugins report it dead, and how long node3 takes to boot and rejoin.
 //!
 //! Transport: NodeStageVolume latency and one guest's OCFS2/raw throughput
 //! on the virtio LUN file and on the SAN lab's multipath LUN (iSCSI, two
@@ -41,6 +42,7 @@ use common::lab::*;
 use common::*;
 use figure::{num, percentile, Chart, Report, Table};
 use futures::StreamExt;
+use ocfs2_csi::cluster::Timeouts;
 use ocfs2_csi::csi::*;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -1070,9 +1072,16 @@ fn report_clone(r: &mut Report, run: &CloneRun) {
     );
 }
 
-// --- node loss with o2cb's default timeouts ---------------------------------------
+// --- node loss under each o2cb profile -----------------------------------------
+
+/// The chart's `o2cb.profile` choices, with the timeouts each sets.
+fn profiles() -> [(&'static str, Timeouts); 2] {
+    [("default", Timeouts::default()), ("fast", Timeouts::FAST)]
+}
 
 struct Loss {
+    profile: &'static str,
+    timeouts: Timeouts,
     what: &'static str,
     /// From the loss until each survivor had created and fsynced a new file.
     resumed: Vec<f64>,
@@ -1090,9 +1099,14 @@ fn stopped_reports(lab: &Lab, node: usize) -> usize {
 }
 
 /// node3 is lost twice, by power loss and by a network cut, while all three
-/// have a volume mounted; plugins with o2cb's default timeouts.
-fn node_loss(rt: &Rt) -> Vec<Loss> {
-    let (lab, controller) = cluster(rt, "bench-loss", "global");
+/// have a volume mounted; plugins with the timeouts of o2cb profile
+/// `profile` (the chart's `o2cb.profile`).
+fn node_loss(rt: &Rt, profile: &'static str, timeouts: Timeouts) -> Vec<Loss> {
+    let mut lab = Lab::up(&format!("bench-loss-{profile}"), 3, LAB_LUN);
+    lab.timeouts = timeouts;
+    let controller = plugins_ready(rt, &lab, &format!("o2cb profile {profile}"), |node| {
+        lab.start_node_plugin(node, CLUSTER)
+    });
     let v = create(rt, &controller, "bench-loss", GIB, &[]);
     for node in 1..=3 {
         rt.block_on(stage_and_publish(&lab, node, &v));
@@ -1152,24 +1166,18 @@ fn node_loss(rt: &Rt) -> Vec<Loss> {
         let t = Instant::now();
         lab.start_again(3);
         lab.write_members_on(3, &[1, 2, 3]);
-        lab.must(
-            3,
-            &format!(
-                "mkdir -p /var/lib/ocfs2-csi && ocfs2-csi node --endpoint tcp://0.0.0.0:10000 \
-                   --node-id node3 --cluster-name {CLUSTER} --cluster-id {CLUSTER}-id --heartbeat global \
-                   --members-file /etc/ocfs2-csi/members --lun /dev/vda \
-                   --state-dir /var/lib/ocfs2-csi >>/tmp/node.log 2>&1 </dev/null &"
-            ),
-        );
+        lab.start_node_plugin(3, CLUSTER);
         rt.block_on(lab.wait_node_ready(3, Duration::from_secs(300)));
         rt.block_on(stage_and_publish(&lab, 3, &v));
         let rejoined = t.elapsed().as_secs_f64();
         println!(
-            "  {what}: survivors wrote again after {:.1} s / {:.1} s, plugins reported node3 dead \
-             after {reported:.1} s; node3 rejoined in {rejoined:.1} s",
+            "  {profile}: {what}: survivors wrote again after {:.1} s / {:.1} s, plugins reported \
+             node3 dead after {reported:.1} s; node3 rejoined in {rejoined:.1} s",
             resumed[0], resumed[1]
         );
         out.push(Loss {
+            profile,
+            timeouts,
             what,
             resumed,
             reported,
@@ -1181,34 +1189,44 @@ fn node_loss(rt: &Rt) -> Vec<Loss> {
     out
 }
 
+/// Node loss under every profile, one lab after the other.
+fn node_losses(rt: &Rt, step: &dyn Fn(&str)) -> Vec<Loss> {
+    let mut all = Vec::new();
+    for (profile, timeouts) in profiles() {
+        step(&format!("node-loss lab, o2cb profile {profile}"));
+        all.extend(node_loss(rt, profile, timeouts));
+    }
+    all
+}
+
 fn report_node_loss(r: &mut Report, losses: &[Loss]) {
-    let d = ocfs2_csi::cluster::Timeouts::default();
     let mut t = Table::new(
-        "Node loss with o2cb's default timeouts",
+        "Node loss under each o2cb profile (the chart's o2cb.profile)",
         &[
+            "profile (dead time)",
             "node3 lost by",
             "survivors write again (s)",
+            "ratio to the dead time",
             "plugins report it dead (s)",
             "node3 boots and rejoins (s)",
         ],
     )
-    .note(format!(
-        "dead threshold {} ({} s of heartbeats), network idle timeout {} ms; times from the loss",
-        d.dead_threshold,
-        2 * d.dead_threshold,
-        d.idle_timeout_ms
-    ))
+    .note("times from the loss; the survivors' first fsynced write waits for o2cb to evict node3")
     .note("a cut-off node fences itself (no quorum) and is evicted after that");
     for l in losses {
         let worst = l.resumed.iter().copied().fold(0.0, f64::max);
+        let dead = l.timeouts.dead_time().as_secs_f64();
         t.row(vec![
+            format!("{} ({dead:.0} s)", l.profile),
             l.what.into(),
             num(worst),
+            format!("{:.2}", worst / dead),
             num(l.reported),
             num(l.rejoined),
         ]);
         println!(
-            "BENCH node_loss what={} resumed_s={worst:.1} reported_s={:.1} rejoined_s={:.1}",
+            "BENCH node_loss profile={} what={} dead_s={dead:.0} resumed_s={worst:.1} reported_s={:.1} rejoined_s={:.1}",
+            l.profile,
             l.what.replace(' ', "_"),
             l.reported,
             l.rejoined
@@ -1514,8 +1532,7 @@ fn main() {
     let step = |what: &str| println!("[{:>4.0} s] {what}", started.elapsed().as_secs_f64());
 
     if std::env::var("LAB_BENCH_ONLY").as_deref() == Ok("node-loss") {
-        step("node-loss lab, default timeouts");
-        let losses = node_loss(&rt);
+        let losses = node_losses(&rt, &step);
         report_node_loss(&mut report, &losses);
         report.finish();
         step("done");
@@ -1613,8 +1630,7 @@ fn main() {
     drop(controller);
     drop(lab);
 
-    step("node-loss lab, default timeouts");
-    let losses = node_loss(&rt);
+    let losses = node_losses(&rt, &step);
 
     report_stage(&mut report, &global_stage, &local_stage);
     let notes: Vec<String> = global_note.into_iter().chain(local_note).collect();

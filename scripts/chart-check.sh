@@ -281,6 +281,28 @@ pod_monitor() {
     done
 }
 check "metrics.podMonitor.enabled: a PodMonitor selecting both workloads' pods, port metrics, extra labels" pod_monitor
+o2cb_profiles() {
+  local profile want got
+  for profile in "default 31 30000" "fast 16 15000"; do
+    read -r profile dead idle <<<"$profile"
+    "$HELM" template ocfs2-csi "$CHART" --set o2cb.profile="$profile" > "$TMP/p.yaml" || return 1
+    object "$TMP/p.yaml" DaemonSet ocfs2-csi-node > "$TMP/obj"
+    want="$dead $idle 2000 2000"
+    got=$(for e in DEAD_THRESHOLD IDLE_TIMEOUT_MS KEEPALIVE_DELAY_MS RECONNECT_DELAY_MS; do
+      grep -A1 "name: OCFS2_CSI_$e\$" "$TMP/obj" | sed -n 's/.*value: "\([0-9]*\)"/\1/p'
+    done | xargs)
+    echo "o2cb.profile $profile: $got"
+    [ "$got" = "$want" ] || return 1
+  done
+  # custom takes the four values; a value changed beside a named profile,
+  # or a name that is none, is refused rather than ignored.
+  "$HELM" template ocfs2-csi "$CHART" --set o2cb.profile=custom --set o2cb.deadThreshold=21 |
+    grep -A1 'name: OCFS2_CSI_DEAD_THRESHOLD$' | grep -q 'value: "21"' &&
+    ! "$HELM" template "$CHART" --set o2cb.deadThreshold=21 > /dev/null 2>&1 &&
+    ! "$HELM" template "$CHART" --set o2cb.profile=fast --set o2cb.idleTimeoutMs=9000 > /dev/null 2>&1 &&
+    ! "$HELM" template "$CHART" --set o2cb.profile=quick > /dev/null 2>&1
+}
+check "o2cb.profile: default and fast set the four timeouts, custom takes them as given; others refused" o2cb_profiles
 no_host_ip() { ! grep -n 'fieldPath: status.hostIP' "$DEFAULT" "$TMP/ci-${KUBE_VERSIONS[-1]}.yaml"; }
 check "no status.hostIP (the o2net address is the Node's IPv4 InternalIP)" no_host_ip
 static_no_node_api() {

@@ -38,6 +38,26 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The chart's `o2cb.profile: fast`: a node whose heartbeat write takes
+    /// 30 s fences itself and the others declare it dead after 32 s; o2net
+    /// drops a silent peer after 15 s. Half of o2cb's defaults: node loss
+    /// stops the survivors about half as long, and an outage of every
+    /// storage path longer than 30 s fences the node (README, "Failover
+    /// profiles").
+    pub const FAST: Timeouts = Timeouts {
+        dead_threshold: 16,
+        idle_timeout_ms: 15000,
+        keepalive_delay_ms: 2000,
+        reconnect_delay_ms: 2000,
+    };
+
+    /// How long a node's own heartbeat write may take before it fences
+    /// itself: (threshold - 1) heartbeats of 2 s. The others declare a
+    /// silent node dead one heartbeat later.
+    pub fn dead_time(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(2 * u64::from(self.dead_threshold.saturating_sub(1)))
+    }
+
     /// The values the kernel would refuse (or, for the threshold, ignore).
     pub fn validate(&self) -> Result<(), String> {
         if self.dead_threshold < MIN_DEAD_THRESHOLD {
@@ -118,6 +138,28 @@ pub fn validate_port(port: u16) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chart sets the profiles' timeouts from its own table
+    /// (`ocfs2-csi.o2cbTimeouts`): it must say what this code says.
+    #[test]
+    fn the_charts_profiles_are_these() {
+        let helpers = include_str!("../../deploy/helm/ocfs2-csi/templates/_helpers.tpl");
+        let dict = |t: &Timeouts| {
+            format!(
+                "(dict \"deadThreshold\" {} \"idleTimeoutMs\" {} \"keepaliveDelayMs\" {} \"reconnectDelayMs\" {})",
+                t.dead_threshold, t.idle_timeout_ms, t.keepalive_delay_ms, t.reconnect_delay_ms
+            )
+        };
+        let default = dict(&Timeouts::default());
+        assert!(
+            helpers.contains(&format!("$default := {}", &default[1..default.len() - 1])),
+            "{default}"
+        );
+        assert!(helpers.contains(&format!("\"fast\" {}", dict(&Timeouts::FAST))));
+        Timeouts::FAST.validate().unwrap();
+        assert_eq!(Timeouts::FAST.dead_time().as_secs(), 30);
+        assert_eq!(Timeouts::default().dead_time().as_secs(), 60);
+    }
 
     #[test]
     fn defaults_are_valid_and_limits_are_the_kernels() {

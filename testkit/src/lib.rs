@@ -5,6 +5,7 @@
 //! that read the LUN with the real tools (sgdisk, fsck.ocfs2 and debugfs.ocfs2
 //! through a loop device).
 
+pub mod appender;
 pub mod junit;
 pub mod kube;
 pub mod kube_nodes;

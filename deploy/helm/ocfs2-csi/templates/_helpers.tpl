@@ -102,3 +102,26 @@ Call with (list $ NUMBER).
 {{- $root := index . 0 -}}
 {{- printf "ocfs2-%s-n%d" ($root.Values.clusterName | lower | replace "_" "-" | trimAll "-") (index . 1 | int) -}}
 {{- end -}}
+
+{{/*
+The o2cb timeouts of o2cb.profile, as a dict: default (o2cb's own), fast, or
+custom (the four values as given). Must match src/cluster/config.rs
+(Timeouts::default, Timeouts::FAST).
+*/}}
+{{- define "ocfs2-csi.o2cbTimeouts" -}}
+{{- $o := .Values.o2cb -}}
+{{- $default := dict "deadThreshold" 31 "idleTimeoutMs" 30000 "keepaliveDelayMs" 2000 "reconnectDelayMs" 2000 -}}
+{{- $profiles := dict "default" $default "fast" (dict "deadThreshold" 16 "idleTimeoutMs" 15000 "keepaliveDelayMs" 2000 "reconnectDelayMs" 2000) -}}
+{{- if eq $o.profile "custom" -}}
+{{- toJson (dict "deadThreshold" $o.deadThreshold "idleTimeoutMs" $o.idleTimeoutMs "keepaliveDelayMs" $o.keepaliveDelayMs "reconnectDelayMs" $o.reconnectDelayMs) -}}
+{{- else if hasKey $profiles $o.profile -}}
+{{- range $k, $v := $default -}}
+{{- if ne (int (index $o $k)) (int $v) -}}
+{{- fail (printf "o2cb.%s is %v, but o2cb.profile is %s, whose timeouts the chart sets: use o2cb.profile custom for timeouts of your own" $k (index $o $k) $o.profile) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (index $profiles $o.profile) -}}
+{{- else -}}
+{{- fail (printf "o2cb.profile %q is none of default, fast, custom" $o.profile) -}}
+{{- end -}}
+{{- end -}}
