@@ -169,8 +169,8 @@ fn patch_pvc(c: &Cluster, pods: &[String]) {
 /// fsGroupPolicy File) while the writers go on.
 /// `kubectl ocfs2-csi status` (deploy/kubectl-ocfs2_csi) after the grow,
 /// with the writers on: node2's kernel sees three live members, the claim's
-/// volume is mounted on all three by its slot map and grown through, every
-/// kubelet reports it in use, three membership Leases, nobody tainted.
+/// volume is mounted on all three by its slot map and grown through, the
+/// claim's pods run on all three, three membership Leases, nobody tainted.
 fn status_view(c: &Cluster) {
     let t = Instant::now();
     let out = c.kubectl_plugin(&["status", "--node", "node2"]);
@@ -199,7 +199,7 @@ fn status_view(c: &Cluster) {
     assert!(!out.contains("grow not finished"), "{out}");
     assert!(
         out.contains(&format!(
-            "{APP_NS}/{PVC} ({pv})\n  in use on: node1 node2 node3"
+            "{APP_NS}/{PVC} ({pv})\n  used by pods on: node1 node2 node3"
         )),
         "{out}"
     );

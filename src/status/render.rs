@@ -73,11 +73,13 @@ fn kernel(out: &mut String, report: &Report) {
     };
     let _ = writeln!(
         out,
-        "o2cb cluster {:?} on {here}: {} heartbeat, a silent node is dead after {} beats ({} s)",
+        "o2cb cluster {:?} on {here}: {} heartbeat, dead threshold {} (a node fences itself \
+         when a heartbeat write takes {} s; the others declare a silent node dead after {} s)",
         report.cluster,
         c.heartbeat,
         c.dead_threshold,
-        u64::from(c.dead_threshold.saturating_sub(1)) * 2
+        u64::from(c.dead_threshold.saturating_sub(1)) * 2,
+        u64::from(c.dead_threshold) * 2,
     );
     let _ = writeln!(
         out,
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn the_text_says_what_is_wrong() {
         let text = text(&report());
-        assert!(text.contains("o2cb cluster \"ocfs2csi\" on node2: global heartbeat, a silent node is dead after 31 beats (60 s)"), "{text}");
+        assert!(text.contains("o2cb cluster \"ocfs2csi\" on node2: global heartbeat, dead threshold 31 (a node fences itself when a heartbeat write takes 60 s; the others declare a silent node dead after 62 s)"), "{text}");
         assert!(text.contains("  0  node1"), "{text}");
         assert!(
             text.lines()
