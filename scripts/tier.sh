@@ -44,13 +44,14 @@ timed() { # tier part command...
   record "$tier" "$part" $((SECONDS - t0))
 }
 
-# Runs one integration test binary; scenario lines it prints
-# (`scenario-time: NAME SECONDS`) are recorded too.
-test_file() { # tier name
+# Runs one integration test binary (ARGS go to the test harness); scenario
+# lines it prints (`scenario-time: NAME SECONDS`) are recorded too.
+test_file() { # tier name [ARGS...]
   local tier=$1 name=$2 t0=$SECONDS log
+  shift 2
   log=$(mktemp)
   echo "== $tier: tests/$name.rs"
-  if ! "$CARGO" test --test "$name" -- --nocapture 2>&1 | tee "$log"; then
+  if ! "$CARGO" test --test "$name" -- --nocapture "$@" 2>&1 | tee "$log"; then
     rm -f "$log"
     return 1
   fi
@@ -117,7 +118,8 @@ case ${1:-} in
     [ "$files_ok" = 0 ] && [ "$sanity_ok" = 0 ]
     ;;
   lab)
-    for t in "${LAB_TESTS[@]}"; do test_file lab "$t"; done
+    # The three labs at once (tests/lab.rs says why).
+    for t in "${LAB_TESTS[@]}"; do test_file lab "$t" --test-threads=3; done
     ;;
   kube)
     for t in "${KUBE_TESTS[@]}"; do test_file kube "$t"; done

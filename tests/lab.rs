@@ -3,9 +3,12 @@
 //!
 //! Booting three guests and joining them costs about a minute under TCG,
 //! so scenarios share booted labs instead of each booting its own. Three
-//! labs, each a test of its own (the harness runs them at the same time;
-//! with `--test-threads=1` one after the other): the two below, and
-//! `lab_san_multipath`, the LUN over iSCSI and dm-multipath.
+//! labs, each a test of its own: the two below, and `lab_san_multipath`,
+//! the LUN over iSCSI and dm-multipath. `scripts/tier.sh lab` runs all
+//! three at once (`--test-threads=3`): the short-timeouts lab mostly
+//! waits (o2cb's timeouts, the API server), so on two cores it costs the
+//! others little, and run after one of them it made the tier half again
+//! as long. `--test-threads=1` runs them one after the other.
 //!
 //! - `lab_default_timeouts`: o2cb's default timeouts, members from a file.
 //!   The basic scenarios first (they form the cluster, two guests then a

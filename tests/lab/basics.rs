@@ -1113,15 +1113,20 @@ fn volume_changes(
     let keep = create("pvc-keep");
     let extra = create("pvc-extra");
     let gone = create("pvc-gone");
-    for node in 1..=3 {
-        rt.block_on(stage_and_publish(lab, node, &keep));
-    }
+    // Each node's steps in order, the three nodes at once (a guest's
+    // stage is mostly its own I/O: over iSCSI, seconds each).
+    rt.block_on(futures::future::join_all(
+        [1, 2, 3].map(|node| stage_and_publish(lab, node, &keep)),
+    ));
     let keep_ids: Vec<String> = (1..=3).map(|n| mount_ids(lab, n, &keep)).collect();
-    for node in 1..=3 {
-        rt.block_on(stage_and_publish(lab, node, &extra));
-        rt.block_on(stage_and_publish(lab, node, &gone));
-        rt.block_on(unpublish_and_unstage(lab, node, &gone));
-    }
+    rt.block_on(futures::future::join_all([1, 2, 3].map(|node| {
+        let (extra, gone) = (&extra, &gone);
+        async move {
+            stage_and_publish(lab, node, extra).await;
+            stage_and_publish(lab, node, gone).await;
+            unpublish_and_unstage(lab, node, gone).await;
+        }
+    })));
     rt.block_on(c.delete_volume(delete_request(&gone.volume_id)))
         .unwrap();
     // pvc-extra has pvc-gone's space after it again: it grows in place.
@@ -1152,10 +1157,13 @@ fn volume_changes(
             "node{node} remounted"
         );
     }
-    for node in 1..=3 {
-        rt.block_on(unpublish_and_unstage(lab, node, &keep));
-        rt.block_on(unpublish_and_unstage(lab, node, &extra));
-    }
+    rt.block_on(futures::future::join_all([1, 2, 3].map(|node| {
+        let (keep, extra) = (&keep, &extra);
+        async move {
+            unpublish_and_unstage(lab, node, keep).await;
+            unpublish_and_unstage(lab, node, extra).await;
+        }
+    })));
     for v in [&keep, &extra] {
         lab.fsck_volume(1, guid_of(v));
         rt.block_on(c.delete_volume(delete_request(&v.volume_id)))
