@@ -672,10 +672,7 @@ fn storage_e2e_subset(c: &Cluster) {
         focus: &focus,
         skip: "",
         labels: "",
-        // Four at a time: a spec mostly waits (pods starting and going,
-        // namespaces deleted), and its volumes (1-3 GiB each) fit the
-        // 12 GiB LUN four specs at a time.
-        procs: 4,
+        procs: 3,
         timeout: Duration::from_secs(3600),
     };
     let out = common::repo_root().join(".cache/e2e-k8s/nodes-tier");

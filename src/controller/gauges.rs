@@ -15,15 +15,6 @@ impl Gauges for ControllerGauges {
     }
 }
 
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Pending => "pending",
-        State::Ready => "ready",
-        State::Deleting => "deleting",
-        State::Cloning => "cloning",
-    }
-}
-
 pub fn samples(luns: &[LunUsage]) -> Vec<Sample> {
     let mut out = Vec::new();
     for lun in luns {
@@ -72,7 +63,7 @@ pub fn samples(luns: &[LunUsage]) -> Vec<Sample> {
                 .find(|(s, _)| *s == state)
                 .map_or(0, |(_, n)| *n);
             let s = Sample::new("lun_volumes", "Volumes on the LUN, by state", n as f64);
-            out.push(s.label("lun", &path).label("state", state_name(state)));
+            out.push(s.label("lun", &path).label("state", state.name()));
         }
         let writer = Sample::new(
             "lun_writer",

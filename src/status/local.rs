@@ -10,7 +10,7 @@ use crate::disk::lun_io::{BlockIo, LunFile};
 use crate::node::records::{Records, StageRecords};
 use crate::ocfs2::superblock;
 use crate::ocfs2::tools::Ocfs2Tools;
-use crate::volume::entry::{volume_in, Content, State, ALIGN, TYPE_HEARTBEAT};
+use crate::volume::entry::{volume_in, Content, ALIGN, TYPE_HEARTBEAT};
 use crate::volume::id::VolumeId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,7 +130,7 @@ fn lun(path: &Path, io: &dyn BlockIo, table: &Gpt) -> Lun {
             }
             .to_string(),
             name: e.name.clone(),
-            state: state_name(e.state).into(),
+            state: e.state.name().into(),
             content: match e.content {
                 Content::Ocfs2 => "filesystem",
                 Content::Block => "block",
@@ -157,15 +157,6 @@ fn read_superblock(io: &dyn BlockIo, offset: u64) -> Option<superblock::Superblo
     let mut head = vec![0u8; HEAD_BYTES];
     io.read_at(offset, &mut head).ok()?;
     superblock::decode(&head)
-}
-
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Pending => "pending",
-        State::Ready => "ready",
-        State::Deleting => "deleting",
-        State::Cloning => "cloning",
-    }
 }
 
 /// Region name -> what it is, from the LUN tables.
@@ -245,7 +236,7 @@ mod tests {
     use super::*;
     use crate::disk::lun_io::MemIo;
     use crate::ocfs2::layout::{HeartbeatMode, Layout};
-    use crate::volume::entry::{volume_partition, Placement};
+    use crate::volume::entry::{volume_partition, Placement, State};
     use uuid::Uuid;
 
     const MIB: u64 = 1 << 20;

@@ -69,6 +69,16 @@ impl State {
     pub fn is_live(self) -> bool {
         matches!(self, State::Ready | State::Cloning)
     }
+
+    /// Its name where people read it (metrics labels, status).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Ready => "ready",
+            State::Deleting => "deleting",
+            State::Cloning => "cloning",
+        }
+    }
 }
 
 /// What a volume holds.

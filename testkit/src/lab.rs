@@ -443,19 +443,14 @@ impl Lab {
                    --cluster-name {cluster} --cluster-id {cluster}-id {membership} \
                    --dead-threshold {} --idle-timeout-ms {} \
                    --keepalive-delay-ms {} --reconnect-delay-ms {} \
-                   --lun {lun}{added} --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
+                   {luns} --state-dir /var/lib/ocfs2-csi --log ocfs2_csi=debug,info \
                    >>/tmp/node.log 2>&1 </dev/null &
                  echo $! > /tmp/node.pid",
                 t.dead_threshold,
                 t.idle_timeout_ms,
                 t.keepalive_delay_ms,
                 t.reconnect_delay_ms,
-                lun = self.guest_lun_of(node),
-                added = self
-                    .added_luns()
-                    .iter()
-                    .map(|l| format!(" --lun {l}"))
-                    .collect::<String>(),
+                luns = self.lun_flags(node),
             ),
         );
     }
@@ -475,15 +470,20 @@ impl Lab {
             node,
             &format!(
                 "ocfs2-csi status --node-id node{node} --cluster-name {cluster} \
-                   --lun {lun}{added} --state-dir /var/lib/ocfs2-csi {extra}",
-                lun = self.guest_lun_of(node),
-                added = self
-                    .added_luns()
-                    .iter()
-                    .map(|l| format!(" --lun {l}"))
-                    .collect::<String>(),
+                   {luns} --state-dir /var/lib/ocfs2-csi {extra}",
+                luns = self.lun_flags(node),
             ),
         )
+    }
+
+    /// `--lun` flags for every LUN guest `node` has (the lab's and any
+    /// added since).
+    fn lun_flags(&self, node: usize) -> String {
+        std::iter::once(self.guest_lun_of(node))
+            .chain(self.added_luns())
+            .map(|l| format!("--lun {l}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Serves 127.0.0.1:`in_ns` inside the lab's namespace by relaying each
