@@ -315,7 +315,11 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => print!("{}", status::render::text(&report)),
     }
-    Ok(())
+    // A read given up on may still be stuck in the kernel on its thread;
+    // the runtime would wait for it at exit.
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    std::process::exit(0)
 }
 
 fn scan_lun(lun: &std::path::Path) -> anyhow::Result<()> {

@@ -14,10 +14,33 @@ use crate::volume::entry::{volume_in, Content, ALIGN, TYPE_HEARTBEAT};
 use crate::volume::id::VolumeId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Enough of a filesystem's head for its superblock at any block size
 /// (block 2 of 4 KiB blocks, and the block itself).
 const HEAD_BYTES: usize = 12 << 10;
+
+/// How long one read may take. With every path of a multipath LUN down,
+/// I/O queues (`no_path_retry queue`) and a read never returns: status
+/// must still answer on exactly such a day, saying what did not.
+pub const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// `read` on a blocking thread, given up after `wait`. A read stuck in
+/// the kernel keeps its thread; the caller exits without waiting for it.
+pub async fn bounded<T: Send + 'static>(
+    what: &str,
+    wait: Duration,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, tokio::task::spawn_blocking(read)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!(
+            "{what}: no answer within {} s (I/O queued: are its storage paths down?)",
+            wait.as_secs()
+        )),
+    }
+}
 
 /// o2cb on this node: the cluster `name` in configfs, o2hb's live set,
 /// and each region's live set and write age. `what` names regions.
@@ -71,26 +94,37 @@ pub fn kernel(
 }
 
 /// Each LUN's table: its space and volumes, with what their superblocks
-/// record. A LUN that cannot be read says why and the others go on.
-pub fn luns(paths: &[PathBuf]) -> Vec<Lun> {
-    paths
-        .iter()
-        .map(|path| match LunFile::open_read_only(path) {
-            Err(e) => Lun {
-                path: path.clone(),
-                error: Some(format!("cannot open: {e}")),
-                ..Default::default()
-            },
-            Ok(io) => match gpt::read(&io) {
-                Err(e) => Lun {
+/// record. A LUN that cannot be read, or does not answer within `wait`,
+/// says why and the others go on.
+pub async fn luns(paths: &[PathBuf], wait: Duration) -> Vec<Lun> {
+    let reads = paths.iter().map(|path| {
+        let p = path.clone();
+        async move {
+            bounded("reading the LUN", wait, move || read_lun(&p))
+                .await
+                .unwrap_or_else(|e| Lun {
                     path: path.clone(),
-                    error: Some(format!("no readable partition table: {e}")),
+                    error: Some(e),
                     ..Default::default()
-                },
-                Ok(read) => lun(path, &io, &read.gpt),
-            },
-        })
-        .collect()
+                })
+        }
+    });
+    futures::future::join_all(reads).await
+}
+
+fn read_lun(path: &Path) -> Lun {
+    let failed = |error: String| Lun {
+        path: path.to_path_buf(),
+        error: Some(error),
+        ..Default::default()
+    };
+    match LunFile::open_read_only(path) {
+        Err(e) => failed(format!("cannot open: {e}")),
+        Ok(io) => match gpt::read(&io) {
+            Err(e) => failed(format!("no readable partition table: {e}")),
+            Ok(read) => lun(path, &io, &read.gpt),
+        },
+    }
 }
 
 fn lun(path: &Path, io: &dyn BlockIo, table: &Gpt) -> Lun {
@@ -193,7 +227,11 @@ pub fn prefer_mounted_sizes(luns: &mut [Lun], staged: &[Staged]) {
 
 /// The volumes the plugin's records say it stages, each filesystem's slot
 /// map read with debugfs.ocfs2 (read-only).
-pub async fn staged(state_dir: &Path, tools: &Ocfs2Tools) -> Result<Vec<Staged>, String> {
+pub async fn staged(
+    state_dir: &Path,
+    tools: &Ocfs2Tools,
+    wait: Duration,
+) -> Result<Vec<Staged>, String> {
     // Open creates the folder: a node that never staged has none.
     if !state_dir.join("staged").is_dir() {
         return Ok(Vec::new());
@@ -204,20 +242,20 @@ pub async fn staged(state_dir: &Path, tools: &Ocfs2Tools) -> Result<Vec<Staged>,
         .map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let mut out = Vec::new();
     for record in all.into_iter().flatten() {
-        let slots = match record.block {
-            true => None,
-            false => Some(
-                tools
-                    .mounted_nodes(&record.device)
+        let (slots, filesystem_bytes) = match record.block {
+            true => (None, None),
+            false => {
+                let slots = tokio::time::timeout(wait, tools.mounted_nodes(&record.device))
                     .await
-                    .map_err(|e| e.to_string()),
-            ),
-        };
-        let filesystem_bytes = match record.block {
-            true => None,
-            false => nix::sys::statvfs::statvfs(&record.staging_path)
-                .ok()
-                .map(|s| s.blocks() * s.fragment_size()),
+                    .map_err(|_| format!("no answer within {} s", wait.as_secs()))
+                    .and_then(|read| read.map_err(|e| e.to_string()));
+                let path = record.staging_path.clone();
+                let bytes = bounded("statfs", wait, move || {
+                    nix::sys::statvfs::statvfs(&path).map(|s| s.blocks() * s.fragment_size())
+                })
+                .await;
+                (Some(slots), bytes.ok().and_then(Result::ok))
+            }
         };
         out.push(Staged {
             handle: record.volume_id,
@@ -283,13 +321,13 @@ mod tests {
         assert_eq!(lun.largest_free_bytes, 46 * MIB);
     }
 
-    #[test]
-    fn a_lun_without_a_table_says_so() {
+    #[tokio::test]
+    async fn a_lun_without_a_table_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let blank = dir.path().join("blank.raw");
         std::fs::write(&blank, vec![0u8; 4 << 20]).unwrap();
         let missing = dir.path().join("missing.raw");
-        let out = luns(&[blank, missing]);
+        let out = luns(&[blank, missing], READ_WAIT).await;
         assert!(out[0]
             .error
             .as_deref()
@@ -298,12 +336,24 @@ mod tests {
         assert!(out[1].error.as_deref().unwrap().contains("cannot open"));
     }
 
-    #[test]
-    fn no_records_folder_is_no_volumes_and_creates_none() {
+    #[tokio::test]
+    async fn no_records_folder_is_no_volumes_and_creates_none() {
         let dir = tempfile::tempdir().unwrap();
         let tools = Ocfs2Tools::new(std::sync::Arc::new(crate::tools::SystemRunner));
-        let out = futures::executor::block_on(staged(dir.path(), &tools)).unwrap();
+        let out = staged(dir.path(), &tools, READ_WAIT).await.unwrap();
         assert!(out.is_empty());
         assert!(!dir.path().join("staged").exists());
+    }
+
+    #[tokio::test]
+    async fn a_read_that_does_not_answer_is_given_up() {
+        let started = std::time::Instant::now();
+        let err = bounded("reading the LUN", Duration::from_millis(100), || {
+            std::thread::sleep(Duration::from_secs(3))
+        })
+        .await
+        .unwrap_err();
+        assert!(err.contains("no answer within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -123,16 +123,16 @@ pub struct Sources {
 /// Reads everything once. Nothing fails the whole: each part says why it
 /// could not be read.
 pub async fn gather(sources: &Sources) -> Report {
-    let paths = sources.luns.clone();
-    let luns = tokio::task::spawn_blocking(move || local::luns(&paths))
-        .await
-        .unwrap_or_default();
+    let wait = local::READ_WAIT;
+    let luns = local::luns(&sources.luns, wait).await;
     let what = local::region_names(&luns);
     let (kernel_paths, cluster) = (sources.paths.clone(), sources.cluster.clone());
-    let kernel = tokio::task::spawn_blocking(move || local::kernel(&kernel_paths, &cluster, &what))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    let staged = local::staged(&sources.state_dir, &sources.tools).await;
+    let kernel = local::bounded("reading configfs and debugfs", wait, move || {
+        local::kernel(&kernel_paths, &cluster, &what)
+    })
+    .await
+    .and_then(|k| k);
+    let staged = local::staged(&sources.state_dir, &sources.tools, wait).await;
     let mut luns = luns;
     if let Ok(staged) = &staged {
         local::prefer_mounted_sizes(&mut luns, staged);
