@@ -5,6 +5,7 @@
 use super::{Kernel, KernelCluster, Lun, Region, Staged, Volume};
 use crate::cluster::heartbeat::{live_nodes, region_live_nodes, region_name, region_write_age};
 use crate::cluster::{ConfigFs, KernelPaths};
+use crate::disk::blocking::run_blocking;
 use crate::disk::gpt::{self, Gpt};
 use crate::disk::lun_io::{BlockIo, LunFile};
 use crate::node::records::{Records, StageRecords};
@@ -25,21 +26,20 @@ const HEAD_BYTES: usize = 12 << 10;
 /// must still answer on exactly such a day, saying what did not.
 pub const READ_WAIT: Duration = Duration::from_secs(10);
 
-/// `read` on a blocking thread, given up after `wait`. A read stuck in
-/// the kernel keeps its thread; the caller exits without waiting for it.
+/// `read` on a blocking thread ([`run_blocking`]), given up after `wait`
+/// with what was being read. A read stuck in the kernel keeps its thread;
+/// the caller exits without waiting for it.
 pub async fn bounded<T: Send + 'static>(
     what: &str,
     wait: Duration,
     read: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
-    match tokio::time::timeout(wait, tokio::task::spawn_blocking(read)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!(
+    run_blocking(wait, read).await.map_err(|_| {
+        format!(
             "{what}: no answer within {} s (I/O queued: are its storage paths down?)",
             wait.as_secs()
-        )),
-    }
+        )
+    })
 }
 
 /// o2cb on this node: the cluster `name` in configfs, o2hb's live set,
