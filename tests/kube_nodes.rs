@@ -179,6 +179,12 @@ fn status_view(c: &Cluster) {
         t.elapsed().as_secs_f64()
     );
     assert!(out.contains("== node node2 (pod kube-system/"), "{out}");
+    // helm-install chose `o2cb.profile=fast`; status reads the kernel's.
+    let threshold = format!(
+        "dead threshold {} (",
+        ocfs2_csi::cluster::Timeouts::FAST.dead_threshold
+    );
+    assert!(out.contains(&threshold), "not the fast profile:\n{out}");
     for n in 1..=3 {
         let member = out
             .lines()
@@ -710,11 +716,16 @@ fn kube_nodes() {
         } else {
             "true"
         };
+        // The chart's `fast` failover profile: the node-power-off scenario
+        // waits for o2cb's eviction, 32 s instead of 62 s, and the status
+        // scenario checks that the profile reached each node's kernel.
         c.helm_install_with(&[
             "--set",
             SNAPSHOTTER,
             "--set",
             &format!("outOfService.enabled={oos}"),
+            "--set",
+            "o2cb.profile=fast",
         ]);
     });
     let pods = scenario("rwx-deployment", || rwx_deployment(&c));
