@@ -5,7 +5,9 @@
 
 use super::lun_io::BlockIo;
 use std::io;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
@@ -103,10 +105,18 @@ pub struct Found {
 
 /// How often [`scan`] reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Reads a scan keeps in flight. A SAN answers queued reads about as fast
+/// as one, and a blank multi-TiB LUN is a million aligned offsets: read one
+/// at a time, each a round trip, that is minutes before the first volume.
+const SCAN_WORKERS: u64 = 8;
+/// Aligned offsets a worker takes at a time (read in order).
+const SCAN_CHUNK: u64 = 64;
 
 /// Looks for signatures at every multiple of `step` in `[from, to)`; stops
-/// after `limit` finds. `progress(done, total)` is called every few seconds
-/// on long scans (bytes of the range covered so far). Reads only.
+/// after `limit` finds and returns the first `limit` by offset, in order.
+/// `progress(done, total)` is called every few seconds on long scans
+/// (bytes of the range covered so far). Reads only, [`SCAN_WORKERS`] at a
+/// time; the first read error ends the scan.
 pub fn scan(
     io: &dyn BlockIo,
     from: u64,
@@ -121,31 +131,79 @@ pub fn scan(
         "scan steps on sector boundaries"
     );
     let to = to.min(io.size_bytes());
-    let mut found = Vec::new();
-    let mut head = vec![0u8; SCAN_READ];
-    let mut last_report = Instant::now();
-    let mut offset = from;
-    while offset < to && found.len() < limit {
-        let len = (SCAN_READ as u64).min(to - offset) / ss * ss;
-        if len == 0 {
-            break;
-        }
-        let buf = &mut head[..len as usize];
-        io.read_at(offset, buf)?;
-        if let Some(what) = identify(buf) {
-            found.push(Found {
-                offset,
-                what,
-                head: buf.to_vec(),
+    if from >= to || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let points = (to - from).div_ceil(step);
+    let chunks = points.div_ceil(SCAN_CHUNK);
+    // Chunks are claimed in order and a claimed chunk is always read to its
+    // end, so whatever the workers stop on, the chunks read are a prefix of
+    // the range: its first `limit` finds are the range's first `limit`.
+    let next = AtomicU64::new(0);
+    let chunks_done = AtomicU64::new(0);
+    let finds = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let found = Mutex::new(Vec::new());
+    let failed = Mutex::new(None::<io::Error>);
+    let (alive, finished) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        for _ in 0..SCAN_WORKERS.min(chunks) {
+            let alive = alive.clone();
+            let (next, chunks_done, finds, stop, found, failed) =
+                (&next, &chunks_done, &finds, &stop, &found, &failed);
+            s.spawn(move || {
+                let _alive = alive;
+                let mut head = vec![0u8; SCAN_READ];
+                while !stop.load(Ordering::Relaxed) {
+                    let chunk = next.fetch_add(1, Ordering::Relaxed);
+                    if chunk >= chunks {
+                        break;
+                    }
+                    for point in chunk * SCAN_CHUNK..((chunk + 1) * SCAN_CHUNK).min(points) {
+                        let offset = from + point * step;
+                        let len = (SCAN_READ as u64).min(to - offset) / ss * ss;
+                        if len == 0 {
+                            continue;
+                        }
+                        let buf = &mut head[..len as usize];
+                        if let Err(e) = io.read_at(offset, buf) {
+                            stop.store(true, Ordering::Relaxed);
+                            lock(failed).get_or_insert(e);
+                            return;
+                        }
+                        if let Some(what) = identify(buf) {
+                            lock(found).push(Found {
+                                offset,
+                                what,
+                                head: buf.to_vec(),
+                            });
+                            if finds.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    chunks_done.fetch_add(1, Ordering::Relaxed);
+                }
             });
         }
-        offset += step;
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            progress(offset.min(to) - from, to - from);
-            last_report = Instant::now();
+        drop(alive);
+        // Every worker holds a sender: the channel closes when the last ends.
+        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(PROGRESS_EVERY) {
+            let covered = chunks_done.load(Ordering::Relaxed) * SCAN_CHUNK * step;
+            progress(covered.min(to - from), to - from);
         }
+    });
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
     }
+    let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    found.sort_by_key(|f| f.offset);
+    found.truncate(limit);
     Ok(found)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -211,5 +269,69 @@ mod tests {
         )
         .unwrap()
         .is_empty());
+    }
+
+    #[test]
+    fn returns_the_first_finds_by_offset_whatever_the_workers_order() {
+        // 4096 offsets (64 chunks), so every worker has several chunks.
+        let io = MemIo::new(512, 16 * MIB);
+        let at: Vec<u64> = [5, 63, 64, 700, 1900, 2500, 4000]
+            .iter()
+            .map(|i| i * 4096)
+            .collect();
+        for &offset in &at {
+            put(&io, offset, b"XFSB");
+        }
+        let all = scan(&io, 0, 16 * MIB, 4096, usize::MAX, &mut |_, _| {}).unwrap();
+        assert_eq!(all.iter().map(|f| f.offset).collect::<Vec<_>>(), at);
+        for limit in 1..at.len() {
+            let some = scan(&io, 0, 16 * MIB, 4096, limit, &mut |_, _| {}).unwrap();
+            assert_eq!(
+                some.iter().map(|f| f.offset).collect::<Vec<_>>(),
+                at[..limit],
+                "limit {limit}"
+            );
+        }
+    }
+
+    /// Fails every read that covers `bad`.
+    struct BadSector {
+        io: MemIo,
+        bad: u64,
+    }
+
+    impl BlockIo for BadSector {
+        fn sector_size(&self) -> u64 {
+            self.io.sector_size()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.io.size_bytes()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            if (offset..offset + buf.len() as u64).contains(&self.bad) {
+                return Err(io::Error::other("medium error"));
+            }
+            self.io.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+            self.io.write_at(offset, buf)
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.io.discard(offset, len)
+        }
+    }
+
+    #[test]
+    fn a_read_error_ends_the_scan_with_it() {
+        let io = BadSector {
+            io: MemIo::new(512, 16 * MIB),
+            bad: 3000 * 4096,
+        };
+        put(&io.io, 4096, b"XFSB");
+        let e = scan(&io, 0, 16 * MIB, 4096, usize::MAX, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e.to_string(), "medium error");
     }
 }
