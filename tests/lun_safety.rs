@@ -7,6 +7,7 @@ use ocfs2_csi_testkit as common;
 
 use common::*;
 use ocfs2_csi::controller::writer::Stamp;
+use ocfs2_csi::volume::entry::State;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -217,6 +218,10 @@ struct Acked {
     deleted: Vec<(String, String)>,
     /// Refusals with a retryable code (the standby's answer).
     retryable: usize,
+    /// (name, volume id) of every delete refused with a retryable code.
+    /// Such a delete may have got as far as wiping the filesystem before
+    /// the lease went: the entry stays Deleting, and a retry finishes it.
+    delete_refused: Vec<(String, String)>,
 }
 
 /// `creates` creates of `prefix-N` on `ctl`, all at once; then an expand of
@@ -258,6 +263,10 @@ async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
             if i % 3 == 0 {
                 match c.delete_volume(delete_request(&v.volume_id)).await {
                     Ok(_) => out.push(Ok(("delete".into(), v.volume_id.clone(), 0))),
+                    Err(s) if retryable(&s) => {
+                        out.push(Ok(("delete refused".into(), v.volume_id.clone(), 0)));
+                        out.push(Err(s));
+                    }
                     Err(s) => out.push(Err(s)),
                 }
             }
@@ -274,6 +283,7 @@ async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
                         acked.volumes.remove(&name);
                         acked.deleted.push((name.clone(), id));
                     }
+                    "delete refused" => acked.delete_refused.push((name.clone(), id)),
                     _ => {
                         acked.volumes.insert(name.clone(), (id, bytes));
                     }
@@ -328,14 +338,29 @@ async fn two_controllers_on_one_lun() {
     assert_gpt_valid(&lun);
     let parts = partitions(&lun);
     let on_disk = std::fs::File::open(&lun).unwrap();
+    let refused: Vec<&(String, String)> = got_a
+        .delete_refused
+        .iter()
+        .chain(got_b.delete_refused.iter())
+        .collect();
     for (name, (id, bytes)) in got_a.volumes.iter().chain(got_b.volumes.iter()) {
         let guid = id.rsplit(':').next().unwrap();
-        let p = parts
-            .iter()
-            .find(|p| p.guid.eq_ignore_ascii_case(guid))
-            .unwrap_or_else(|| panic!("{name} was acknowledged but is not in the table"));
+        let delete_refused = refused.iter().any(|(_, r)| r == id);
+        let Some(p) = parts.iter().find(|p| p.guid.eq_ignore_ascii_case(guid)) else {
+            assert!(
+                delete_refused,
+                "{name} was acknowledged but is not in the table"
+            );
+            continue;
+        };
         // The volume's size: its head and the extents it grew into.
-        let size = volume_on(&lun, guid).size;
+        let entry = volume_on(&lun, guid);
+        if delete_refused && entry.state == State::Deleting {
+            // Its delete may have wiped it before the lease went; the
+            // retry below finishes it.
+            continue;
+        }
+        let size = entry.size;
         assert!(
             size >= *bytes,
             "{name}: volume of {size} bytes, acknowledged {bytes}"
@@ -360,6 +385,31 @@ async fn two_controllers_on_one_lun() {
             !parts.iter().any(|p| p.guid.eq_ignore_ascii_case(guid)),
             "{name} was acknowledged as deleted but is still in the table"
         );
+    }
+    // A delete refused mid-way is finished by its retry, as the CO's.
+    let mut c = a.client().await;
+    for (name, id) in refused {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match c.delete_volume(delete_request(id)).await {
+                Ok(_) => break,
+                Err(s)
+                    if std::time::Instant::now() < deadline
+                        && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(s) => panic!("{name}: the retried delete: {s:?}"),
+            }
+        }
+        let guid = id.rsplit(':').next().unwrap();
+        assert!(
+            !partitions(&lun)
+                .iter()
+                .any(|p| p.guid.eq_ignore_ascii_case(guid)),
+            "{name}: still in the table after its retried delete"
+        );
+        println!("two controllers: {name}'s refused delete finished on retry");
     }
 }
 
