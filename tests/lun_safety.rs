@@ -224,12 +224,16 @@ struct Acked {
     delete_refused: Vec<(String, String)>,
 }
 
+/// The codes a CO retries: a standby's Unavailable, or Aborted for a
+/// call that met another change of the table in flight.
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted)
+}
+
 /// `creates` creates of `prefix-N` on `ctl`, all at once; then an expand of
 /// every even one and a delete of every third. Anything but success or a
 /// retryable refusal fails the test.
 async fn workload(ctl: &Controller, prefix: &str, creates: usize) -> Acked {
-    let retryable =
-        |s: &tonic::Status| matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted);
     let mut tasks = Vec::new();
     for i in 0..creates {
         let mut c = ctl.client().await;
@@ -393,10 +397,7 @@ async fn two_controllers_on_one_lun() {
         loop {
             match c.delete_volume(delete_request(id)).await {
                 Ok(_) => break,
-                Err(s)
-                    if std::time::Instant::now() < deadline
-                        && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted) =>
-                {
+                Err(s) if std::time::Instant::now() < deadline && retryable(&s) => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(s) => panic!("{name}: the retried delete: {s:?}"),
