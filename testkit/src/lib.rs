@@ -608,7 +608,28 @@ pub fn crash(ctl: &mut Controller) -> usize {
         run("kill", &args);
     }
     ctl.kill();
+    // A container is restarted only once all of it is dead. A tool still
+    // exiting holds its loop device open, and a restarted controller's
+    // detach of it would only be deferred to that last close.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(alive) = tools.iter().find(|p| is_alive(**p)) {
+        assert!(
+            Instant::now() < deadline,
+            "tool {alive} of the killed controller still runs 60 s after its SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     tools.len()
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has: its
+/// files are closed).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// A partition as `sgdisk -p` prints it: number, first and last sector.
