@@ -295,15 +295,39 @@ impl Report {
     }
 }
 
+/// How long [`slow_handshake`] holds a new connection before the server
+/// sees it: far longer than csi-test takes from its dial to its first
+/// look at the connection's state, unless the machine stalls it.
+const HANDSHAKE_DELAY: Duration = Duration::from_millis(250);
+
+/// A socket at `front` that forwards each connection to `back`, starting
+/// [`HANDSHAKE_DELAY`] after it was made. csi-test's `utils.Connect` reads
+/// the connection's state once and then waits a minute for it to change,
+/// so a connection already Ready at that first read (a unix socket on a
+/// loaded machine) is never seen as ready: "Connection timed out". Held
+/// back, the handshake ends after that read. Every byte passes unchanged.
+fn slow_handshake(front: &Path, back: &Path) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(front).expect("bind the front socket");
+    let back = back.to_path_buf();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let back = back.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(HANDSHAKE_DELAY).await;
+                if let Ok(mut server) = tokio::net::UnixStream::connect(&back).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    })
+}
+
 /// Runs the real csi-sanity against `node` and `controller` (sockets),
 /// with `extra` arguments; fails on any failed case.
 ///
 /// One run again, said out loud, when every failure is csi-test's own
-/// connect giving up ("Connection timed out" before any RPC): its
-/// `utils.Connect` reads the connection's state once and then waits a
-/// minute for it to change, so a unix-socket connection that is already
-/// Ready by that first read is never seen as ready. It happens on a
-/// loaded machine, and not in our server.
+/// connect giving up ("Connection timed out" before any RPC: see
+/// [`slow_handshake`], which makes it rare). It is not our server.
 async fn csi_sanity(dir: &Path, node: &Path, controller: &Path, extra: &[&str]) -> Report {
     match csi_sanity_once(dir, node, controller, extra).await {
         Ok(report) => report,
@@ -437,6 +461,14 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
     for socket in [&controller_sock, &node_sock, &all_sock] {
         unix_channel(socket).await;
     }
+    // csi-sanity reaches each through a front that holds its handshake.
+    let mut fronts = Vec::new();
+    let [controller_sock, node_sock, all_sock] =
+        [&controller_sock, &node_sock, &all_sock].map(|back| {
+            let front = back.with_extension("front.sock");
+            fronts.push(slow_handshake(&front, back));
+            front
+        });
 
     // 1. As deployed (and as the lab runs it): the whole suite, the node
     // plugin and the controller plugin on their own sockets.
@@ -462,6 +494,9 @@ async fn csi_sanity_whole_suite_against_the_fakes() {
     // 3. Raw block volumes: every spec again, asking for block access.
     let block = csi_sanity(&dir, &node_sock, &controller_sock, &block_args).await;
     block.print("whole suite, split plugins, block access");
+    for front in fronts {
+        front.abort();
+    }
     for served in served {
         served.stop().await;
     }
