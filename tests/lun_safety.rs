@@ -224,6 +224,13 @@ struct Acked {
     delete_refused: Vec<(String, String)>,
 }
 
+/// The partition that heads volume `id` (its ID ends with the head's
+/// unique GUID), if the table holds it.
+fn head_of<'a>(parts: &'a [Part], id: &str) -> Option<&'a Part> {
+    let guid = id.rsplit(':').next().unwrap();
+    parts.iter().find(|p| p.guid.eq_ignore_ascii_case(guid))
+}
+
 /// The codes a CO retries: a standby's Unavailable, or Aborted for a
 /// call that met another change of the table in flight.
 fn retryable(s: &tonic::Status) -> bool {
@@ -348,9 +355,8 @@ async fn two_controllers_on_one_lun() {
         .chain(got_b.delete_refused.iter())
         .collect();
     for (name, (id, bytes)) in got_a.volumes.iter().chain(got_b.volumes.iter()) {
-        let guid = id.rsplit(':').next().unwrap();
         let delete_refused = refused.iter().any(|(_, r)| r == id);
-        let Some(p) = parts.iter().find(|p| p.guid.eq_ignore_ascii_case(guid)) else {
+        let Some(p) = head_of(&parts, id) else {
             assert!(
                 delete_refused,
                 "{name} was acknowledged but is not in the table"
@@ -358,7 +364,7 @@ async fn two_controllers_on_one_lun() {
             continue;
         };
         // The volume's size: its head and the extents it grew into.
-        let entry = volume_on(&lun, guid);
+        let entry = volume_on(&lun, &p.guid);
         if delete_refused && entry.state == State::Deleting {
             // Its delete may have wiped it before the lease went; the
             // retry below finishes it.
@@ -384,9 +390,8 @@ async fn two_controllers_on_one_lun() {
         held.owner_name, held.generation
     );
     for (name, id) in got_a.deleted.iter().chain(got_b.deleted.iter()) {
-        let guid = id.rsplit(':').next().unwrap();
         assert!(
-            !parts.iter().any(|p| p.guid.eq_ignore_ascii_case(guid)),
+            head_of(&parts, id).is_none(),
             "{name} was acknowledged as deleted but is still in the table"
         );
     }
@@ -403,11 +408,8 @@ async fn two_controllers_on_one_lun() {
                 Err(s) => panic!("{name}: the retried delete: {s:?}"),
             }
         }
-        let guid = id.rsplit(':').next().unwrap();
         assert!(
-            !partitions(&lun)
-                .iter()
-                .any(|p| p.guid.eq_ignore_ascii_case(guid)),
+            head_of(&partitions(&lun), id).is_none(),
             "{name}: still in the table after its retried delete"
         );
         println!("two controllers: {name}'s refused delete finished on retry");
