@@ -569,11 +569,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // The command name may hold spaces and parentheses; fields after the
-        // last ')' are state, then parent pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = stat_fields(&stat).and_then(|mut f| f.nth(1)?.parse::<u32>().ok());
         if let Some(ppid) = ppid {
             parent_of.push((pid, ppid));
         }
@@ -626,10 +622,18 @@ pub fn crash(ctl: &mut Controller) -> usize {
 /// files are closed).
 fn is_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
+        stat_fields(&stat)
+            .and_then(|mut f| f.next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
+}
+
+/// The fields of a /proc/PID/stat line after the command name: state,
+/// then parent pid, and so on. The name may hold spaces and parentheses,
+/// so they start after the last ')'.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
 }
 
 /// A partition as `sgdisk -p` prints it: number, first and last sector.
